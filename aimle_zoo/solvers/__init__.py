@@ -1,0 +1,31 @@
+"""Batched combinatorial solvers and the solver plugin registry.
+
+Every solver maps ``theta [B, *S]`` to an indicator ``z [B, *S]`` in {0, 1}. Built-ins register
+on import; third-party solvers register with :func:`register_solver` or through the
+``aimle_zoo.solvers`` entry-point group.
+"""
+
+from ._base import (
+    FunctionSolver as FunctionSolver,
+    Sense as Sense,
+    Solver as Solver,
+    SolverFn as SolverFn,
+    SolverInputError as SolverInputError,
+    SolverSpec as SolverSpec,
+    check_theta as check_theta,
+    solver_sense as solver_sense,
+    solver_spec as solver_spec,
+)
+from ._registry import (
+    ENTRY_POINT_GROUP as ENTRY_POINT_GROUP,
+    SolverPluginError as SolverPluginError,
+    UnknownSolverError as UnknownSolverError,
+    get_solver as get_solver,
+    get_solver_spec as get_solver_spec,
+    list_solvers as list_solvers,
+    load_plugins as load_plugins,
+    register_solver as register_solver,
+    solver_registry as solver_registry,
+)
+
+# Built-in solvers register themselves on import (one line per module below).

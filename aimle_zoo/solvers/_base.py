@@ -1,0 +1,163 @@
+"""The solver contract: a batched MAP oracle ``theta [B, *S] -> z [B, *S]``.
+
+A solver maps a batch of parameters to a batch of discrete solutions of the same shape, with
+entries in {0, 1}. It knows nothing of estimators: an estimator only ever calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+Sense = Literal["max", "min"]
+
+
+class SolverInputError(ValueError):
+    """A solver was given input it cannot solve (wrong shape, dtype, NaN, out-of-range k, ...)."""
+
+
+@runtime_checkable
+class SolverFn(Protocol):
+    """Anything that maps ``theta [B, *S]`` to an indicator ``z [B, *S]``."""
+
+    def __call__(self, theta: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """Registry metadata of a solver.
+
+    Attributes:
+        name: registry name.
+        factory: class or function building a solver from keyword parameters.
+        sense: ``"max"`` if the solver maximises ``<theta, z>``, ``"min"`` if it minimises it.
+        exportable: the forward is pure tensor operations (TorchScript / ONNX can hold it).
+        input_shape: the input contract, e.g. ``"[B, n]"``.
+        constraints: human-readable input constraints, e.g. ``("costs >= 0 (clamped)",)``.
+        description: one line saying what it solves.
+        aliases: other names that resolve to this solver.
+        example_input: ``(batch_size, generator, **params) -> theta``, a random valid instance
+            batch, used by the conformance kit.
+        objective: ``(theta, z) -> [B]`` objective value of each solution, used by the conformance
+            kit to check optimality against brute force.
+        source: ``"builtin"`` or the distribution that provided a plugin.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    sense: Sense = "max"
+    exportable: bool = False
+    input_shape: str = "[B, ...]"
+    constraints: tuple[str, ...] = ()
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    example_input: Callable[..., Tensor] | None = field(default=None, compare=False)
+    objective: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, compare=False)
+    source: str = "builtin"
+
+
+class Solver(nn.Module):
+    """Base class of registered solvers: an ``nn.Module`` so it can live inside a model graph.
+
+    Subclasses implement ``forward(theta) -> z``. ``register_solver`` attaches the spec to the
+    class; :func:`solver_spec` reads it back.
+    """
+
+    def forward(self, theta: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        params = getattr(self, "solver_params", None)
+        return ", ".join(f"{k}={v!r}" for k, v in params.items()) if params else ""
+
+
+class FunctionSolver(Solver):
+    """A registered plain function ``fn(theta, **params) -> z`` bound to its parameters."""
+
+    def __init__(self, fn: Callable[..., Tensor], **params: Any) -> None:
+        super().__init__()
+        self.fn = fn
+        self.solver_params = dict(params)
+
+    def forward(self, theta: Tensor) -> Tensor:
+        return self.fn(theta, **self.solver_params)
+
+
+_SPEC_ATTR = "__aimle_solver_spec__"
+
+
+def solver_spec(solver: object) -> SolverSpec | None:
+    """The registry spec of a solver instance, class or function, or ``None`` if unregistered."""
+    spec = getattr(solver, _SPEC_ATTR, None)
+    if spec is None and isinstance(solver, FunctionSolver):
+        spec = getattr(solver.fn, _SPEC_ATTR, None)
+    return spec
+
+
+def solver_sense(solver: object) -> Sense:
+    """``"max"`` or ``"min"``: from the solver's registry spec, else its ``sense`` attribute."""
+    spec = solver_spec(solver)
+    if spec is not None:
+        return spec.sense
+    sense = getattr(solver, "sense", "max")
+    if sense not in ("max", "min"):
+        raise ValueError(f"solver sense must be 'max' or 'min', got {sense!r}")
+    return sense  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_theta(
+    theta: object,
+    *,
+    solver: str,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    shape_hint: str = "",
+    allow_inf: bool = False,
+) -> Tensor:
+    """Validate a solver input: a floating tensor of the right rank with finite values.
+
+    Raises :class:`SolverInputError` with a message saying what was wrong and what to pass.
+    """
+    hint = f" Expected {shape_hint}." if shape_hint else ""
+    if not isinstance(theta, Tensor):
+        raise SolverInputError(
+            f"{solver}: expected a torch.Tensor, got {type(theta).__name__}.{hint}"
+        )
+    if not theta.is_floating_point():
+        raise SolverInputError(
+            f"{solver}: expected a floating-point tensor, got dtype {theta.dtype}; "
+            f"convert it with theta.float().{hint}"
+        )
+    if ndim is not None and theta.dim() != ndim:
+        raise SolverInputError(
+            f"{solver}: expected a {ndim}-D tensor, got shape {tuple(theta.shape)}.{hint}"
+        )
+    if min_ndim is not None and theta.dim() < min_ndim:
+        raise SolverInputError(
+            f"{solver}: expected at least {min_ndim} dimensions, got shape "
+            f"{tuple(theta.shape)}.{hint}"
+        )
+    if theta.numel() and not torch.jit.is_scripting():
+        bad = torch.isnan(theta) if allow_inf else ~torch.isfinite(theta)
+        if bool(bad.any()):
+            flat = bad.reshape(theta.shape[0], -1).any(dim=1) if theta.dim() else bad.reshape(1)
+            instances = flat.nonzero().flatten().tolist()
+            what = "NaN" if allow_inf else "NaN or inf"
+            raise SolverInputError(
+                f"{solver}: input contains {what} values in instance(s) "
+                f"{_short_list(instances)}; check the network producing theta "
+                "(a diverged loss or a division by zero)."
+            )
+    return theta
+
+
+def _short_list(items: list[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+

@@ -1,0 +1,227 @@
+"""The solver registry: built-ins register on import, third-party plugins through entry points.
+
+Plugins declare, in their ``pyproject.toml``::
+
+    [project.entry-points."aimle_zoo.solvers"]
+    matching = "my_pkg.matching:hungarian"
+
+where ``hungarian`` is decorated with ``@register_solver("matching", ...)``. Entry points are
+loaded lazily, once, the first time the registry is queried. A plugin that fails to load never
+breaks the built-ins: its failure is remembered and raised when its name is requested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, TypeVar
+
+from ._base import _SPEC_ATTR, FunctionSolver, Sense, Solver, SolverSpec
+
+ENTRY_POINT_GROUP = "aimle_zoo.solvers"
+
+T = TypeVar("T")
+
+_specs: dict[str, SolverSpec] = {}  # canonical name -> spec (written only by this module)
+_aliases: dict[str, str] = {}  # alias -> canonical name
+_plugin_failures: dict[str, SolverPluginError] = {}  # entry-point name -> error
+_plugins_loaded = False
+_loading_source = "builtin"
+
+#: Read-only view of the registry: canonical name -> :class:`SolverSpec`.
+solver_registry: Mapping[str, SolverSpec] = MappingProxyType(_specs)
+
+
+class UnknownSolverError(KeyError):
+    """No solver is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class SolverPluginError(ImportError):
+    """A third-party solver plugin could not be loaded."""
+
+
+def register_solver(
+    name: str,
+    *,
+    sense: Sense = "max",
+    exportable: bool = False,
+    input_shape: str = "[B, ...]",
+    constraints: tuple[str, ...] = (),
+    description: str = "",
+    aliases: tuple[str, ...] = (),
+    example_input: Callable[..., Any] | None = None,
+    objective: Callable[..., Any] | None = None,
+) -> Callable[[T], T]:
+    """Register a solver class or function under ``name`` (decorator).
+
+    A class must build a callable ``theta -> z`` from keyword parameters (subclass
+    :class:`Solver` to make it exportable); a function has the signature
+    ``fn(theta, **params) -> z``. ``get_solver(name, **params)`` builds it.
+
+    Raises:
+        ValueError: ``name`` or one of ``aliases`` is already taken, or ``sense`` is invalid.
+
+    Example::
+
+        @register_solver("argmax", description="one-hot argmax over the last dimension")
+        def argmax(theta):
+            return torch.nn.functional.one_hot(theta.argmax(-1), theta.shape[-1]).to(theta)
+    """
+    if sense not in ("max", "min"):
+        raise ValueError(f"sense must be 'max' or 'min', got {sense!r}")
+
+    def decorator(obj: T) -> T:
+        for key in (name, *aliases):
+            if key in _specs or key in _aliases:
+                owner = _specs.get(key) or _specs[_aliases[key]]
+                raise ValueError(
+                    f"a solver is already registered under the name {key!r} "
+                    f"(by {owner.source}); choose another name"
+                )
+        if not callable(obj):
+            raise TypeError(f"register_solver({name!r}) needs a class or function, got {obj!r}")
+        doc = inspect.getdoc(obj) or ""
+        spec = SolverSpec(
+            name=name,
+            factory=obj,
+            sense=sense,
+            exportable=exportable,
+            input_shape=input_shape,
+            constraints=tuple(constraints),
+            description=description or (doc.splitlines()[0] if doc else ""),
+            aliases=tuple(aliases),
+            example_input=example_input,
+            objective=objective,
+            source=_loading_source,
+        )
+        _specs[name] = spec
+        for alias in aliases:
+            _aliases[alias] = name
+        setattr(obj, _SPEC_ATTR, spec)
+        return obj
+
+    return decorator
+
+
+def get_solver(name: str, **params: Any) -> Solver:
+    """Build the solver registered under ``name`` (or an alias) with keyword ``params``.
+
+    Returns an ``nn.Module`` mapping ``theta [B, *S]`` to ``z [B, *S]``.
+
+    Raises:
+        UnknownSolverError: no such solver; the message lists close matches and known names.
+        SolverPluginError: the plugin providing ``name`` failed to import.
+        TypeError: ``params`` do not match the solver's signature.
+    """
+    spec = _resolve(name)
+    factory = spec.factory
+    try:
+        if inspect.isclass(factory):
+            instance = factory(**params)
+            solver = instance if isinstance(instance, Solver) else FunctionSolver(instance)
+        else:
+            inspect.signature(factory).bind(None, **params)  # fail now, not on the first call
+            solver = FunctionSolver(factory, **params)
+    except TypeError as err:
+        raise TypeError(
+            f"solver {spec.name!r} does not accept parameters {sorted(params)}: {err}. "
+            f"Its signature is {spec.name}{inspect.signature(factory)}"
+        ) from err
+    solver.solver_params = dict(params)
+    setattr(solver, _SPEC_ATTR, spec)
+    return solver
+
+
+def get_solver_spec(name: str) -> SolverSpec:
+    """The :class:`SolverSpec` registered under ``name`` (or an alias)."""
+    return _resolve(name)
+
+
+def list_solvers() -> list[str]:
+    """Sorted canonical names of every registered solver, plugins included."""
+    load_plugins()
+    return sorted(_specs)
+
+
+def load_plugins(*, reload: bool = False) -> dict[str, SolverPluginError]:
+    """Load the ``aimle_zoo.solvers`` entry points (once) and return those that failed."""
+    global _plugins_loaded
+    if _plugins_loaded and not reload:
+        return dict(_plugin_failures)
+    _plugins_loaded = True
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in _specs and _specs[entry_point.name].source != "builtin":
+            continue  # already loaded
+        _load_entry_point(entry_point)
+    return dict(_plugin_failures)
+
+
+def _load_entry_point(entry_point: metadata.EntryPoint) -> None:
+    dist = entry_point.dist.name if entry_point.dist is not None else "<unknown distribution>"
+    where = f"entry point {entry_point.name!r} = {entry_point.value!r} of distribution {dist!r}"
+    if entry_point.name in _specs:
+        warnings.warn(
+            f"ignoring solver plugin {where}: the name is taken by a built-in solver",
+            stacklevel=3,
+        )
+        return
+    try:
+        with _source(dist):
+            loaded = entry_point.load()
+        if entry_point.name not in _specs and entry_point.name not in _aliases:
+            spec = getattr(loaded, _SPEC_ATTR, None)
+            if spec is None:
+                raise TypeError(
+                    "the object it names is not decorated with "
+                    f"@register_solver({entry_point.name!r}, ...)"
+                )
+            raise TypeError(
+                f"the object it names is registered as {spec.name!r}, "
+                f"not {entry_point.name!r}; make the two names agree"
+            )
+    except Exception as err:  # a broken plugin must never break the built-ins
+        _plugin_failures[entry_point.name] = SolverPluginError(
+            f"failed to load solver plugin {where}: {type(err).__name__}: {err}. "
+            f"Fix or uninstall {dist!r} (pip uninstall {dist})."
+        )
+        _plugin_failures[entry_point.name].__cause__ = err
+    else:
+        _plugin_failures.pop(entry_point.name, None)
+
+
+@contextmanager
+def _source(name: str) -> Iterator[None]:
+    global _loading_source
+    previous, _loading_source = _loading_source, name
+    try:
+        yield
+    finally:
+        _loading_source = previous
+
+
+def _resolve(name: str) -> SolverSpec:
+    if not isinstance(name, str):
+        raise TypeError(f"solver name must be a string, got {type(name).__name__}")
+    for attempt in range(2):
+        canonical = _aliases.get(name, name)
+        if canonical in _specs:
+            return _specs[canonical]
+        if name in _plugin_failures:
+            raise _plugin_failures[name]
+        if attempt == 0:
+            load_plugins()
+    known = sorted([*_specs, *_aliases])
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    suggestion = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise UnknownSolverError(
+        f"unknown solver {name!r}.{suggestion} Known solvers: {', '.join(known)}. "
+        "Register your own with @aimle_zoo.solvers.register_solver."
+    )

@@ -6,8 +6,9 @@ entries in {0, 1}. It knows nothing of estimators: an estimator only ever calls 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -39,10 +40,10 @@ class SolverSpec:
         constraints: human-readable input constraints, e.g. ``("costs >= 0 (clamped)",)``.
         description: one line saying what it solves.
         aliases: other names that resolve to this solver.
-        example_input: ``(batch_size, generator, **params) -> theta``, a random valid instance
-            batch, used by the conformance kit.
-        objective: ``(theta, z) -> [B]`` objective value of each solution, used by the conformance
-            kit to check optimality against brute force.
+        example: ``(batch_size, generator) -> (params, theta)``: solver parameters and a random
+            batch of small valid instances, used by the conformance kit, tests and docs.
+        objective: ``(theta, z) -> [B]`` objective value of each solution (default: the linear
+            objective ``<theta, z>``), used by the conformance kit to check optimality.
         source: ``"builtin"`` or the distribution that provided a plugin.
     """
 
@@ -54,7 +55,9 @@ class SolverSpec:
     constraints: tuple[str, ...] = ()
     description: str = ""
     aliases: tuple[str, ...] = ()
-    example_input: Callable[..., Tensor] | None = field(default=None, compare=False)
+    example: Callable[[int, torch.Generator], tuple[dict[str, Any], Tensor]] | None = field(
+        default=None, compare=False
+    )
     objective: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, compare=False)
     source: str = "builtin"
 
@@ -63,27 +66,30 @@ class Solver(nn.Module):
     """Base class of registered solvers: an ``nn.Module`` so it can live inside a model graph.
 
     Subclasses implement ``forward(theta) -> z``. ``register_solver`` attaches the spec to the
-    class; :func:`solver_spec` reads it back.
+    class; :func:`solver_spec` reads it back. ``get_solver`` records the keyword parameters it
+    built the solver with in ``params`` (used in configs and export metadata).
     """
+
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["params"]
 
     def forward(self, theta: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        params = getattr(self, "solver_params", None)
+        params = getattr(self, "params", None)
         return ", ".join(f"{k}={v!r}" for k, v in params.items()) if params else ""
 
 
 class FunctionSolver(Solver):
     """A registered plain function ``fn(theta, **params) -> z`` bound to its parameters."""
 
-    def __init__(self, fn: Callable[..., Tensor], **params: Any) -> None:
+    def __init__(self, fn: Callable[..., Tensor], **fn_kwargs: Any) -> None:
         super().__init__()
         self.fn = fn
-        self.solver_params = dict(params)
+        self.fn_kwargs = dict(fn_kwargs)
 
     def forward(self, theta: Tensor) -> Tensor:
-        return self.fn(theta, **self.solver_params)
+        return self.fn(theta, **self.fn_kwargs)
 
 
 _SPEC_ATTR = "__aimle_solver_spec__"
@@ -160,4 +166,3 @@ def check_theta(
 def _short_list(items: list[int], limit: int = 8) -> str:
     shown = ", ".join(map(str, items[:limit]))
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-

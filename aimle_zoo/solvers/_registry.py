@@ -15,11 +15,11 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from ._base import _SPEC_ATTR, FunctionSolver, Sense, Solver, SolverSpec
 
@@ -57,7 +57,7 @@ def register_solver(
     constraints: tuple[str, ...] = (),
     description: str = "",
     aliases: tuple[str, ...] = (),
-    example_input: Callable[..., Any] | None = None,
+    example: Callable[..., Any] | None = None,
     objective: Callable[..., Any] | None = None,
 ) -> Callable[[T], T]:
     """Register a solver class or function under ``name`` (decorator).
@@ -98,7 +98,7 @@ def register_solver(
             constraints=tuple(constraints),
             description=description or (doc.splitlines()[0] if doc else ""),
             aliases=tuple(aliases),
-            example_input=example_input,
+            example=example,
             objective=objective,
             source=_loading_source,
         )
@@ -135,8 +135,8 @@ def get_solver(name: str, **params: Any) -> Solver:
             f"solver {spec.name!r} does not accept parameters {sorted(params)}: {err}. "
             f"Its signature is {spec.name}{inspect.signature(factory)}"
         ) from err
-    solver.solver_params = dict(params)
     setattr(solver, _SPEC_ATTR, spec)
+    setattr(solver, "params", dict(params))  # noqa: B010 - nn.Module attribute, typed loosely
     return solver
 
 

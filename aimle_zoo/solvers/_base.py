@@ -111,7 +111,7 @@ def solver_sense(solver: object) -> Sense:
     sense = getattr(solver, "sense", "max")
     if sense not in ("max", "min"):
         raise ValueError(f"solver sense must be 'max' or 'min', got {sense!r}")
-    return sense  # type: ignore[no-any-return]
+    return "min" if sense == "min" else "max"
 
 
 # ----------------------------------------------------------------------------- input checks

@@ -126,7 +126,7 @@ def get_solver(name: str, **params: Any) -> Solver:
     try:
         if inspect.isclass(factory):
             instance = factory(**params)
-            solver = instance if isinstance(instance, Solver) else FunctionSolver(instance)
+            solver = instance if isinstance(instance, Solver) else FunctionSolver(instance.__call__)
         else:
             inspect.signature(factory).bind(None, **params)  # fail now, not on the first call
             solver = FunctionSolver(factory, **params)

@@ -21,6 +21,8 @@ from importlib import metadata
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from torch import Tensor
+
 from ._base import _SPEC_ATTR, FunctionSolver, Sense, Solver, SolverSpec
 
 ENTRY_POINT_GROUP = "aimle_zoo.solvers"
@@ -125,8 +127,8 @@ def get_solver(name: str, **params: Any) -> Solver:
     factory = spec.factory
     try:
         if inspect.isclass(factory):
-            instance = factory(**params)
-            solver = instance if isinstance(instance, Solver) else FunctionSolver(instance.__call__)
+            instance: Callable[..., Tensor] = factory(**params)
+            solver = instance if isinstance(instance, Solver) else FunctionSolver(instance)
         else:
             inspect.signature(factory).bind(None, **params)  # fail now, not on the first call
             solver = FunctionSolver(factory, **params)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import Tensor
 
@@ -127,7 +127,7 @@ def get_solver(name: str, **params: Any) -> Solver:
     factory = spec.factory
     try:
         if inspect.isclass(factory):
-            instance: Callable[..., Tensor] = factory(**params)
+            instance = cast(Callable[..., Tensor], factory(**params))
             solver = instance if isinstance(instance, Solver) else FunctionSolver(instance)
         else:
             inspect.signature(factory).bind(None, **params)  # fail now, not on the first call

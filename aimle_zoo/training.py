@@ -1,0 +1,403 @@
+"""Training and evaluation loops shared by every zoo model.
+
+A model only has to provide ``training_loss(batch) -> (loss, logs)`` and
+``evaluate_batch(batch) -> dict[str, Tensor]``; this module adds the rest: Adam, a progress bar
+with the live loss and the estimator's λ/β, per-epoch metrics in a JSON-lines log, the
+best-by-validation checkpoint, resumable ``last`` checkpoints (optimizer, RNG and the adaptive
+estimator state included), and DistributedDataParallel under ``torchrun`` (gloo on CPU, NCCL on
+GPU).
+
+Run layout (``out_dir``)::
+
+    metrics.jsonl        one JSON object per epoch (train logs, validation metrics, λ/β)
+    best/                save_pretrained folder of the best validation epoch
+    last/                save_pretrained folder of the last epoch + trainer_state.pt
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from ._io import atomic_directory, atomic_file
+
+TRAINER_STATE = "trainer_state.pt"
+METRICS_LOG = "metrics.jsonl"
+
+
+class TrainableModel(Protocol):
+    """What the loops need from a model (every ``aimle_zoo.models`` class provides it)."""
+
+    def training_loss(self, batch: Any) -> tuple[Tensor, Mapping[str, float]]: ...
+
+    def evaluate_batch(self, batch: Any) -> Mapping[str, Tensor]: ...
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Any: ...
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (all JSON-able; saved with every checkpoint)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    select_metric: str = "loss"
+    select_mode: Literal["min", "max"] = "min"
+    max_steps_per_epoch: int | None = None  # smoke runs: cut every epoch short
+    shuffle: bool = True
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific, logged only
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended: the best validation metrics and the checkpoint folders."""
+
+    best_metrics: dict[str, float]
+    best_epoch: int
+    best_dir: Path
+    last_dir: Path
+    history: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class _DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> _DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+    return _DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _resolve_device(device: str, info: _DistInfo) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {device!r} requested but CUDA is not available; use --device cpu"
+            )
+        if info.world_size > 1 and device == "cuda":
+            device = f"cuda:{info.local_rank}"
+    return torch.device(device)
+
+
+class _LossModule(nn.Module):
+    """Routes ``forward`` to ``training_loss`` so DistributedDataParallel sees the call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> tuple[Tensor, Mapping[str, float]]:
+        return self.model.training_loss(batch)  # type: ignore[operator]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: move_to(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(value, device) for value in batch)
+    return batch
+
+
+def estimator_diagnostics(model: nn.Module) -> dict[str, float]:
+    """λ, β and gradient sparsity of the model's latent layer, if it exposes them."""
+    layer = getattr(model, "latent_layer", None)
+    estimator = getattr(layer, "estimator", None)
+    diagnostics = getattr(estimator, "diagnostics", None)
+    return dict(diagnostics()) if callable(diagnostics) else {}
+
+
+def reduce_metrics(model: nn.Module, batches: list[Mapping[str, Tensor]]) -> dict[str, float]:
+    """Combine per-batch metric tensors into numbers.
+
+    Uses ``model.reduce_metrics`` when the model defines it; otherwise each metric is a tensor of
+    per-instance values and the result is their mean over the whole dataset.
+    """
+    custom = getattr(model, "reduce_metrics", None)
+    if callable(custom):
+        return dict(custom(batches))
+    keys = batches[0].keys() if batches else ()
+    return {
+        key: float(torch.cat([b[key].detach().reshape(-1).double().cpu() for b in batches]).mean())
+        for key in keys
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset[Any],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    description: str = "evaluate",
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``dataset`` in eval mode (noise-free MAP latent)."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    device = torch.device(device)
+    try:
+        batches = [
+            model.evaluate_batch(move_to(batch, device))  # type: ignore[operator]
+            for batch in tqdm(loader, desc=description, disable=not progress, leave=False)
+        ]
+    finally:
+        model.train(was_training)
+    return reduce_metrics(model, batches)
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+@contextmanager
+def _maybe_barrier(info: _DistInfo) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if info.world_size > 1:
+            dist.barrier()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    trainer_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model.save_pretrained`` (and the trainer state) atomically into ``directory``."""
+    with atomic_directory(directory) as staging:
+        model.save_pretrained(staging)  # type: ignore[operator]
+        if trainer_state is not None:
+            with atomic_file(staging / TRAINER_STATE) as handle:
+                torch.save(dict(trainer_state), handle)
+    return Path(directory)
+
+
+def _load_last(
+    model: nn.Module, optimizer: torch.optim.Optimizer, last_dir: Path, device: torch.device
+) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    state_path = last_dir / TRAINER_STATE
+    weights_path = last_dir / "model.safetensors"
+    if not state_path.exists() or not weights_path.exists():
+        raise FileNotFoundError(
+            f"cannot resume: {last_dir} has no {TRAINER_STATE} or model.safetensors; "
+            "start without --resume or point --out at the run to continue"
+        )
+    model.load_state_dict(load_file(str(weights_path), device=str(device)), strict=True)
+    state: dict[str, Any] = torch.load(state_path, map_location=device, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset[Any],
+    valid_set: Dataset[Any] | None,
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+) -> TrainResult:
+    """Train ``model`` with Adam; keep the best checkpoint by ``config.select_metric``.
+
+    Under ``torchrun`` every process runs this function; gradients are averaged by
+    DistributedDataParallel and the AIMLE adaptive statistics are all-reduced by the estimator,
+    so every rank holds the same β. Only rank 0 writes logs and checkpoints.
+    """
+    info = _init_distributed(config.device)
+    device = _resolve_device(config.device, info)
+    seed_everything(config.seed + info.rank)
+    out = Path(out_dir)
+    best_dir, last_dir, log_path = out / "best", out / "last", out / METRICS_LOG
+
+    model.to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+    start_epoch, best_value, best_epoch = 0, None, -1
+    best_metrics: dict[str, float] = {}
+    history: list[dict[str, Any]] = []
+    if resume:
+        state = _load_last(model, optimizer, last_dir, device)
+        start_epoch = int(state["epoch"]) + 1
+        best_value, best_epoch = state["best_value"], int(state["best_epoch"])
+        best_metrics = dict(state["best_metrics"])
+        history = list(state["history"])
+
+    loss_module: nn.Module = _LossModule(model)
+    if info.world_size > 1:
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    sampler: DistributedSampler[Any] | None = (
+        DistributedSampler(train_set, shuffle=config.shuffle, seed=config.seed)
+        if info.world_size > 1
+        else None
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=config.shuffle and sampler is None,
+        sampler=sampler,
+        drop_last=False,
+    )
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    for epoch in range(start_epoch, config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        started = time.perf_counter()
+        epoch_logs = _run_epoch(loss_module, model, optimizer, loader, config, device, info, epoch)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train": epoch_logs,
+            "estimator": estimator_diagnostics(model),
+            "seconds": time.perf_counter() - started,
+        }
+        with _maybe_barrier(info):
+            if info.is_main:
+                if valid_set is not None:
+                    record["valid"] = evaluate(
+                        model, valid_set, batch_size=config.eval_batch_size, device=device
+                    )
+                selected = record.get("valid", epoch_logs).get(config.select_metric, math.nan)
+                if valid_set is None or _is_better(selected, best_value, config.select_mode):
+                    best_value, best_epoch = selected, epoch
+                    best_metrics = dict(record.get("valid", epoch_logs))
+                    save_checkpoint(model, best_dir)
+                history.append(record)
+                with log_path.open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+                save_checkpoint(
+                    model,
+                    last_dir,
+                    {
+                        "epoch": epoch,
+                        "optimizer": optimizer.state_dict(),
+                        "best_value": best_value,
+                        "best_epoch": best_epoch,
+                        "best_metrics": best_metrics,
+                        "history": history,
+                        "config": asdict(config),
+                        "python_rng": random.getstate(),
+                        "numpy_rng": np.random.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                )
+    return TrainResult(best_metrics, best_epoch, best_dir, last_dir, history)
+
+
+def _run_epoch(
+    loss_module: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Any],
+    config: TrainConfig,
+    device: torch.device,
+    info: _DistInfo,
+    epoch: int,
+) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    steps = 0
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    if config.max_steps_per_epoch is not None and total is not None:
+        total = min(total, config.max_steps_per_epoch)
+    bar = tqdm(
+        loader,
+        total=total,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        disable=not (config.progress and info.is_main),
+        leave=False,
+    )
+    for batch in bar:
+        if config.max_steps_per_epoch is not None and steps >= config.max_steps_per_epoch:
+            break
+        loss, logs = loss_module(move_to(batch, device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {float(loss)} at epoch {epoch}, step {steps}; "
+                "lower the learning rate or check the inputs"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        steps += 1
+        for key, value in {"loss": float(loss), **logs}.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+        if info.is_main and config.progress and (steps == 1 or steps % 10 == 0):
+            postfix = {"loss": f"{float(loss):.4g}"}
+            postfix.update({k: f"{v:.3g}" for k, v in estimator_diagnostics(model).items()})
+            bar.set_postfix(postfix, refresh=False)
+    return {key: value / max(steps, 1) for key, value in totals.items()}

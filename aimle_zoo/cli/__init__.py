@@ -1,0 +1,16 @@
+"""The ``aimle-zoo`` command line: thin commands that parse, validate and call the library."""
+
+from __future__ import annotations
+
+import typer
+
+from . import solvers as _solvers
+
+app = typer.Typer(
+    name="aimle-zoo",
+    help="Differentiable combinatorial solvers (AIMLE), pretrained models and export.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("solvers")(_solvers.list_command)
+app.command("check-solver")(_solvers.check_command)

@@ -1,0 +1,163 @@
+"""Shared helpers of the datasets: the error type, the cache root and atomic cache files.
+
+Cache files are ``.npz`` archives written atomically: the bytes go to a temporary file in the
+destination directory, which is flushed, fsync-ed and then renamed over the final name with
+``os.replace``. A reader therefore sees either no file or a complete one. Every cache file also
+stores the JSON of the parameters that generated it under the key ``__params__``; a file whose
+stored parameters differ from the requested ones is reported, never silently used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+#: Environment variable naming the cache root (default ``~/.cache/aimle_zoo``).
+CACHE_ENV = "AIMLE_ZOO_CACHE"
+
+_PARAMS_KEY = "__params__"
+
+
+class DatasetError(ValueError):
+    """A dataset file or cache is missing, corrupt or inconsistent, or a parameter is invalid."""
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory: ``cache_dir`` if given, else ``$AIMLE_ZOO_CACHE``, else
+    ``~/.cache/aimle_zoo``. It is not created here."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "aimle_zoo"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write a file atomically: ``write`` fills a temporary file that then replaces ``path``.
+
+    On any failure inside ``write`` the temporary file is removed and ``path`` is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed explicitly before the rename
+        mode="wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable on POSIX file systems (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def params_digest(params: Mapping[str, Any]) -> str:
+    """A short stable hash of JSON-able generation parameters (used in cache file names)."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def save_npz_atomic(
+    path: Path, arrays: Mapping[str, np.ndarray], params: Mapping[str, Any]
+) -> None:
+    """Save ``arrays`` and the generating ``params`` to ``path`` (an ``.npz``) atomically."""
+    payload: dict[str, Any] = dict(arrays)
+    payload[_PARAMS_KEY] = np.array(json.dumps(params, sort_keys=True))
+    atomic_write(path, lambda handle: np.savez(handle, **payload))
+
+
+def load_npz_checked(
+    path: Path, params: Mapping[str, Any], keys: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Load a cache file written by :func:`save_npz_atomic` and check it.
+
+    Raises:
+        DatasetError: the file cannot be read, lacks one of ``keys``, or was generated with
+            parameters other than ``params``. The message names the file and says to delete it.
+    """
+    remedy = f"delete {path} to regenerate it"
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DatasetError(f"cache file {path} is not an .npz archive; {remedy}")
+        with archive:
+            names = set(archive.files)
+            missing = [key for key in (_PARAMS_KEY, *keys) if key not in names]
+            if missing:
+                raise DatasetError(f"cache file {path} lacks the arrays {missing}; {remedy}")
+            stored = json.loads(str(archive[_PARAMS_KEY]))
+            arrays = {key: archive[key] for key in keys}
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise DatasetError(
+            f"cache file {path} is corrupt or unreadable ({type(err).__name__}: {err}); {remedy}"
+        ) from err
+    expected = json.loads(json.dumps(params, sort_keys=True))
+    if not isinstance(stored, dict):
+        raise DatasetError(f"cache file {path} holds malformed parameters; {remedy}")
+    if stored != expected:
+        changed = sorted(
+            key for key in set(stored) | set(expected) if stored.get(key) != expected.get(key)
+        )
+        raise DatasetError(
+            f"cache file {path} was generated with other parameters (differing: {changed}; "
+            f"stored {stored}, requested {expected}); {remedy}"
+        )
+    return arrays
+
+
+def cached_npz(
+    path: Path,
+    params: Mapping[str, Any],
+    keys: tuple[str, ...],
+    build: Callable[[], Mapping[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """Return the arrays cached at ``path``, building and saving them atomically on a miss."""
+    if path.exists():
+        return load_npz_checked(path, params, keys)
+    arrays = {key: np.asarray(value) for key, value in build().items()}
+    if sorted(arrays) != sorted(keys):
+        raise RuntimeError(f"cache builder returned {sorted(arrays)}, expected {sorted(keys)}")
+    save_npz_atomic(path, arrays, params)
+    return arrays
+
+
+def check_choice(name: str, value: object, choices: tuple[object, ...]) -> None:
+    """Raise :class:`DatasetError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise DatasetError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int ``>= minimum``, else raise :class:`DatasetError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DatasetError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -125,18 +125,21 @@ def get_solver(name: str, **params: Any) -> Solver:
     """
     spec = _resolve(name)
     factory = spec.factory
+    is_class = inspect.isclass(factory)
+    signature = inspect.signature(factory)
+    leading = () if is_class else (None,)  # a function takes theta before its parameters
     try:
-        if inspect.isclass(factory):
-            instance = cast(Callable[..., Tensor], factory(**params))
-            solver = instance if isinstance(instance, Solver) else FunctionSolver(instance)
-        else:
-            inspect.signature(factory).bind(None, **params)  # fail now, not on the first call
-            solver = FunctionSolver(factory, **params)
+        signature.bind(*leading, **params)
     except TypeError as err:
         raise TypeError(
             f"solver {spec.name!r} does not accept parameters {sorted(params)}: {err}. "
-            f"Its signature is {spec.name}{inspect.signature(factory)}"
+            f"Its signature is {spec.name}{signature}"
         ) from err
+    if is_class:  # errors raised by the constructor itself propagate unchanged
+        instance = cast(Callable[..., Tensor], factory(**params))
+        solver = instance if isinstance(instance, Solver) else FunctionSolver(instance)
+    else:
+        solver = FunctionSolver(factory, **params)
     setattr(solver, _SPEC_ATTR, spec)
     setattr(solver, "params", dict(params))  # noqa: B010 - nn.Module attribute, typed loosely
     return solver
@@ -159,6 +162,7 @@ def load_plugins(*, reload: bool = False) -> dict[str, SolverPluginError]:
     if _plugins_loaded and not reload:
         return dict(_plugin_failures)
     _plugins_loaded = True
+    _plugin_failures.clear()  # failures of entry points that are gone or fixed are forgotten
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name in _specs and _specs[entry_point.name].source != "builtin":
             continue  # already loaded
@@ -169,9 +173,13 @@ def load_plugins(*, reload: bool = False) -> dict[str, SolverPluginError]:
 def _load_entry_point(entry_point: metadata.EntryPoint) -> None:
     dist = entry_point.dist.name if entry_point.dist is not None else "<unknown distribution>"
     where = f"entry point {entry_point.name!r} = {entry_point.value!r} of distribution {dist!r}"
-    if entry_point.name in _specs:
+    taken = _specs.get(_aliases.get(entry_point.name, entry_point.name))
+    if taken is not None:
+        if getattr(taken.factory, "__module__", None) == entry_point.module:
+            return  # the plugin module was imported directly before the entry points were read
         warnings.warn(
-            f"ignoring solver plugin {where}: the name is taken by a built-in solver",
+            f"ignoring solver plugin {where}: the name is taken by the built-in solver "
+            f"{taken.name!r}",
             stacklevel=3,
         )
         return

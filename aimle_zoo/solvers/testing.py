@@ -1,0 +1,613 @@
+"""Conformance kit: check that a solver honours the solver contract ``theta [B, *S] -> z [B, *S]``.
+
+:func:`check_solver` runs a list of named checks on a small random batch and returns a
+:class:`ConformanceReport`:
+
+``call``
+    the solver accepts the batch without raising.
+``shape_dtype_device``
+    ``z`` is a tensor with the shape, dtype and device of ``theta``.
+``binary``
+    every entry of ``z`` is 0 or 1.
+``batch_independence``
+    solving each instance alone gives its row of the batched solution.
+``determinism``
+    two calls on the same input give the same output.
+``no_mutation``
+    the solver leaves its input unchanged.
+``relative_optimality``
+    each instance's solution scores at least as well (objective and sense of the solver) as the
+    solutions of the other instances of the batch. This assumes that ``theta`` only parametrises
+    the objective, so that every instance's solution is feasible for the others (true of top-k,
+    spanning trees and paths on a fixed graph); leave the check out with ``checks=`` otherwise.
+``optimality`` (only when ``feasible`` is given)
+    on every instance the solution is one of the enumerated feasible solutions and its objective
+    equals the best objective over the enumeration.
+``gradients`` (unless ``check_gradients=False``)
+    wrapped in the AIMLE estimator, a loss preferring another solution sends a finite, non-zero
+    gradient of ``theta``'s shape back to ``theta``.
+
+A plugin's test file needs one line per solver; pytest then runs one test per check
+(``test_assignment[call]``, ``test_assignment[binary]``, ...)::
+
+    import itertools
+    import torch
+    from aimle_zoo.solvers.testing import solver_conformance_test
+
+    def permutation_matrices(theta: torch.Tensor) -> torch.Tensor:  # [n, n] -> [n!, n, n]
+        n = theta.shape[-1]
+        eye = torch.eye(n, dtype=theta.dtype)
+        return torch.stack([eye[list(p)] for p in itertools.permutations(range(n))])
+
+    test_assignment = solver_conformance_test("assignment", feasible=permutation_matrices)
+
+or, outside pytest::
+
+    check_solver("assignment", feasible=permutation_matrices).raise_for_failures()
+
+:func:`isolated_registry` lets tests register toy solvers without leaking them to other tests.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import _registry
+from ._base import Sense, solver_sense, solver_spec
+from ._registry import get_solver, get_solver_spec
+
+MakeInput = Callable[[int, torch.Generator], tuple[dict[str, Any], Tensor]]
+Objective = Callable[[Tensor, Tensor], Tensor]
+Feasible = Callable[[Tensor], Tensor]
+
+#: Every check, in the order they run.
+CHECKS: tuple[str, ...] = (
+    "call",
+    "shape_dtype_device",
+    "binary",
+    "batch_independence",
+    "determinism",
+    "no_mutation",
+    "relative_optimality",
+    "optimality",
+    "gradients",
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one named check; ``message`` says what went wrong when it failed."""
+
+    name: str
+    passed: bool
+    message: str = ""
+
+
+@dataclass
+class ConformanceReport:
+    """Results of :func:`check_solver`, keyed by check name in the order the checks ran."""
+
+    solver: str
+    results: dict[str, CheckResult] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> list[str]:
+        """Names of the checks that passed."""
+        return [name for name, result in self.results.items() if result.passed]
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        """The checks that failed."""
+        return [result for result in self.results.values() if not result.passed]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check that ran passed."""
+        return not self.failed
+
+    def __getitem__(self, name: str) -> CheckResult:
+        if name not in self.results:
+            raise KeyError(
+                f"check {name!r} did not run on solver {self.solver!r}; "
+                f"ran: {', '.join(self.results)}"
+            )
+        return self.results[name]
+
+    def raise_for_failures(self) -> None:
+        """Raise ``AssertionError`` listing every failed check, if any failed."""
+        if self.failed:
+            lines = "\n".join(f"  {result.name}: {result.message}" for result in self.failed)
+            raise AssertionError(
+                f"solver {self.solver!r} failed {len(self.failed)} of {len(self.results)} "
+                f"conformance checks:\n{lines}"
+            )
+
+    def __str__(self) -> str:
+        lines = [f"conformance of solver {self.solver!r}:"]
+        for result in self.results.values():
+            status = "passed" if result.passed else f"FAILED: {result.message}"
+            lines.append(f"  {result.name}: {status}")
+        return "\n".join(lines)
+
+
+class _CheckFailure(AssertionError):
+    """A check found the solver in breach of the contract."""
+
+
+def planned_checks(
+    checks: Collection[str] | None = None,
+    *,
+    feasible: bool = False,
+    check_gradients: bool = True,
+) -> list[str]:
+    """Names of the checks :func:`check_solver` runs, in order.
+
+    By default every check applies except ``optimality`` without ``feasible`` and ``gradients``
+    with ``check_gradients=False``. An explicit ``checks`` selects among them (``call`` always
+    runs: the other checks need its output).
+
+    Raises:
+        ValueError: an unknown check name, or ``optimality`` asked for without ``feasible``.
+    """
+    if checks is None:
+        wanted = set(CHECKS)
+        if not feasible:
+            wanted.discard("optimality")
+        if not check_gradients:
+            wanted.discard("gradients")
+    else:
+        unknown = sorted(set(checks) - set(CHECKS))
+        if unknown:
+            raise ValueError(f"unknown conformance checks {unknown}; known: {', '.join(CHECKS)}")
+        if "optimality" in checks and not feasible:
+            raise ValueError(
+                "the 'optimality' check needs feasible=, a function enumerating every feasible "
+                "solution of one instance: (theta [*S]) -> [F, *S]"
+            )
+        wanted = {"call", *checks}
+    return [name for name in CHECKS if name in wanted]
+
+
+@contextmanager
+def isolated_registry() -> Iterator[None]:
+    """Snapshot the solver registry and restore it on exit.
+
+    Solvers registered and plugins loaded inside the block are forgotten afterwards, so tests
+    can register toy solvers under any name.
+    """
+    specs, aliases = dict(_registry._specs), dict(_registry._aliases)
+    failures, plugins_loaded = dict(_registry._plugin_failures), _registry._plugins_loaded
+    try:
+        yield
+    finally:
+        _replace_contents(_registry._specs, specs)
+        _replace_contents(_registry._aliases, aliases)
+        _replace_contents(_registry._plugin_failures, failures)
+        _registry._plugins_loaded = plugins_loaded
+
+
+def _replace_contents(live: dict[str, Any], saved: dict[str, Any]) -> None:
+    live.clear()  # in place: solver_registry is a read-only view of the live dict
+    live.update(saved)
+
+
+def linear_objective(theta: Tensor, z: Tensor) -> Tensor:
+    """⟨θ, z⟩ per instance: ``theta, z [B, *S] -> [B]``."""
+    return (theta * z).flatten(1).sum(dim=1)
+
+
+@dataclass
+class _Case:
+    """One solver and one batch under test, shared by the checks."""
+
+    solver: Callable[[Tensor], Tensor]
+    theta: Tensor  # [B, *S]
+    sense: Sense
+    objective: Objective
+    feasible: Feasible | None
+    seed: int
+    z: Any = None  # output of the first call; a [B, *S] tensor for a conforming solver
+
+    def solve(self, theta: Tensor) -> Any:
+        with torch.no_grad():
+            return self.solver(theta)
+
+    def tolerance(self) -> Tensor:
+        """Per-instance objective tolerance ``[B]``: a few ulps of ``|θ_b|₁`` in θ's dtype."""
+        eps = torch.finfo(self.theta.dtype).eps
+        finite = self.theta.double().nan_to_num(posinf=0.0, neginf=0.0)
+        return 16 * eps * (1 + finite.abs().flatten(1).sum(dim=1))
+
+    def score(self, theta: Tensor, z: Tensor) -> Tensor:
+        """Objective in float64, oriented so that larger is better: ``[N, *S] x2 -> [N]``."""
+        values = self.objective(theta.double(), z.double())
+        if not isinstance(values, Tensor) or values.shape != theta.shape[:1]:
+            raise _CheckFailure(
+                f"the objective must return a tensor of shape [{theta.shape[0]}] (one value "
+                f"per instance), got {_describe(values)}"
+            )
+        return values if self.sense == "max" else -values
+
+
+def check_solver(
+    solver_or_name: str | Callable[[Tensor], Tensor],
+    *,
+    params: dict[str, Any] | None = None,
+    make_input: MakeInput | None = None,
+    objective: Objective | None = None,
+    feasible: Feasible | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    check_gradients: bool = True,
+    device: str | torch.device | None = None,
+    checks: Collection[str] | None = None,
+) -> ConformanceReport:
+    """Run the conformance checks (module docstring) on one solver and report the outcome.
+
+    Args:
+        solver_or_name: a registered name (built with ``get_solver(name, **params)``) or a
+            solver object ``theta [B, *S] -> z [B, *S]``.
+        params: solver parameters for a name; default: those of the input generator.
+        make_input: ``(batch_size, generator) -> (params, theta [B, *S])``; default: the
+            ``example`` of the solver's registry spec.
+        objective: ``(theta, z) -> [B]``; default: the spec's ``objective``, else ⟨θ, z⟩.
+            Its direction is the solver's sense (:func:`solver_sense`).
+        feasible: ``(theta [*S]) -> [F, *S]`` every feasible solution of one (tiny) instance;
+            enables the ``optimality`` check.
+        batch_size: instances in the batch.
+        seed: seeds the input generator and the estimator noise of the ``gradients`` check.
+        check_gradients: run the ``gradients`` check.
+        device: run on this device (a solver module is moved there).
+        checks: run only these checks (see :func:`planned_checks`).
+
+    Raises:
+        ValueError, TypeError: the checks cannot be set up (no input generator, a malformed
+            input, ``params`` given with a solver object, ...). Breaches of the contract are
+            reported, not raised: call :meth:`ConformanceReport.raise_for_failures`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    plan = planned_checks(checks, feasible=feasible is not None, check_gradients=check_gradients)
+    if not isinstance(solver_or_name, str):
+        if not callable(solver_or_name):
+            raise TypeError(f"expected a solver name or a callable, got {solver_or_name!r}")
+        if params is not None:
+            raise TypeError(
+                "params apply only to a solver given by name; build the solver object with its "
+                "parameters yourself, or pass its registered name"
+            )
+    spec = (
+        get_solver_spec(solver_or_name)
+        if isinstance(solver_or_name, str)
+        else solver_spec(solver_or_name)
+    )
+    name = spec.name if spec is not None else _callable_name(solver_or_name)
+    if make_input is None:
+        if spec is None or spec.example is None:
+            raise ValueError(
+                f"solver {name!r} has no example input in its registry spec; pass "
+                "make_input=(batch_size, generator) -> (params, theta)"
+            )
+        make_input = spec.example
+    input_params, theta = _make_input(make_input, batch_size, seed, name)
+
+    solver: Callable[[Tensor], Tensor] = (
+        get_solver(solver_or_name, **(input_params if params is None else params))
+        if isinstance(solver_or_name, str)
+        else solver_or_name
+    )
+    if device is not None:
+        theta = theta.to(device)
+        if isinstance(solver, nn.Module):
+            solver.to(device)
+
+    case = _Case(
+        solver=solver,
+        theta=theta,
+        sense=solver_sense(solver),
+        objective=objective or (spec.objective if spec and spec.objective else linear_objective),
+        feasible=feasible,
+        seed=seed,
+    )
+    report = ConformanceReport(solver=name)
+    for check in plan:
+        if check != "call" and not report.results["call"].passed:
+            report.results[check] = CheckResult(check, False, "not run: the solver call failed")
+            continue
+        try:
+            _CHECK_FUNCTIONS[check](case)
+        except _CheckFailure as failure:
+            report.results[check] = CheckResult(check, False, str(failure))
+        except Exception as err:
+            message = f"raised {type(err).__name__}: {err}"
+            report.results[check] = CheckResult(check, False, message)
+        else:
+            report.results[check] = CheckResult(check, True)
+    return report
+
+
+def solver_conformance_test(
+    solver_or_name: str | Callable[[Tensor], Tensor],
+    *,
+    params: dict[str, Any] | None = None,
+    make_input: MakeInput | None = None,
+    objective: Objective | None = None,
+    feasible: Feasible | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    check_gradients: bool = True,
+    device: str | torch.device | None = None,
+    checks: Collection[str] | None = None,
+) -> Callable[[str], None]:
+    """A pytest test function running :func:`check_solver`, parametrized with one test per check.
+
+    Assign it to a ``test_*`` name in a test module (module docstring). The checks run once, on
+    the first test, and each test reports its own check.
+    """
+    import pytest
+
+    plan = planned_checks(checks, feasible=feasible is not None, check_gradients=check_gradients)
+    reports: list[ConformanceReport] = []
+
+    def conformance(check: str) -> None:
+        if not reports:
+            reports.append(
+                check_solver(
+                    solver_or_name,
+                    params=params,
+                    make_input=make_input,
+                    objective=objective,
+                    feasible=feasible,
+                    batch_size=batch_size,
+                    seed=seed,
+                    check_gradients=check_gradients,
+                    device=device,
+                    checks=plan,
+                )
+            )
+        result = reports[0][check]
+        if not result.passed:
+            raise AssertionError(f"solver {reports[0].solver!r}, check {check!r}: {result.message}")
+
+    parametrized: Callable[[str], None] = pytest.mark.parametrize("check", plan)(conformance)
+    return parametrized
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def _check_call(case: _Case) -> None:
+    case.z = case.solve(case.theta.clone())
+
+
+def _check_shape_dtype_device(case: _Case) -> None:
+    z, theta = case.z, case.theta
+    if not isinstance(z, Tensor):
+        raise _CheckFailure(f"expected a tensor, got {_describe(z)}")
+    problems = [
+        f"{what} {got} (input has {want})"
+        for what, got, want in (
+            ("shape", tuple(z.shape), tuple(theta.shape)),
+            ("dtype", z.dtype, theta.dtype),
+            ("device", z.device, theta.device),
+        )
+        if got != want
+    ]
+    if problems:
+        raise _CheckFailure("output has " + "; ".join(problems))
+
+
+def _check_binary(case: _Case) -> None:
+    z = _output_tensor(case)
+    bad = ~((z == 0) | (z == 1))
+    if bool(bad.any()):
+        examples = z[bad].unique()[:5].tolist()
+        raise _CheckFailure(
+            f"{int(bad.sum())} of {z.numel()} output entries are not 0 or 1, e.g. {examples}"
+        )
+
+
+def _check_batch_independence(case: _Case) -> None:
+    z = _output_like_input(case)
+    differing = [
+        index
+        for index in range(case.theta.shape[0])
+        if not _same(case.solve(case.theta[index : index + 1].clone()), z[index : index + 1])
+    ]
+    if differing:
+        raise _CheckFailure(
+            f"solving instance(s) {_short(differing)} alone differs from the batched call; "
+            "instances must not influence each other"
+        )
+
+
+def _check_determinism(case: _Case) -> None:
+    z = _output_like_input(case)
+    again = case.solve(case.theta.clone())
+    if not _same(again, z):
+        if isinstance(again, Tensor) and again.shape == z.shape:
+            differs = (again != z).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise _CheckFailure(f"a second call changed the solution of instance(s) {differs}")
+        raise _CheckFailure(f"a second call returned {_describe(again)}, the first {_describe(z)}")
+
+
+def _check_no_mutation(case: _Case) -> None:
+    theta = case.theta.clone()
+    case.solve(theta)
+    if not torch.equal(theta, case.theta):
+        changed = (theta != case.theta).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        raise _CheckFailure(
+            f"the solver modified its input in instance(s) {_short(changed)}; work on a copy"
+        )
+
+
+def _check_relative_optimality(case: _Case) -> None:
+    z = _output_like_input(case)
+    batch = case.theta.shape[0]
+    theta_pairs = case.theta.repeat_interleave(batch, dim=0)  # row b·B + c holds θ_b
+    z_pairs = z.repeat(batch, *([1] * (z.dim() - 1)))  # row b·B + c holds z_c
+    scores = case.score(theta_pairs, z_pairs).view(batch, batch)  # [b, c]: θ_b scored at z_c
+    own = scores.diagonal()  # [B]
+    beaten = scores > (own + case.tolerance().to(scores.device)).unsqueeze(1)
+    if bool(beaten.any()):
+        instance, other = (int(i) for i in beaten.nonzero()[0])
+        raise _CheckFailure(
+            f"{int(beaten.sum())} (instance, other solution) pair(s) where another instance's "
+            f"solution scores better; e.g. on instance {instance} the solution of instance "
+            f"{other} scores {float(scores[instance, other]):.6g} against its own "
+            f"{float(own[instance]):.6g} (sense {case.sense!r}). The solution is not optimal, "
+            "or the objective does not match the solver"
+        )
+
+
+def _check_optimality(case: _Case) -> None:
+    assert case.feasible is not None  # planned_checks guarantees it
+    z = _output_like_input(case)
+    tolerance = case.tolerance()
+    problems = []
+    for index in range(case.theta.shape[0]):
+        theta_one = case.theta[index]  # [*S]
+        candidates = case.feasible(theta_one)  # [F, *S]
+        if (
+            not isinstance(candidates, Tensor)
+            or candidates.dim() != theta_one.dim() + 1
+            or candidates.shape[1:] != theta_one.shape
+            or candidates.shape[0] == 0
+        ):
+            raise _CheckFailure(
+                f"feasible() must return a non-empty [F, {', '.join(map(str, theta_one.shape))}] "
+                f"tensor of solutions for one instance, got {_describe(candidates)}"
+            )
+        candidates = candidates.to(device=z.device, dtype=z.dtype)
+        matches = (candidates == z[index]).flatten(1).all(dim=1)
+        if not bool(matches.any()):
+            problems.append(f"instance {index}: the solution is not among the feasible ones")
+            continue
+        theta_rows = theta_one.expand_as(candidates)  # [F, *S]
+        best = case.score(theta_rows, candidates).max()
+        own = case.score(theta_one.unsqueeze(0), z[index : index + 1])[0]
+        if own < best - float(tolerance[index]):
+            problems.append(
+                f"instance {index}: objective {_oriented(own, case.sense):.6g}, "
+                f"best feasible {_oriented(best, case.sense):.6g}"
+            )
+    if problems:
+        raise _CheckFailure(
+            f"sub-optimal on {len(problems)} of {case.theta.shape[0]} instances "
+            f"(sense {case.sense!r}): " + "; ".join(problems[:3])
+        )
+
+
+def _check_gradients(case: _Case) -> None:
+    from aimle_zoo.estimators import AIMLE, AdaptiveTarget
+
+    theta = case.theta.clone().requires_grad_(True)
+    # β = 1 makes the target perturbation λ·dy as large as θ itself (λ = β ‖θ‖ / ‖dy‖).
+    estimator = AIMLE(
+        target=AdaptiveTarget(initial_beta=1.0),
+        generator=torch.Generator(theta.device).manual_seed(case.seed),
+    )
+    z = estimator(case.solver, theta)  # [B, *S]
+    # dL/dz = 2ẑ - 1 pushes every entry away from the current solution ẑ.
+    loss = (z * (2 * z.detach() - 1)).sum()
+    loss.backward()
+    grad = theta.grad
+    if grad is None:
+        raise _CheckFailure("no gradient reached theta through the AIMLE estimator")
+    if grad.shape != theta.shape:
+        raise _CheckFailure(f"gradient shape {tuple(grad.shape)}, theta {tuple(theta.shape)}")
+    if not bool(torch.isfinite(grad).all()):
+        raise _CheckFailure("the gradient contains NaN or inf")
+    if not bool(grad.any()):
+        raise _CheckFailure(
+            "the gradient is zero although the loss prefers other solutions: the solver "
+            "returned the same solution for the target parameters θ ∓ λ·dL/dz"
+        )
+
+
+_CHECK_FUNCTIONS: dict[str, Callable[[_Case], None]] = {
+    "call": _check_call,
+    "shape_dtype_device": _check_shape_dtype_device,
+    "binary": _check_binary,
+    "batch_independence": _check_batch_independence,
+    "determinism": _check_determinism,
+    "no_mutation": _check_no_mutation,
+    "relative_optimality": _check_relative_optimality,
+    "optimality": _check_optimality,
+    "gradients": _check_gradients,
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _make_input(
+    make_input: MakeInput, batch_size: int, seed: int, name: str
+) -> tuple[dict[str, Any], Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    made = make_input(batch_size, generator)
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], dict)):
+        raise TypeError(
+            f"the input generator of solver {name!r} must return (params: dict, theta: Tensor), "
+            f"got {_describe(made)}"
+        )
+    params, theta = made
+    if not isinstance(theta, Tensor) or not theta.is_floating_point() or theta.dim() == 0:
+        raise TypeError(
+            f"the input generator of solver {name!r} must return a floating-point theta "
+            f"[B, *S], got {_describe(theta)}"
+        )
+    if theta.shape[0] != batch_size:
+        raise ValueError(
+            f"the input generator of solver {name!r} was asked for {batch_size} instances "
+            f"and returned theta of shape {tuple(theta.shape)}"
+        )
+    return params, theta
+
+
+def _output_tensor(case: _Case) -> Tensor:
+    if not isinstance(case.z, Tensor):
+        raise _CheckFailure(f"not checked: the solver returned {_describe(case.z)}")
+    return case.z
+
+
+def _output_like_input(case: _Case) -> Tensor:
+    z = _output_tensor(case)
+    if z.shape != case.theta.shape:
+        raise _CheckFailure(
+            f"not checked: output shape {tuple(z.shape)} differs from the input's "
+            f"{tuple(case.theta.shape)}"
+        )
+    return z
+
+
+def _same(a: Any, b: Tensor) -> bool:
+    return isinstance(a, Tensor) and a.shape == b.shape and torch.equal(a.to(b), b)
+
+
+def _oriented(value: Tensor, sense: Sense) -> float:
+    return float(value) if sense == "max" else -float(value)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def _short(items: list[int], limit: int = 8) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _callable_name(solver: object) -> str:
+    if inspect.isfunction(solver) or inspect.isclass(solver):
+        return solver.__qualname__
+    return type(solver).__name__

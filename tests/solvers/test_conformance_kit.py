@@ -1,0 +1,347 @@
+"""The conformance kit itself: it passes conforming toy solvers and detects each kind of breach."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from aimle_zoo.solvers import Solver, _registry as registry_module, register_solver, solver_registry
+from aimle_zoo.solvers.testing import (
+    CHECKS,
+    ConformanceReport,
+    check_solver,
+    isolated_registry,
+    linear_objective,
+    planned_checks,
+    solver_conformance_test,
+)
+
+N, K = 6, 2
+
+
+def top_k(theta: Tensor, k: int = K) -> Tensor:
+    """Indicator of the k largest entries of the last dimension: ``[B, n] -> [B, n]``."""
+    return torch.zeros_like(theta).scatter(-1, theta.topk(k, dim=-1).indices, 1.0)
+
+
+def top_k_highest_index_on_ties(theta: Tensor, k: int = K) -> Tensor:
+    """Top-k that breaks ties towards the highest index (a different but valid rule)."""
+    order = torch.argsort(theta.flip(-1), dim=-1, descending=True, stable=True)
+    chosen = theta.shape[-1] - 1 - order[..., :k]
+    return torch.zeros_like(theta).scatter(-1, chosen, 1.0)
+
+
+def bottom_k(theta: Tensor, k: int = K) -> Tensor:
+    return top_k(-theta, k)
+
+
+def gaussian_input(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+    return {"k": K}, torch.randn(batch_size, N, generator=generator)
+
+
+def tied_input(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+    """Integer scores from {0, 1, 2}: many ties."""
+    return {"k": K}, torch.randint(0, 3, (batch_size, N), generator=generator).float()
+
+
+def k_subsets(theta: Tensor, k: int = K) -> Tensor:
+    """Every indicator with exactly k ones over the last dimension: ``[n] -> [C(n, k), n]``."""
+    n = theta.shape[-1]
+    rows = [
+        [1.0 if i in chosen else 0.0 for i in range(n)]
+        for chosen in itertools.combinations(range(n), k)
+    ]
+    return torch.tensor(rows, dtype=theta.dtype)
+
+
+def run(solver: Callable[[Tensor], Tensor], **kwargs: Any) -> ConformanceReport:
+    kwargs.setdefault("make_input", gaussian_input)
+    kwargs.setdefault("feasible", k_subsets)
+    kwargs.setdefault("check_gradients", False)
+    return check_solver(solver, **kwargs)
+
+
+def failed_names(report: ConformanceReport) -> set[str]:
+    return {result.name for result in report.failed}
+
+
+# The one-line pytest helper, used as a plugin author would.
+test_top_k_conformance = solver_conformance_test(
+    top_k, make_input=gaussian_input, feasible=k_subsets
+)
+
+
+# ----------------------------------------------------------------------------- conforming solvers
+
+
+def test_a_conforming_solver_passes_every_check() -> None:
+    report = run(top_k)
+    assert report.ok, str(report)
+    assert report.passed == [name for name in CHECKS if name != "gradients"]
+
+
+def test_ties_broken_by_another_rule_are_still_optimal() -> None:
+    report = run(top_k_highest_index_on_ties, make_input=tied_input)
+    assert report.ok, str(report)
+
+
+def test_minimising_solver_is_checked_against_the_minimum() -> None:
+    class BottomK:
+        sense = "min"
+
+        def __call__(self, theta: Tensor) -> Tensor:
+            return bottom_k(theta)
+
+    class TopKDeclaredMin(BottomK):
+        def __call__(self, theta: Tensor) -> Tensor:
+            return top_k(theta)
+
+    assert run(BottomK()).ok
+    assert failed_names(run(TopKDeclaredMin())) == {"relative_optimality", "optimality"}
+
+
+def test_gradients_flow_through_aimle() -> None:
+    report = run(top_k, check_gradients=True, checks=["gradients"])
+    assert report.passed == ["call", "gradients"], str(report)
+
+
+def test_module_solver_runs_on_the_requested_device() -> None:
+    class ModuleTopK(Solver):
+        def forward(self, theta: Tensor) -> Tensor:
+            return top_k(theta)
+
+    report = run(ModuleTopK(), device="cpu")
+    assert report.ok, str(report)
+
+
+# ----------------------------------------------------------------------------- detected breaches
+
+
+class Alternating:
+    """Top-k on odd calls, bottom-k on even calls: not deterministic."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        self.calls += 1
+        return top_k(theta) if self.calls % 2 else bottom_k(theta)
+
+
+def mutates_input(theta: Tensor) -> Tensor:
+    z = top_k(theta)
+    theta.zero_()
+    return z
+
+
+def centres_over_the_batch(theta: Tensor) -> Tensor:
+    return top_k(theta - theta.mean(dim=0, keepdim=True))
+
+
+def first_k(theta: Tensor) -> Tensor:
+    """Always the first k entries: feasible, consistent, never optimal in general."""
+    z = torch.zeros_like(theta)
+    z[..., :K] = 1.0
+    return z
+
+
+# Checks that compare outputs need a tensor (of the input's shape); no_mutation needs neither.
+NEEDS_SHAPE = {
+    "shape_dtype_device",
+    "batch_independence",
+    "determinism",
+    "relative_optimality",
+    "optimality",
+}
+NEEDS_TENSOR = NEEDS_SHAPE | {"binary"}
+
+
+def raises(theta: Tensor) -> Tensor:
+    raise RuntimeError("solver exploded")
+
+
+@pytest.mark.parametrize(
+    ("solver", "expected_failures", "message"),
+    [
+        (lambda theta: top_k(theta)[:, :-1], NEEDS_SHAPE, "shape (8, 5) (input has (8, 6))"),
+        (lambda theta: top_k(theta).bool(), {"shape_dtype_device"}, "dtype torch.bool"),
+        (lambda theta: top_k(theta).numpy(), NEEDS_TENSOR, "expected a tensor, got ndarray"),
+        (lambda theta: top_k(theta) / 2, {"binary", "optimality"}, "are not 0 or 1"),
+        (centres_over_the_batch, {"batch_independence", "optimality"}, "alone differs"),
+        (Alternating(), {"batch_independence", "determinism"}, "a second call changed"),
+        (mutates_input, {"no_mutation"}, "modified its input"),
+        (bottom_k, {"relative_optimality", "optimality"}, "scores better"),
+        (first_k, {"optimality"}, "sub-optimal on"),
+        (partial(top_k, k=K + 1), {"optimality"}, "not among the feasible ones"),
+    ],
+    ids=[
+        "wrong-shape",
+        "wrong-dtype",
+        "not-a-tensor",
+        "non-binary",
+        "batch-dependent",
+        "non-deterministic",
+        "mutates-input",
+        "minimises",
+        "sub-optimal",
+        "infeasible",
+    ],
+)
+def test_breaches_are_detected(
+    solver: Callable[[Tensor], Tensor], expected_failures: set[str], message: str
+) -> None:
+    report = run(solver)
+    assert failed_names(report) == expected_failures
+    assert any(message in result.message for result in report.failed), str(report)
+
+
+def test_a_raising_solver_fails_the_call_and_skips_the_rest() -> None:
+    report = run(raises)
+    assert report["call"].message == "raised RuntimeError: solver exploded"
+    assert all(not result.passed for result in report.results.values())
+    assert report["binary"].message == "not run: the solver call failed"
+
+
+def test_zero_gradient_is_detected() -> None:
+    report = run(first_k, check_gradients=True, checks=["gradients"])
+    assert failed_names(report) == {"gradients"}
+    assert "gradient is zero" in report["gradients"].message
+
+
+def test_batch_independence_names_the_instances() -> None:
+    def second_instance_differs(theta: Tensor) -> Tensor:
+        z = top_k(theta)
+        if theta.shape[0] > 1:
+            z[1] = bottom_k(theta[1:2])[0]
+        return z
+
+    report = run(second_instance_differs, checks=["batch_independence"])
+    assert "instance(s) 1 alone" in report["batch_independence"].message
+
+
+def test_malformed_feasible_and_objective_are_reported() -> None:
+    report = run(top_k, feasible=lambda theta: theta, checks=["optimality"])
+    assert "feasible() must return a non-empty [F, 6] tensor" in report["optimality"].message
+    report = run(top_k, objective=lambda theta, z: theta * z, checks=["relative_optimality"])
+    assert "must return a tensor of shape [64]" in report["relative_optimality"].message
+
+
+# ----------------------------------------------------------------------------- report and plan
+
+
+def test_report_lists_every_failure() -> None:
+    report = run(bottom_k)
+    assert not report.ok
+    assert report["binary"].passed
+    with pytest.raises(AssertionError) as raised:
+        report.raise_for_failures()
+    text = str(raised.value)
+    assert "'bottom_k' failed 2 of 8 conformance checks" in text
+    assert "relative_optimality:" in text and "optimality:" in text
+    assert "FAILED" in str(report)
+    with pytest.raises(KeyError, match="did not run"):
+        report["gradients"]
+    run(top_k).raise_for_failures()
+
+
+def test_planned_checks() -> None:
+    assert planned_checks() == [name for name in CHECKS if name != "optimality"]
+    assert planned_checks(feasible=True, check_gradients=False) == [
+        name for name in CHECKS if name != "gradients"
+    ]
+    assert planned_checks(["determinism", "binary"]) == ["call", "binary", "determinism"]
+    with pytest.raises(ValueError, match="unknown conformance checks \\['speed'\\]"):
+        planned_checks(["speed"])
+    with pytest.raises(ValueError, match="needs feasible="):
+        planned_checks(["optimality"])
+
+
+def test_setup_errors_are_raised_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"no example input .* pass make_input="):
+        check_solver(top_k)
+    with pytest.raises(TypeError, match="params apply only to a solver given by name"):
+        check_solver(top_k, params={"k": 2}, make_input=gaussian_input)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        check_solver(top_k, make_input=gaussian_input, batch_size=0)
+    with pytest.raises(TypeError, match="must return \\(params: dict, theta: Tensor\\)"):
+        check_solver(top_k, make_input=lambda b, g: torch.zeros(b, N))
+    with pytest.raises(TypeError, match="floating-point theta"):
+        check_solver(top_k, make_input=lambda b, g: ({}, torch.zeros(b, N, dtype=torch.long)))
+    with pytest.raises(ValueError, match="asked for 8 instances"):
+        check_solver(top_k, make_input=lambda b, g: ({}, torch.zeros(3, N)))
+
+
+# ----------------------------------------------------------------------------- registered solvers
+
+
+def test_registered_solver_uses_its_spec_example_params_and_objective() -> None:
+    with isolated_registry():
+        register_solver("kit_top_k", example=gaussian_input)(top_k)
+        report = check_solver("kit_top_k", feasible=k_subsets, check_gradients=False)
+        assert report.solver == "kit_top_k" and report.ok, str(report)
+        # params override the example's: a 3-subset solver fails the 2-subset enumeration
+        report = check_solver("kit_top_k", params={"k": 3}, feasible=k_subsets)
+        assert "not among the feasible ones" in report["optimality"].message
+
+        register_solver(
+            "kit_top_k_wrong_objective",
+            example=gaussian_input,
+            objective=lambda theta, z: -linear_objective(theta, z),
+        )(top_k)
+        report = check_solver("kit_top_k_wrong_objective", check_gradients=False)
+        assert failed_names(report) == {"relative_optimality"}
+        report = check_solver(
+            "kit_top_k_wrong_objective", objective=linear_objective, check_gradients=False
+        )
+        assert report.ok, str(report)
+
+
+def test_isolated_registry_forgets_registrations_and_plugin_state() -> None:
+    before = dict(solver_registry)
+    loaded = registry_module._plugins_loaded
+    with isolated_registry():
+        register_solver("kit_temporary", aliases=("kit_temporary_alias",))(top_k)
+        registry_module._plugins_loaded = not loaded
+        assert "kit_temporary" in solver_registry
+    assert dict(solver_registry) == before
+    assert "kit_temporary_alias" not in registry_module._aliases
+    assert registry_module._plugins_loaded == loaded
+
+
+# ----------------------------------------------------------------------------- pytest helper
+
+
+def test_pytest_helper_is_parametrized_by_check_and_runs_the_kit_once() -> None:
+    calls = []
+
+    def counted_input(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+        calls.append(batch_size)
+        return gaussian_input(batch_size, generator)
+
+    test = solver_conformance_test(bottom_k, make_input=counted_input, feasible=k_subsets)
+    (mark,) = test.pytestmark  # type: ignore[attr-defined]
+    assert mark.name == "parametrize"
+    assert mark.args == ("check", planned_checks(feasible=True))
+    test("binary")
+    test("determinism")
+    with pytest.raises(AssertionError, match="'bottom_k', check 'optimality': sub-optimal on"):
+        test("optimality")
+    assert calls == [8]
+
+
+def test_pytest_helper_oracle_agrees_with_numpy() -> None:
+    """The k-subset enumeration used as the oracle above is itself right (numpy argsort)."""
+    theta = torch.randn(N)
+    subsets = k_subsets(theta)
+    best = subsets[(subsets @ theta).argmax()]
+    expected = np.zeros(N)
+    expected[np.argsort(-theta.numpy())[:K]] = 1.0
+    assert len(subsets) == 15
+    np.testing.assert_array_equal(best.numpy(), expected)

@@ -1,0 +1,240 @@
+"""Shared machinery of the estimators: the base class, sample layout and solver calls.
+
+**Sample layout.** An estimator drawing N samples per instance maps θ ``[B, *S]`` to
+z ``[B·N, *S]``, sample-minor: row ``b·N + n`` is sample n of instance b (as in the reference
+implementation). With N = 1 the output has θ's shape. :func:`expand_samples` tiles targets and
+inputs to that layout and :func:`mean_over_samples` averages back to ``[B, *S]``.
+
+**Solvers.** An estimator accepts any batched callable ``theta [B, *S] -> z [B, *S]``. It calls
+it under ``torch.no_grad()`` with θ as given (on θ's device), checks that the output has the
+input's shape and casts it to θ's device and dtype. Whether the solver maximises or minimises
+⟨θ, z⟩ comes from :func:`aimle_zoo.solvers.solver_sense` (``"max"`` unless declared), or from
+the ``minimize`` override of :meth:`Estimator.forward`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..solvers import SolverInputError, solver_sense, solver_spec
+from .noise import Noise
+
+__all__ = [
+    "Estimator",
+    "SolverFunction",
+    "SolverOutputError",
+    "expand_samples",
+    "mean_over_samples",
+]
+
+#: A batched MAP oracle ``theta [B, *S] -> z [B, *S]``.
+SolverFunction = Callable[[Tensor], Tensor]
+
+
+class SolverOutputError(ValueError):
+    """A solver returned something other than a tensor of its input's shape."""
+
+
+def expand_samples(x: Tensor, samples: int) -> Tensor:
+    """Tile ``x [B, *]`` to ``[B·N, *]`` in the estimators' sample-minor layout (N = ``samples``).
+
+    Row ``b·N + n`` is a copy of row ``b``; use it for targets and inputs that must line up
+    with an estimator's output.
+    """
+    check_count("samples", samples)
+    return x if samples == 1 else x.repeat_interleave(samples, dim=0)
+
+
+def mean_over_samples(z: Tensor, samples: int) -> Tensor:
+    """Average ``z [B·N, *S]`` over its N = ``samples`` samples, giving ``[B, *S]``."""
+    check_count("samples", samples)
+    if z.dim() == 0 or z.shape[0] % samples:
+        raise ValueError(
+            f"mean_over_samples: the first dimension of shape {tuple(z.shape)} is not a "
+            f"multiple of samples={samples}"
+        )
+    if samples == 1:
+        return z
+    return z.reshape(z.shape[0] // samples, samples, *z.shape[1:]).mean(dim=1)
+
+
+def solver_name(solver: object) -> str:
+    """A readable name of a solver for error messages."""
+    spec = solver_spec(solver)
+    if spec is not None:
+        return f"solver {spec.name!r}"
+    name = getattr(solver, "__qualname__", None) or type(solver).__qualname__
+    return f"solver {name}"
+
+
+def call_solver(solver: SolverFunction, theta: Tensor) -> Tensor:
+    """``solver(theta)`` without autograd, checked and cast to θ's device and dtype."""
+    with torch.no_grad():
+        z = solver(theta)
+    if not isinstance(z, Tensor):
+        raise SolverOutputError(
+            f"{solver_name(solver)} returned {type(z).__name__}, expected a tensor of shape "
+            f"{tuple(theta.shape)}; a solver maps theta [B, *S] to z [B, *S]"
+        )
+    if z.shape != theta.shape:
+        raise SolverOutputError(
+            f"{solver_name(solver)} returned shape {tuple(z.shape)} for input shape "
+            f"{tuple(theta.shape)}; a solver must return a solution of the same shape as its "
+            "input (one indicator per entry of theta)"
+        )
+    return z.to(device=theta.device, dtype=theta.dtype)
+
+
+def resolve_minimize(solver: object, minimize: bool | None) -> bool:
+    """True if the estimator must treat ``solver`` as a minimiser."""
+    if minimize is not None:
+        return bool(minimize)
+    return solver_sense(solver) == "min"
+
+
+def validate_theta(theta: object) -> Tensor:
+    """θ must be a floating tensor with a batch dimension."""
+    if not isinstance(theta, Tensor):
+        raise SolverInputError(
+            f"estimator: theta must be a torch.Tensor [B, *S], got {type(theta).__name__}"
+        )
+    if not theta.is_floating_point():
+        raise SolverInputError(
+            f"estimator: theta must be a floating-point tensor, got dtype {theta.dtype}; "
+            "convert it with theta.float()"
+        )
+    if theta.dim() < 1:
+        raise SolverInputError(
+            "estimator: theta must have a batch dimension [B, *S], got a 0-dim tensor; "
+            "use theta.unsqueeze(0) for a single instance"
+        )
+    return theta
+
+
+def perturb(theta: Tensor, noise: Tensor | None, temperature: float) -> Tensor:
+    """θ + τ·ε (θ itself when there is no noise or τ = 0)."""
+    if noise is None or temperature == 0:
+        return theta
+    return theta + temperature * noise
+
+
+def check_count(label: str, value: object) -> int:
+    """A sample count: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{label} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_temperature(label: str, value: object) -> float:
+    """A noise temperature: a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{label} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_positive(label: str, value: object) -> float:
+    """A step or scale such as λ or σ: a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{label} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+class Estimator(nn.Module):
+    """Base class: ``estimator(solver, theta)`` is a differentiable perturb-and-MAP call.
+
+    ``forward`` maps θ ``[B, *S]`` to solutions ``[B·samples, *S]`` (sample-minor); its
+    backward returns an estimate of ∂L/∂θ ``[B, *S]`` from the incoming ∂L/∂z.
+
+    Attributes:
+        samples: N, the number of solutions returned per instance.
+        generator: optional ``torch.Generator`` used for the noise (on θ's device).
+        last_lambda: λ of the last backward (0-dim tensor), ``None`` before the first one.
+        last_grad_sparsity: fraction of non-zero entries of the last gradient returned.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, samples: int = 1, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.samples = check_count("samples", samples)
+        self.generator = generator
+        self.last_lambda: Tensor | None = None
+        self.last_grad_sparsity: Tensor | None = None
+
+    def forward(
+        self, solver: SolverFunction, theta: Tensor, *, minimize: bool | None = None
+    ) -> Tensor:
+        """Solve ``theta [B, *S]`` with ``solver``; returns ``z [B·samples, *S]``.
+
+        Args:
+            solver: any batched MAP oracle ``theta -> z``.
+            theta: the parameters.
+            minimize: treat the solver as a minimiser (``True``) or maximiser (``False``);
+                ``None`` reads its declared sense (``"max"`` if undeclared).
+        """
+        if not callable(solver):
+            raise TypeError(f"solver must be callable theta -> z, got {type(solver).__name__}")
+        return self._estimate(solver, validate_theta(theta), resolve_minimize(solver, minimize))
+
+    def _estimate(self, solver: SolverFunction, theta: Tensor, minimize: bool) -> Tensor:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able ``"name"`` and constructor arguments; ``build_estimator`` rebuilds it."""
+        raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, float]:
+        """λ, gradient sparsity (and adaptive state) of the last backward, as floats.
+
+        Reading them synchronises with the device; use the tensor attributes in hot loops.
+        """
+        values: dict[str, float] = {}
+        if self.last_lambda is not None:
+            values["lambda"] = float(self.last_lambda)
+        if self.last_grad_sparsity is not None:
+            values["grad_sparsity"] = float(self.last_grad_sparsity)
+        return values
+
+    def extra_repr(self) -> str:
+        shown = {**self.config(), "noise": getattr(self, "noise", None)}
+        return ", ".join(f"{k}={v!r}" for k, v in shown.items() if k not in ("name", "target"))
+
+    def _sample_noise(self, noise: Noise | None, like: Tensor) -> Tensor | None:
+        """ε with ``like``'s shape, device and dtype, or ``None`` without noise."""
+        if noise is None:
+            return None
+        return noise.sample(
+            like.shape, device=like.device, dtype=like.dtype, generator=self.generator
+        )
+
+    def _record(self, gradient: Tensor, step: Tensor | None) -> None:
+        """Keep λ and the gradient's non-zero fraction for :meth:`diagnostics` (no sync)."""
+        self.last_lambda = None if step is None else step.detach()
+        nonzero = torch.count_nonzero(gradient).to(gradient.dtype)
+        self.last_grad_sparsity = nonzero / max(gradient.numel(), 1)
+
+
+def combine_differences(
+    difference: Tensor,
+    *,
+    batch: int,
+    samples: int,
+    marginal_samples: int,
+    process: Callable[[Tensor], Tensor],
+    minimize: bool,
+) -> Tensor:
+    """Turn per-sample finite differences into the gradient returned for θ.
+
+    ``difference [B·S·M, *S]`` is averaged over the M marginal samples of each of the S groups,
+    post-processed by ``process`` on ``[B, S, *S]`` (the target's scaling and update), averaged
+    over S and negated for a minimising solver; returns ``[B, *S]``.
+    """
+    shape = difference.shape[1:]
+    grouped = difference.reshape(batch, samples, marginal_samples, *shape)  # [B, S, M, *S]
+    per_sample = grouped.mean(dim=2) if marginal_samples > 1 else grouped.squeeze(2)
+    gradient = process(per_sample).mean(dim=1)  # [B, *S]
+    return -gradient if minimize else gradient

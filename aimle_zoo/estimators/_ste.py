@@ -1,0 +1,85 @@
+"""Straight-through estimator (STE) over perturb-and-MAP.
+
+Forward: z = MAP(θ + τ·ε), N samples per instance (``[B·N, *S]``). Backward: the solver is
+treated as the identity, so ∂L/∂θ = (1/N) Σ_n dy_n ``[B, *S]``. For a minimising solver the
+identity is taken on −θ (the solution of min⟨θ, z⟩ is the solution of max⟨−θ, z⟩), so the
+gradient is −(1/N) Σ_n dy_n; the reference STE has no minimisation mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._base import (
+    Estimator,
+    SolverFunction,
+    call_solver,
+    check_temperature,
+    expand_samples,
+    mean_over_samples,
+    perturb,
+)
+from .noise import NoiseLike, make_noise
+
+__all__ = ["STE"]
+
+
+class _STEFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, theta: Tensor, estimator: STE, solver: SolverFunction, minimize: bool
+    ) -> Tensor:
+        theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
+        eps = estimator._sample_noise(estimator.noise, theta_tiled)
+        ctx.estimator, ctx.minimize = estimator, minimize
+        return call_solver(solver, perturb(theta_tiled, eps, estimator.temperature))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
+        estimator: STE = ctx.estimator
+        gradient = mean_over_samples(dy, estimator.samples)  # [B, *S]
+        if ctx.minimize:
+            gradient = -gradient
+        estimator._record(gradient, None)
+        return gradient, None, None, None
+
+
+class STE(Estimator):
+    """Straight-through estimator: perturb-and-MAP forward, identity backward.
+
+    Args:
+        noise: perturbation noise (default none: plain MAP).
+        temperature: τ, the noise scale.
+        samples: N, samples per instance.
+        generator: optional ``torch.Generator`` for the noise.
+    """
+
+    name = "ste"
+
+    def __init__(
+        self,
+        noise: NoiseLike = None,
+        temperature: float = 1.0,
+        samples: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(samples=samples, generator=generator)
+        self.noise = make_noise(noise)
+        self.temperature = check_temperature("temperature", temperature)
+
+    def _estimate(self, solver: SolverFunction, theta: Tensor, minimize: bool) -> Tensor:
+        return _STEFunction.apply(theta, self, solver, minimize)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "noise": None if self.noise is None else self.noise.config(),
+            "temperature": self.temperature,
+            "samples": self.samples,
+        }

@@ -1,0 +1,94 @@
+"""``DifferentiableSolver``: a solver and an estimator composed into one ``nn.Module`` layer.
+
+In training mode the layer runs ``estimator(solver, theta)`` (noisy samples ``[B·N, *S]`` and
+an estimated gradient); in eval mode it runs the plain, noise-free ``solver(theta)``
+``[B, *S]``. TorchScript, ONNX export and ``torch.export`` always see the plain solver, so a
+model holding the layer exports whatever mode it is in (the estimator's autograd Function is
+not exportable).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..solvers import get_solver
+from ._aimle import AIMLE
+from ._base import Estimator, SolverFunction
+from .registry import build_estimator
+
+__all__ = ["DifferentiableSolver"]
+
+
+class DifferentiableSolver(nn.Module):
+    """A combinatorial solver as a differentiable layer.
+
+    Args:
+        solver: an ``nn.Module`` or callable ``theta [B, *S] -> z [B, *S]``, or the name of a
+            registered solver (built with ``get_solver(name, **solver_params)``).
+        estimator: an :class:`Estimator`, an estimator name (built with defaults), or ``None``
+            for ``AIMLE()`` (adaptive target, Gumbel noise, one sample).
+        **solver_params: parameters of a named solver, e.g. ``k=5`` for ``"topk"``.
+
+    Example::
+
+        layer = DifferentiableSolver("topk", AIMLE(samples=10), k=5)
+        z = layer(logits)          # training: [B·10, n]; eval: [B, n]
+    """
+
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["estimator"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["samples"]
+
+    def __init__(
+        self,
+        solver: nn.Module | SolverFunction | str,
+        estimator: Estimator | str | None = None,
+        **solver_params: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(solver, str):
+            solver = get_solver(solver, **solver_params)
+        elif solver_params:
+            raise TypeError(
+                f"solver parameters {sorted(solver_params)} are only used with a solver name; "
+                "set them on the solver object instead"
+            )
+        if not callable(solver):
+            raise TypeError(
+                "solver must be an nn.Module, a callable theta -> z or a registered solver "
+                f"name, got {type(solver).__name__}"
+            )
+        if estimator is None:
+            estimator = AIMLE()
+        elif isinstance(estimator, str):
+            estimator = build_estimator(estimator)
+        elif not isinstance(estimator, Estimator):
+            raise TypeError(
+                "estimator must be an Estimator, an estimator name or None, "
+                f"got {type(estimator).__name__}"
+            )
+        self.solver = solver
+        self.estimator = estimator
+
+    @property
+    def samples(self) -> int:
+        """Solutions returned per instance: the estimator's N in training, 1 in eval."""
+        return self.estimator.samples if self.training else 1
+
+    def forward(self, theta: Tensor) -> Tensor:
+        """``theta [B, *S]`` -> ``z [B·samples, *S]``."""
+        if torch.jit.is_scripting():
+            return self.solver(theta)
+        if torch.onnx.is_in_onnx_export() or _is_exporting():
+            return self.solver(theta)
+        if self.training:
+            return self.estimator(self.solver, theta)
+        return self.solver(theta)
+
+
+def _is_exporting() -> bool:
+    """``torch.compiler.is_exporting()`` (torch >= 2.6; ``False`` on older versions)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False

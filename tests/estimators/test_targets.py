@@ -1,0 +1,191 @@
+"""Fixed and adaptive targets: λ, the β update rule, state round trips and rank sync."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import aimle_zoo.estimators.targets as targets_module
+from aimle_zoo.estimators import (
+    AIMLE,
+    AdaptiveTarget,
+    FixedTarget,
+    build_estimator,
+    make_target,
+)
+
+from ._helpers import topk_mask
+
+
+def _gradient_with_nonzeros(count: int, shape=(2, 3, 10), seed: int = 0) -> torch.Tensor:
+    """A ``[B, S, n]`` difference with exactly ``count`` non-zero entries (±1)."""
+    gen = torch.Generator().manual_seed(seed)
+    flat = torch.zeros(int(np.prod(shape)))
+    positions = torch.randperm(flat.numel(), generator=gen)[:count]
+    flat[positions] = torch.where(torch.rand(count, generator=gen) < 0.5, -1.0, 1.0)
+    return flat.reshape(shape)
+
+
+def test_adaptive_update_follows_the_rule_step_by_step() -> None:
+    beta, running, previous = 0.3, 1.0, 0.0
+    c, eta, mu, rho = 2.0, 0.05, 0.5, 0.8
+    target = AdaptiveTarget(
+        initial_beta=beta, target_norm=c, update_step=eta, momentum=mu, decay=rho
+    )
+    # counts per step (60 entries, B·S = 6): rises, then a long run of dense gradients that
+    # drives β to the clamp at 0 with momentum, then sparse ones again.
+    counts = [0, 12, 3, 30, 40, 40, 40, 40, 40, 0, 0, 6]
+    for step_index, count in enumerate(counts):
+        gradient = _gradient_with_nonzeros(count, seed=step_index)
+        step = torch.tensor(0.25)
+        out = target.process(gradient, step)
+        running = rho * running + (1 - rho) * count / 6
+        update = (eta if running < c else -eta) + mu * previous
+        beta, previous = max(beta + update, 0.0), update
+        assert torch.equal(out, gradient / 0.25)
+        assert float(target.grad_norm) == pytest.approx(running, rel=1e-5)
+        assert float(target.last_update) == pytest.approx(previous, rel=1e-5, abs=1e-7)
+        assert float(target.beta) == pytest.approx(beta, rel=1e-5, abs=1e-7)
+    assert min(float(target.beta), beta) >= 0.0
+
+
+def test_adaptive_step_size_is_beta_times_norm_ratio() -> None:
+    target = AdaptiveTarget(initial_beta=0.7)
+    theta = torch.randn(6, 5, dtype=torch.float64)
+    dy = torch.randn(6, 5, dtype=torch.float64)
+    step = target.step_size(theta, dy)
+    expected = 0.7 * np.linalg.norm(theta.numpy()) / np.linalg.norm(dy.numpy())
+    assert step.dtype == torch.float64 and step.dim() == 0
+    assert float(step) == pytest.approx(expected, rel=1e-6)
+
+    zero = target.step_size(theta, torch.zeros_like(dy))
+    assert float(zero) == 0.0
+    gradient = _gradient_with_nonzeros(4).double()
+    assert torch.equal(target.process(gradient, zero), gradient)
+
+
+def test_fixed_target_step_and_scaling() -> None:
+    theta, dy = torch.randn(4, 3), torch.randn(4, 3)
+    gradient = _gradient_with_nonzeros(5, shape=(2, 2, 3))
+    scaled, unscaled = FixedTarget(4.0), FixedTarget(4.0, scale_gradient=False)
+    assert float(scaled.step_size(theta, dy)) == 4.0
+    assert torch.equal(scaled.process(gradient, torch.tensor(4.0)), gradient / 4)
+    assert torch.equal(unscaled.process(gradient, torch.tensor(4.0)), gradient)
+
+
+@pytest.mark.parametrize(("beta0", "grows"), [(1e-4, True), (50.0, False)])
+def test_beta_moves_towards_the_target_norm(beta0: float, grows: bool) -> None:
+    """Too small a λ gives no non-zeros (β grows); too large gives ~2k per sample (β shrinks)."""
+    target = AdaptiveTarget(initial_beta=beta0, target_norm=2.0, update_step=1e-3)
+    estimator = AIMLE(target=target, samples=2, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        theta = torch.randn(8, 10, generator=gen, requires_grad=True)
+        z = estimator(lambda t: topk_mask(t, 3), theta)
+        (z * torch.randn(z.shape, generator=gen)).sum().backward()
+    moved = float(target.beta) - beta0
+    if grows:
+        assert moved == pytest.approx(30 * 1e-3, rel=1e-3)  # every step went up
+        assert float(target.grad_norm) < 2.0
+    else:
+        assert moved < -20 * 1e-3
+        assert float(target.grad_norm) > 2.0
+
+
+def test_adaptive_state_survives_a_state_dict_round_trip() -> None:
+    config = {
+        "name": "aimle",
+        "target": {"name": "adaptive", "initial_beta": 0.2, "update_step": 0.01, "momentum": 0.3},
+        "noise": None,
+        "samples": 2,
+    }
+    estimator = build_estimator(config)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(module, theta, cost):
+        theta = theta.clone().requires_grad_()
+        z = module(lambda t: topk_mask(t, 2), theta)
+        (z * cost).sum().backward()
+        return theta.grad
+
+    batches = [
+        (torch.randn(5, 7, generator=gen), torch.randn(10, 7, generator=gen)) for _ in range(7)
+    ]
+    for theta, cost in batches[:6]:
+        step(estimator, theta, cost)
+    buffer = io.BytesIO()
+    torch.save(estimator.state_dict(), buffer)
+    buffer.seek(0)
+    restored = build_estimator(estimator.config())
+    restored.load_state_dict(torch.load(buffer))
+    untouched = build_estimator(estimator.config())
+    assert set(estimator.state_dict()) == {
+        "target.beta",
+        "target.grad_norm",
+        "target.last_update",
+    }
+    assert float(restored.beta) == float(estimator.beta) != 0.2
+
+    theta, cost = batches[6]
+    grads = [step(module, theta, cost) for module in (estimator, restored, untouched)]
+    assert torch.equal(grads[0], grads[1])
+    for name, value in estimator.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[name]), name
+    assert not torch.equal(estimator.beta, untouched.beta)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_counts_are_summed_over_ranks(monkeypatch: pytest.MonkeyPatch, sync: bool) -> None:
+    """With two ranks, β moves on the all-reduced count (the other rank faked by a patch)."""
+    reduced = []
+
+    def fake_all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
+        reduced.append(tensor.clone())
+        tensor += torch.tensor([30.0, 6.0], dtype=tensor.dtype)  # other rank: 30 over 6
+
+    monkeypatch.setattr(targets_module, "_distributed_world_size", lambda: 2)
+    monkeypatch.setattr(targets_module.dist, "all_reduce", fake_all_reduce)
+    target = AdaptiveTarget(initial_beta=0.5, target_norm=1.0, sync_distributed=sync)
+    target.process(torch.zeros(2, 3, 4), torch.tensor(1.0))  # this rank: 0 non-zeros over 6
+    if sync:
+        assert len(reduced) == 1 and reduced[0].tolist() == [0.0, 6.0]
+        assert float(target.grad_norm) == pytest.approx(0.9 + 0.1 * 30 / 12)
+        assert float(target.beta) == pytest.approx(0.5 - 1e-3)
+    else:
+        assert reduced == []
+        assert float(target.grad_norm) == pytest.approx(0.9)
+        assert float(target.beta) == pytest.approx(0.5 + 1e-3)
+
+
+def test_make_target_forms() -> None:
+    assert isinstance(make_target(None), AdaptiveTarget)
+    fixed = make_target("fixed", lambda_=3.0)
+    assert isinstance(fixed, FixedTarget) and fixed.lambda_ == 3.0
+    adaptive = make_target({"name": "adaptive", "target_norm": 4.0})
+    assert isinstance(adaptive, AdaptiveTarget) and adaptive.target_norm == 4.0
+    assert make_target(adaptive) is adaptive
+    rebuilt = make_target(adaptive.config())
+    assert rebuilt.config() == adaptive.config()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: make_target("adaptve"), ValueError, "Did you mean 'adaptive'"),
+        (lambda: make_target({"lambda_": 2.0}), ValueError, "needs a 'name' key"),
+        (lambda: make_target(FixedTarget(), lambda_=2.0), ValueError, "cannot be applied"),
+        (lambda: make_target("fixed", lam=2.0), TypeError, "does not accept parameters"),
+        (lambda: make_target(3), TypeError, "target must be"),
+        (lambda: FixedTarget(0.0), ValueError, "lambda_ must be a number > 0"),
+        (lambda: FixedTarget(-1.0), ValueError, "lambda_ must be a number > 0"),
+        (lambda: AdaptiveTarget(update_step=-1e-3), ValueError, "update_step must be"),
+        (lambda: AdaptiveTarget(decay=1.5), ValueError, "decay must be in"),
+        (lambda: AdaptiveTarget(initial_beta=-0.1), ValueError, "initial_beta must be"),
+    ],
+)
+def test_target_errors(call, error, match) -> None:
+    with pytest.raises(error, match=match):
+        call()

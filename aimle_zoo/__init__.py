@@ -1,5 +1,38 @@
-"""aimle-zoo: combinatorial solvers as differentiable PyTorch layers (AIMLE and relatives)."""
+"""aimle-zoo: combinatorial solvers as differentiable PyTorch layers (AIMLE and relatives).
 
+Example::
+
+    import torch
+    from aimle_zoo import AIMLE, AdaptiveTarget, DifferentiableSolver
+
+    layer = DifferentiableSolver("topk", AIMLE(target=AdaptiveTarget(target_norm=2.0)), k=3)
+    z = layer(torch.randn(8, 10, requires_grad=True))  # [8, 10] k-subset indicators
+"""
+
+from .estimators import (
+    AIMLE as AIMLE,
+    IMLE as IMLE,
+    STE as STE,
+    AdaptiveTarget as AdaptiveTarget,
+    Blackbox as Blackbox,
+    DifferentiableSolver as DifferentiableSolver,
+    Estimator as Estimator,
+    FixedTarget as FixedTarget,
+    Gaussian as Gaussian,
+    Gumbel as Gumbel,
+    PerturbedOptimizer as PerturbedOptimizer,
+    SumOfGamma as SumOfGamma,
+    aimle as aimle,
+    blackbox as blackbox,
+    build_estimator as build_estimator,
+    expand_samples as expand_samples,
+    imle as imle,
+    list_estimators as list_estimators,
+    make_noise as make_noise,
+    mean_over_samples as mean_over_samples,
+    perturbed as perturbed,
+    ste as ste,
+)
 from .solvers import (
     SolverInputError as SolverInputError,
     get_solver as get_solver,

@@ -119,7 +119,8 @@ class AdaptiveTarget(Target):
     update. β, c̄ and Δ_prev are buffers (``beta``, ``grad_norm``, ``last_update``).
 
     Args:
-        initial_beta: β₀ ≥ 0.
+        initial_beta: β₀ ≥ 0 (default 1, the reference class default, so the first backward
+            already gives a gradient; the reference experiments start from 0).
         target_norm: c, the wanted average number of non-zero gradient entries per sample.
         update_step: η ≥ 0.
         momentum: μ ≥ 0.
@@ -136,7 +137,7 @@ class AdaptiveTarget(Target):
 
     def __init__(
         self,
-        initial_beta: float = 0.0,
+        initial_beta: float = 1.0,
         target_norm: float = 1.0,
         update_step: float = 1e-3,
         momentum: float = 0.0,

@@ -1,0 +1,258 @@
+"""The interface every zoo model shares, checked on every registered model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from aimle_zoo.estimators import list_estimators
+from aimle_zoo.models import (
+    CheckpointMismatchError,
+    ModelInputError,
+    ZooModel,
+    list_models,
+)
+
+from ._helpers import TINY, make_batch, tiny_model
+
+MODELS = list_models()
+
+#: Trailing output shape of each tiny model (after the batch dimension).
+OUTPUT_SHAPES = {
+    "l2x_text": (),
+    "l2x_tabular": (2,),
+    "l2x_mnist": (2,),
+    "discrete_vae": (16,),
+    "nri_tree": (12,),
+    "grid_shortest_path": (4, 4),
+}
+
+
+def _train_steps(model: ZooModel, batch: tuple[torch.Tensor, ...], steps: int, lr: float) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss, _ = model.training_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def _eval_loss(model: ZooModel, batch: tuple[torch.Tensor, ...]) -> float:
+    return model.reduce_metrics([model.evaluate_batch(batch)])["loss"]
+
+
+def test_every_model_has_a_tiny_configuration() -> None:
+    assert set(MODELS) == set(TINY) == set(OUTPUT_SHAPES)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shapes_in_train_and_eval_mode(name: str) -> None:
+    model = tiny_model(name, estimator={"name": "aimle", "samples": 3})
+    (inputs,) = model.example_inputs(5)
+    model.eval()
+    first, second = model(inputs), model(inputs)
+    assert first.shape == (5, *OUTPUT_SHAPES[name])
+    assert torch.equal(first, second)  # eval mode: the noise-free MAP latent
+    assert model.samples == 1
+    model.train()
+    assert model.samples == 3
+    assert model(inputs).shape == (15, *OUTPUT_SHAPES[name])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_example_inputs_are_deterministic(name: str) -> None:
+    model = tiny_model(name)
+    for first, second in zip(model.example_inputs(2), model.example_inputs(2), strict=True):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", MODELS)
+def test_eval_path_compiles_with_torchscript(name: str) -> None:
+    model = tiny_model(name).eval()
+    scripted = torch.jit.script(model)
+    for batch_size in (1, 4):
+        inputs = model.example_inputs(batch_size)
+        with torch.no_grad():
+            assert torch.equal(scripted(*inputs), model(*inputs))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_few_training_steps_reduce_the_loss(name: str) -> None:
+    model = tiny_model(name)
+    batch = make_batch(name, model, 16)
+    before = _eval_loss(model, batch)
+    _train_steps(model, batch, steps=25, lr=1e-2)
+    after = _eval_loss(model, batch)
+    assert after < before
+
+
+@pytest.mark.parametrize("estimator", list_estimators())
+@pytest.mark.parametrize("name", MODELS)
+def test_every_estimator_trains_every_model(name: str, estimator: str) -> None:
+    model = tiny_model(name, estimator=estimator)
+    model.train()
+    loss, logs = model.training_loss(make_batch(name, model, 4))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(isinstance(value, float) for value in logs.values())
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None, parameter_name
+        assert torch.isfinite(parameter.grad).all(), parameter_name
+    assert model.latent_layer.estimator.config()["name"] == estimator
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_straight_through_gradient_reaches_the_network_before_the_latent(name: str) -> None:
+    model = tiny_model(name, estimator="ste")
+    model.train()
+    loss, _ = model.training_loss(make_batch(name, model, 4))
+    loss.backward()
+    upstream = {
+        "l2x_text": "selector",
+        "l2x_tabular": "selector",
+        "l2x_mnist": "selector",
+        "discrete_vae": "encoder",
+        "nri_tree": "encoder",
+        "grid_shortest_path": "features",
+    }
+    norms = [p.grad.norm() for p in getattr(model, upstream[name]).parameters()]
+    assert sum(norms) > 0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
+    model = tiny_model(name)
+    initial_beta = float(model.latent_layer.estimator.beta)
+    _train_steps(model, make_batch(name, model, 4), steps=2, lr=1e-3)
+    model.eval()
+    assert float(model.latent_layer.estimator.beta) != initial_beta  # the state moved
+    model.save_pretrained(tmp_path)
+
+    loaded = type(model).from_pretrained(tmp_path)
+    assert not loaded.training
+    with open(tmp_path / "config.json") as handle:
+        saved_config = json.load(handle)
+    assert saved_config == {**TINY[name], **saved_config}  # the sizes we passed
+    assert saved_config["estimator"] == model.latent_layer.estimator.config()
+    assert loaded.latent_layer.estimator.config() == model.latent_layer.estimator.config()
+    assert torch.equal(loaded.latent_layer.estimator.beta, model.latent_layer.estimator.beta)
+    original_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert original_state.keys() == loaded_state.keys()
+    for key, value in original_state.items():
+        assert torch.equal(value, loaded_state[key]), key
+    inputs = model.example_inputs(3)
+    with torch.no_grad():
+        assert torch.equal(model(*inputs), loaded(*inputs))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loading_is_strict(name: str, tmp_path: Path) -> None:
+    model = tiny_model(name)
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(weights)
+    first_key = sorted(state)[0]
+
+    missing = dict(state)
+    del missing[first_key]
+    save_file(missing, weights)
+    with pytest.raises(CheckpointMismatchError, match=f"missing tensors.*{first_key}"):
+        type(model).from_pretrained(tmp_path)
+    partial = type(model).from_pretrained(tmp_path, strict=False)
+    assert isinstance(partial, type(model))
+
+    save_file({**state, "stray.weight": torch.zeros(2)}, weights)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensors.*stray\.weight"):
+        type(model).from_pretrained(tmp_path)
+
+
+def test_loading_tensors_of_the_wrong_size_fails(tmp_path: Path) -> None:
+    model = tiny_model("l2x_tabular")
+    model.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointMismatchError, match="does not fit"):
+        type(model).from_pretrained(tmp_path, predictor_hidden=[32])
+
+
+def _bad_input(model: ZooModel, kind: str) -> object:
+    (inputs,) = model.example_inputs(2)
+    if kind == "not a tensor":
+        return inputs.tolist()
+    if kind == "wrong rank":
+        return inputs.unsqueeze(0).unsqueeze(0)
+    return inputs.float() if not inputs.is_floating_point() else inputs.long()
+
+
+@pytest.mark.parametrize("kind", ["not a tensor", "wrong rank", "wrong dtype"])
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_forward_inputs_name_the_model_and_the_expected_shape(name: str, kind: str) -> None:
+    model = tiny_model(name)
+    with pytest.raises(ModelInputError, match=rf"{type(model).__name__}\.forward: expected.*\[B"):
+        model(_bad_input(model, kind))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_batches_are_rejected(name: str) -> None:
+    model = tiny_model(name)
+    batch = make_batch(name, model, 3)
+    where = f"{type(model).__name__}.training_loss"
+    with pytest.raises(ModelInputError, match=where):
+        model.training_loss({"unexpected": batch[0]})
+    with pytest.raises(ModelInputError, match=where):
+        model.training_loss((*batch, batch[0], batch[0]))  # too many fields
+    if len(batch) > 1 and name != "nri_tree":  # the NRI training loss needs no edges
+        with pytest.raises(ModelInputError, match=where):
+            model.training_loss((batch[0], batch[1][:1], *batch[2:]))  # 1 target, 3 inputs
+    with pytest.raises(ModelInputError, match=f"{type(model).__name__}.evaluate_batch"):
+        model.evaluate_batch((_bad_input(model, "wrong rank"), *batch[1:]))
+
+
+def test_reduce_metrics_divides_sums_by_their_counts() -> None:
+    batches = [
+        {
+            "loss_sum": torch.tensor(3.0),
+            "rank_sum": torch.tensor(4.0),
+            "rank_count": torch.tensor(2),
+            "count": torch.tensor(2),
+        },
+        {
+            "loss_sum": torch.tensor(6.0),
+            "rank_sum": torch.tensor(2.0),
+            "rank_count": torch.tensor(1),
+            "count": torch.tensor(4),
+        },
+    ]
+    metrics = ZooModel.reduce_metrics(batches)
+    assert metrics == {"loss": 9.0 / 6, "rank": 6.0 / 3, "count": 6.0}
+
+
+def test_evaluate_batch_restores_the_training_mode() -> None:
+    model = tiny_model("l2x_tabular")
+    model.train()
+    model.evaluate_batch(make_batch("l2x_tabular", model, 3))
+    assert model.training
+    model.eval()
+    model.evaluate_batch(make_batch("l2x_tabular", model, 3))
+    assert not model.training
+
+
+def test_loading_a_hub_repository_from_the_local_cache(tmp_path: Path) -> None:
+    model = tiny_model("l2x_tabular")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repository = tmp_path / "models--aimle-zoo--l2x-tabular"
+    snapshot = repository / "snapshots" / commit
+    model.save_pretrained(snapshot)
+    (repository / "refs").mkdir()
+    (repository / "refs" / "main").write_text(commit)
+    loaded = type(model).from_pretrained(
+        "aimle-zoo/l2x-tabular", cache_dir=tmp_path, local_files_only=True
+    )
+    (inputs,) = model.example_inputs(4)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), model(inputs))

@@ -1,0 +1,110 @@
+"""Grid shortest-path model: costs, Hamming loss and path metrics against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from aimle_zoo.models import ModelInputError
+from aimle_zoo.models.grid_path import hamming_loss, path_metrics
+
+from ._helpers import grid_path_oracle, make_batch, tiny_model
+
+
+def test_hamming_loss_counts_differing_cells() -> None:
+    generator = torch.Generator().manual_seed(0)
+    predicted = (torch.rand(5, 4, 4, generator=generator) < 0.5).float()
+    gold = (torch.rand(5, 4, 4, generator=generator) < 0.5).float()
+    expected = (predicted.numpy() != gold.numpy()).reshape(5, -1).sum(1)
+    np.testing.assert_array_equal(hamming_loss(predicted, gold).numpy(), expected)
+
+
+def test_path_metrics_hand_checked_cases() -> None:
+    costs = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]])
+    diagonal_via_centre = torch.eye(3)  # cost 1 + 5 + 1 = 7
+    top_right = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # cost 4
+    bottom_left = top_right.T.clone()  # also cost 4: a tie with the gold path
+    long_way = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # cost 5
+    predicted = torch.stack([top_right, bottom_left, diagonal_via_centre, long_way])
+    gold = top_right.expand(4, 3, 3)
+    metrics = path_metrics(predicted, gold, costs.expand(4, 3, 3), percents=(0.0001, 30.0))
+    np.testing.assert_array_equal(metrics["exact_match"].numpy(), [1, 0, 0, 0])
+    np.testing.assert_allclose(metrics["cost_ratio"].numpy(), [1, 1, 7 / 4, 5 / 4])
+    np.testing.assert_array_equal(metrics["below_0.0001_percent"].numpy(), [1, 1, 0, 0])
+    np.testing.assert_array_equal(metrics["below_30_percent"].numpy(), [1, 1, 0, 1])
+
+
+@pytest.mark.parametrize("activation", ["abs", "softplus"])
+def test_vertex_costs_are_non_negative(activation: str) -> None:
+    model = tiny_model("grid_shortest_path", cost_activation=activation).eval()
+    maps, _, _ = make_batch("grid_shortest_path", model, 3)
+    with torch.no_grad():
+        costs = model.vertex_costs(maps)
+        raw = model.pool(model.features(maps)).mean(dim=1)
+    assert costs.shape == (3, 4, 4)
+    expected = raw.abs() if activation == "abs" else torch.nn.functional.softplus(raw)
+    torch.testing.assert_close(costs, expected)
+    assert (costs >= 0).all()
+
+
+def test_map_path_is_the_shortest_path_of_the_predicted_costs() -> None:
+    model = tiny_model("grid_shortest_path", cost_activation="softplus").eval()
+    maps, _, _ = make_batch("grid_shortest_path", model, 4)
+    with torch.no_grad():
+        costs = model.vertex_costs(maps)
+        paths = model(maps)
+    for row in range(4):
+        oracle = grid_path_oracle(costs[row])
+        assert float((paths[row] * costs[row]).sum()) == pytest.approx(
+            float((oracle * costs[row]).sum()), rel=1e-5
+        )
+
+
+def test_evaluation_metrics_match_a_numpy_computation() -> None:
+    model = tiny_model("grid_shortest_path")
+    maps, costs, gold = make_batch("grid_shortest_path", model, 6)
+    metrics = model.evaluate_batch((maps, costs, gold), percents=(0.0001, 10.0))
+    model.eval()
+    with torch.no_grad():
+        predicted = model(maps).numpy()
+    true_cost = (predicted * costs.numpy()).reshape(6, -1).sum(1)
+    gold_cost = (gold.numpy() * costs.numpy()).reshape(6, -1).sum(1)
+    differing = (predicted != gold.numpy()).reshape(6, -1)
+    assert metrics["loss_sum"].item() == differing.sum()
+    assert metrics["exact_match_sum"].item() == (~differing.any(1)).sum()
+    assert metrics["cost_ratio_sum"].item() == pytest.approx((true_cost / gold_cost).sum())
+    for percent in (0.0001, 10.0):
+        within = true_cost <= gold_cost * (1 + percent / 100)
+        assert metrics[f"below_{percent:g}_percent_sum"].item() == within.sum()
+
+
+def test_training_loss_tiles_the_gold_path_over_samples() -> None:
+    samples = 3
+    model = tiny_model(
+        "grid_shortest_path", estimator={"name": "ste", "noise": None, "samples": samples}
+    )
+    model.train()
+    maps, costs, gold = make_batch("grid_shortest_path", model, 4)
+    loss, logs = model.training_loss((maps, costs, gold))
+    with torch.no_grad():  # noise off: every sample is the path of the (training-mode) costs
+        paths = model.latent_layer.solver(model.vertex_costs(maps)).numpy()
+    expected = (paths != gold.numpy()).reshape(4, -1).sum(1).mean()
+    assert model(maps).shape == (4 * samples, 4, 4)
+    assert loss.item() == pytest.approx(expected)
+    assert logs["hamming"] == pytest.approx(expected)
+
+
+def test_bad_grids_are_rejected() -> None:
+    model = tiny_model("grid_shortest_path")
+    maps, costs, gold = make_batch("grid_shortest_path", model, 2)
+    with pytest.raises(ModelInputError, match=r"gold paths.*\[B, 4, 4\]"):
+        model.training_loss((maps, costs, gold[:, :3]))
+    with pytest.raises(ModelInputError, match="true vertex costs must be >= 0"):
+        model.evaluate_batch((maps, -costs, gold))
+    with pytest.raises(ModelInputError, match="at least 4×4 pixels"):
+        model(maps[:, :, :3, :3])
+    with pytest.raises(ModelInputError, match=r"map images.*\[B, 3, H·t, W·t\]"):
+        model(maps[:, :2])
+    with pytest.raises(ValueError, match="cost_activation must be one of"):
+        tiny_model("grid_shortest_path", cost_activation="relu")

@@ -1,0 +1,189 @@
+"""L2X models: selection semantics, loss conventions and metrics against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import rankdata
+
+from aimle_zoo.data.l2x_synthetic import median_rank as data_median_rank
+from aimle_zoo.data.mnist import pixel_mask_to_patch_mask
+from aimle_zoo.models import ModelInputError
+from aimle_zoo.models.l2x import median_rank
+
+from ._helpers import make_batch, tiny_model
+
+
+def _reference_median_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Ranks by descending score (ties: lower index first) with scipy, median with numpy."""
+    medians = []
+    for row_scores, row_relevant in zip(scores, relevant, strict=True):
+        ranks = rankdata(-row_scores, method="ordinal")
+        medians.append(np.median(ranks[row_relevant]) if row_relevant.any() else np.nan)
+    return np.array(medians)
+
+
+def test_median_rank_matches_scipy_ranks_and_numpy_median() -> None:
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 4, (200, 10), generator=generator).double()  # many ties
+    relevant = torch.rand(200, 10, generator=generator) < 0.3
+    expected = _reference_median_ranks(scores.numpy(), relevant.numpy())
+    np.testing.assert_allclose(median_rank(scores, relevant).numpy(), expected, equal_nan=True)
+
+
+def test_median_rank_agrees_with_the_dataset_metric_without_ties() -> None:
+    generator = torch.Generator().manual_seed(2)
+    scores = torch.randn(100, 10, generator=generator, dtype=torch.float64)
+    relevant = torch.rand(100, 10, generator=generator) < 0.4
+    relevant[:, 0] = True  # the dataset metric needs one relevant feature per row
+    np.testing.assert_allclose(
+        median_rank(scores, relevant).numpy(), data_median_rank(scores, relevant)
+    )
+
+
+def test_median_rank_hand_checked_case() -> None:
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7]])  # ranks 4, 1, 3, 2
+    assert median_rank(scores, torch.tensor([[True, True, False, False]])).item() == 2.5
+    assert median_rank(scores, torch.tensor([[True, False, True, True]])).item() == 3.0
+
+
+def test_text_threshold_ties_select_every_tied_token_and_exact_selects_k() -> None:
+    threshold = tiny_model("l2x_text", ties="threshold").eval()
+    exact = tiny_model("l2x_text", ties="exact").eval()
+    ids = torch.zeros(2, 20, dtype=torch.long)  # all PAD: identical logits everywhere
+    ids[1, :5] = torch.arange(3, 8)
+    for model, pad_only_count in ((threshold, 20), (exact, 3)):
+        mask = model.select(ids)
+        assert mask.shape == (2, 20)
+        assert mask[0].sum() == pad_only_count
+        scores = model.token_scores(ids)[1]
+        kth = scores.topk(3).values[-1]
+        if model is threshold:
+            assert torch.equal(mask[1].bool(), scores >= kth)
+        else:
+            assert mask[1].sum() == 3
+
+
+def test_text_prediction_matches_the_formula() -> None:
+    model = tiny_model("l2x_text").eval()
+    (ids,) = model.example_inputs(4)
+    logits = model.token_scores(ids)
+    kth = logits.topk(model.k, dim=1).values[:, -1:]
+    mask = (logits >= kth).float()  # the reference's threshold rule
+    pooled = (model.embedding[ids] * mask.unsqueeze(-1)).sum(1) / model.k
+    first, second = model.predictor[0], model.predictor[2]
+    expected = torch.sigmoid(second(torch.relu(first(pooled)))).squeeze(-1)
+    torch.testing.assert_close(model(ids), expected)
+
+
+def test_text_loss_sums_samples_and_averages_the_batch_on_a_partial_batch() -> None:
+    samples = 3
+    model = tiny_model("l2x_text", estimator={"name": "ste", "samples": samples})
+    model.train()
+    ids, scores = make_batch("l2x_text", model, 5)  # 5 is not a multiple of any batch size
+    torch.manual_seed(3)
+    loss, _ = model.training_loss((ids, scores))
+    torch.manual_seed(3)
+    predictions = model(ids).reshape(5, samples)
+    expected = ((predictions - scores[:, None]) ** 2).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_text_evaluation_reports_the_mse_of_map_predictions() -> None:
+    model = tiny_model("l2x_text")
+    ids, scores = make_batch("l2x_text", model, 6)
+    metrics = model.evaluate_batch((ids, scores))
+    model.eval()
+    with torch.no_grad():
+        expected = float(((model(ids) - scores) ** 2).sum())
+    assert metrics["mse_sum"].item() == pytest.approx(expected)
+    assert metrics["count"].item() == 6
+    assert model.reduce_metrics([metrics])["mse"] == pytest.approx(expected / 6)
+
+
+def test_text_rejects_out_of_vocabulary_ids_and_wrong_embeddings() -> None:
+    model = tiny_model("l2x_text")
+    with pytest.raises(ModelInputError, match=r"token ids must lie in \[0, 49\]"):
+        model(torch.full((1, 20), 50))
+    with pytest.raises(ModelInputError, match="at least k=3 tokens"):
+        model(torch.ones(1, 2, dtype=torch.long))
+    with pytest.raises(ModelInputError, match=r"set_embeddings.*\[50, 8\]"):
+        model.set_embeddings(torch.zeros(49, 8))
+    vectors = torch.randn(50, 8)
+    model.set_embeddings(vectors)
+    assert torch.equal(model.embedding, vectors)
+
+
+def test_tabular_evaluation_against_direct_computation() -> None:
+    model = tiny_model("l2x_tabular")
+    x, labels, relevant = make_batch("l2x_tabular", model, 12)
+    metrics = model.evaluate_batch((x, labels, relevant))
+    model.eval()
+    with torch.no_grad():
+        scores = model.feature_scores(x).numpy()
+        logits = model(x).numpy()
+    selected = np.zeros_like(scores, dtype=bool)
+    np.put_along_axis(selected, np.argsort(-scores, axis=1)[:, :4], True, axis=1)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert metrics["loss_sum"].item() == pytest.approx(
+        -log_probs[np.arange(12), labels].sum(), rel=1e-5
+    )
+    assert metrics["accuracy_sum"].item() == (logits.argmax(1) == labels.numpy()).sum()
+    expected_ranks = _reference_median_ranks(scores, relevant.numpy())
+    assert metrics["median_rank_sum"].item() == pytest.approx(expected_ranks.sum())
+    precision = (selected & relevant.numpy()).sum(1) / 4
+    assert metrics["precision_sum"].item() == pytest.approx(precision.sum())
+
+
+def test_tabular_accepts_one_hot_labels() -> None:
+    model = tiny_model("l2x_tabular")
+    x, labels, _ = make_batch("l2x_tabular", model, 6)
+    one_hot = torch.nn.functional.one_hot(labels, 2).float()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(
+            model.training_loss((x, one_hot))[0], model.training_loss((x, labels))[0]
+        )
+    with pytest.raises(ModelInputError, match=r"labels must lie in \[0, 1\]"):
+        model.training_loss((x, labels + 2))
+
+
+def test_image_patch_mask_upsampling_matches_kronecker_product() -> None:
+    model = tiny_model("l2x_mnist")
+    generator = torch.Generator().manual_seed(4)
+    patch_mask = (torch.rand(3, 49, generator=generator) < 0.2).float()
+    pixels = model.pixel_mask(patch_mask)
+    assert pixels.shape == (3, 1, 28, 28)
+    for row in range(3):
+        expected = np.kron(patch_mask[row].reshape(7, 7).numpy(), np.ones((4, 4)))
+        np.testing.assert_array_equal(pixels[row, 0].numpy(), expected)
+    back = pixel_mask_to_patch_mask(pixels[:, 0], patch_size=4, reduce="all")
+    assert torch.equal(back, patch_mask.bool())  # the dataset's row-major patch order
+
+
+def test_image_selects_k_patches_and_classifies_the_masked_image() -> None:
+    model = tiny_model("l2x_mnist").eval()
+    images, labels = make_batch("l2x_mnist", model, 5)
+    scores = model.patch_scores(images)
+    mask = model.latent_layer(scores)
+    assert scores.shape == (5, 49)
+    assert torch.equal(mask.sum(1), torch.full((5,), 4.0))
+    expected_mask = torch.zeros(5, 49).scatter_(1, scores.topk(4, dim=1).indices, 1.0)
+    assert torch.equal(mask, expected_mask)
+    hidden = model.features(images * model.pixel_mask(mask)).flatten(1)
+    torch.testing.assert_close(model(images), model.classifier(hidden))
+    metrics = model.evaluate_batch((images, labels))
+    assert metrics["accuracy_sum"].item() == (model(images).argmax(1) == labels).sum().item()
+    assert torch.equal(model(images[:, 0]), model(images))  # [B, 28, 28] is accepted too
+
+
+def test_invalid_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 10\]"):
+        tiny_model("l2x_tabular", k=11)
+    with pytest.raises(ValueError, match="ties must be one of"):
+        tiny_model("l2x_text", ties="random")
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        tiny_model("l2x_mnist", image_size=30)
+    with pytest.raises(TypeError, match="estimator must be a name"):
+        tiny_model("l2x_tabular", estimator=3)

@@ -104,11 +104,15 @@ def solver_spec(solver: object) -> SolverSpec | None:
 
 
 def solver_sense(solver: object) -> Sense:
-    """``"max"`` or ``"min"``: from the solver's registry spec, else its ``sense`` attribute."""
-    spec = solver_spec(solver)
-    if spec is not None:
-        return spec.sense
-    sense = getattr(solver, "sense", "max")
+    """``"max"`` or ``"min"``: an instance's own ``sense`` attribute, else its registry spec.
+
+    The instance attribute comes first so that one class can solve both senses (e.g. a
+    spanning tree built with ``maximum=False``); unregistered callables default to ``"max"``.
+    """
+    sense = vars(solver).get("sense") if hasattr(solver, "__dict__") else None
+    if sense is None:
+        spec = solver_spec(solver)
+        sense = spec.sense if spec is not None else getattr(solver, "sense", "max")
     if sense not in ("max", "min"):
         raise ValueError(f"solver sense must be 'max' or 'min', got {sense!r}")
     return "min" if sense == "min" else "max"

@@ -1,0 +1,1 @@
+"""Per-instance CPU reference solvers (scipy, networkx): test oracles and benchmark baselines."""

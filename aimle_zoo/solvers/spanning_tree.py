@@ -1,0 +1,411 @@
+"""Maximum / minimum spanning trees as batched tensor programs (Prim's algorithm).
+
+Given symmetric edge weights ``w [B, n, n]`` and optionally a boolean mask of allowed edges, the
+solver returns the 0/1 adjacency ``z [B, n, n]`` of
+
+    T* = argmax_{T spanning tree} Σ_{(i, j) in T} w_ij        (``maximum=True``)
+
+(argmin for the minimum variant). The diagonal (self-loops) is ignored and ``z`` is symmetric
+with ``n - 1`` edges, so ``<w, z> = 2 Σ_{(i, j) in T} w_ij``.
+
+The algorithm is Prim's, run on the whole batch at once: ``n - 1`` steps, each a masked argmax
+over the ``[B, n]`` frontier, with no per-example Python loop.
+
+Tie-breaking (deterministic): the tree grows from vertex 0; at each step the outside vertex with
+the best connecting edge joins, the lowest vertex index winning a tie; its tree neighbour is the
+earliest-joined tree vertex among equally good edges.
+
+The NRI adapter :class:`SpanningTreeEdges` works on the encoder's directed-edge vector
+``[B, n(n-1)]``, with helpers :func:`edges_to_matrix` and :func:`matrix_to_edges`.
+"""
+
+# No "from __future__ import annotations": TorchScript reads the class annotation of the
+# ``mask`` buffer at run time and cannot parse it as a string.
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import Solver, SolverInputError, _short_list, check_theta, solver_spec
+from ._registry import register_solver
+from .topk import _input_checks_enabled
+
+
+def _prim_parents(weights: Tensor, maximum: bool, mask: Tensor | None) -> Tensor:
+    """Prim's algorithm on a batch: ``w [B, n, n] -> parent [B, n]``.
+
+    ``parent[b, v]`` is v's neighbour on the path to vertex 0 in the optimal tree, or -1 for the
+    root and for vertices that masked edges cut off from vertex 0 (the result is then the tree
+    of vertex 0's component).
+
+    Per step, with ``best[v] = max_{u in tree} s_uv`` over the outside vertices (``s = ±w`` with
+    -inf on forbidden edges): ``v* = argmax_v best[v]`` joins the tree, then
+    ``best[v] <- max(best[v], s_{v* v})``.
+    """
+    batch, n = weights.shape[0], weights.shape[-1]
+    vertices = torch.arange(n, device=weights.device)  # [n]
+    allowed = vertices.unsqueeze(1) != vertices.unsqueeze(0)  # [n, n] no self-loops
+    if mask is not None:
+        allowed = torch.logical_and(allowed, mask)  # [n, n] or [B, n, n]
+    signed = weights if maximum else -weights
+    score = torch.where(allowed, signed, float("-inf"))  # [B, n, n], a fresh tensor
+    score[:, :, 0] = float("-inf")  # no edge may enter the root
+    best = score[:, 0, :].clone()  # [B, n] best edge from the tree to each vertex
+    parent = torch.where(best > float("-inf"), 0, -1)  # [B, n]
+    for _ in range(n - 1):
+        joining = best.argmax(dim=1, keepdim=True)  # [B, 1] first index on ties
+        best.scatter_(1, joining, float("-inf"))
+        score.scatter_(2, joining.unsqueeze(1).expand(batch, n, 1), float("-inf"))
+        offered = score.gather(1, joining.unsqueeze(2).expand(batch, 1, n)).squeeze(1)  # [B, n]
+        closer = offered > best  # [B, n] strict: earlier tree vertices keep ties
+        best = torch.where(closer, offered, best)
+        parent = torch.where(closer, joining, parent)
+    return parent
+
+
+def _parents_to_adjacency(parent: Tensor, dtype: torch.dtype) -> Tensor:
+    """``parent [B, n] -> z [B, n, n]`` symmetric 0/1 with ``z_{v, parent[v]} = 1``."""
+    has_parent = (parent >= 0).unsqueeze(2).to(dtype)  # [B, n, 1]
+    batch, n = parent.shape[0], parent.shape[1]
+    half = torch.zeros(batch, n, n, dtype=dtype, device=parent.device)
+    half.scatter_(2, parent.clamp(min=0).unsqueeze(2), has_parent)  # [B, n, n] child -> parent
+    return half + half.transpose(1, 2)
+
+
+def _num_nodes(num_edges: int) -> int:
+    """n = round(1/2 + sqrt(1/4 + L)), the root of ``n (n - 1) = L`` (validated elsewhere).
+
+    Scripted, the root is taken on an int64 tensor so that ONNX export keeps n an integer.
+    """
+    if torch.jit.is_scripting():
+        root = torch.sqrt(torch.tensor(0.25 + num_edges, dtype=torch.float64))
+        return int(torch.floor(root + 1.0).to(torch.int64))
+    return (1 + math.isqrt(1 + 4 * num_edges)) // 2
+
+
+def _offdiagonal_index(n: int, device: torch.device) -> Tensor:
+    """``[n(n-1)]``: flat position ``i n + j`` in an n × n matrix of directed edge ``e``.
+
+    ``e = i (n - 1) + j'`` with ``j = j' + [j' >= i]`` (the diagonal skipped).
+    """
+    edge = torch.arange(n * (n - 1), device=device)  # [n(n-1)]
+    row_length = max(n - 1, 1)
+    receiver = torch.div(edge, row_length, rounding_mode="floor")
+    sender = edge - receiver * row_length  # j'
+    sender = sender + (sender >= receiver).to(torch.int64)  # j
+    return receiver * n + sender
+
+
+def _edges_to_matrix(edges: Tensor, n: int) -> Tensor:
+    """``[B, n(n-1)] -> [B, n, n]`` with a zero diagonal (row i = receiver, column j = sender)."""
+    batch = edges.shape[0]
+    index = _offdiagonal_index(n, edges.device).expand(batch, n * (n - 1))  # [B, n(n-1)]
+    flat = edges.new_zeros([batch, n * n]).scatter(1, index, edges)  # [B, n²]
+    return flat.reshape(batch, n, n)
+
+
+def _matrix_to_edges(matrix: Tensor) -> Tensor:
+    """``[B, n, n] -> [B, n(n-1)]``: the off-diagonal entries in row-major order."""
+    batch, n = matrix.shape[0], matrix.shape[1]
+    index = _offdiagonal_index(n, matrix.device)  # [n(n-1)]
+    return matrix.reshape(batch, n * n).index_select(1, index)
+
+
+def num_nodes_from_edges(num_edges: int) -> int:
+    """The number of nodes n of a directed-edge vector of length ``num_edges = n (n - 1)``.
+
+    Raises:
+        SolverInputError: ``num_edges`` is not of the form n (n - 1).
+    """
+    n = (1 + math.isqrt(1 + 4 * num_edges)) // 2 if num_edges >= 0 else 0
+    if n < 1 or n * (n - 1) != num_edges:
+        below, above = max(n, 1), max(n, 1) + 1
+        raise SolverInputError(
+            f"a directed-edge vector must have length n(n-1) for n nodes, got length "
+            f"{num_edges}; the nearest valid lengths are {below * (below - 1)} "
+            f"(n={below}) and {above * (above - 1)} (n={above})."
+        )
+    return n
+
+
+def edges_to_matrix(edges: Tensor) -> Tensor:
+    """Directed-edge vector ``[*, n(n-1)]`` to matrix ``[*, n, n]`` with a zero diagonal.
+
+    Edge ``e = i (n - 1) + j'`` (receiver i, sender j, ``j' = j - [j > i]``, the NRI encoder's
+    order) goes to ``matrix[..., i, j]``.
+    """
+    if edges.dim() < 1:
+        raise SolverInputError("edges_to_matrix: expected a tensor [*, n(n-1)], got a scalar.")
+    lead, num_edges = edges.shape[:-1], edges.shape[-1]
+    n = num_nodes_from_edges(num_edges)
+    matrix = _edges_to_matrix(edges.reshape(math.prod(lead), num_edges), n)  # [*, n, n] flat
+    return matrix.reshape(*lead, n, n)
+
+
+def matrix_to_edges(matrix: Tensor) -> Tensor:
+    """Matrix ``[*, n, n]`` to directed-edge vector ``[*, n(n-1)]`` (drops the diagonal).
+
+    ``edges[..., i (n - 1) + j'] = matrix[..., i, j]``; the inverse of :func:`edges_to_matrix`.
+    """
+    if matrix.dim() < 2 or matrix.shape[-1] != matrix.shape[-2] or matrix.shape[-1] < 1:
+        raise SolverInputError(
+            f"matrix_to_edges: expected a tensor [*, n, n] with n >= 1, got shape "
+            f"{tuple(matrix.shape)}."
+        )
+    lead, n = matrix.shape[:-2], matrix.shape[-1]
+    edges = _matrix_to_edges(matrix.reshape(math.prod(lead), n, n))  # [*, n(n-1)] flat
+    return edges.reshape(*lead, n * (n - 1))
+
+
+def _symmetry_tolerance(dtype: torch.dtype) -> float:
+    """Relative and absolute tolerance of the symmetry check: max(1e-5, 8 eps(dtype))."""
+    return max(1e-5, 8.0 * torch.finfo(dtype).eps)
+
+
+def check_spanning_tree_input(
+    weights: object, mask: Tensor | None, solver: str, *, symmetric: bool = True
+) -> Tensor:
+    """Validate weights ``[B, n, n]`` (and a mask of allowed edges) for a spanning-tree solver.
+
+    Checks: a floating 3-D tensor, finite, square with n >= 1, a mask whose size and batch
+    match, and (if ``symmetric``) symmetry on the allowed edges within
+    ``max(1e-5, 8 eps(dtype))`` relative and absolute tolerance.
+
+    Raises:
+        SolverInputError: with the offending instance indices where the problem is per instance.
+    """
+    hint = "[B, n, n] symmetric edge weights"
+    theta = check_theta(weights, solver=solver, ndim=3, shape_hint=hint)
+    batch, rows, cols = theta.shape
+    if rows != cols or rows < 1:
+        raise SolverInputError(
+            f"{solver}: expected square weights [B, n, n] with n >= 1, got shape "
+            f"{tuple(theta.shape)}."
+        )
+    if mask is not None and (
+        mask.shape[-1] != rows or (mask.dim() == 3 and mask.shape[0] != batch)
+    ):
+        raise SolverInputError(
+            f"{solver}: the mask has shape {tuple(mask.shape)} but the weights have shape "
+            f"{tuple(theta.shape)}; pass a mask [n, n] or [B, n, n] matching them."
+        )
+    if not symmetric or torch.equal(theta, theta.transpose(1, 2)):  # exact: one cheap pass
+        return theta
+    allowed = ~torch.eye(rows, dtype=torch.bool, device=theta.device)  # [n, n]
+    if mask is not None:
+        allowed = torch.logical_and(allowed, mask.to(theta.device))  # [n, n] or [B, n, n]
+    tol = _symmetry_tolerance(theta.dtype)
+    close = torch.isclose(theta, theta.transpose(1, 2), rtol=tol, atol=tol)  # [B, n, n]
+    asymmetric = torch.logical_and(~close, allowed).flatten(1).any(dim=1)  # [B]
+    if bool(asymmetric.any()):
+        bad = asymmetric.nonzero().flatten().tolist()
+        gap = (theta[bad[0]] - theta[bad[0]].T).abs().max().item()
+        raise SolverInputError(
+            f"{solver}: weights must be symmetric (w[b, i, j] == w[b, j, i] within "
+            f"rtol = atol = {tol:.1e}), but instance(s) {_short_list(bad)} are not (instance "
+            f"{bad[0]} differs by up to {gap:.3g}). Symmetrise them, e.g. "
+            "(w + w.transpose(1, 2)) / 2, build the solver with symmetrize=True (needed under "
+            "i.i.d. perturbation noise), or use 'mst_edges' for directed-edge scores."
+        )
+    return theta
+
+
+def check_connected(parent: Tensor, solver: str) -> None:
+    """Raise if a Prim run (``parent [B, n]``) left vertices outside vertex 0's component."""
+    unreached = (parent[:, 1:] < 0).any(dim=1)  # [B]
+    if bool(unreached.any()):
+        bad = unreached.nonzero().flatten().tolist()
+        raise SolverInputError(
+            f"{solver}: the allowed edges (mask) do not connect all vertices in instance(s) "
+            f"{_short_list(bad)}, so no spanning tree exists; allow more edges in the mask."
+        )
+
+
+def _validate_mask(mask: object, solver: str) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        what = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise SolverInputError(
+            f"{solver}: mask must be a boolean tensor [n, n] or [B, n, n] of allowed edges, "
+            f"got {what}; build it with e.g. weights != 0."
+        )
+    if mask.dim() not in (2, 3) or mask.shape[-1] != mask.shape[-2]:
+        raise SolverInputError(
+            f"{solver}: mask must have shape [n, n] or [B, n, n], got {tuple(mask.shape)}."
+        )
+    if not torch.equal(mask, mask.transpose(-1, -2)):
+        raise SolverInputError(
+            f"{solver}: mask must be symmetric (edges are undirected); pass mask | mask.mT."
+        )
+    return mask.clone()
+
+
+def _tree_weight(theta: Tensor, z: Tensor) -> Tensor:
+    """Tree weight ``Σ_{(i, j) in T} w_ij = <w, z> / 2`` per instance: ``[B, n, n] -> [B]``."""
+    return (theta * z).sum(dim=(1, 2)) / 2
+
+
+def _symmetric_example(
+    batch_size: int, generator: torch.Generator
+) -> tuple[dict[str, Any], Tensor]:
+    """Symmetric weights on n = 6 vertices ``[B, 6, 6]`` (default parameters)."""
+    weights = torch.randn(batch_size, 6, 6, generator=generator)
+    return {}, (weights + weights.transpose(1, 2)) / 2
+
+
+def _edges_example(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+    """Directed-edge scores on n = 5 nodes ``[B, 20]``."""
+    return {}, torch.randn(batch_size, 20, generator=generator)
+
+
+_TREE_CONSTRAINTS = (
+    "weights symmetric (w[b, i, j] == w[b, j, i]); diagonal ignored",
+    "mask [n, n] or [B, n, n] boolean, symmetric, allowed edges must connect all vertices",
+)
+
+
+@register_solver(
+    "mst",
+    sense="max",
+    exportable=True,
+    input_shape="[B, n, n]",
+    constraints=_TREE_CONSTRAINTS,
+    description="maximum spanning tree (batched Prim) of symmetric edge weights",
+    aliases=("spanning_tree", "maximum_spanning_tree", "max_spanning_tree"),
+    example=_symmetric_example,
+    objective=_tree_weight,
+)
+class SpanningTree(Solver):
+    """Spanning tree of symmetric weights: ``w [B, n, n] -> z [B, n, n]`` symmetric 0/1.
+
+    ``z`` is the adjacency of ``argmax_T Σ_{(i,j) in T} w_ij`` (``argmin`` if ``maximum=False``)
+    over spanning trees T using only allowed edges. ``n - 1`` edges, zero diagonal, θ's dtype.
+    n = 1 gives the empty tree. Tie-breaking is deterministic (see the module docstring).
+
+    By default (``symmetrize=True``) any ``θ [B, n, n]`` is accepted and replaced by its symmetric
+    part ``w = (θ + θᵀ) / 2``; since z is symmetric, ``<θ, z> = <w, z>``, so z is the exact
+    argmax (argmin) of the linear objective ``<θ, z>`` over tree adjacencies. This is what
+    estimators need: they perturb θ with i.i.d. noise, which breaks symmetry, and the whole
+    perturbation and the whole incoming gradient are then used. ``symmetrize=False`` rejects
+    asymmetric input instead (a guard against passing directed scores by mistake).
+
+    Args:
+        maximum: maximum (default) or minimum spanning tree. The solver's ``sense`` attribute
+            follows it; register-level sense is "max", so prefer the "minimum_spanning_tree"
+            solver (:class:`MinimumSpanningTree`) when a minimum tree feeds an estimator.
+        mask: boolean ``[n, n]`` or ``[B, n, n]`` of allowed edges (symmetric); ``None`` allows
+            all. The allowed edges must connect all vertices.
+        symmetrize: symmetrise θ (default) instead of rejecting asymmetric input.
+    """
+
+    mask: Tensor | None
+
+    def __init__(
+        self, maximum: bool = True, mask: Tensor | None = None, symmetrize: bool = True
+    ) -> None:
+        super().__init__()
+        name = self._solver_name()
+        for flag, value in (("maximum", maximum), ("symmetrize", symmetrize)):
+            if not isinstance(value, bool):
+                raise SolverInputError(f"{name}: {flag} must be True or False, got {value!r}.")
+        self.maximum = maximum
+        self.symmetrize = symmetrize
+        self.sense = "max" if maximum else "min"
+        self.register_buffer("mask", _validate_mask(mask, name))
+
+    def forward(self, theta: Tensor) -> Tensor:
+        """``w [B, n, n] -> z [B, n, n]``: adjacency of the optimal spanning tree."""
+        if not torch.jit.is_scripting():
+            self._check_input(theta)
+        if self.symmetrize:
+            theta = (theta + theta.transpose(1, 2)) / 2  # [B, n, n]
+        parent = _prim_parents(theta, self.maximum, self.mask)  # [B, n]
+        if not torch.jit.is_scripting():
+            self._check_connected(parent)
+        return _parents_to_adjacency(parent, theta.dtype)
+
+    @torch.jit.unused
+    def _check_input(self, theta: Tensor) -> None:
+        if _input_checks_enabled():
+            name = self._solver_name()
+            check_spanning_tree_input(theta, self.mask, name, symmetric=not self.symmetrize)
+
+    @torch.jit.unused
+    def _check_connected(self, parent: Tensor) -> None:
+        if _input_checks_enabled():
+            check_connected(parent, self._solver_name())
+
+    @torch.jit.unused
+    def _solver_name(self) -> str:
+        spec = solver_spec(self)
+        return spec.name if spec is not None else type(self).__name__
+
+    def extra_repr(self) -> str:
+        mask = self.mask
+        shape = f"[{', '.join(map(str, mask.shape))}]" if isinstance(mask, Tensor) else "None"
+        return f"maximum={self.maximum}, mask={shape}, symmetrize={self.symmetrize}"
+
+
+@register_solver(
+    "minimum_spanning_tree",
+    sense="min",
+    exportable=True,
+    input_shape="[B, n, n]",
+    constraints=_TREE_CONSTRAINTS,
+    description="minimum spanning tree (batched Prim) of symmetric edge weights",
+    aliases=("min_spanning_tree",),
+    example=_symmetric_example,
+    objective=_tree_weight,
+)
+class MinimumSpanningTree(SpanningTree):
+    """Minimum spanning tree: :class:`SpanningTree` with ``maximum=False`` and sense "min".
+
+    Args:
+        mask: boolean ``[n, n]`` or ``[B, n, n]`` of allowed edges, or ``None``.
+        symmetrize: symmetrise θ instead of rejecting asymmetric input.
+    """
+
+    def __init__(self, mask: Tensor | None = None, symmetrize: bool = True) -> None:
+        super().__init__(maximum=False, mask=mask, symmetrize=symmetrize)
+
+
+@register_solver(
+    "mst_edges",
+    sense="max",
+    exportable=True,
+    input_shape="[B, n(n-1)]",
+    constraints=("length n(n-1): edge e = i(n-1) + j' with receiver i, sender j",),
+    description="maximum spanning tree on NRI directed-edge scores (both directions set)",
+    aliases=("spanning_tree_edges",),
+    example=_edges_example,
+)
+class SpanningTreeEdges(Solver):
+    """Maximum spanning tree on directed-edge scores: ``l [B, n(n-1)] -> z [B, n(n-1)]``.
+
+    The layout is the NRI encoder's: edge ``e = i (n - 1) + j'`` has receiver i and sender j
+    (``j' = j - [j > i]``). Undirected weights are ``w_ij = (l_ij + l_ji) / 2``, so every entry
+    of θ (and of an incoming gradient) counts; z sets both directions of each tree edge, hence
+    ``<l, z> = 2 Σ_{(i,j) in T} w_ij``. n is inferred from the length.
+    """
+
+    def forward(self, theta: Tensor) -> Tensor:
+        """``l [B, n(n-1)] -> z [B, n(n-1)]`` in {0, 1}, 2 (n - 1) ones per row."""
+        if not torch.jit.is_scripting():
+            self._check_input(theta)
+        n = _num_nodes(theta.shape[-1])
+        scores = _edges_to_matrix(theta, n)  # [B, n, n]
+        weights = (scores + scores.transpose(1, 2)) / 2  # [B, n, n]
+        parent = _prim_parents(weights, True, None)  # [B, n]
+        return _matrix_to_edges(_parents_to_adjacency(parent, theta.dtype))
+
+    @torch.jit.unused
+    def _check_input(self, theta: Tensor) -> None:
+        if _input_checks_enabled():
+            hint = "[B, n(n-1)] directed-edge scores (squeeze a trailing edge-type dim)"
+            check_theta(theta, solver="mst_edges", ndim=2, shape_hint=hint)
+            try:
+                num_nodes_from_edges(theta.shape[-1])
+            except SolverInputError as err:
+                raise SolverInputError(f"mst_edges: {err}") from None

@@ -1,0 +1,136 @@
+"""Top-k selection (k-subset MAP): ``z = argmax_{z in {0,1}^n, Σz = k} <θ, z>`` over the last dim.
+
+The maximiser puts ones on the k largest entries of θ. Two tie rules are offered:
+
+* ``"exact"``: exactly k ones. Entries strictly above the k-th largest value are always chosen;
+  among the entries equal to it, the ones with the **lowest indices** are chosen. The result is
+  the lexicographically smallest optimal index set; it depends only on the values of θ, so it
+  is the same on every device and in every export.
+* ``"threshold"``: ``z_i = [θ_i >= θ_(k)]`` with θ_(k) the k-th largest value, the rule of the
+  reference experiments. Under ties at θ_(k) it returns more than k ones.
+
+Both are a handful of tensor operations (``topk``, comparisons, ``cumsum``) with no
+data-dependent Python control flow, so they script and export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import Solver, SolverInputError, check_theta
+from ._registry import register_solver
+
+TIE_RULES = ("exact", "threshold")
+
+
+def _input_checks_enabled() -> bool:
+    """``True`` in eager mode; ``False`` while tracing or exporting (checks need host syncs).
+
+    TorchScript cannot compile it: call it from ``@torch.jit.unused`` methods only.
+    """
+    return not (torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+
+def _kth_largest(theta: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest values ``[*, k]`` (unordered) and the k-th largest ``θ_(k)`` ``[*, 1]``."""
+    largest = torch.topk(theta, k, dim=-1, sorted=False).values  # [*, k]
+    return largest, largest.amin(dim=-1, keepdim=True)  # [*, k], [*, 1]
+
+
+def _topk_lowest_index(theta: Tensor, k: int) -> Tensor:
+    """Exactly k ones per row; ties at the k-th largest value go to the lowest indices.
+
+    With ``t_i = [θ_i = θ_(k)]`` and ``m`` the number of tied entries inside the top k,
+    ``z_i = [θ_i > θ_(k)] + t_i [Σ_{j<=i} t_j <= m]``.
+    """
+    largest, kth = _kth_largest(theta, k)  # [*, k], [*, 1]
+    tied_needed = (largest == kth).sum(dim=-1, keepdim=True)  # [*, 1]
+    tied = theta == kth  # [*, n]
+    take_tied = tied.cumsum(dim=-1, dtype=torch.int64) <= tied_needed  # [*, n]
+    chosen = torch.logical_or(theta > kth, torch.logical_and(tied, take_tied))  # [*, n]
+    return chosen.to(theta.dtype)
+
+
+def _topk_threshold(theta: Tensor, k: int) -> Tensor:
+    """``z_i = [θ_i >= θ_(k)]``: at least k ones per row, more under ties."""
+    _, kth = _kth_largest(theta, k)  # [*, 1]
+    return (theta >= kth).to(theta.dtype)
+
+
+def _topk_objective(theta: Tensor, z: Tensor) -> Tensor:
+    """``<θ, z>`` per instance: ``[B, *, n] x [B, *, n] -> [B]``."""
+    return (theta * z).flatten(1).sum(dim=1)
+
+
+def _topk_example(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+    """k = 3 of n = 10 on standard normal scores ``[B, 10]``."""
+    return {"k": 3}, torch.randn(batch_size, 10, generator=generator)
+
+
+@register_solver(
+    "topk",
+    sense="max",
+    exportable=True,
+    input_shape="[B, *, n]",
+    constraints=("1 <= k <= n", "top-k over the last dimension"),
+    description="k largest entries of the last dimension (k-subset selection)",
+    aliases=("top_k", "k_subset"),
+    example=_topk_example,
+    objective=_topk_objective,
+)
+class TopK(Solver):
+    """Top-k indicator over the last dimension: ``θ [B, *, n] -> z [B, *, n]``, Σ_n z = k.
+
+    ``z = argmax_{z in {0,1}^n, Σz = k} <θ, z>`` row by row. Ties: ``ties="exact"`` returns
+    exactly k ones and prefers the lowest indices among values equal to the k-th largest;
+    ``ties="threshold"`` returns ``[θ >= θ_(k)]`` (the reference rule, can exceed k). The output
+    has θ's dtype and device.
+
+    Args:
+        k: number of entries to select, ``1 <= k <= n``.
+        ties: ``"exact"`` or ``"threshold"``.
+    """
+
+    def __init__(self, k: int, ties: str = "exact") -> None:
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise SolverInputError(
+                f"topk: k must be an int, got {k!r} ({type(k).__name__}); pass e.g. k=10."
+            )
+        if k < 1:
+            raise SolverInputError(f"topk: k must be in [1, n], got k={k}; pass k >= 1.")
+        if ties not in TIE_RULES:
+            raise SolverInputError(
+                f"topk: unknown ties rule {ties!r}; choose 'exact' (exactly k ones, lowest "
+                "index wins a tie) or 'threshold' (all entries >= the k-th largest)."
+            )
+        self.k = k
+        self.ties = ties
+
+    def forward(self, theta: Tensor) -> Tensor:
+        """``θ [B, *, n] -> z [B, *, n]`` in {0, 1}, top-k over the last dimension."""
+        if not torch.jit.is_scripting():
+            self._check(theta)
+        if self.ties == "exact":
+            return _topk_lowest_index(theta, self.k)
+        return _topk_threshold(theta, self.k)
+
+    @torch.jit.unused
+    def _check(self, theta: Tensor) -> None:
+        if not _input_checks_enabled():
+            return
+        check_theta(
+            theta, solver="topk", min_ndim=2, shape_hint="[B, *, n] (top-k over the last dim)"
+        )
+        n = theta.shape[-1]
+        if self.k > n:
+            raise SolverInputError(
+                f"topk: k={self.k} is out of range for n={n} items (theta.shape[-1]); "
+                f"k must be in [1, {n}]. Lower k or pass more items."
+            )
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, ties={self.ties!r}"

@@ -96,6 +96,11 @@ class _DistInfo:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """True outside ``torchrun`` and on rank 0 inside it."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _init_distributed(device: str) -> _DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (if any)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -394,7 +399,7 @@ def _run_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         steps += 1
-        for key, value in {"loss": float(loss), **logs}.items():
+        for key, value in {"loss": float(loss.detach()), **logs}.items():
             totals[key] = totals.get(key, 0.0) + float(value)
         if info.is_main and config.progress and (steps == 1 or steps % 10 == 0):
             postfix = {"loss": f"{float(loss):.4g}"}

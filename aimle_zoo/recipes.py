@@ -1,0 +1,424 @@
+"""Training recipes: which model, data, estimator and schedule make each published task.
+
+A recipe names a task (``"dvae-mnist"``, ``"nri-t10"``, ...), the zoo model that solves it, how
+to build its train/valid/test splits, the reference hyper-parameters (spec §5–§6) and the
+estimator variants compared in the README. :func:`run_training` and :func:`run_evaluation` are
+what ``aimle-zoo train`` and ``aimle-zoo evaluate`` call.
+
+Estimator variants (``--estimator``): ``aimle`` (the recipe's reference AIMLE setting),
+``aimle-forward`` / ``aimle-central`` (the same with forward / central differences), ``imle``
+(fixed λ, the same noise and samples), ``ste``, ``perturbed`` and ``blackbox``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from . import data
+from ._io import atomic_file
+from .estimators import Estimator
+from .models import ZooModel, create_model
+from .training import TrainConfig, TrainResult, evaluate, is_main_process, train
+
+RECIPE_FILE = "recipe.json"
+ESTIMATOR_VARIANTS = (
+    "aimle",
+    "aimle-forward",
+    "aimle-central",
+    "imle",
+    "ste",
+    "perturbed",
+    "blackbox",
+)
+
+
+@dataclass
+class TaskData:
+    """The splits of a task, plus what the model must learn from the data before training."""
+
+    train: Dataset[Any]
+    valid: Dataset[Any]
+    test: Dataset[Any]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. the vocabulary size
+    setup: Callable[[ZooModel], None] | None = None  # e.g. load pretrained word vectors
+
+
+class UnknownRecipeError(KeyError):
+    """No recipe has the requested name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where data come from and how much of it: ``smoke`` shrinks every split to a few batches."""
+
+    data_dir: str | None = None  # MNIST IDX folder, BeerAdvocate folder, reference .npy folder
+    cache_dir: str | None = None
+    smoke: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A published task: model, data, reference schedule and estimator variants."""
+
+    name: str
+    model: str
+    description: str
+    build_data: Callable[[DataOptions], TaskData]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    imle_lambda: float = 10.0
+    smoke_model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def estimator_config(self, variant: str) -> dict[str, Any] | None:
+        """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
+        if variant not in ESTIMATOR_VARIANTS:
+            close = difflib.get_close_matches(variant, ESTIMATOR_VARIANTS, n=2)
+            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ValueError(
+                f"unknown estimator {variant!r}.{hint} "
+                f"Choose one of {', '.join(ESTIMATOR_VARIANTS)}."
+            )
+        if variant == "aimle":
+            return None
+        reference = self.reference_estimator()
+        noise, samples = reference.get("noise"), int(reference.get("samples", 1))
+        if variant in ("aimle-forward", "aimle-central"):
+            return {**reference, "symmetric": variant == "aimle-central"}
+        if variant == "imle":
+            return {
+                "name": "imle",
+                "lambda_": self.imle_lambda,
+                "noise": noise,
+                "samples": samples,
+                "input_temperature": reference.get("input_temperature", 1.0),
+                "target_temperature": reference.get("target_temperature", 1.0),
+            }
+        if variant == "ste":
+            return {"name": "ste", "noise": noise, "samples": samples}
+        if variant == "perturbed":
+            return {
+                "name": "perturbed",
+                "noise": "gaussian",
+                "sigma": 1.0,
+                "samples": max(2, samples),
+            }
+        return {"name": "blackbox", "lambda_": self.imle_lambda}
+
+    def reference_estimator(self) -> dict[str, Any]:
+        """The model's default (reference) AIMLE config."""
+        probe = create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
+        estimator = cast(Estimator, probe.latent_layer.estimator)  # type: ignore[union-attr]
+        return copy.deepcopy(estimator.config())
+
+    def build_model(
+        self, variant: str = "aimle", *, smoke: bool = False, task: TaskData | None = None
+    ) -> ZooModel:
+        """A fresh model with the estimator ``variant`` (sized and set up for ``task``)."""
+        kwargs = {**self.model_kwargs, **(self.smoke_model_kwargs if smoke else {})}
+        if task is not None:
+            kwargs.update(task.model_kwargs)
+        model = create_model(self.model, **kwargs, estimator=self.estimator_config(variant))
+        if task is not None and task.setup is not None:
+            task.setup(model)
+        return model
+
+
+# ----------------------------------------------------------------------------- data builders
+
+
+def _split_off(
+    dataset: Dataset[Any], valid_size: int, seed: int
+) -> tuple[Subset[Any], Subset[Any]]:
+    """A fixed random ``valid_size`` hold-out of ``dataset`` (train, valid)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    return Subset(dataset, order[valid_size:].tolist()), Subset(
+        dataset, order[:valid_size].tolist()
+    )
+
+
+def _head(dataset: Dataset[Any], size: int) -> Dataset[Any]:
+    return Subset(dataset, range(min(size, len(dataset))))  # type: ignore[arg-type]
+
+
+def _mnist_root(options: DataOptions) -> str | None:
+    return options.data_dir or os.environ.get("AIMLE_ZOO_MNIST")
+
+
+def _mnist_images(options: DataOptions) -> TaskData:
+    """MNIST for the discrete VAE: 55k train / 5k valid (held out of train) / 10k test."""
+    root = _mnist_root(options)
+    download = root is None
+    train_full = data.MNIST(root, "train", download=download)
+    test = data.MNIST(root, "test", download=download)
+    train_set, valid = _split_off(train_full, 5000, seed=0)
+    if options.smoke:
+        return TaskData(_head(train_set, 200), _head(valid, 100), _head(test, 100))
+    return TaskData(train_set, valid, test)
+
+
+def _mnist_pairs(options: DataOptions) -> TaskData:
+    """MNIST 3 vs 8 for L2X: 10% of the train pairs held out for validation."""
+    root = _mnist_root(options)
+    download = root is None
+    train_full = data.mnist_pair_dataset(root, (3, 8), "train", download=download)
+    test = data.mnist_pair_dataset(root, (3, 8), "test", download=download)
+    train_set, valid = _split_off(train_full, len(train_full) // 10, seed=0)
+    if options.smoke:
+        return TaskData(_head(train_set, 200), _head(valid, 100), _head(test, 100))
+    return TaskData(train_set, valid, test)
+
+
+def _synthetic(name: data.l2x_synthetic.SyntheticName) -> Callable[[DataOptions], TaskData]:
+    def build(options: DataOptions) -> TaskData:
+        sizes = (512, 256, 256) if options.smoke else (100_000, 10_000, 10_000)
+        train_set, valid, test = (
+            data.l2x_synthetic_dataset(name, size, seed=seed) for seed, size in enumerate(sizes)
+        )
+        return TaskData(train_set, valid, test)
+
+    return build
+
+
+def _graph_layout(timesteps: int) -> Callable[[DataOptions], TaskData]:
+    def build(options: DataOptions) -> TaskData:
+        sizes = (256, 64, 64) if options.smoke else (50_000, 10_000, 10_000)
+        if options.data_dir is not None:
+            layout = data.load_graph_layout_npy(options.data_dir, num_timesteps=timesteps)
+        else:
+            layout = data.load_graph_layout(
+                options.cache_dir,
+                num_timesteps=timesteps,
+                sizes=sizes,
+                progress=options.progress,
+            )
+        return TaskData(layout.train, layout.valid, layout.test)
+
+    return build
+
+
+def _warcraft(grid_size: int) -> Callable[[DataOptions], TaskData]:
+    def build(options: DataOptions) -> TaskData:
+        if options.data_dir is not None:
+            grids = data.load_warcraft_npy(options.data_dir)
+        else:
+            sizes = (256, 64, 64) if options.smoke else (10_000, 1_000, 1_000)
+            grids = data.load_warcraft(
+                options.cache_dir, grid_size=grid_size, sizes=sizes, progress=options.progress
+            )
+        return TaskData(grids.train, grids.val, grids.test)
+
+    return build
+
+
+def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
+    def build(options: DataOptions) -> TaskData:
+        if options.data_dir is None:
+            raise FileNotFoundError(
+                "the BeerAdvocate files cannot be downloaded automatically; pass --data-dir "
+                "pointing at the folder with reviews.aspect*.{train,heldout}.txt, "
+                "review+wiki.filtered.200.txt and annotations.json"
+            )
+        beer = data.load_beer_advocate(options.data_dir, aspect)
+        embeddings = beer.embeddings
+
+        def setup(model: ZooModel) -> None:
+            if embeddings is not None:
+                model.set_embeddings(embeddings)  # type: ignore[operator]
+
+        return TaskData(
+            beer.train,
+            beer.valid,
+            beer.test,
+            model_kwargs={"vocab_size": len(beer.vocabulary)},
+            setup=setup,
+        )
+
+    return build
+
+
+# ----------------------------------------------------------------------------- the recipes
+
+_L2X_SYNTHETIC_K = {"xor": 2, "orange_skin": 4, "nonlinear_additive": 4, "switch": 5}
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def _add(recipe: Recipe) -> None:
+    RECIPES[recipe.name] = recipe
+
+
+for _name, _k in _L2X_SYNTHETIC_K.items():
+    _add(
+        Recipe(
+            name=f"l2x-{_name.replace('_', '-')}",
+            model="l2x_tabular",
+            description=f"L2X on the {_name.replace('_', ' ')} synthetic benchmark (k = {_k})",
+            build_data=_synthetic(_name),  # type: ignore[arg-type]
+            model_kwargs={"input_dim": 10, "k": _k},
+            train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, select_metric="loss"),
+            imle_lambda=10.0,
+        )
+    )
+_add(
+    Recipe(
+        name="l2x-mnist",
+        model="l2x_mnist",
+        description="L2X on MNIST 3 vs 8: pick 4 of the 49 4x4 patches",
+        build_data=_mnist_pairs,
+        model_kwargs={"k": 4},
+        train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, select_metric="loss"),
+    )
+)
+_add(
+    Recipe(
+        name="l2x-beer-aroma",
+        model="l2x_text",
+        description="L2X on BeerAdvocate aroma (aspect 1), k = 10 (needs --data-dir)",
+        build_data=_beer(1),
+        model_kwargs={"k": 10},
+        train=TrainConfig(epochs=20, batch_size=40, lr=1e-3, adam_eps=1e-7, select_metric="mse"),
+        imle_lambda=1000.0,
+    )
+)
+_add(
+    Recipe(
+        name="dvae-mnist",
+        model="discrete_vae",
+        description="Discrete VAE on MNIST, 20 groups of 10-of-20 codes, central AIMLE, S = 10",
+        build_data=_mnist_images,
+        train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
+        imle_lambda=10.0,
+    )
+)
+for _t, _lr, _steps in ((10, 1e-4, 9), (20, 5e-4, 10)):
+    _add(
+        Recipe(
+            name=f"nri-t{_t}",
+            model="nri_tree",
+            description=f"NRI with a spanning-tree latent on the graph-layout data, T = {_t}",
+            build_data=_graph_layout(_t),
+            model_kwargs={"timesteps": _t, "prediction_steps": _steps},
+            train=TrainConfig(
+                epochs=128, batch_size=128, eval_batch_size=500, lr=_lr, select_metric="elbo",
+                select_mode="max",
+            ),
+            smoke_model_kwargs={"encoder_hidden": 32, "decoder_hidden": 32},
+        )
+    )  # fmt: skip
+_add(
+    Recipe(
+        name="grid-12",
+        model="grid_shortest_path",
+        description="Warcraft-style 12x12 shortest paths: CNN costs through dijkstra",
+        build_data=_warcraft(12),
+        model_kwargs={"grid_size": 12},
+        train=TrainConfig(epochs=50, batch_size=70, lr=5e-4, select_metric="loss"),
+        imle_lambda=10.0,
+    )
+)
+
+
+def list_recipes() -> list[str]:
+    """Names of the training recipes (the published tasks)."""
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; the error lists close matches and every recipe."""
+    if name in RECIPES:
+        return RECIPES[name]
+    close = difflib.get_close_matches(name, RECIPES, n=3)
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise UnknownRecipeError(
+        f"unknown model/task {name!r}.{hint} Known: {', '.join(list_recipes())}."
+    )
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run_training(
+    name: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    estimator: str = "aimle",
+    data_options: DataOptions | None = None,
+    resume: bool = False,
+    **overrides: Any,
+) -> TrainResult:
+    """Train recipe ``name`` into ``out_dir`` (``overrides`` replace ``TrainConfig`` fields).
+
+    With ``data_options.smoke`` the splits shrink and every epoch stops after a few steps.
+    The best checkpoint is then evaluated on the test split (``out_dir/test_metrics.json``),
+    and ``best/recipe.json`` records how it was made.
+    """
+    recipe = get_recipe(name)
+    options = data_options or DataOptions()
+    config = replace(recipe.train, **{k: v for k, v in overrides.items() if v is not None})
+    if options.smoke:
+        config = replace(config, max_steps_per_epoch=config.max_steps_per_epoch or 3)
+    config.extra.update({"recipe": name, "estimator": estimator, "smoke": options.smoke})
+    task = recipe.build_data(options)
+    model = recipe.build_model(estimator, smoke=options.smoke, task=task)
+    result = train(model, task.train, task.valid, out_dir, config, resume=resume)
+    if is_main_process() and result.best_dir.exists():
+        best = type(model).from_pretrained(result.best_dir).to(config.device)
+        test_metrics = evaluate(
+            best, task.test, batch_size=config.eval_batch_size, device=config.device
+        )
+        with atomic_file(Path(out_dir) / "test_metrics.json", "w") as handle:
+            json.dump(test_metrics, handle, indent=2)
+        _write_recipe(result.best_dir, name, estimator, options)
+    return result
+
+
+def run_evaluation(
+    model: ZooModel,
+    name: str,
+    *,
+    split: str = "test",
+    data_options: DataOptions | None = None,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    limit: int | None = None,
+) -> dict[str, float]:
+    """Metrics of ``model`` on a split of recipe ``name`` (eval mode, MAP latent)."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train, valid or test")
+    recipe = get_recipe(name)
+    task = recipe.build_data(data_options or DataOptions())
+    dataset = getattr(task, split)
+    if limit is not None:
+        dataset = _head(dataset, limit)
+    model.to(device)
+    return evaluate(
+        model, dataset, batch_size=batch_size or recipe.train.eval_batch_size, device=device
+    )
+
+
+def read_recipe(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``recipe.json`` written next to a trained checkpoint, if any."""
+    path = Path(folder) / RECIPE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_recipe(folder: Path, name: str, estimator: str, options: DataOptions) -> None:
+    if not folder.exists():
+        return
+    record = {"recipe": name, "estimator": estimator, "smoke": options.smoke}
+    with atomic_file(folder / RECIPE_FILE, "w") as handle:
+        json.dump(record, handle, indent=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import solvers as _solvers
+from . import solvers as _solvers, train as _train
 
 app = typer.Typer(
     name="aimle-zoo",
@@ -14,3 +14,6 @@ app = typer.Typer(
 )
 app.command("solvers")(_solvers.list_command)
 app.command("check-solver")(_solvers.check_command)
+app.command("recipes")(_train.recipes_command)
+app.command("train")(_train.train_command)
+app.command("evaluate")(_train.evaluate_command)

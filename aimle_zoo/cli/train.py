@@ -1,0 +1,119 @@
+"""``aimle-zoo train``, ``aimle-zoo evaluate`` and ``aimle-zoo recipes``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..recipes import (
+    ESTIMATOR_VARIANTS,
+    DataOptions,
+    get_recipe,
+    list_recipes,
+    read_recipe,
+    run_evaluation,
+    run_training,
+)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Data folder (MNIST IDX files, BeerAdvocate files, reference .npy files)."),
+]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache for generated datasets.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+
+
+def recipes_command() -> None:
+    """List the trainable models/tasks and their reference schedules."""
+    for name in list_recipes():
+        recipe = get_recipe(name)
+        schedule = f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}"
+        typer.echo(f"{name:24s} {recipe.model:20s} {schedule:24s} {recipe.description}")
+
+
+def train_command(
+    name: Annotated[str, typer.Argument(help="Task to train, e.g. dvae-mnist (see `recipes`).")],
+    estimator: Annotated[
+        str, typer.Option(help=f"Estimator variant: {', '.join(ESTIMATOR_VARIANTS)}.")
+    ] = "aimle",
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/NAME-ESTIMATOR).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: DeviceOpt = "cpu",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last/.")] = False,
+    smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a model; logs metrics.jsonl and keeps best/ and last/ checkpoints in --out."""
+    get_recipe(name)  # fail fast on an unknown name
+    run_dir = out or Path("runs") / f"{name}-{estimator}"
+    result = run_training(
+        name,
+        run_dir,
+        estimator=estimator,
+        data_options=DataOptions(
+            data_dir=str(data_dir) if data_dir else None,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            smoke=smoke,
+            progress=progress,
+        ),
+        resume=resume,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        max_steps_per_epoch=max_steps,
+        progress=progress,
+    )
+    typer.echo(f"best epoch {result.best_epoch}: {json.dumps(result.best_metrics)}")
+    typer.echo(f"checkpoint: {result.best_dir}")
+
+
+def evaluate_command(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder, short name or Hub id.")],
+    task: Annotated[
+        str | None, typer.Option(help="Task whose data to use (default: from recipe.json).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N instances only.")] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    device: DeviceOpt = "cpu",
+    figure: Annotated[Path | None, typer.Option(help="Save a figure of predictions here.")] = None,
+) -> None:
+    """Print a checkpoint's metrics on a split, and optionally save a figure."""
+    from ..figures import save_figure
+    from ..hub import from_pretrained, resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    recorded = read_recipe(folder) or {}
+    task_name = task or recorded.get("recipe")
+    if task_name is None:
+        raise typer.BadParameter(
+            f"{checkpoint} has no recipe.json; pass --task", param_hint="--task"
+        )
+    model = from_pretrained(str(folder))
+    options = DataOptions(
+        data_dir=str(data_dir) if data_dir else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        progress=False,
+    )
+    metrics = run_evaluation(
+        model, task_name, split=split, data_options=options, device=device, limit=limit
+    )
+    for key, value in metrics.items():
+        typer.echo(f"{key:24s} {value:.6g}")
+    if figure is not None:
+        save_figure(model, task_name, figure, data_options=options, split=split)
+        typer.echo(f"figure: {figure}")

@@ -28,7 +28,14 @@ from . import data
 from ._io import atomic_file
 from .estimators import Estimator
 from .models import ZooModel, create_model
-from .training import TrainConfig, TrainResult, evaluate, is_main_process, train
+from .training import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    is_main_process,
+    seed_everything,
+    train,
+)
 
 RECIPE_FILE = "recipe.json"
 ESTIMATOR_VARIANTS = (
@@ -243,7 +250,11 @@ def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
             beer.train,
             beer.valid,
             beer.test,
-            model_kwargs={"vocab_size": len(beer.vocabulary)},
+            model_kwargs={
+                "vocab_size": len(beer.vocabulary),
+                "max_length": int(beer.train.tensors[0].shape[1]),
+                **({"embedding_dim": int(embeddings.shape[1])} if embeddings is not None else {}),
+            },
             setup=setup,
         )
 
@@ -328,6 +339,7 @@ _add(
         model_kwargs={"grid_size": 12},
         train=TrainConfig(epochs=50, batch_size=70, lr=5e-4, select_metric="loss"),
         imle_lambda=10.0,
+        smoke_model_kwargs={"channels": (8, 8)},
     )
 )
 
@@ -372,6 +384,7 @@ def run_training(
     if options.smoke:
         config = replace(config, max_steps_per_epoch=config.max_steps_per_epoch or 3)
     config.extra.update({"recipe": name, "estimator": estimator, "smoke": options.smoke})
+    seed_everything(config.seed)  # the initial weights depend on the seed alone
     task = recipe.build_data(options)
     model = recipe.build_model(estimator, smoke=options.smoke, task=task)
     result = train(model, task.train, task.valid, out_dir, config, resume=resume)

@@ -73,8 +73,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Where a run ended: the best validation metrics and the checkpoint folders."""
+    """Where a run ended: the trained model (last epoch), best metrics, checkpoint folders."""
 
+    model: nn.Module
     best_metrics: dict[str, float]
     best_epoch: int
     best_dir: Path
@@ -359,7 +360,7 @@ def train(
                         "torch_rng": torch.get_rng_state(),
                     },
                 )
-    return TrainResult(best_metrics, best_epoch, best_dir, last_dir, history)
+    return TrainResult(model, best_metrics, best_epoch, best_dir, last_dir, history)
 
 
 def _run_epoch(
@@ -402,7 +403,7 @@ def _run_epoch(
         for key, value in {"loss": float(loss.detach()), **logs}.items():
             totals[key] = totals.get(key, 0.0) + float(value)
         if info.is_main and config.progress and (steps == 1 or steps % 10 == 0):
-            postfix = {"loss": f"{float(loss):.4g}"}
+            postfix = {"loss": f"{float(loss.detach()):.4g}"}
             postfix.update({k: f"{v:.3g}" for k, v in estimator_diagnostics(model).items()})
             bar.set_postfix(postfix, refresh=False)
     return {key: value / max(steps, 1) for key, value in totals.items()}

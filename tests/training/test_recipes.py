@@ -1,0 +1,124 @@
+"""Smoke training of every model with every estimator, resume, and the recipe table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aimle_zoo.data import CACHE_ENV
+from aimle_zoo.recipes import (
+    ESTIMATOR_VARIANTS,
+    DataOptions,
+    UnknownRecipeError,
+    get_recipe,
+    list_recipes,
+    read_recipe,
+    run_training,
+)
+from tests.conftest import SHARED_DATA
+from tests.data.test_beer import write_beer
+
+MNIST = str(Path(SHARED_DATA) / "mnist")
+ONE_PER_MODEL = ("l2x-xor", "l2x-mnist", "l2x-beer-aroma", "dvae-mnist", "nri-t10", "grid-12")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+
+
+def _options(name: str, tmp_path: Path) -> DataOptions:
+    if name == "l2x-beer-aroma":
+        return DataOptions(data_dir=str(write_beer(tmp_path / "beer")), smoke=True, progress=False)
+    data_dir = MNIST if "mnist" in name else None
+    return DataOptions(data_dir=data_dir, smoke=True, progress=False)
+
+
+def test_every_recipe_names_a_registered_model() -> None:
+    from aimle_zoo.models import list_models
+
+    assert set(ONE_PER_MODEL) <= set(list_recipes())
+    assert {get_recipe(name).model for name in list_recipes()} == set(list_models())
+    with pytest.raises(UnknownRecipeError, match="Did you mean 'dvae-mnist'"):
+        get_recipe("dvae-mnst")
+    with pytest.raises(ValueError, match="unknown estimator 'aimel'"):
+        get_recipe("l2x-xor").estimator_config("aimel")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATOR_VARIANTS)
+@pytest.mark.parametrize("name", ONE_PER_MODEL)
+def test_smoke_training(name: str, estimator: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_training(
+        name,
+        out,
+        estimator=estimator,
+        data_options=_options(name, tmp_path),
+        epochs=1,
+        max_steps_per_epoch=2,
+        progress=False,
+    )
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [0]
+    assert all(torch.isfinite(torch.tensor(v)) for v in log[0]["train"].values())
+    config = json.loads((result.best_dir / "config.json").read_text())
+    expected = get_recipe(name).estimator_config(estimator) or {"name": "aimle"}
+    assert config["estimator"]["name"] == expected["name"]
+    if estimator in ("aimle-forward", "aimle-central"):
+        assert config["estimator"]["symmetric"] == (estimator == "aimle-central")
+    test_metrics = json.loads((out / "test_metrics.json").read_text())
+    assert test_metrics and all(v == v for v in test_metrics.values())  # no NaN
+    assert read_recipe(result.best_dir) == {"recipe": name, "estimator": estimator, "smoke": True}
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """Two epochs in one go equal one epoch, a stop, and a resume: weights, β, optimizer, RNG."""
+    options = _options("l2x-xor", tmp_path)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_training("l2x-xor", straight, data_options=options, epochs=2, max_steps_per_epoch=4)
+    run_training("l2x-xor", split, data_options=options, epochs=1, max_steps_per_epoch=4)
+    first = load_file(str(split / "last" / "model.safetensors"))
+    run_training(
+        "l2x-xor", split, data_options=options, epochs=2, max_steps_per_epoch=4, resume=True
+    )
+    a = load_file(str(straight / "last" / "model.safetensors"))
+    b = load_file(str(split / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    beta = next(key for key in a if key.endswith("target.beta"))
+    assert not torch.equal(first[beta], b[beta])  # the adaptive state kept moving
+    lines = (split / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in lines]
+    assert epochs == [0, 1]
+
+
+def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        run_training(
+            "l2x-xor", tmp_path / "none", data_options=_options("l2x-xor", tmp_path), resume=True
+        )
+
+
+def test_torchrun_two_processes_share_beta_and_weights(tmp_path: Path) -> None:
+    """DDP on gloo: gradients are averaged and the AIMLE statistics all-reduced, so both ranks
+    end with the same weights and the same β (which moved from its initial value)."""
+    worker = Path(__file__).with_name("_ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--standalone", str(worker), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["beta"] == ranks[1]["beta"]
+    assert ranks[0]["beta"] != get_recipe("l2x-xor").reference_estimator()["target"]["initial_beta"]
+    assert ranks[0]["weight_sum"] == pytest.approx(ranks[1]["weight_sum"], rel=1e-6)
+    assert (tmp_path / "run" / "best" / "config.json").exists()

@@ -33,6 +33,11 @@ from .estimators import (
     perturbed as perturbed,
     ste as ste,
 )
+from .hub import (
+    from_pretrained as from_pretrained,
+    push_to_hub as push_to_hub,
+    read_card_metrics as read_card_metrics,
+)
 from .solvers import (
     SolverInputError as SolverInputError,
     get_solver as get_solver,

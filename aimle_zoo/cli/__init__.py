@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import solvers as _solvers, train as _train
+from . import hub as _hub, solvers as _solvers, train as _train
 
 app = typer.Typer(
     name="aimle-zoo",
@@ -17,3 +17,4 @@ app.command("check-solver")(_solvers.check_command)
 app.command("recipes")(_train.recipes_command)
 app.command("train")(_train.train_command)
 app.command("evaluate")(_train.evaluate_command)
+app.command("push")(_hub.push_command)

@@ -16,27 +16,129 @@ Every zoo model is an ``nn.Module`` with a discrete latent layer
 - ``latent_layer``: the differentiable solver, for diagnostics (λ, β, gradient sparsity).
 
 Every ``__init__`` argument is JSON-able (sizes, solver parameters, and the estimator as a name
-or a config dict), so ``save_pretrained`` writes a ``config.json`` that rebuilds the whole model;
-the weights and the adaptive estimator state (buffers) go to ``model.safetensors``. Loading is
-strict: a checkpoint with missing or unexpected tensors is an error, not a silent partial load.
+or a config dict), so ``save_pretrained`` writes a ``config.json`` that rebuilds the whole model,
+plus the registry name (``architecture``), the checkpoint ``format_version`` and the
+``aimle_zoo_version`` that wrote it; the weights and the adaptive estimator state (buffers) go to
+``model.safetensors``, and ``README.md`` is the model card (solver, estimator, data, metrics, the
+command that produced it). The folder is replaced atomically. Loading is strict: a config that
+lacks keys, names another architecture or comes from a newer format, and a checkpoint with
+corrupt, missing or unexpected tensors are errors (:class:`CheckpointError`), never a partial load.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import numbers
 import os
+import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, constants
 from torch import Tensor, nn
 
+from .._io import atomic_directory
 from ..estimators import DifferentiableSolver, Estimator, build_estimator
+from ..solvers import solver_spec
+
+if TYPE_CHECKING:
+    from huggingface_hub.hub_mixin import DataclassInstance
 
 PAPER_URL = "https://arxiv.org/abs/2209.04862"
+
+#: Version of the checkpoint layout written by ``save_pretrained``; loading refuses newer ones.
+FORMAT_VERSION = 1
+
+#: Keys ``save_pretrained`` adds to ``config.json`` next to the ``__init__`` arguments.
+CHECKPOINT_METADATA_KEYS = ("architecture", "format_version", "aimle_zoo_version")
+
+#: The files of a checkpoint folder (the Hugging Face Hub layout).
+CHECKPOINT_FILES = (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, "README.md")
+
+#: The Hub organisation of the published zoo checkpoints: ``aimle-zoo/<name>``.
+HUB_ORGANIZATION = "aimle-zoo"
+
+#: ``from_pretrained`` keywords that are load options rather than ``__init__`` arguments.
+LOAD_OPTIONS = ("map_location", "strict")
+
+#: Jinja template of the ``README.md`` card; ``generate_model_card`` supplies the values.
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ repo_id }}
+
+`{{ class_name }}` (architecture `{{ architecture }}`) from aimle-zoo. Its discrete latent
+variable is the solution of the combinatorial solver `{{ solver }}`, made differentiable with
+the `{{ estimator }}` gradient estimator ([Adaptive Implicit MLE]({{ paper_url }}) and
+relatives).
+
+## Latent solver and estimator
+
+| | |
+|---|---|
+| solver | `{{ solver }}` |
+| solver parameters | {{ solver_params }} |
+| estimator | `{{ estimator }}` |
+
+The full estimator configuration (noise, target, samples, temperatures) is the `estimator`
+entry of `config.json`; its adaptive state (λ, β) is stored with the weights in
+`model.safetensors`.
+
+## Training data
+
+{% if dataset %}`{{ dataset }}`{% else %}Not recorded.{% endif %}
+
+## Metrics
+
+{% if metrics %}| metric | value |
+|---|---|
+{% for name, value in metrics %}| {{ name }} | {{ "%.6g" | format(value) }} |
+{% endfor %}{% else %}No metrics recorded.
+{% endif %}
+## How it was produced
+
+{% if command %}```bash
+{{ command }}
+```{% else %}Not recorded.{% endif %}
+
+## Usage
+
+```python
+import aimle_zoo
+
+model = aimle_zoo.from_pretrained("{{ repo_id }}")  # eval mode: noise-free MAP latent
+```
+
+Checkpoint format {{ format_version }}, written by aimle-zoo {{ aimle_zoo_version }}.
+License: {{ license }}.
+
+## Citation
+
+```bibtex
+@inproceedings{minervini2023aimle,
+  title     = {Adaptive Perturbation-Based Gradient Estimation for Discrete Latent
+               Variable Models},
+  author    = {Minervini, Pasquale and Franceschi, Luca and Niepert, Mathias},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2023}
+}
+
+@inproceedings{niepert2021imle,
+  title     = {Implicit {MLE}: Backpropagating Through Discrete Exponential Family
+               Distributions},
+  author    = {Niepert, Mathias and Minervini, Pasquale and Franceschi, Luca},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2021}
+}
+```
+"""
 
 M = TypeVar("M", bound="ZooModel")
 
@@ -45,7 +147,27 @@ class ModelInputError(ValueError):
     """A zoo model was given an input of the wrong type, rank, shape, dtype or value range."""
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointError(Exception):
+    """A checkpoint cannot be found, read or loaded; nothing was loaded."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint folder, ``config.json`` or ``model.safetensors`` where one was expected."""
+
+
+class CheckpointConfigError(CheckpointError, ValueError):
+    """``config.json`` is invalid: bad JSON, missing keys, or another/unknown architecture."""
+
+
+class CheckpointVersionError(CheckpointConfigError):
+    """The checkpoint was written in a newer format than this aimle-zoo can read."""
+
+
+class CheckpointCorruptError(CheckpointError, ValueError):
+    """``model.safetensors`` is truncated or not a safetensors file."""
+
+
+class CheckpointMismatchError(CheckpointError, RuntimeError):
     """A checkpoint's tensors do not match the model built from its config."""
 
 
@@ -56,6 +178,7 @@ class ZooModel(
     license="mit",
     tags=["aimle", "implicit-mle", "discrete-latent-variables"],
     paper_url=PAPER_URL,
+    model_card_template=MODEL_CARD_TEMPLATE,
 ):
     """Base class of the model zoo (see the module docstring for the interface)."""
 
@@ -146,7 +269,96 @@ class ZooModel(
             metrics["count"] = totals["count"]
         return metrics
 
-    # ------------------------------------------------------------------------- loading
+    # ------------------------------------------------------------------------- Hub round trip
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        **model_kwargs: Any,
+    ) -> M:
+        """Load a checkpoint from a folder, a bundled name or a Hub id, strictly.
+
+        The name is resolved to a folder by :func:`aimle_zoo.hub.resolve_checkpoint` (which
+        documents the order); its ``config.json`` is checked (format version, architecture,
+        keys) before anything is built; then the mixin builds the model from the config and
+        :meth:`_from_pretrained` loads the weights. ``model_kwargs`` override config values or
+        are the load options ``map_location`` and ``strict``. On ``ZooModel`` (or any base of
+        the saved class) it builds the class the config names; on an unrelated model class it
+        refuses the checkpoint. The model is returned in eval mode.
+
+        Raises:
+            CheckpointError: no such checkpoint, invalid config, another architecture, a newer
+                format, corrupt or mismatched weights; nothing is loaded.
+            TypeError: a keyword is neither an ``__init__`` argument nor a load option.
+            ValueError: a ``revision`` was given with a local folder.
+        """
+        from ..hub import resolve_checkpoint  # aimle_zoo.hub imports the models package
+
+        folder = resolve_checkpoint(
+            pretrained_model_name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            force_download=force_download,
+        )
+        config = read_checkpoint_config(folder)
+        config_path = folder / constants.CONFIG_NAME
+        model_class = cls._checkpoint_class(config, config_path)
+        model_class._check_config_keys(config, config_path, model_kwargs)
+        loaded = super(ZooModel, model_class).from_pretrained(os.fspath(folder), **model_kwargs)
+        return cast(M, loaded)
+
+    @classmethod
+    def _checkpoint_class(cls, config: Mapping[str, Any], config_path: Path) -> type[ZooModel]:
+        """The class to build for ``config``: its registered architecture, checked against cls."""
+        from ._registry import UnknownModelError, get_model_class  # the registry imports us
+
+        architecture = config["architecture"]
+        try:
+            saved_class = get_model_class(architecture)
+        except UnknownModelError as err:
+            raise CheckpointConfigError(
+                f"{config_path} names an unknown architecture: {err} Import the package that "
+                "registers it, or upgrade aimle-zoo"
+            ) from err
+        if issubclass(saved_class, cls):
+            return saved_class
+        if issubclass(cls, saved_class):
+            return cls
+        raise CheckpointConfigError(
+            f"{config_path} holds a {saved_class.__name__} checkpoint (architecture "
+            f"{architecture!r}), not a {cls.__name__}: load it with "
+            f"{saved_class.__name__}.from_pretrained(...) or aimle_zoo.from_pretrained(...)"
+        )
+
+    @classmethod
+    def _check_config_keys(
+        cls, config: Mapping[str, Any], config_path: Path, overrides: Mapping[str, Any]
+    ) -> None:
+        """Every ``__init__`` argument is in the config or overridden, and no key is unknown."""
+        arguments = list(cls._hub_mixin_init_parameters)[1:]  # without self
+        unknown = sorted(set(overrides) - set(arguments) - set(LOAD_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got unknown keywords {unknown}; it accepts the "
+                f"{cls.__name__} arguments {arguments} and the load options {list(LOAD_OPTIONS)}"
+            )
+        missing = [name for name in arguments if name not in config and name not in overrides]
+        unexpected = sorted(set(config) - set(arguments) - set(CHECKPOINT_METADATA_KEYS))
+        if missing or unexpected:
+            raise CheckpointConfigError(
+                f"{config_path} does not describe a {cls.__name__}: missing keys {missing}, "
+                f"unexpected keys {unexpected}. Re-save the model with save_pretrained, or pass "
+                "missing values as keyword arguments of from_pretrained"
+            )
 
     @classmethod
     def _from_pretrained(
@@ -164,30 +376,40 @@ class ZooModel(
     ) -> M:
         """Build the model from its config and load the weights, strictly by default.
 
-        ``model_id`` is a local folder written by ``save_pretrained`` or a Hub repository id.
+        ``model_id`` is the checkpoint folder: :meth:`from_pretrained` has already resolved a
+        name or Hub id to one (the other Hub arguments were used then).
 
         Raises:
+            CheckpointNotFoundError: the folder has no ``model.safetensors``.
+            CheckpointConfigError: the constructor rejects the config values.
+            CheckpointCorruptError: ``model.safetensors`` is truncated or not safetensors.
             CheckpointMismatchError: the checkpoint has missing or unexpected tensors, or
                 tensors of the wrong shape (``strict=False`` tolerates missing/unexpected ones).
         """
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
-        model = cls(**model_kwargs)
-        if os.path.isdir(model_id):
-            model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
-        else:
-            model_file = hf_hub_download(
-                repo_id=model_id,
-                filename=constants.SAFETENSORS_SINGLE_FILE,
-                revision=revision,
-                cache_dir=cache_dir,
-                force_download=force_download,
-                token=token,
-                local_files_only=local_files_only,
+        model_file = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+        if not os.path.isfile(model_file):
+            raise CheckpointNotFoundError(
+                f"{model_file} does not exist: the checkpoint folder is incomplete. Download it "
+                "again (force_download=True) or re-save the model with save_pretrained"
             )
+        try:
+            model = cls(**model_kwargs)
+        except (TypeError, ValueError) as err:
+            raise CheckpointConfigError(
+                f"{os.path.join(model_id, constants.CONFIG_NAME)} (with any keyword overrides) "
+                f"does not build a {cls.__name__}: {err}"
+            ) from err
         where = f"{cls.__name__} checkpoint {model_file}"
         try:
             missing, unexpected = load_model(model, model_file, strict=False, device=map_location)
+        except SafetensorError as err:
+            raise CheckpointCorruptError(
+                f"{model_file} is not a readable safetensors file ({err}): it is truncated or "
+                "corrupt. Download it again (force_download=True) or re-save the model"
+            ) from err
         except RuntimeError as err:  # size mismatches raise even with strict=False
             raise CheckpointMismatchError(
                 f"{where} does not fit the model built from its config: {err}. Check that "
@@ -203,6 +425,310 @@ class ZooModel(
             )
         model.eval()
         return model
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        command: str | None = None,
+        dataset: str | None = None,
+        config: dict[str, Any] | DataclassInstance | None = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> str | None:
+        """Write ``config.json``, ``model.safetensors`` and the ``README.md`` card atomically.
+
+        The files are written to a staging folder beside ``save_directory`` that then replaces
+        it as a whole, so a failed save leaves the previous checkpoint intact. Other files
+        already in the folder (e.g. a trainer state) are carried over.
+
+        Args:
+            save_directory: the checkpoint folder.
+            metrics: dataset-level metrics for the card, name -> number (e.g. the output of
+                :meth:`reduce_metrics`); also written to the card's ``model-index``.
+            command: the exact command that produced the checkpoint.
+            dataset: the dataset it was trained and evaluated on (a Hub dataset id or a name).
+            config: the ``__init__`` arguments to record (default: the model's own).
+            repo_id: the Hub id the card shows (default :func:`default_repo_id` of the folder)
+                and, with ``push_to_hub=True``, where to push.
+            push_to_hub: push the saved model with the mixin's ``push_to_hub`` afterwards.
+            model_card_kwargs: more values for :data:`MODEL_CARD_TEMPLATE`.
+            **push_to_hub_kwargs: passed to ``push_to_hub``.
+
+        Returns:
+            The commit URL with ``push_to_hub=True``, else ``None``.
+
+        Raises:
+            TypeError: the model is not registered, or a card value has the wrong type.
+            ValueError: the folder cannot be replaced (it holds the working directory), or
+                ``push_to_hub=True`` without ``repo_id``.
+        """
+        if not self.model_name:
+            raise TypeError(
+                f"{type(self).__name__} is not a registered model: decorate it with "
+                "@register_model(name) so that its checkpoints name their architecture"
+            )
+        if push_to_hub and repo_id is None:
+            raise ValueError("save_pretrained(push_to_hub=True) needs the Hub repo_id to push to")
+        target = Path(save_directory).expanduser().resolve()
+        _check_replaceable(target)
+        card_kwargs = dict(model_card_kwargs or {})
+        card_kwargs["repo_id"] = (
+            repo_id or card_kwargs.get("repo_id") or default_repo_id(target, self.model_name)
+        )
+        for key, value in (("metrics", metrics), ("command", command), ("dataset", dataset)):
+            if value is not None:
+                card_kwargs[key] = value
+        with atomic_directory(target) as staging:
+            super().save_pretrained(
+                staging, config=self._checkpoint_config(config), model_card_kwargs=card_kwargs
+            )
+            _set_modes(staging, previous=target)
+            if target.is_dir():
+                _carry_over(target, staging)
+        if push_to_hub:
+            return self.push_to_hub(
+                repo_id=card_kwargs["repo_id"],
+                config=config,
+                model_card_kwargs=card_kwargs,
+                **push_to_hub_kwargs,
+            )
+        return None
+
+    def _checkpoint_config(
+        self, config: dict[str, Any] | DataclassInstance | None
+    ) -> dict[str, Any]:
+        """``config.json``: the ``__init__`` arguments plus :data:`CHECKPOINT_METADATA_KEYS`."""
+        from .. import __version__
+
+        recorded = self._hub_mixin_config if config is None else config
+        if is_dataclass(recorded) and not isinstance(recorded, type):
+            recorded = asdict(recorded)
+        if recorded is not None and not isinstance(recorded, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}: the config to save must be a dict of __init__ "
+                f"arguments, got {type(recorded).__name__}"
+            )
+        return {
+            **(recorded or {}),
+            "architecture": self.model_name,
+            "format_version": FORMAT_VERSION,
+            "aimle_zoo_version": __version__,
+        }
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The ``README.md`` model card, rendered from :data:`MODEL_CARD_TEMPLATE`.
+
+        Keyword arguments: ``repo_id`` (the Hub id the card shows), ``metrics`` (name ->
+        number, also written to the front matter as ``model-index``), ``command`` and
+        ``dataset`` (strings); any others are passed to the template.
+        """
+        from .. import __version__
+
+        architecture = self.model_name
+        repo_id = kwargs.pop("repo_id", None) or default_repo_id("", architecture)
+        metrics = _metric_rows(kwargs.pop("metrics", None) or {})
+        command, dataset = kwargs.pop("command", None), kwargs.pop("dataset", None)
+        for key, value in (("command", command), ("dataset", dataset)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"model card {key} must be a string, got {type(value).__name__}")
+        layer = cast(DifferentiableSolver, self.latent_layer)
+        spec = solver_spec(layer.solver)
+        solver = spec.name if spec is not None else type(layer.solver).__name__
+        solver_params = getattr(layer.solver, "params", None) or {}
+        params_text = ", ".join(f"`{key}={value!r}`" for key, value in solver_params.items())
+        estimator = layer.estimator.config()["name"]
+
+        info = self._hub_mixin_info
+        card_data = ModelCardData(**info.model_card_data.to_dict())
+        card_data.tags = sorted({*(card_data.tags or []), architecture, solver, estimator})
+        if dataset:
+            card_data.datasets = [dataset]
+        if metrics:
+            card_data.model_name = repo_id
+            card_data.eval_results = [
+                EvalResult(
+                    task_type="other",
+                    dataset_type=dataset or "unspecified",
+                    dataset_name=dataset or "unspecified",
+                    metric_type=name,
+                    metric_name=name,
+                    metric_value=value,
+                )
+                for name, value in metrics
+            ]
+        values = {
+            "repo_id": repo_id,
+            "class_name": type(self).__name__,
+            "architecture": architecture,
+            "solver": solver,
+            "solver_params": params_text or "none",
+            "estimator": estimator,
+            "dataset": dataset,
+            "metrics": metrics,
+            "command": command,
+            "paper_url": info.paper_url,
+            "license": card_data.license,
+            "format_version": FORMAT_VERSION,
+            "aimle_zoo_version": __version__,
+        }
+        return ModelCard.from_template(
+            card_data, template_str=info.model_card_template, **{**kwargs, **values}
+        )
+
+
+def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint folder, with its metadata keys checked.
+
+    Raises:
+        CheckpointNotFoundError: the folder has no ``config.json``.
+        CheckpointConfigError: the file is not a JSON object, or ``architecture``,
+            ``format_version`` or ``aimle_zoo_version`` is missing or invalid.
+        CheckpointVersionError: ``format_version`` is newer than :data:`FORMAT_VERSION`.
+    """
+    from .. import __version__
+
+    path = Path(folder) / constants.CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"{path} does not exist: {folder} is not a checkpoint folder written by "
+            "save_pretrained (config.json, model.safetensors, README.md)"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointConfigError(
+            f"{path} is not valid JSON ({err}); restore the file or re-save the model with "
+            "save_pretrained"
+        ) from err
+    if not isinstance(config, dict):
+        raise CheckpointConfigError(
+            f"{path} must hold a JSON object of model arguments, got {type(config).__name__}"
+        )
+    missing = [key for key in CHECKPOINT_METADATA_KEYS if key not in config]
+    if missing:
+        raise CheckpointConfigError(
+            f"{path} lacks the keys {missing}, so it was not written by aimle-zoo's "
+            "save_pretrained: rebuild the model with its arguments, load the weights and save "
+            "it again with save_pretrained"
+        )
+    version, architecture = config["format_version"], config["architecture"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointConfigError(
+            f"{path}: format_version must be a positive integer, got {version!r}"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointVersionError(
+            f"{path} has checkpoint format {version} (written by aimle-zoo "
+            f"{config['aimle_zoo_version']}), but aimle-zoo {__version__} reads formats up to "
+            f"{FORMAT_VERSION}: upgrade aimle-zoo (pip install -U aimle-zoo)"
+        )
+    if not isinstance(architecture, str) or not architecture:
+        raise CheckpointConfigError(
+            f"{path}: architecture must be a registered model name, got {architecture!r}"
+        )
+    return config
+
+
+def default_repo_id(folder: str | os.PathLike[str], architecture: str | None = None) -> str:
+    """``aimle-zoo/<folder name>``: the Hub id a checkpoint folder is published under by default.
+
+    A folder name that is not a valid repository name (e.g. a hidden staging folder) falls back
+    to ``aimle-zoo/<architecture>`` with hyphens for underscores, when ``architecture`` is given.
+
+    Raises:
+        ValueError: neither gives a valid Hub repository id.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = Path(folder).expanduser().resolve().name if os.fspath(folder) else ""
+    candidates = [name, (architecture or "").replace("_", "-")]
+    for candidate in filter(None, candidates):
+        try:
+            validate_repo_id(f"{HUB_ORGANIZATION}/{candidate}")
+        except HFValidationError:
+            continue
+        return f"{HUB_ORGANIZATION}/{candidate}"
+    raise ValueError(
+        f"the folder name {name!r} is not a valid Hub repository name; give the repository id "
+        f"explicitly, e.g. '{HUB_ORGANIZATION}/my-model'"
+    )
+
+
+def _metric_rows(metrics: object) -> list[tuple[str, float]]:
+    """``(name, value)`` pairs of a metrics mapping, checked: non-empty names, real numbers."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping name -> number, got {type(metrics).__name__}")
+    rows = []
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"metric names must be non-empty strings, got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"metric {name!r} must be a real number, got {value!r}; convert tensors with "
+                "float()"
+            )
+        rows.append((name, float(value)))
+    return rows
+
+
+def _check_replaceable(folder: Path) -> None:
+    """``save_pretrained`` replaces ``folder`` as a whole: it must be a folder, not the cwd."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"cannot save a checkpoint to {folder}: it exists and is not a folder; choose a "
+            "folder path"
+        )
+    working = Path.cwd().resolve()
+    if folder == working or folder in working.parents:
+        raise ValueError(
+            f"cannot save a checkpoint to {folder}: it is or holds the working directory, which "
+            "the atomic save would replace; save into a sub-folder"
+        )
+
+
+def _set_modes(staging: Path, previous: Path) -> None:
+    """Give the staged checkpoint the permissions of an ordinary folder and its files.
+
+    The staging folder is private (0o700) and safetensors writes 0o600 files; the folder gets
+    the previous folder's mode, else that of a new folder (0o777 less the umask, read from a
+    probe folder), and the checkpoint files get the same mode without execute bits.
+    """
+    if previous.is_dir():
+        mode = stat.S_IMODE(previous.stat().st_mode)
+    else:
+        probe = staging / ".mode-probe"
+        probe.mkdir()
+        mode = stat.S_IMODE(probe.stat().st_mode)
+        probe.rmdir()
+    staging.chmod(mode)
+    for name in CHECKPOINT_FILES:
+        (staging / name).chmod(mode & 0o666)
+
+
+def _carry_over(previous: Path, staging: Path) -> None:
+    """Hard-link (or copy) the entries of ``previous`` that the new save did not write."""
+    for entry in previous.iterdir():
+        destination = staging / entry.name
+        if destination.exists() or destination.is_symlink():
+            continue
+        if entry.is_symlink():
+            destination.symlink_to(os.readlink(entry))
+        elif entry.is_dir():
+            shutil.copytree(entry, destination, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, destination)
+
+
+def _link_or_copy(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    """A hard link when the file system allows one, else a copy with metadata."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 # ----------------------------------------------------------------------------- input checks

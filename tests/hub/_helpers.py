@@ -1,0 +1,55 @@
+"""Helpers: tiny models with a moved adaptive state, a hand-built Hub cache, state comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from aimle_zoo.models import ZooModel
+from tests.models._helpers import make_batch, tiny_model
+
+COMMIT_A = "a" * 40
+COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
+
+
+def trained_tiny_model(name: str, seed: int = 0) -> ZooModel:
+    """The tiny model ``name`` after one training step (weights and λ/β state moved), in eval."""
+    torch.manual_seed(seed)
+    model = tiny_model(name)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    loss, _ = model.training_loss(make_batch(name, model, 4, seed=seed))
+    loss.backward()
+    optimizer.step()
+    return model.eval()
+
+
+def add_to_hub_cache(
+    cache: Path, repo_id: str, model: ZooModel, commit: str, refs: tuple[str, ...] = ("main",)
+) -> Path:
+    """Write ``model`` as snapshot ``commit`` of ``repo_id`` in the Hub cache layout.
+
+    ``models--<owner>--<name>/snapshots/<commit>/`` holds the files and each ``refs/<ref>``
+    file names the commit, as huggingface_hub's downloads leave them.
+    """
+    repository = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repository / "snapshots" / commit
+    model.save_pretrained(snapshot, repo_id=repo_id)
+    (repository / "refs").mkdir(exist_ok=True)
+    for ref in refs:
+        (repository / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def assert_same_model(loaded: ZooModel, expected: ZooModel) -> None:
+    """Same class, every tensor (parameters and buffers) equal, same eval outputs."""
+    assert type(loaded) is type(expected)
+    assert not loaded.training
+    expected_state, loaded_state = expected.state_dict(), loaded.state_dict()
+    assert loaded_state.keys() == expected_state.keys()
+    for key, value in expected_state.items():
+        assert torch.equal(loaded_state[key], value), key
+    inputs = expected.example_inputs(3)
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), expected(*inputs))

@@ -1,0 +1,235 @@
+"""Every way a checkpoint can be bad raises a clear error naming the file and what to do."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import aimle_zoo
+from aimle_zoo.hub import (
+    FORMAT_VERSION,
+    CheckpointConfigError,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CheckpointVersionError,
+    resolve_checkpoint,
+)
+from aimle_zoo.models import DiscreteVAE, L2XTabular, ZooModel, list_models
+from tests.models._helpers import tiny_model
+
+from ._helpers import assert_same_model
+
+NAME = "l2x_tabular"
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, ZooModel]:
+    model = tiny_model(NAME).eval()
+    folder = tmp_path / "l2x-tabular"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def _edit_config(folder: Path, **changes: Any) -> Path:
+    """Rewrite config.json with ``changes`` (a value of None deletes the key)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            del config[key]
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_folder_without_config_json(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointNotFoundError, match=re.escape(str(folder / "config.json"))):
+        aimle_zoo.from_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        L2XTabular.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("text", ["{not json", "", "\xff\xfe"])
+def test_config_json_that_is_not_json(saved: tuple[Path, ZooModel], text: str) -> None:
+    folder, _ = saved
+    (folder / "config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CheckpointConfigError, match=r"config\.json is not valid JSON"):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_config_json_that_is_not_an_object(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointConfigError, match=r"must hold a JSON object.*list"):
+        aimle_zoo.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("key", ["architecture", "format_version", "aimle_zoo_version"])
+def test_missing_metadata_keys(saved: tuple[Path, ZooModel], key: str) -> None:
+    folder, _ = saved
+    path = _edit_config(folder, **{key: None})
+    with pytest.raises(
+        CheckpointConfigError, match=rf"{re.escape(str(path))} lacks the keys \['{key}'\]"
+    ):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_a_missing_model_argument_can_be_supplied_as_a_keyword(
+    saved: tuple[Path, ZooModel],
+) -> None:
+    folder, model = saved
+    _edit_config(folder, k=None)
+    with pytest.raises(CheckpointConfigError, match=r"missing keys \['k'\]"):
+        aimle_zoo.from_pretrained(folder)
+    assert_same_model(
+        aimle_zoo.from_pretrained(folder, k=model.latent_layer.solver.params["k"]), model
+    )
+
+
+def test_an_unexpected_config_key(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    _edit_config(folder, dropout=0.5)
+    with pytest.raises(CheckpointConfigError, match=r"unexpected keys \['dropout'\]"):
+        L2XTabular.from_pretrained(folder)
+
+
+def test_config_values_the_constructor_rejects(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    _edit_config(folder, k=99)
+    with pytest.raises(CheckpointConfigError, match="does not build a L2XTabular"):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_an_unknown_keyword_lists_the_accepted_ones(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    with pytest.raises(TypeError, match=r"unknown keywords \['colour'\].*input_dim.*map_location"):
+        aimle_zoo.from_pretrained(folder, colour="red")
+
+
+def test_an_unknown_architecture_lists_the_known_ones(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    _edit_config(folder, architecture="transformer_xl")
+    with pytest.raises(CheckpointConfigError, match="unknown architecture") as caught:
+        aimle_zoo.from_pretrained(folder)
+    assert all(name in str(caught.value) for name in list_models())
+
+
+def test_a_config_for_another_architecture(saved: tuple[Path, ZooModel]) -> None:
+    folder, model = saved
+    with pytest.raises(
+        CheckpointConfigError, match=r"holds a L2XTabular checkpoint.*not a DiscreteVAE"
+    ):
+        DiscreteVAE.from_pretrained(folder)
+    assert_same_model(ZooModel.from_pretrained(folder), model)  # the base dispatches
+
+
+def test_a_newer_format_version(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    _edit_config(folder, format_version=FORMAT_VERSION + 1, aimle_zoo_version="9.0.0")
+    with pytest.raises(
+        CheckpointVersionError, match=rf"format {FORMAT_VERSION + 1}.*9\.0\.0.*upgrade"
+    ):
+        aimle_zoo.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("version", [0, -1, "1", True, 1.0])
+def test_an_invalid_format_version(saved: tuple[Path, ZooModel], version: object) -> None:
+    folder, _ = saved
+    _edit_config(folder, format_version=version)
+    with pytest.raises(CheckpointConfigError, match="format_version must be a positive integer"):
+        aimle_zoo.from_pretrained(folder)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _truncate,
+        lambda path: path.write_bytes(b"not a safetensors file at all"),
+        lambda path: path.write_bytes(b""),
+    ],
+    ids=["truncated", "garbage", "empty"],
+)
+def test_a_corrupt_weights_file(saved: tuple[Path, ZooModel], corrupt: Any) -> None:
+    folder, _ = saved
+    weights = folder / "model.safetensors"
+    corrupt(weights)
+    with pytest.raises(
+        CheckpointCorruptError, match=f"{re.escape(str(weights))} is not a readable"
+    ):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_a_missing_weights_file(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointNotFoundError, match=r"model\.safetensors does not exist"):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_missing_unexpected_and_misshaped_tensors(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    first = sorted(state)[0]
+    save_file({key: value for key, value in state.items() if key != first}, weights)
+    with pytest.raises(CheckpointMismatchError, match=f"missing tensors.*{re.escape(first)}"):
+        aimle_zoo.from_pretrained(folder)
+    save_file({**state, "extra.weight": torch.zeros(1)}, weights)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensors.*extra\.weight"):
+        aimle_zoo.from_pretrained(folder)
+    save_file({**state, first: torch.zeros(*state[first].shape, 2)}, weights)
+    with pytest.raises(CheckpointMismatchError, match="does not fit"):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_an_unknown_hub_id_offline_says_what_to_do() -> None:
+    with pytest.raises(CheckpointNotFoundError) as caught:
+        aimle_zoo.from_pretrained("aimle-zoo/no-such-model")
+    message = str(caught.value)
+    assert "'aimle-zoo/no-such-model'" in message
+    assert "HF_HUB_OFFLINE=1" in message and "HF_HUB_OFFLINE=0" in message
+    assert "bundled" in message and "folder written by save_pretrained" in message
+    assert isinstance(caught.value, FileNotFoundError)
+    with pytest.raises(CheckpointNotFoundError, match=r"no-such-model.*not in the Hub cache"):
+        aimle_zoo.from_pretrained("no-such-model", revision="main")
+
+
+def test_paths_and_names_that_are_not_checkpoints(tmp_path: Path) -> None:
+    for missing in (tmp_path / "nowhere", str(tmp_path / "nowhere"), "./nowhere", "a/b/c"):
+        with pytest.raises(CheckpointNotFoundError, match="no checkpoint folder"):
+            resolve_checkpoint(missing)
+    with pytest.raises(CheckpointNotFoundError, match="nor a valid checkpoint name or Hub id"):
+        resolve_checkpoint("bad name!")
+
+
+def test_a_revision_for_a_local_folder(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    with pytest.raises(ValueError, match="revision='v1' applies to Hub ids"):
+        aimle_zoo.from_pretrained(folder, revision="v1")
+
+
+def test_every_checkpoint_error_is_one_exception_family() -> None:
+    for error in (
+        CheckpointNotFoundError,
+        CheckpointConfigError,
+        CheckpointVersionError,
+        CheckpointCorruptError,
+        CheckpointMismatchError,
+    ):
+        assert issubclass(error, CheckpointError)

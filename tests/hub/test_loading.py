@@ -1,0 +1,137 @@
+"""Loading through every route: local folder, generic loader, bundled names, offline Hub cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import aimle_zoo
+from aimle_zoo.hub import FORMAT_VERSION, resolve_checkpoint
+from aimle_zoo.models import ZooModel, list_models
+from tests.models._helpers import tiny_model
+
+from ._helpers import COMMIT_A, COMMIT_B, add_to_hub_cache, assert_same_model, trained_tiny_model
+
+MODELS = list_models()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_through_a_folder_for_every_model(name: str, tmp_path: Path) -> None:
+    model = trained_tiny_model(name)
+    fresh = tiny_model(name)
+    assert not torch.equal(model.latent_layer.estimator.beta, fresh.latent_layer.estimator.beta)
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == name
+    assert config["format_version"] == FORMAT_VERSION
+    assert config["aimle_zoo_version"] == aimle_zoo.__version__
+    assert config["estimator"] == model.latent_layer.estimator.config()
+    assert_same_model(type(model).from_pretrained(folder), model)
+    assert_same_model(aimle_zoo.from_pretrained(folder), model)
+    assert_same_model(aimle_zoo.from_pretrained(str(folder)), model)
+    assert_same_model(ZooModel.from_pretrained(folder), model)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_through_an_offline_hub_cache_for_every_model(
+    name: str, hub_cache: Path
+) -> None:
+    model = trained_tiny_model(name)
+    short_name = f"tiny-{name.replace('_', '-')}"
+    add_to_hub_cache(hub_cache, f"aimle-zoo/{short_name}", model, COMMIT_B)
+    assert_same_model(aimle_zoo.from_pretrained(f"aimle-zoo/{short_name}"), model)
+    assert_same_model(aimle_zoo.from_pretrained(short_name), model)
+    assert_same_model(type(model).from_pretrained(f"aimle-zoo/{short_name}"), model)
+
+
+def test_revision_pins_one_of_two_cached_snapshots(hub_cache: Path) -> None:
+    first = trained_tiny_model("l2x_tabular", seed=1)
+    second = trained_tiny_model("l2x_tabular", seed=2)
+    repo_id = "aimle-zoo/l2x-pinned"
+    snapshot_a = add_to_hub_cache(hub_cache, repo_id, first, COMMIT_A, refs=("v1",))
+    snapshot_b = add_to_hub_cache(hub_cache, repo_id, second, COMMIT_B, refs=("main",))
+
+    assert resolve_checkpoint(repo_id) == snapshot_b
+    assert resolve_checkpoint(repo_id, revision=COMMIT_A) == snapshot_a
+    assert resolve_checkpoint(repo_id, revision="v1") == snapshot_a
+    assert_same_model(aimle_zoo.from_pretrained(repo_id), second)
+    assert_same_model(aimle_zoo.from_pretrained(repo_id, revision=COMMIT_A), first)
+    assert_same_model(aimle_zoo.from_pretrained(repo_id, revision=COMMIT_B), second)
+    assert_same_model(aimle_zoo.from_pretrained(repo_id, revision="v1"), first)
+
+
+def test_cache_dir_argument_and_local_files_only(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "another-cache"
+    model = trained_tiny_model("discrete_vae")
+    add_to_hub_cache(elsewhere, "someone/dvae", model, COMMIT_A)
+    loaded = aimle_zoo.from_pretrained("someone/dvae", cache_dir=elsewhere, local_files_only=True)
+    assert_same_model(loaded, model)
+
+
+def test_a_bundled_checkpoint_comes_before_the_hub_cache_without_a_revision(
+    hub_cache: Path, bundled_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundled = trained_tiny_model("discrete_vae", seed=1)
+    cached = trained_tiny_model("discrete_vae", seed=2)
+    bundled.save_pretrained(bundled_root / "dvae-tiny")
+    add_to_hub_cache(hub_cache, "aimle-zoo/dvae-tiny", cached, COMMIT_B)
+
+    assert aimle_zoo.hub.list_bundled_checkpoints() == ["dvae-tiny"]
+    assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"
+    assert_same_model(aimle_zoo.from_pretrained("dvae-tiny"), bundled)
+    assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny"), bundled)
+    assert_same_model(aimle_zoo.from_pretrained("dvae-tiny", revision="main"), cached)
+    assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny", revision=COMMIT_B), cached)
+
+    local = trained_tiny_model("discrete_vae", seed=3)
+    workdir = tmp_path / "work"
+    local.save_pretrained(workdir / "dvae-tiny")
+    monkeypatch.chdir(workdir)
+    assert_same_model(aimle_zoo.from_pretrained("dvae-tiny"), local)  # a local folder first
+
+
+def test_real_environment_variables_in_a_fresh_process(
+    hub_cache: Path, bundled_root: Path, tmp_path: Path
+) -> None:
+    model = trained_tiny_model("l2x_tabular")
+    snapshot = add_to_hub_cache(hub_cache, "aimle-zoo/l2x-env", model, COMMIT_B)
+    with torch.no_grad():
+        expected = model(*model.example_inputs(3))
+    script = (
+        "import aimle_zoo, torch\n"
+        "model = aimle_zoo.from_pretrained('aimle-zoo/l2x-env')\n"
+        "print(aimle_zoo.hub.resolve_checkpoint('l2x-env'))\n"
+        "with torch.no_grad():\n"
+        "    torch.save(model(*model.example_inputs(3)), 'out.pt')\n"
+        "try:\n"
+        "    aimle_zoo.from_pretrained('aimle-zoo/not-cached')\n"
+        "except aimle_zoo.hub.CheckpointNotFoundError as err:\n"
+        "    print(err)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(hub_cache),
+        "AIMLE_ZOO_CHECKPOINTS": str(bundled_root),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    resolved, error = done.stdout.splitlines()[:2]
+    assert Path(resolved) == snapshot
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    assert "not-cached" in error and "HF_HUB_OFFLINE=1" in error

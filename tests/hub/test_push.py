@@ -1,0 +1,151 @@
+"""Pushing: the dry run, the checks before any upload, the calls made, a closed endpoint."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from huggingface_hub import constants
+
+from aimle_zoo import hub
+from aimle_zoo.hub import (
+    CHECKPOINT_FILES,
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    HubPushError,
+    UploadFile,
+    format_size,
+    push_to_hub,
+)
+
+from ._helpers import trained_tiny_model
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "l2x-tabular"
+    trained_tiny_model("l2x_tabular").save_pretrained(folder, metrics={"accuracy": 0.9})
+    (folder / "trainer_state.pt").write_bytes(b"not for publication")
+    return folder
+
+
+class _NoServer:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a dry run must not create a Hub client")
+
+
+def test_dry_run_lists_the_checkpoint_files_and_sizes(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub, "HfApi", _NoServer)
+    plan = push_to_hub(folder, "aimle-zoo/l2x-tabular", dry_run=True)
+    assert plan == [UploadFile(name, (folder / name).stat().st_size) for name in CHECKPOINT_FILES]
+    assert {entry.path for entry in plan} == {"config.json", "model.safetensors", "README.md"}
+
+
+def test_dry_run_of_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "HfApi", _NoServer)
+    model = trained_tiny_model("discrete_vae")
+    plan = push_to_hub(model, "aimle-zoo/dvae", dry_run=True)
+    assert isinstance(plan, list)
+    assert [entry.path for entry in plan] == list(CHECKPOINT_FILES)
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert dict(plan)["model.safetensors"] > state_bytes  # the tensors plus a header
+
+
+def test_a_broken_folder_is_never_uploaded(folder: Path) -> None:
+    (folder / "README.md").unlink()
+    with pytest.raises(CheckpointNotFoundError, match="needs its model card"):
+        push_to_hub(folder, "aimle-zoo/l2x-tabular", dry_run=True)
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointCorruptError):
+        push_to_hub(folder, "aimle-zoo/l2x-tabular", dry_run=True)
+
+
+@pytest.mark.parametrize("repo_id", ["l2x-tabular", "a/b/c", "aimle-zoo/bad name"])
+def test_invalid_repository_ids(folder: Path, repo_id: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(repo_id))):
+        push_to_hub(folder, repo_id, dry_run=True)
+
+
+def test_offline_mode_refuses_to_push(folder: Path) -> None:
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE=1"):
+        push_to_hub(folder, "aimle-zoo/l2x-tabular", token="hf_test")
+
+
+class _RecordingApi:
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.calls.append(("init", kwargs))
+        self.endpoint = "http://hub.test"
+
+    def create_repo(self, repo_id: str, **kwargs: Any) -> None:
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def create_branch(self, repo_id: str, **kwargs: Any) -> None:
+        self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs: Any) -> str:
+        self.calls.append(("upload_folder", kwargs))
+        return "http://hub.test/commit/1"
+
+
+def test_the_upload_goes_through_create_repo_and_upload_folder(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HfApi", _RecordingApi)
+    _RecordingApi.calls = []
+    result = push_to_hub(
+        folder, "someone/l2x", revision="dev", private=True, token="hf_test", commit_message="m"
+    )
+    assert result == "http://hub.test/commit/1"
+    names = [name for name, _ in _RecordingApi.calls]
+    assert names == ["init", "create_repo", "create_branch", "upload_folder"]
+    calls = dict(_RecordingApi.calls)
+    assert calls["init"]["token"] == "hf_test"
+    assert calls["create_repo"] == {"repo_id": "someone/l2x", "private": True, "exist_ok": True}
+    assert calls["create_branch"] == {"repo_id": "someone/l2x", "branch": "dev", "exist_ok": True}
+    upload = calls["upload_folder"]
+    assert upload["repo_id"] == "someone/l2x" and upload["revision"] == "dev"
+    assert Path(upload["folder_path"]) == folder and upload["commit_message"] == "m"
+    assert upload["allow_patterns"] == list(CHECKPOINT_FILES)  # not the trainer state
+
+    _RecordingApi.calls = []
+    push_to_hub(folder, "someone/l2x")
+    names = [name for name, _ in _RecordingApi.calls]
+    assert names == ["init", "create_repo", "upload_folder"]  # main needs no branch
+    assert "l2x_tabular" in dict(_RecordingApi.calls)["upload_folder"]["commit_message"]
+
+
+def test_a_closed_endpoint_fails_with_a_clear_error(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = "http://127.0.0.1:9"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    with pytest.raises(
+        HubPushError, match=r"aimle-zoo/l2x-tabular at http://127\.0\.0\.1:9"
+    ) as caught:
+        push_to_hub(folder, "aimle-zoo/l2x-tabular", token="hf_test")
+    assert "dry_run=True" in str(caught.value)
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 kB"),
+        (1_536_000, "1.5 MB"),
+        (2 * 10**15, "2000.0 TB"),
+    ],
+)
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text

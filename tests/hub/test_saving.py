@@ -1,0 +1,178 @@
+"""Saving: atomic replacement, carried-over files, the model card and its metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+from huggingface_hub import ModelCard
+from torch import nn
+
+import aimle_zoo
+from aimle_zoo.hub import default_repo_id, read_card_metrics, write_model_card
+from aimle_zoo.models import ZooModel
+
+from ._helpers import assert_same_model, trained_tiny_model
+
+METRICS = {"nelbo": 61.234567890123, "bce": 55.5, "count": 1000}
+COMMAND = "aimle-zoo train discrete_vae --epochs 100 --seed 0"
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_a_failure_mid_save_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = trained_tiny_model("discrete_vae", seed=1)
+    folder = tmp_path / "dvae"
+    first.save_pretrained(folder, metrics={"nelbo": 70.0})
+    before = _contents(folder)
+
+    def half_written(model: nn.Module, filename: str, **kwargs: Any) -> None:
+        Path(filename).write_bytes(b"\x00" * 100)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_model", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        trained_tiny_model("discrete_vae", seed=2).save_pretrained(folder, metrics={"nelbo": 1.0})
+    assert _contents(folder) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundled", "dvae", "hub-cache"]
+    monkeypatch.undo()
+    assert_same_model(aimle_zoo.from_pretrained(folder), first)
+
+
+def test_saving_again_replaces_the_checkpoint_and_keeps_other_files(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    trained_tiny_model("l2x_tabular", seed=1).save_pretrained(folder)
+    (folder / "trainer_state.pt").write_bytes(b"optimizer state")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    second = trained_tiny_model("l2x_tabular", seed=2)
+    second.save_pretrained(folder)
+    assert (folder / "trainer_state.pt").read_bytes() == b"optimizer state"
+    assert (folder / "logs" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert_same_model(aimle_zoo.from_pretrained(folder), second)
+
+
+def test_folders_that_cannot_be_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = trained_tiny_model("l2x_tabular")
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"keep me")
+    with pytest.raises(NotADirectoryError, match="exists and is not a folder"):
+        model.save_pretrained(a_file)
+    assert a_file.read_bytes() == b"keep me"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    for folder in (".", workdir, tmp_path):
+        with pytest.raises(ValueError, match="working directory"):
+            model.save_pretrained(folder)
+
+
+def test_an_unregistered_model_cannot_be_saved(tmp_path: Path) -> None:
+    class Unregistered(ZooModel):
+        def __init__(self, size: int = 2) -> None:
+            super().__init__()
+            self.linear = nn.Linear(size, size)
+
+    with pytest.raises(TypeError, match="Unregistered is not a registered model"):
+        Unregistered().save_pretrained(tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_model_card_records_data_metrics_command_and_usage(tmp_path: Path) -> None:
+    model = trained_tiny_model("discrete_vae")
+    folder = tmp_path / "dvae-mnist"
+    model.save_pretrained(folder, metrics=METRICS, command=COMMAND, dataset="ylecun/mnist")
+
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "aimle_zoo"
+    assert card.data.license == "mit"
+    assert card.data.datasets == ["ylecun/mnist"]
+    assert {"aimle", "discrete_vae", "topk", "model_hub_mixin"} <= set(card.data.tags)
+    assert card.data.model_name == "aimle-zoo/dvae-mnist"
+    assert {result.metric_type: result.metric_value for result in card.data.eval_results} == {
+        name: float(value) for name, value in METRICS.items()
+    }
+    body = card.text
+    assert f"```bash\n{COMMAND}\n```" in body
+    assert 'aimle_zoo.from_pretrained("aimle-zoo/dvae-mnist")' in body
+    assert "| nelbo | 61.2346 |" in body and "| count | 1000 |" in body
+    assert "`ylecun/mnist`" in body
+    assert "solver | `topk`" in body and "`k=2`" in body
+    assert f"estimator | `{model.latent_layer.estimator.config()['name']}`" in body
+    assert "@inproceedings{minervini2023aimle" in body
+    assert read_card_metrics(folder) == {name: float(value) for name, value in METRICS.items()}
+
+
+def test_a_card_without_metrics(tmp_path: Path) -> None:
+    trained_tiny_model("nri_tree").save_pretrained(tmp_path / "nri")
+    card = ModelCard.load(tmp_path / "nri" / "README.md")
+    assert card.data.eval_results is None
+    assert "No metrics recorded." in card.text and "Not recorded." in card.text
+    assert read_card_metrics(tmp_path / "nri") == {}
+
+
+def test_write_model_card_adds_metrics_to_an_existing_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "grid"
+    trained_tiny_model("grid_shortest_path").save_pretrained(folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    write_model_card(folder, metrics={"path_accuracy": 0.875}, command=COMMAND)
+    assert read_card_metrics(folder) == {"path_accuracy": 0.875}
+    assert (folder / "model.safetensors").read_bytes() == weights
+    assert COMMAND in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        ({"metrics": {"acc": "high"}}, "metric 'acc' must be a real number"),
+        ({"metrics": {"acc": True}}, "metric 'acc' must be a real number"),
+        ({"metrics": [0.5]}, "metrics must be a mapping"),
+        ({"command": ["aimle-zoo", "train"]}, "command must be a string"),
+    ],
+)
+def test_bad_card_values_fail_before_the_folder_is_touched(
+    tmp_path: Path, card: dict[str, Any], message: str
+) -> None:
+    folder = tmp_path / "l2x"
+    trained_tiny_model("l2x_tabular", seed=1).save_pretrained(folder)
+    before = _contents(folder)
+    with pytest.raises(TypeError, match=message):
+        trained_tiny_model("l2x_tabular", seed=2).save_pretrained(folder, **card)
+    assert _contents(folder) == before
+
+
+def test_default_repository_ids(tmp_path: Path) -> None:
+    assert default_repo_id(tmp_path / "dvae-mnist") == "aimle-zoo/dvae-mnist"
+    assert default_repo_id(tmp_path / ".best.x1y2.tmp", "discrete_vae") == "aimle-zoo/discrete-vae"
+    with pytest.raises(ValueError, match="not a valid Hub repository name"):
+        default_repo_id(tmp_path / ".hidden")
+    model = trained_tiny_model("l2x_tabular")
+    model.save_pretrained(tmp_path / ".staging", repo_id="someone/l2x")
+    assert 'from_pretrained("someone/l2x")' in (tmp_path / ".staging" / "README.md").read_text()
+
+
+def test_push_to_hub_from_save_pretrained_needs_a_repo_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs the Hub repo_id"):
+        trained_tiny_model("l2x_tabular").save_pretrained(tmp_path / "x", push_to_hub=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_saved_config_rebuilds_the_model(tmp_path: Path) -> None:
+    model = trained_tiny_model("l2x_text")
+    model.save_pretrained(tmp_path / "text")
+    config = json.loads((tmp_path / "text" / "config.json").read_text())
+    arguments = {
+        key: value
+        for key, value in config.items()
+        if key not in ("architecture", "format_version", "aimle_zoo_version")
+    }
+    rebuilt = aimle_zoo.models.create_model(config["architecture"], **arguments)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert rebuilt.latent_layer.estimator.config() == model.latent_layer.estimator.config()

@@ -29,3 +29,18 @@ from ._registry import (
 )
 
 # Built-in solvers register themselves on import (one line per module below).
+from .reference.spanning_tree import SpanningTreeScipy as SpanningTreeScipy
+from .shortest_path import (
+    GraphShortestPath as GraphShortestPath,
+    GridShortestPath as GridShortestPath,
+    ShortestPath as ShortestPath,
+)
+from .spanning_tree import (
+    MinimumSpanningTree as MinimumSpanningTree,
+    SpanningTree as SpanningTree,
+    SpanningTreeEdges as SpanningTreeEdges,
+    edges_to_matrix as edges_to_matrix,
+    matrix_to_edges as matrix_to_edges,
+    num_nodes_from_edges as num_nodes_from_edges,
+)
+from .topk import TopK as TopK

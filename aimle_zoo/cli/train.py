@@ -117,3 +117,37 @@ def evaluate_command(
     if figure is not None:
         save_figure(model, task_name, figure, data_options=options, split=split)
         typer.echo(f"figure: {figure}")
+
+
+def compare_command(
+    name: Annotated[str, typer.Argument(help="Task to train, e.g. l2x-xor (see `recipes`).")],
+    estimators: Annotated[
+        str, typer.Option(help="Comma-separated estimator variants to compare.")
+    ] = "aimle-forward,aimle-central,imle,ste",
+    out: Annotated[Path | None, typer.Option(help="Folder (default runs/compare/NAME).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (the same for every estimator).")] = 0,
+    device: DeviceOpt = "cpu",
+    data_dir: DataDirOpt = None,
+    smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
+) -> None:
+    """Train a task with several estimators at the same budget; write a table and curves."""
+    from ..compare import compare, comparison_table
+
+    folder = out or Path("runs") / "compare" / name
+    results = compare(
+        name,
+        folder,
+        estimators=[e.strip() for e in estimators.split(",") if e.strip()],
+        data_options=DataOptions(
+            data_dir=str(data_dir) if data_dir else None, smoke=smoke, progress=False
+        ),
+        epochs=epochs,
+        max_steps_per_epoch=max_steps,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+    typer.echo(comparison_table(results))
+    typer.echo(f"curves: {folder / 'curves.png'}")

@@ -1,0 +1,87 @@
+"""Estimator comparison: train one task with several estimators at the same budget.
+
+``compare(task, out_dir, estimators=...)`` trains every variant into ``out_dir/<estimator>/``
+with identical data, seed and schedule, then writes ``out_dir/comparison.json``, a Markdown
+table (``comparison.md``: the best validation metrics and the test metrics of each best
+checkpoint) and the learning curves (``curves.png``: the selection metric on the validation
+split after every epoch). Existing finished runs are reused, so an interrupted comparison
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from ._io import atomic_file
+from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training
+from .training import METRICS_LOG
+
+DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
+
+
+def compare(
+    task: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    data_options: DataOptions | None = None,
+    **overrides: Any,
+) -> dict[str, dict[str, Any]]:
+    """Train ``task`` with each estimator (same data, seed and ``overrides``); tabulate."""
+    recipe = get_recipe(task)
+    unknown = [name for name in estimators if name not in ESTIMATOR_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown estimators {unknown}; choose from {ESTIMATOR_VARIANTS}")
+    out = Path(out_dir)
+    results: dict[str, dict[str, Any]] = {}
+    for name in estimators:
+        run_dir = out / name
+        if not (run_dir / "test_metrics.json").exists():
+            run_training(task, run_dir, estimator=name, data_options=data_options, **overrides)
+        history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
+        results[name] = {
+            "test": json.loads((run_dir / "test_metrics.json").read_text()),
+            "curve": [record.get("valid", {}) for record in history],
+            "seconds": sum(record["seconds"] for record in history),
+        }
+    metric = recipe.train.select_metric
+    with atomic_file(out / "comparison.json", "w") as handle:
+        json.dump({"task": task, "select_metric": metric, "results": results}, handle, indent=2)
+    with atomic_file(out / "comparison.md", "w") as handle:
+        handle.write(comparison_table(results))
+    plot_curves(results, metric, out / "curves.png", title=f"{task}: validation {metric}")
+    return results
+
+
+def comparison_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: one row per estimator, the test metrics as columns."""
+    keys = sorted({key for r in results.values() for key in r["test"] if key != "count"})
+    lines = ["| estimator | " + " | ".join(keys) + " | train s |"]
+    lines.append("|" + "---|" * (len(keys) + 2))
+    for name, result in results.items():
+        cells = [f"{result['test'].get(key, float('nan')):.4g}" for key in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(
+    results: dict[str, dict[str, Any]], metric: str, path: Path, *, title: str = ""
+) -> None:
+    """Validation ``metric`` per epoch, one line per estimator (PNG, written atomically)."""
+    figure = Figure(figsize=(6, 3.6))
+    axis = figure.subplots()
+    for name, result in results.items():
+        values = [epoch.get(metric, float("nan")) for epoch in result["curve"]]
+        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(f"validation {metric}")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")

@@ -89,6 +89,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     imle_lambda: float = 10.0
     smoke_model_kwargs: dict[str, Any] = field(default_factory=dict)
+    aimle: dict[str, Any] | None = None  # the task's AIMLE config when not the model default
 
     def estimator_config(self, variant: str) -> dict[str, Any] | None:
         """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
@@ -100,7 +101,7 @@ class Recipe:
                 f"Choose one of {', '.join(ESTIMATOR_VARIANTS)}."
             )
         if variant == "aimle":
-            return None
+            return copy.deepcopy(self.aimle)
         reference = self.reference_estimator()
         noise, samples = reference.get("noise"), int(reference.get("samples", 1))
         if variant in ("aimle-forward", "aimle-central"):
@@ -126,7 +127,9 @@ class Recipe:
         return {"name": "blackbox", "lambda_": self.imle_lambda}
 
     def reference_estimator(self) -> dict[str, Any]:
-        """The model's default (reference) AIMLE config."""
+        """The task's AIMLE config: ``aimle`` if set, else the model's default."""
+        if self.aimle is not None:
+            return copy.deepcopy(self.aimle)
         probe = create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
         estimator = cast(Estimator, probe.latent_layer.estimator)  # type: ignore[union-attr]
         return copy.deepcopy(estimator.config())
@@ -263,6 +266,25 @@ def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
 
 # ----------------------------------------------------------------------------- the recipes
 
+
+def _l2x_tabular_aimle(k: int) -> dict[str, Any]:
+    """Central AIMLE for the 10-feature benchmarks: Gumbel noise, β₀ = 1, η = 1e-3, c = k.
+
+    The text recipe's c = 1 (half the samples with one swap) starves a 10-feature selector:
+    with c = 1 the selection settles on a single dominant feature (median rank 7.0 on the
+    nonlinear additive benchmark after 4 epochs), with c = k it ranks the relevant ones first
+    (median rank 4.0, precision 0.57; I-MLE with λ = 10: 4.0, 0.50).
+    """
+    return {
+        "name": "aimle",
+        "target": {"name": "adaptive", "initial_beta": 1.0, "target_norm": float(k),
+                   "update_step": 1e-3},
+        "noise": {"name": "gumbel"},
+        "samples": 1,
+        "symmetric": True,
+    }  # fmt: skip
+
+
 _L2X_SYNTHETIC_K = {"xor": 2, "orange_skin": 4, "nonlinear_additive": 4, "switch": 5}
 
 RECIPES: dict[str, Recipe] = {}
@@ -282,6 +304,7 @@ for _name, _k in _L2X_SYNTHETIC_K.items():
             model_kwargs={"input_dim": 10, "k": _k},
             train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, select_metric="loss"),
             imle_lambda=10.0,
+            aimle=_l2x_tabular_aimle(_k),
         )
     )
 _add(

@@ -16,6 +16,7 @@ import copy
 import difflib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from . import data
-from ._io import atomic_file
+from ._io import atomic_directory, atomic_file
 from .estimators import Estimator
 from .models import ZooModel, create_model
 from .training import (
@@ -458,3 +459,51 @@ def _write_recipe(folder: Path, name: str, estimator: str, options: DataOptions)
     record = {"recipe": name, "estimator": estimator, "smoke": options.smoke}
     with atomic_file(folder / RECIPE_FILE, "w") as handle:
         json.dump(record, handle, indent=2)
+
+
+HELDOUT_SIZE = 256
+HELDOUT_PREFIX = f"heldout{HELDOUT_SIZE}_"
+
+
+def publish_run(
+    run_dir: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    command: str,
+    data_options: DataOptions | None = None,
+) -> dict[str, float]:
+    """Copy a finished run's best checkpoint to ``destination`` as a published folder.
+
+    The card records the test metrics of the run (``test_metrics.json``), the metrics on the
+    first :data:`HELDOUT_SIZE` test instances (prefixed ``heldout256_``, so CI can re-evaluate
+    the bundled checkpoint exactly), the dataset and the ``command`` that trained it. The copy
+    is atomic: ``destination`` is either the old folder or the complete new one.
+    """
+    from .hub import write_model_card
+
+    run = Path(run_dir)
+    recorded = read_recipe(run / "best")
+    if recorded is None or not (run / "test_metrics.json").exists():
+        raise FileNotFoundError(
+            f"{run} is not a finished run (no best/recipe.json or test_metrics.json); "
+            "train it with `aimle-zoo train` first"
+        )
+    recipe = get_recipe(recorded["recipe"])
+    model = ZooModel.from_pretrained(run / "best")
+    heldout = run_evaluation(
+        model, recipe.name, split="test", data_options=data_options, limit=HELDOUT_SIZE
+    )
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    metrics.update({HELDOUT_PREFIX + key: value for key, value in heldout.items()})
+    metrics = {key: float(value) for key, value in metrics.items() if not key.endswith("count")}
+    with atomic_directory(destination) as staging:
+        for name in ("config.json", "model.safetensors", RECIPE_FILE):
+            shutil.copyfile(run / "best" / name, staging / name)
+        write_model_card(
+            staging,
+            metrics=metrics,
+            command=command,
+            dataset=recipe.description,
+            repo_id=f"aimle-zoo/{Path(destination).name}",
+        )
+    return metrics

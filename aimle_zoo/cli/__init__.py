@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import hub as _hub, solvers as _solvers, train as _train
+from . import export as _export, hub as _hub, solvers as _solvers, train as _train
 
 app = typer.Typer(
     name="aimle-zoo",
@@ -19,3 +19,7 @@ app.command("train")(_train.train_command)
 app.command("evaluate")(_train.evaluate_command)
 app.command("push")(_hub.push_command)
 app.command("compare")(_train.compare_command)
+app.command("export")(_export.export_command)
+app.command("predict")(_export.predict_command)
+app.command("quickstart")(_export.quickstart_command)
+app.command("publish")(_train.publish_command)

@@ -151,3 +151,20 @@ def compare_command(
     )
     typer.echo(comparison_table(results))
     typer.echo(f"curves: {folder / 'curves.png'}")
+
+
+def publish_command(
+    run: Annotated[Path, typer.Argument(help="A finished run folder (with best/).")],
+    name: Annotated[str, typer.Argument(help="Published name: checkpoints/NAME.")],
+    command: Annotated[str, typer.Option(help="The command that trained the run.")],
+    data_dir: DataDirOpt = None,
+    root: Annotated[Path | None, typer.Option(help="Checkpoints folder.")] = None,
+) -> None:
+    """Copy a run's best checkpoint into checkpoints/NAME with a model card and metrics."""
+    from ..hub import checkpoints_root
+    from ..recipes import publish_run
+
+    destination = (root or checkpoints_root()) / name
+    options = DataOptions(data_dir=str(data_dir) if data_dir else None, progress=False)
+    metrics = publish_run(run, destination, command=command, data_options=options)
+    typer.echo(f"published {destination}: {json.dumps(metrics)}")

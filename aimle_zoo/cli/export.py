@@ -1,0 +1,132 @@
+"""``aimle-zoo export``, ``aimle-zoo predict`` and ``aimle-zoo quickstart``."""
+
+from __future__ import annotations
+
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..export import (
+    DEFAULT_OPSET,
+    ExportError,
+    ModelFileError,
+    RunnerInputError,
+    load_exported,
+    read_inputs,
+    to_onnx,
+    to_torchscript,
+    verify,
+    write_outputs,
+)
+from ..export.quickstart import format_table, resolve_model, run_quickstart
+from ..hub import CheckpointError
+from ..models import UnknownModelError
+
+
+class ExportFormat(str, Enum):
+    """What ``aimle-zoo export`` writes."""
+
+    torchscript = "torchscript"
+    onnx = "onnx"
+    all = "all"
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+def export_command(
+    name_or_path: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint (bundled name such as dvae-mnist, Hub id, or folder), or a "
+            "model name such as l2x_mnist for freshly initialised default weights."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("exported"),
+    file_format: Annotated[
+        ExportFormat, typer.Option("--format", help="torchscript, onnx or all.")
+    ] = ExportFormat.all,
+    check: Annotated[
+        bool,
+        typer.Option("--verify", help="Verify each file against eager PyTorch on fresh inputs."),
+    ] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = DEFAULT_OPSET,
+    split: Annotated[
+        bool, typer.Option(help="ONNX only: export the network up to θ; the solver runs after.")
+    ] = False,
+) -> None:
+    """Export a model to TorchScript (NAME.pt) and/or ONNX (NAME.onnx) in --out."""
+    try:
+        model, stem, source = resolve_model(name_or_path)
+        if source == "untrained":
+            typer.echo(f"{name_or_path}: freshly initialised default configuration (untrained)")
+        written = []
+        if file_format in (ExportFormat.torchscript, ExportFormat.all):
+            written.append(to_torchscript(model, out / f"{stem}.pt", name=stem))
+        if file_format in (ExportFormat.onnx, ExportFormat.all):
+            written.append(
+                to_onnx(model, out / f"{stem}.onnx", opset=opset, split=split, name=stem)
+            )
+        for result in written:
+            opset_text = f", opset {opset}" if result.file_format == "onnx" else ""
+            typer.echo(
+                f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, {result.file_format} "
+                f"via {result.exporter}{opset_text}, {result.seconds:.1f} s)"
+            )
+            if check:
+                typer.echo(verify(model, result.path).summary())
+    except (CheckpointError, UnknownModelError, ExportError, ValueError) as err:
+        raise _fail(err) from err
+
+
+def predict_command(
+    model_file: Annotated[Path, typer.Argument(help="An exported .onnx or TorchScript file.")],
+    input_file: Annotated[
+        Path, typer.Option("--input", help=".npy (one input) or .npz (one array per input).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Output .npz (default: INPUT.outputs.npz).")
+    ] = None,
+) -> None:
+    """Run an exported model (onnxruntime or TorchScript) on a .npy/.npz file; write the outputs."""
+    try:
+        runtime = load_exported(model_file)
+        inputs = read_inputs(input_file, [info.name for info in runtime.inputs])
+        outputs = runtime.run(inputs)
+        target = output or input_file.with_name(f"{input_file.stem}.outputs.npz")
+        write_outputs(target, outputs)
+    except (ModelFileError, RunnerInputError, FileNotFoundError, ValueError) as err:
+        raise _fail(err) from err
+    typer.echo(f"ran {model_file} on {', '.join(runtime.providers)}")
+    for name, value in outputs.items():
+        typer.echo(f"  {name}: {value.dtype} {list(value.shape)}")
+    typer.echo(f"wrote {target}")
+
+
+def quickstart_command(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Keep the exported files here (default: a temporary folder)."),
+    ] = None,
+) -> None:
+    """Load each bundled model, run, export, verify and time it; print a table. Offline."""
+
+    def progress(text: str) -> None:
+        typer.echo(text, err=True)
+
+    try:
+        if out is not None:
+            rows = run_quickstart(out, progress=progress)
+        else:
+            with tempfile.TemporaryDirectory(prefix="aimle-zoo-quickstart-") as folder:
+                rows = run_quickstart(folder, progress=progress)
+    except (CheckpointError, ExportError) as err:
+        raise _fail(err) from err
+    typer.echo(format_table(rows))
+    if out is not None:
+        typer.echo(f"exported files in {out}")

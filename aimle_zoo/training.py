@@ -11,7 +11,8 @@ Run layout (``out_dir``)::
 
     metrics.jsonl        one JSON object per epoch (train logs, validation metrics, λ/β)
     best/                save_pretrained folder of the best validation epoch
-    last/                save_pretrained folder of the last epoch + trainer_state.pt
+    last/                save_pretrained folder of the last epoch or step, with the trainer
+                         state (trainer_state.json + trainer_state.safetensors)
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_directory, atomic_file
 
-TRAINER_STATE = "trainer_state.pt"
+TRAINER_STATE = "trainer_state.json"
+TRAINER_TENSORS = "trainer_state.safetensors"
 METRICS_LOG = "metrics.jsonl"
 
 
@@ -66,6 +68,7 @@ class TrainConfig:
     select_metric: str = "loss"
     select_mode: Literal["min", "max"] = "min"
     max_steps_per_epoch: int | None = None  # smoke runs: cut every epoch short
+    checkpoint_every: int | None = None  # also rewrite last/ every this many steps
     shuffle: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific, logged only
@@ -225,39 +228,112 @@ def _maybe_barrier(info: _DistInfo) -> Iterator[None]:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+@dataclass
+class _Progress:
+    """Where training stands: enough to continue bit for bit after a stop."""
+
+    epoch: int = 0  # the epoch in progress (or the next one to start)
+    step: int = 0  # optimizer steps already taken in ``epoch``
+    totals: dict[str, float] = field(default_factory=dict)  # running sums of the epoch's logs
+    epoch_rng: Tensor | None = None  # torch RNG at the start of ``epoch`` (replays its shuffle)
+    best_value: float | None = None
+    best_epoch: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 def save_checkpoint(
     model: nn.Module,
     directory: str | os.PathLike[str],
-    trainer_state: Mapping[str, Any] | None = None,
+    trainer_state: tuple[dict[str, Any], dict[str, Tensor]] | None = None,
 ) -> Path:
-    """Write ``model.save_pretrained`` (and the trainer state) atomically into ``directory``."""
+    """Write ``model.save_pretrained`` and the trainer state atomically into ``directory``.
+
+    The trainer state is ``trainer_state.json`` (counters, metrics, RNG states of Python and
+    NumPy) and ``trainer_state.safetensors`` (optimizer tensors, torch RNG states): no pickles.
+    """
+    from safetensors.torch import save_file
+
     with atomic_directory(directory) as staging:
         model.save_pretrained(staging)  # type: ignore[operator]
         if trainer_state is not None:
-            with atomic_file(staging / TRAINER_STATE) as handle:
-                torch.save(dict(trainer_state), handle)
+            meta, tensors = trainer_state
+            with atomic_file(staging / TRAINER_STATE, "w") as handle:
+                json.dump(meta, handle)
+            save_file(tensors, str(staging / TRAINER_TENSORS))
     return Path(directory)
+
+
+def _trainer_state(
+    progress: _Progress, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    optimizer_state = optimizer.state_dict()
+    tensors = {"torch_rng": torch.get_rng_state()}
+    if progress.epoch_rng is not None:
+        tensors["epoch_rng"] = progress.epoch_rng
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in optimizer_state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    numpy_rng = cast(tuple[Any, ...], np.random.get_state())
+    meta = {
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "totals": progress.totals,
+        "best_value": progress.best_value,
+        "best_epoch": progress.best_epoch,
+        "best_metrics": progress.best_metrics,
+        "history": progress.history,
+        "config": asdict(config),
+        "optimizer_groups": optimizer_state["param_groups"],
+        "optimizer_scalars": scalars,
+        "python_rng": random.getstate(),
+        "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]],
+    }
+    return meta, tensors
 
 
 def _load_last(
     model: nn.Module, optimizer: torch.optim.Optimizer, last_dir: Path, device: torch.device
-) -> dict[str, Any]:
+) -> _Progress:
     from safetensors.torch import load_file
 
-    state_path = last_dir / TRAINER_STATE
-    weights_path = last_dir / "model.safetensors"
-    if not state_path.exists() or not weights_path.exists():
+    paths = [last_dir / name for name in ("model.safetensors", TRAINER_STATE, TRAINER_TENSORS)]
+    missing = [path.name for path in paths if not path.exists()]
+    if missing:
         raise FileNotFoundError(
-            f"cannot resume: {last_dir} has no {TRAINER_STATE} or model.safetensors; "
-            "start without --resume or point --out at the run to continue"
+            f"cannot resume: {last_dir} lacks {', '.join(missing)}; start without --resume or "
+            "point --out at the run to continue"
         )
-    model.load_state_dict(load_file(str(weights_path), device=str(device)), strict=True)
-    state: dict[str, Any] = torch.load(state_path, map_location=device, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state
+    model.load_state_dict(load_file(str(paths[0]), device=str(device)), strict=True)
+    meta = json.loads(paths[1].read_text())
+    tensors = load_file(str(paths[2]))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value.to(device)
+    for index, entries in meta["optimizer_scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
+    version, internal, gauss = meta["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = meta["numpy_rng"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_rng"])
+    return _Progress(
+        epoch=int(meta["epoch"]),
+        step=int(meta["step"]),
+        totals=dict(meta["totals"]),
+        epoch_rng=tensors.get("epoch_rng"),
+        best_value=meta["best_value"],
+        best_epoch=int(meta["best_epoch"]),
+        best_metrics=dict(meta["best_metrics"]),
+        history=list(meta["history"]),
+    )
 
 
 # ----------------------------------------------------------------------------- training
@@ -274,6 +350,10 @@ def train(
 ) -> TrainResult:
     """Train ``model`` with Adam; keep the best checkpoint by ``config.select_metric``.
 
+    ``last/`` is rewritten at the end of every epoch and, with ``config.checkpoint_every``,
+    every that many steps; ``resume=True`` continues from it exactly (weights, optimizer,
+    adaptive estimator state, RNG states and the position inside the epoch).
+
     Under ``torchrun`` every process runs this function; gradients are averaged by
     DistributedDataParallel and the AIMLE adaptive statistics are all-reduced by the estimator,
     so every rank holds the same β. Only rank 0 writes logs and checkpoints.
@@ -288,15 +368,7 @@ def train(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay
     )
-    start_epoch, best_value, best_epoch = 0, None, -1
-    best_metrics: dict[str, float] = {}
-    history: list[dict[str, Any]] = []
-    if resume:
-        state = _load_last(model, optimizer, last_dir, device)
-        start_epoch = int(state["epoch"]) + 1
-        best_value, best_epoch = state["best_value"], int(state["best_epoch"])
-        best_metrics = dict(state["best_metrics"])
-        history = list(state["history"])
+    progress = _load_last(model, optimizer, last_dir, device) if resume else _Progress()
 
     loss_module: nn.Module = _LossModule(model)
     if info.world_size > 1:
@@ -318,12 +390,21 @@ def train(
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
 
-    for epoch in range(start_epoch, config.epochs):
+    def save_last() -> None:
+        if info.is_main:
+            save_checkpoint(model, last_dir, _trainer_state(progress, optimizer, config))
+
+    for epoch in range(progress.epoch, config.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
         model.train()
         started = time.perf_counter()
-        epoch_logs = _run_epoch(loss_module, model, optimizer, loader, config, device, info, epoch)
+        batches = _epoch_batches(loader, progress, epoch)
+        _run_epoch(
+            loss_module, model, optimizer, batches, config, device, info, progress, save_last
+        )
+        steps = max(progress.step, 1)
+        epoch_logs = {key: value / steps for key, value in progress.totals.items()}
         record: dict[str, Any] = {
             "epoch": epoch,
             "train": epoch_logs,
@@ -336,74 +417,89 @@ def train(
                     record["valid"] = evaluate(
                         model, valid_set, batch_size=config.eval_batch_size, device=device
                     )
-                selected = record.get("valid", epoch_logs).get(config.select_metric, math.nan)
-                if valid_set is None or _is_better(selected, best_value, config.select_mode):
-                    best_value, best_epoch = selected, epoch
-                    best_metrics = dict(record.get("valid", epoch_logs))
+                metrics = record.get("valid", epoch_logs)
+                selected = metrics.get(config.select_metric, math.nan)
+                if valid_set is None or _is_better(
+                    selected, progress.best_value, config.select_mode
+                ):
+                    progress.best_value, progress.best_epoch = selected, epoch
+                    progress.best_metrics = dict(metrics)
                     save_checkpoint(model, best_dir)
-                history.append(record)
+                progress.history.append(record)
                 with log_path.open("a") as log:
                     log.write(json.dumps(record) + "\n")
-                save_checkpoint(
-                    model,
-                    last_dir,
-                    {
-                        "epoch": epoch,
-                        "optimizer": optimizer.state_dict(),
-                        "best_value": best_value,
-                        "best_epoch": best_epoch,
-                        "best_metrics": best_metrics,
-                        "history": history,
-                        "config": asdict(config),
-                        "python_rng": random.getstate(),
-                        "numpy_rng": np.random.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                )
-    return TrainResult(model, best_metrics, best_epoch, best_dir, last_dir, history)
+            progress.epoch, progress.step, progress.totals = epoch + 1, 0, {}
+            save_last()
+    return TrainResult(
+        model,
+        progress.best_metrics,
+        progress.best_epoch,
+        best_dir,
+        last_dir,
+        progress.history,
+    )
+
+
+def _epoch_batches(loader: DataLoader[Any], progress: _Progress, epoch: int) -> Iterator[Any]:
+    """The batches of ``epoch`` still to run: all of them, or those after a mid-epoch stop.
+
+    The shuffle is drawn from the torch RNG when the loader's iterator is created, so a resumed
+    epoch replays the epoch-start RNG state, skips the batches already trained on, and then
+    continues with the RNG state saved at the stop.
+    """
+    if progress.epoch != epoch or progress.step == 0:
+        progress.epoch, progress.step, progress.totals = epoch, 0, {}
+        progress.epoch_rng = torch.get_rng_state()
+        return iter(loader)
+    current = torch.get_rng_state()
+    if progress.epoch_rng is not None:
+        torch.set_rng_state(progress.epoch_rng)
+    iterator = iter(loader)
+    for _ in range(progress.step):
+        next(iterator)
+    torch.set_rng_state(current)
+    return iterator
 
 
 def _run_epoch(
     loss_module: nn.Module,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader: Iterable[Any],
+    batches: Iterator[Any],
     config: TrainConfig,
     device: torch.device,
     info: _DistInfo,
-    epoch: int,
-) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    steps = 0
-    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    if config.max_steps_per_epoch is not None and total is not None:
-        total = min(total, config.max_steps_per_epoch)
+    progress: _Progress,
+    save_last: Callable[[], None],
+) -> None:
+    limit = config.max_steps_per_epoch
     bar = tqdm(
-        loader,
-        total=total,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
+        batches,
+        initial=progress.step,
+        desc=f"epoch {progress.epoch + 1}/{config.epochs}",
         disable=not (config.progress and info.is_main),
         leave=False,
     )
     for batch in bar:
-        if config.max_steps_per_epoch is not None and steps >= config.max_steps_per_epoch:
+        if limit is not None and progress.step >= limit:
             break
         loss, logs = loss_module(move_to(batch, device))
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite training loss {float(loss)} at epoch {epoch}, step {steps}; "
-                "lower the learning rate or check the inputs"
+                f"non-finite training loss {float(loss.detach())} at epoch {progress.epoch}, "
+                f"step {progress.step}; lower the learning rate or check the inputs"
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        steps += 1
+        progress.step += 1
         for key, value in {"loss": float(loss.detach()), **logs}.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-        if info.is_main and config.progress and (steps == 1 or steps % 10 == 0):
+            progress.totals[key] = progress.totals.get(key, 0.0) + float(value)
+        if config.checkpoint_every and progress.step % config.checkpoint_every == 0:
+            save_last()
+        if info.is_main and config.progress and (progress.step == 1 or progress.step % 10 == 0):
             postfix = {"loss": f"{float(loss.detach()):.4g}"}
             postfix.update({k: f"{v:.3g}" for k, v in estimator_diagnostics(model).items()})
             bar.set_postfix(postfix, refresh=False)
-    return {key: value / max(steps, 1) for key, value in totals.items()}

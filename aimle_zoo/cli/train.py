@@ -52,6 +52,9 @@ def train_command(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last/.")] = False,
     smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Also save last/ every N steps (long runs).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a model; logs metrics.jsonl and keeps best/ and last/ checkpoints in --out."""
@@ -74,6 +77,7 @@ def train_command(
         seed=seed,
         device=device,
         max_steps_per_epoch=max_steps,
+        checkpoint_every=checkpoint_every,
         progress=progress,
     )
     typer.echo(f"best epoch {result.best_epoch}: {json.dumps(result.best_metrics)}")

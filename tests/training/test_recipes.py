@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import Dataset, TensorDataset
 
-from aimle_zoo.data import CACHE_ENV
+from aimle_zoo.data import CACHE_ENV, l2x_synthetic_dataset
+from aimle_zoo.models import create_model
 from aimle_zoo.recipes import (
     ESTIMATOR_VARIANTS,
     DataOptions,
@@ -22,6 +24,7 @@ from aimle_zoo.recipes import (
     read_recipe,
     run_training,
 )
+from aimle_zoo.training import TrainConfig, seed_everything, train
 from tests.conftest import SHARED_DATA
 from tests.data.test_beer import write_beer
 
@@ -122,3 +125,41 @@ def test_torchrun_two_processes_share_beta_and_weights(tmp_path: Path) -> None:
     assert ranks[0]["beta"] != get_recipe("l2x-xor").reference_estimator()["target"]["initial_beta"]
     assert ranks[0]["weight_sum"] == pytest.approx(ranks[1]["weight_sum"], rel=1e-6)
     assert (tmp_path / "run" / "best" / "config.json").exists()
+
+
+class _PowerCut(Dataset[tuple[torch.Tensor, ...]]):
+    """A dataset that fails after ``budget`` item reads (a crash in the middle of an epoch)."""
+
+    def __init__(self, data: TensorDataset, budget: int) -> None:
+        self.data, self.budget = data, budget
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.budget -= 1
+        if self.budget < 0:
+            raise RuntimeError("power cut")
+        return self.data[index]
+
+
+def test_resume_from_the_middle_of_an_epoch(tmp_path: Path) -> None:
+    """A crash after step 6 of epoch 0 resumes from the step-4 checkpoint and ends exactly
+    where an uninterrupted run ends (same shuffle, noise, optimizer and adaptive state)."""
+    data = l2x_synthetic_dataset("xor", 96, seed=0)
+    config = TrainConfig(epochs=2, batch_size=8, progress=False, checkpoint_every=4)
+
+    def fresh() -> torch.nn.Module:
+        seed_everything(0)
+        return create_model("l2x_tabular", k=2, selector_hidden=(16,), predictor_hidden=(16,))
+
+    train(fresh(), data, None, tmp_path / "straight", config)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(fresh(), _PowerCut(data, 8 * 6 + 3), None, tmp_path / "crash", config)
+    meta = json.loads((tmp_path / "crash" / "last" / "trainer_state.json").read_text())
+    assert (meta["epoch"], meta["step"]) == (0, 4)
+    train(fresh(), data, None, tmp_path / "crash", config, resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "crash" / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -7,9 +7,10 @@ directly on the caller's device (no host-to-device copy), optionally from a
 
 Differences from the reference implementation (torch-adaptive-imle ``imle/noise.py``):
 
-* Sum-of-Gamma draws all ``s`` Gamma terms in one vectorised call and reduces them with one
-  weighted sum, instead of ``s`` separate draws and tensor additions; this is one kernel launch
-  instead of ``s`` on an accelerator.
+* Sum-of-Gamma draws one Gamma variate per entry from an exact mixture representation of the
+  sum (:class:`SumOfGamma`, ``method="mixture"``), instead of ``s`` separate Gamma draws and
+  tensor additions; ``method="terms"`` keeps the term-by-term definition, vectorised into one
+  call.
 * Noise is sampled on the device and in the floating dtype of ``theta`` (the original torch-imle
   sampled on the CPU, which fails for CUDA inputs).
 """
@@ -17,11 +18,13 @@ Differences from the reference implementation (torch-adaptive-imle ``imle/noise.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeAlias
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -152,20 +155,47 @@ class SumOfGamma(Noise):
     makes perturb-and-MAP over k-subsets close to sampling exp⟨θ, z⟩. The mean of one entry is
     (H_s − ln s)/k, with H_s the s-th harmonic number.
 
+    Two samplers draw from this same distribution:
+
+    * ``"mixture"`` (default): one Gamma draw per entry. With α = 1/k, G_i / i ~ Gamma(α, rate
+      i) has the Laplace transform (i/(i+t))^α, which equals that of Gamma(α + N_i, rate s)
+      with N_i ~ NegBin(α, i/s) (failures before the α-th success, success probability i/s).
+      Hence, exactly,
+
+          Σ_i G_i / i  =d  Gamma(s·α + K, rate s),   K = Σ_{i<s} N_i,
+
+      K's distribution is tabulated once per (k, s) from the power series of its generating
+      function (positive terms; the geometric tail is cut below 1e-20) and sampled by the
+      alias method; the Gamma variate comes from Marsaglia and Tsang's rejection sampler, with
+      Gamma(a) = Gamma(a + 1)·U^{1/a} for a < 1. That is about three uniform or normal draws
+      per entry instead of ``s`` Gamma draws at the small shape 1/k, which are slow (about 25×
+      faster for s = 10 on a CPU). The sampler is exact: the only approximations are the
+      1e-20 tail cut and floating-point rounding (K's alias draw uses a float64 uniform, the
+      Gamma draw works in θ's dtype, float32 or float64).
+    * ``"terms"``: the definition, ``s`` Gamma(1/k) draws per entry summed with weights 1/i
+      (the reference implementation's sampler).
+
     Args:
         k: the number of ones per solution (e.g. the ``k`` of top-k); a float is allowed.
         iterations: the number of Gamma terms ``s``.
+        method: ``"mixture"`` or ``"terms"`` (same distribution, different random streams).
     """
 
     name = "sog"
+    methods: ClassVar[tuple[str, ...]] = ("mixture", "terms")
 
-    def __init__(self, k: float, iterations: int = 10) -> None:
+    def __init__(self, k: float, iterations: int = 10, method: str = "mixture") -> None:
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
             raise ValueError(f"SumOfGamma: k must be a positive number, got {k!r}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"SumOfGamma: iterations must be an integer >= 1, got {iterations!r}")
+        if method not in self.methods:
+            raise ValueError(
+                f"SumOfGamma: method must be one of {list(self.methods)}, got {method!r}"
+            )
         self.k = float(k)
         self.iterations = iterations
+        self.method = method
 
     def _draw(
         self,
@@ -174,17 +204,164 @@ class SumOfGamma(Noise):
         dtype: torch.dtype,
         generator: torch.Generator | None,
     ) -> Tensor:
+        if self.method == "terms":
+            total = self._sum_of_terms(shape, device, dtype, generator)
+        else:
+            total = self._gamma_mixture(shape, device, dtype, generator)
+        return total.sub_(math.log(self.iterations) / self.k)
+
+    def _sum_of_terms(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Σ_i G_i / i from ``s`` Gamma(1/k) draws per entry: ``[*shape]``."""
         terms = self.iterations
         concentration = torch.full((), 1.0 / self.k, device=device, dtype=dtype)
         gammas = torch._standard_gamma(  # [s, *shape], G_i ~ Gamma(1/k, 1)
             concentration.expand(terms, *shape), generator=generator
         )
         weights = 1.0 / torch.arange(1, terms + 1, device=device, dtype=dtype)  # [s]
-        total = torch.tensordot(weights, gammas, dims=1)  # [*shape], Σ_i G_i / i
-        return total.sub_(math.log(terms) / self.k)
+        return torch.tensordot(weights, gammas, dims=1)  # [*shape], Σ_i G_i / i
+
+    def _gamma_mixture(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Σ_i G_i / i as Gamma(s/k + K, rate s), K from its alias table: ``[*shape]``."""
+        terms = self.iterations
+        base_shape = terms / self.k  # s·α
+        count = math.prod(shape)
+        mixing = _mixing_count(
+            _mixing_alias_table(self.k, terms), count, device, dtype, generator
+        )  # [count], K
+        concentration = mixing.add_(base_shape)  # [count], a = s·α + K
+        boosted = concentration < 1 if base_shape < 1 else None  # only where K = 0
+        if boosted is not None:
+            concentration.add_(boosted)  # a + 1 where boosted
+        gamma = _marsaglia_tsang(concentration, generator)  # [count], Gamma(a)
+        if boosted is not None:
+            # Gamma(a) = Gamma(a + 1)·U^{1/a}; log1p(−U) is finite for U in [0, 1).
+            uniform = torch.rand(count, device=device, dtype=dtype, generator=generator)
+            log_factor = uniform.neg_().log1p_().mul_(boosted).div_(base_shape)
+            gamma.mul_(log_factor.exp_())
+        return gamma.div_(terms).reshape(shape)
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "k": self.k, "iterations": self.iterations}
+        return {
+            "name": self.name,
+            "k": self.k,
+            "iterations": self.iterations,
+            "method": self.method,
+        }
+
+
+@functools.lru_cache(maxsize=64)
+def _mixing_alias_table(k: float, terms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Alias table ``(accept [m], alias [m])`` of K = Σ_{i<s} N_i, N_i ~ NegBin(1/k, i/s).
+
+    K's generating function is P(y) = Π_{i<s} (p_i / (1 − q_i y))^α with p_i = i/s,
+    q_i = 1 − p_i and α = 1/k, so log P(y) = log P(0) + Σ_{r≥1} c_r y^r with
+    c_r = (α/r) Σ_i q_i^r, and the probabilities follow from the recursion
+    P_n = (1/n) Σ_{r=1..n} r·c_r·P_{n−r} (positive terms only: no cancellation). It runs from
+    P_0 = 1 (rescaled when large) and is normalised at the end. The tail decays like q_1^n,
+    q_1 = 1 − 1/s, so the support is cut at q_1^m < 1e-20.
+    """
+    if terms == 1:
+        return np.ones(1), np.zeros(1, dtype=np.int64)
+    alpha = 1.0 / k
+    failure = 1.0 - np.arange(1, terms) / terms  # [s − 1], q_i
+    length = math.ceil(math.log(1e-20) / math.log(failure[0])) + 1
+    orders = np.arange(1, length)  # r
+    weighted = alpha * (failure[None, :] ** orders[:, None]).sum(axis=1)  # [m − 1], r·c_r
+    probabilities = np.zeros(length)
+    probabilities[0] = 1.0
+    for n in range(1, length):
+        probabilities[n] = weighted[:n] @ probabilities[n - 1 :: -1] / n
+        if probabilities[n] > 1e200:  # P_0 = 1 is far too large a start: rescale
+            probabilities[: n + 1] *= 1e-200
+    return _alias_table(probabilities / probabilities.sum())
+
+
+def _alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias method: ``accept [m]`` and ``alias [m]`` for a pmf ``[m]``."""
+    size = len(probabilities)
+    scaled = probabilities * size
+    accept = np.ones(size)
+    alias = np.arange(size)
+    small = [i for i in range(size) if scaled[i] < 1.0]
+    large = [i for i in range(size) if scaled[i] >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        accept[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return accept, alias
+
+
+def _mixing_count(
+    table: tuple[np.ndarray, np.ndarray],
+    count: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``count`` draws of K from its alias table, as floats ``[count]``.
+
+    One float64 uniform U gives both the column j = ⌊U·m⌋ and the acceptance variate
+    V = U·m − j (about 53 − log2 m ≥ 40 random bits each).
+    """
+    accept, alias = table
+    size = len(accept)
+    accept_t = torch.as_tensor(accept, device=device)  # [m] float64
+    jump_t = torch.as_tensor(alias - np.arange(size), device=device, dtype=dtype)  # alias − j
+    scaled = torch.rand(count, device=device, dtype=torch.float64, generator=generator)
+    scaled.mul_(size)  # U·m
+    column = scaled.long().clamp_(max=size - 1)  # [count], j = ⌊U·m⌋
+    jumps = scaled.sub_(column) >= accept_t.index_select(0, column)  # [count], V >= accept
+    return column.to(dtype).add_(jump_t.index_select(0, column).mul_(jumps))
+
+
+def _marsaglia_tsang(concentration: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Gamma(a, 1) draws for shapes ``a >= 1`` ``[count]`` (Marsaglia and Tsang, 2000).
+
+    With d = a − 1/3, c = 1/√(9d), X ~ N(0, 1), V = (1 + cX)³ and U uniform, d·V is accepted
+    when V > 0 and log U < X²/2 + d − d·V + d·log V; rejected entries are redrawn (about 5% of
+    them at a = 1, fewer at larger a). Consumes ``concentration``.
+    """
+    offset = concentration.sub_(1.0 / 3.0)  # [count], d
+    result, accepted = _marsaglia_tsang_round(offset, generator)
+    pending = (~accepted).nonzero().squeeze(1)  # [rejected]
+    while pending.numel():
+        candidate, accepted = _marsaglia_tsang_round(offset.index_select(0, pending), generator)
+        result.index_copy_(0, pending[accepted], candidate[accepted])
+        pending = pending[~accepted]
+    return result
+
+
+def _marsaglia_tsang_round(
+    offset: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """One proposal per entry: candidates d·V ``[count]`` and their acceptance ``[count]``."""
+    normal = torch.randn(
+        offset.shape, device=offset.device, dtype=offset.dtype, generator=generator
+    )
+    uniform = torch.rand(
+        offset.shape, device=offset.device, dtype=offset.dtype, generator=generator
+    )
+    cube = torch.rsqrt(offset * 9.0).mul_(normal).add_(1.0)  # 1 + cX
+    positive = cube > 0
+    cube.pow_(3)  # V
+    candidate = offset * cube  # d·V
+    bound = normal.square_().mul_(0.5).add_(offset).sub_(candidate)
+    bound.add_(cube.log_().mul_(offset))  # X²/2 + d − d·V + d·log V
+    log_uniform = uniform.neg_().log1p_()  # log(1 − U), finite for U in [0, 1)
+    return candidate, positive.logical_and_(log_uniform < bound)
 
 
 class Gaussian(Noise):

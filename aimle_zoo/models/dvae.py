@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..estimators import AIMLE, AdaptiveTarget, Estimator, SumOfGamma, expand_samples
+from ..estimators import AIMLE, AdaptiveTarget, Estimator, SumOfGamma
 from ._base import (
     ModelInputError,
     ZooModel,
@@ -142,11 +142,12 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
         """BCE per row ``[B·N]``, KL per instance ``[B]`` and N, with the current mode."""
         logits = self.encode(flat)  # [B, m, n]
         reconstruction = self.decode(self.sample_codes(logits))  # [B·N, input_dim]
-        samples = reconstruction.shape[0] // flat.shape[0]
-        bce = F.binary_cross_entropy_with_logits(
-            reconstruction, expand_samples(flat, samples), reduction="none"
-        ).sum(dim=1)
-        return bce, code_kl(logits), samples
+        batch = flat.shape[0]
+        samples = reconstruction.shape[0] // batch
+        per_sample = reconstruction.reshape(batch, samples, self.input_dim)  # [B, N, input_dim]
+        targets = flat.unsqueeze(1).expand_as(per_sample)  # a view: the N samples share y
+        bce = F.binary_cross_entropy_with_logits(per_sample, targets, reduction="none")
+        return bce.sum(dim=2).flatten(), code_kl(logits), samples
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """mean_b [Σ_s BCE_bs + KL_b]. ``batch = images [B, 784]`` or ``(images[, labels])``."""

@@ -126,9 +126,23 @@ class _TokenSelector(nn.Module):
         features = F.relu(self.features(embedded.transpose(1, 2)))  # [B, F, L]
         global_ = F.relu(self.global_dense(features.amax(dim=2)))  # [B, F]
         local = F.relu(self.local_2(F.relu(self.local_1(features))))  # [B, F, L]
-        combined = torch.cat([global_.unsqueeze(2).expand_as(local), local], dim=1)  # [B, 2F, L]
-        hidden = F.relu(self.merge(self.dropout(combined)))  # [B, F, L]
+        hidden = F.relu(self._merge(global_, local))  # [B, F, L]
         return self.logit(hidden).squeeze(1)  # [B, L]
+
+    def _merge(self, global_: Tensor, local: Tensor) -> Tensor:
+        """merge(dropout([global tiled over time; local])) without the concatenation.
+
+        With W = [W_g, W_l]: W_g·dropout(g) + W_l·dropout(local) + b. Without dropout (eval,
+        or p = 0) the global term is one ``[F, F]`` product per review instead of one per token.
+        ``global_ [B, F]``, ``local [B, F, L]`` → ``[B, F, L]``.
+        """
+        filters = local.shape[1]
+        weight = self.merge.weight  # [F, 2F, 1]
+        merged = F.conv1d(self.dropout(local), weight[:, filters:], self.merge.bias)
+        if self.dropout.training and self.dropout.p > 0:
+            tiled = self.dropout(global_.unsqueeze(2).expand_as(local))  # [B, F, L]
+            return merged + F.conv1d(tiled, weight[:, :filters])
+        return merged + F.linear(global_, weight[:, :filters, 0]).unsqueeze(2)
 
 
 @register_model("l2x_text")
@@ -237,16 +251,25 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
 
     def predict_masked(self, token_ids: Tensor, mask: Tensor) -> Tensor:
         """ŷ ``[R]`` from token ids ``[R, L]`` and a token mask ``[R, L]``."""
-        pooled = (F.embedding(token_ids, self.embedding) * mask.unsqueeze(-1)).sum(1) / self.k
-        return torch.sigmoid(self.predictor(pooled)).squeeze(-1)  # [R]
+        return self._predict(F.embedding(token_ids, self.embedding), mask)
+
+    def _predict(self, embedded: Tensor, mask: Tensor) -> Tensor:
+        """ŷ ``[B·N]`` from embedded reviews ``[B, L, D]`` and their N masks ``[B·N, L]``.
+
+        The pooled Σ_t z_t e_t / k of the N masks of a review are one ``[N, L] @ [L, D]``
+        product with its embeddings (no ``[B·N, L, D]`` masked copy).
+        """
+        masks = mask.reshape(embedded.shape[0], -1, mask.shape[1])  # [B, N, L]
+        pooled = torch.bmm(masks, embedded).flatten(0, 1) / self.k  # [B·N, D]
+        return torch.sigmoid(self.predictor(pooled)).squeeze(-1)  # [B·N]
 
     def forward(self, token_ids: Tensor) -> Tensor:
         """Predicted scores: ``[B]`` in eval mode, ``[B·N]`` (sample-minor) in training mode."""
         if not torch.jit.is_scripting():
             self._check_ids(token_ids, "forward")
-        mask = self.select(token_ids)  # [B·N, L]
-        samples = mask.shape[0] // token_ids.shape[0]
-        return self.predict_masked(token_ids.repeat_interleave(samples, dim=0), mask)
+        embedded = F.embedding(token_ids, self.embedding)  # [B, L, D]
+        mask = self.latent_layer(self.selector(embedded))  # [B·N, L]
+        return self._predict(embedded, mask)
 
     def _targets(self, scores: Any, batch: int, where: str) -> Tensor:
         scores = check_tensor(

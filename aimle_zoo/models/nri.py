@@ -18,7 +18,7 @@ precision and recall are those of the MAP tree (the reference scored one Gumbel-
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +36,20 @@ from ._base import (
 from ._registry import register_model
 
 
+def edge_endpoints(num_vertices: int) -> tuple[Tensor, Tensor]:
+    """Receiver i and sender j ``[E]`` of every directed edge e = i·(n−1) + j′."""
+    off_diagonal = ~torch.eye(num_vertices, dtype=torch.bool)
+    receivers, senders = off_diagonal.nonzero(as_tuple=True)  # row-major: receiver-major
+    return receivers, senders
+
+
 def relation_matrices(num_vertices: int) -> tuple[Tensor, Tensor]:
     """One-hot receiver and sender matrices ``[E, n]`` of the directed edges.
 
     Row e of the receiver matrix is the one-hot of i and of the sender matrix of j, for
     e = i·(n−1) + j′.
     """
-    off_diagonal = ~torch.eye(num_vertices, dtype=torch.bool)
-    receivers, senders = off_diagonal.nonzero(as_tuple=True)  # row-major: receiver-major
+    receivers, senders = edge_endpoints(num_vertices)
     return (
         F.one_hot(receivers, num_vertices).float(),
         F.one_hot(senders, num_vertices).float(),
@@ -52,7 +58,7 @@ def relation_matrices(num_vertices: int) -> tuple[Tensor, Tensor]:
 
 def reverse_edge_index(num_vertices: int) -> Tensor:
     """``[E]`` index of the reverse edge (j → i) of every directed edge (i ← j)."""
-    receivers, senders = (~torch.eye(num_vertices, dtype=torch.bool)).nonzero(as_tuple=True)
+    receivers, senders = edge_endpoints(num_vertices)
     # position of (receiver j, sender i): j·(n−1) + (i if i < j else i − 1)
     return senders * (num_vertices - 1) + receivers - (receivers > senders).long()
 
@@ -84,6 +90,46 @@ def edge_metrics(predicted: Tensor, truth: Tensor) -> tuple[Tensor, Tensor, Tens
     return accuracy, precision, recall
 
 
+def incoming_edge_sum(edge_values: Tensor, num_vertices: int) -> Tensor:
+    """Σ over each vertex's incoming edges: ``[B, E, *F]`` → ``[B, n, *F]``.
+
+    Edges are receiver-major, so the n − 1 incoming edges of vertex i are the consecutive
+    entries i·(n−1) … i·(n−1) + n − 2 (the same sum as ``receivers.t() @ edge_values``).
+    """
+    return edge_values.unflatten(1, (num_vertices, num_vertices - 1)).sum(dim=2)
+
+
+def pair_linear(
+    x: Tensor,
+    senders: Tensor,
+    receivers: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    skip: Tensor | None = None,
+) -> Tensor:
+    """A linear layer on edge features [x_sender, x_receiver(, skip)] without building them.
+
+    W·[x_j; x_i; s_e] + b = (x W_sᵀ)_j + (x W_rᵀ + b)_i + s_e W_kᵀ: the two vertex terms are
+    computed once per vertex and gathered to the edges (n instead of n(n−1) rows).
+
+    Args:
+        x: vertex features ``[B, n, F]``.
+        senders, receivers: ``[E]`` vertex index of every edge.
+        weight: ``[out, 2F]`` (or ``[out, 2F + F_skip]`` with ``skip``), bias ``[out]``.
+        skip: optional edge features ``[B, E, F_skip]`` appended to the pair.
+
+    Returns:
+        ``[B, E, out]``.
+    """
+    width = x.shape[-1]
+    by_sender = F.linear(x, weight[:, :width])  # [B, n, out]
+    by_receiver = F.linear(x, weight[:, width : 2 * width], bias)  # [B, n, out]
+    out = by_sender.index_select(1, senders) + by_receiver.index_select(1, receivers)
+    if skip is not None:
+        out = out + F.linear(skip, weight[:, 2 * width :])
+    return out  # [B, E, out]
+
+
 class _NodeMLP(nn.Module):
     """Linear → ELU → dropout → Linear → ELU → BatchNorm1d over the feature dimension."""
 
@@ -95,7 +141,11 @@ class _NodeMLP(nn.Module):
         self.norm = nn.BatchNorm1d(fan_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.dropout(F.elu(self.fc1(x)))
+        return self.after_first_layer(self.fc1(x))
+
+    def after_first_layer(self, pre_activation: Tensor) -> Tensor:
+        """The MLP from fc1's output ``[B, items, hidden]`` on → ``[B, items, F]``."""
+        hidden = self.dropout(F.elu(pre_activation))
         out = F.elu(self.fc2(hidden))  # [B, items, F]
         return self.norm(out.reshape(-1, out.shape[-1])).reshape(out.shape)
 
@@ -106,7 +156,8 @@ class MLPEncoder(nn.Module):
     mlp1 on each vertex's flattened trajectory; vertex → edge ([sender, receiver]) → mlp2
     (= skip); edge → vertex (sum over incoming edges / n) → mlp3; vertex → edge, concatenated
     with the skip → mlp4; a Linear to one logit per edge. Linear layers use Xavier-normal
-    weights and biases 0.1.
+    weights and biases 0.1. The first layers of mlp2 and mlp4 run on vertices, not on the
+    concatenated edge features (:func:`pair_linear`).
     """
 
     def __init__(self, inputs: int, hidden: int, num_vertices: int, dropout: float) -> None:
@@ -117,28 +168,64 @@ class MLPEncoder(nn.Module):
         self.mlp3 = _NodeMLP(hidden, hidden, hidden, dropout)
         self.mlp4 = _NodeMLP(3 * hidden, hidden, hidden, dropout)
         self.out = nn.Linear(hidden, 1)
-        receivers, senders = relation_matrices(num_vertices)
-        self.receivers = nn.Buffer(receivers, persistent=False)  # [E, n]
-        self.senders = nn.Buffer(senders, persistent=False)  # [E, n]
+        receivers, senders = edge_endpoints(num_vertices)
+        self.receiver_index = nn.Buffer(receivers, persistent=False)  # [E]
+        self.sender_index = nn.Buffer(senders, persistent=False)  # [E]
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_normal_(module.weight)
                 nn.init.constant_(module.bias, 0.1)
 
-    def node_to_edge(self, x: Tensor) -> Tensor:
-        """``[B, n, F]`` → ``[B, E, 2F]``: [sender features, receiver features]."""
-        return torch.cat([self.senders @ x, self.receivers @ x], dim=-1)
-
     def edge_to_node(self, x: Tensor) -> Tensor:
         """``[B, E, F]`` → ``[B, n, F]``: sum over incoming edges, divided by n."""
-        return (self.receivers.t() @ x) / self.num_vertices
+        return incoming_edge_sum(x, self.num_vertices) / self.num_vertices
 
     def forward(self, trajectories: Tensor) -> Tensor:
+        senders, receivers = self.sender_index, self.receiver_index
         x = self.mlp1(trajectories.flatten(2))  # [B, n, H]
-        skip = self.mlp2(self.node_to_edge(x))  # [B, E, H]
+        first = self.mlp2.fc1
+        skip = self.mlp2.after_first_layer(
+            pair_linear(x, senders, receivers, first.weight, first.bias)
+        )  # [B, E, H]
         x = self.mlp3(self.edge_to_node(skip))  # [B, n, H]
-        x = self.mlp4(torch.cat([self.node_to_edge(x), skip], dim=-1))  # [B, E, H]
+        first = self.mlp4.fc1
+        x = self.mlp4.after_first_layer(
+            pair_linear(x, senders, receivers, first.weight, first.bias, skip)
+        )  # [B, E, H]
         return self.out(x).squeeze(-1)  # [B, E]
+
+
+class _EdgeGroup(NamedTuple):
+    """The edges of one edge type whose weight is non-zero (or zero), as flat rows b·E + e.
+
+    ``senders``/``receivers`` are the flat vertex rows b·n + j / b·n + i of those edges and
+    ``weights`` their edge weights ``[rows]``.
+    """
+
+    senders: Tensor
+    receivers: Tensor
+    weights: Tensor
+
+
+class _ZeroWeightEdges(torch.autograd.Function):
+    """Identity on the aggregated messages; its backward adds ∂L/∂w of zero-weight edges.
+
+    An edge of weight w = 0 adds w·m = 0 to its receiver, so its message m is not needed in
+    the value, only in ∂L/∂w = Σ_{t, h} g_{receiver, t, h} · m_{t, h}.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, incoming: Tensor, weights: Tensor, messages: Tensor, receivers: Tensor
+    ) -> Tensor:
+        ctx.save_for_backward(messages, receivers)
+        return incoming
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        messages, receivers = ctx.saved_tensors  # [rows, T', H], [rows]
+        weight_grad = (grad.index_select(0, receivers) * messages).sum(dim=(1, 2))  # [rows]
+        return grad, weight_grad, None, None
 
 
 class MLPDecoder(nn.Module):
@@ -148,6 +235,13 @@ class MLPDecoder(nn.Module):
     weighted by ``edges[..., τ]``; messages are summed at the receivers and a 3-layer ReLU MLP
     on [x, messages] gives Δx. With ``steps`` prediction steps, every ``steps``-th true frame
     starts an autoregressive rollout of ``steps`` steps (steps = 1: teacher forcing).
+
+    The computation skips what cannot change the output or the gradients: rollout steps whose
+    frame lies beyond the last one (for T = 10 and 9 steps only the rollout from frame 0 is
+    needed), and messages of edges of weight 0, which are computed without autograd and only
+    enter ∂L/∂edges (:class:`_ZeroWeightEdges`), or not at all when the edge weights need no
+    gradient. With 0/1 edges (a tree and its complement) each edge then backpropagates through
+    one message MLP instead of two.
     """
 
     def __init__(
@@ -168,43 +262,107 @@ class MLPDecoder(nn.Module):
         self.out2 = nn.Linear(hidden, hidden)
         self.out3 = nn.Linear(hidden, dims)
         self.dropout = nn.Dropout(dropout)
-        receivers, senders = relation_matrices(num_vertices)
-        self.receivers = nn.Buffer(receivers, persistent=False)  # [E, n]
-        self.senders = nn.Buffer(senders, persistent=False)  # [E, n]
+        self.num_vertices = num_vertices
+        receivers, senders = edge_endpoints(num_vertices)
+        self.receiver_index = nn.Buffer(receivers, persistent=False)  # [E]
+        self.sender_index = nn.Buffer(senders, persistent=False)  # [E]
 
+    @torch.jit.unused
     def step(self, x: Tensor, edges: Tensor) -> Tensor:
-        """One step x_t → x_{t+1}.
+        """One step x_t → x_{t+1} in the reference layout (``forward`` works vertex-major).
 
         ``x [B, T', n, d]`` states, ``edges [B, 1, E, types]`` edge weights → ``[B, T', n, d]``.
         """
-        pairs = torch.cat([self.senders @ x, self.receivers @ x], dim=-1)  # [B, T', E, 2d]
-        messages: Tensor | None = None  # [B, T', E, H]
-        for edge_type, message in enumerate(self.messages):
-            weighted = message(pairs) * edges[..., edge_type : edge_type + 1]
-            messages = weighted if messages is None else messages + weighted
-        assert messages is not None  # at least one edge type
-        incoming = self.receivers.t() @ messages  # [B, T', n, H]
-        hidden = torch.cat([x, incoming], dim=-1)
-        hidden = self.dropout(F.relu(self.out1(hidden)))
-        hidden = self.dropout(F.relu(self.out2(hidden)))
-        return x + self.out3(hidden)
+        groups = self._edge_groups(edges.flatten(1, 2))
+        return self._step(x.transpose(1, 2), groups).transpose(1, 2)
 
+    @torch.jit.unused
     def forward(self, trajectories: Tensor, edges: Tensor, steps: int) -> Tensor:
-        """Predictions of frames 1..T−1.
+        """Predictions of frames 1..T−1 (training and evaluation only, not scripted).
 
         ``trajectories [B, n, T, d]``, ``edges [B, E, types]`` → ``[B, n, T−1, d]``.
         """
-        x = trajectories.transpose(1, 2)  # [B, T, n, d]
-        timesteps = x.shape[1]
-        edge_weights = edges.unsqueeze(1)  # [B, 1, E, types]
-        state = x[:, 0::steps]  # [B, T', n, d], T' = ceil(T / steps)
-        rollout = []
-        for _ in range(steps):
-            state = self.step(state, edge_weights)
+        frames = trajectories.shape[2] - 1  # to predict
+        groups = self._edge_groups(edges)
+        state = trajectories[:, :, 0::steps]  # [B, n, T', d], a rollout from every start
+        rollout: list[Tensor] = []
+        for step in range(steps):
+            # start t' predicts frame t'·steps + step + 1: only those <= T − 1 are kept
+            starts = (frames - 1 - step) // steps + 1
+            if starts <= 0:
+                break
+            state = self._step(state[:, :, :starts], groups)
             rollout.append(state)
-        # frame t'·steps + s + 1 is predicted by rollout[s] at start t'
-        predicted = torch.stack(rollout, dim=2).flatten(1, 2)  # [B, T'·steps, n, d]
-        return predicted[:, : timesteps - 1].transpose(1, 2)
+        predicted = [rollout[frame % steps][:, :, frame // steps] for frame in range(frames)]
+        return torch.stack(predicted, dim=2)  # [B, n, T−1, d]
+
+    def _edge_groups(self, edges: Tensor) -> list[tuple[_EdgeGroup, _EdgeGroup | None]]:
+        """Per edge type: the edges of non-zero weight, and those of zero weight when the
+        weights need a gradient (else ``None``). ``edges [B, E, types]``."""
+        batch, num_edges, _ = edges.shape
+        offsets = torch.arange(batch, device=edges.device).mul_(self.num_vertices)  # [B]
+        senders = (offsets[:, None] + self.sender_index).flatten()  # [B·E]
+        receivers = (offsets[:, None] + self.receiver_index).flatten()  # [B·E]
+        flat = edges.reshape(batch * num_edges, -1)  # [B·E, types]
+        groups = []
+        for weights in flat.unbind(1):
+            nonzero = weights != 0
+            active = self._group(nonzero, senders, receivers, weights)
+            idle = None
+            if weights.requires_grad:
+                idle = self._group(~nonzero, senders, receivers, weights)
+            groups.append((active, idle))
+        return groups
+
+    @staticmethod
+    def _group(rows: Tensor, senders: Tensor, receivers: Tensor, weights: Tensor) -> _EdgeGroup:
+        index = rows.nonzero().squeeze(1)
+        return _EdgeGroup(senders[index], receivers[index], weights[index])
+
+    def _step(self, x: Tensor, groups: list[tuple[_EdgeGroup, _EdgeGroup | None]]) -> Tensor:
+        """One step x_t → x_{t+1} in vertex-major layout ``[B, n, T', d]``.
+
+        The first message layer runs on vertices, W·[x_j; x_i] + b = (W_s x)_j + (W_r x + b)_i,
+        and so does out1 on [x, messages]; the messages are added to their receivers with
+        ``index_add``.
+        """
+        batch, vertices, starts, dims = x.shape
+        states = x.reshape(batch * vertices, starts, dims)  # [B·n, T', d]
+        incoming = x.new_zeros(batch * vertices, starts, self.out2.in_features)  # [B·n, T', H]
+        idle_messages = []
+        for module, (active, idle) in zip(self.messages, groups, strict=True):
+            message = cast(nn.Sequential, module)
+            first = cast(nn.Linear, message[0])
+            by_sender = F.linear(states, first.weight[:, :dims])  # [B·n, T', H]
+            by_receiver = F.linear(states, first.weight[:, dims:], first.bias)  # [B·n, T', H]
+            sent = self._message(message, by_sender, by_receiver, active)  # [rows, T', H]
+            incoming.index_add_(0, active.receivers, sent * active.weights[:, None, None])
+            if idle is not None and idle.weights.numel():
+                with torch.no_grad():
+                    idle_messages.append(
+                        (idle, self._message(message, by_sender, by_receiver, idle))
+                    )
+        for idle, sent in idle_messages:
+            incoming = _ZeroWeightEdges.apply(incoming, idle.weights, sent, idle.receivers)
+        incoming = incoming.reshape(batch, vertices, starts, -1)  # [B, n, T', H]
+        weight = self.out1.weight
+        hidden = F.linear(x, weight[:, :dims]) + F.linear(
+            incoming, weight[:, dims:], self.out1.bias
+        )
+        hidden = self.dropout(F.relu(hidden))
+        hidden = self.dropout(F.relu(self.out2(hidden)))
+        return x + self.out3(hidden)
+
+    @staticmethod
+    def _message(
+        message: nn.Sequential, by_sender: Tensor, by_receiver: Tensor, group: _EdgeGroup
+    ) -> Tensor:
+        """The message MLP on the edges of ``group``: ``[rows, T', H]``."""
+        hidden = by_sender.index_select(0, group.senders) + by_receiver.index_select(
+            0, group.receivers
+        )
+        hidden = message[2](message[1](hidden))  # ReLU, dropout
+        return message[4](message[3](hidden))  # Linear, ReLU
 
 
 @register_model("nri_tree")

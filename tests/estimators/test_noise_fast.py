@@ -1,0 +1,129 @@
+"""The one-draw Sum-of-Gamma sampler against exact oracles and the term-by-term sampler.
+
+Oracles: the mixing count K as a convolution of SciPy negative binomials; the SoG CDF as the
+mixture Σ_j P(K = j)·P(s/k + j, s·y) of regularised incomplete gammas (checked against the
+term-by-term sampler too); exact cumulants κ_r = (1/k)·(r−1)!·Σ_i i^{−r}; SciPy's Gamma.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import special, stats
+
+from aimle_zoo.estimators import SumOfGamma, make_noise
+from aimle_zoo.estimators.noise import _marsaglia_tsang, _mixing_alias_table
+
+CASES = [(10.0, 10), (15.0, 10), (2.5, 7), (3.0, 1), (0.5, 4)]  # s/k = 1, < 1, > 1, s = 1
+
+
+def _draw(noise: SumOfGamma, count: int, seed: int) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed)
+    return noise.sample((count,), dtype=torch.float64, generator=generator).numpy()
+
+
+def _mixing_pmf_oracle(k: float, terms: int, length: int) -> np.ndarray:
+    """P(K = j), j < length, K = Σ_{i<s} N_i with N_i ~ NegBin(1/k, i/s) (SciPy, convolved)."""
+    support = np.arange(length)
+    pmf = np.zeros(length)
+    pmf[0] = 1.0
+    for i in range(1, terms):
+        pmf = np.convolve(pmf, stats.nbinom(1.0 / k, i / terms).pmf(support))[:length]
+    return pmf
+
+
+def _alias_pmf(accept: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """The pmf an alias table samples: (accept_j + Σ_{i: alias_i = j} (1 − accept_i)) / m."""
+    size = len(accept)
+    return (accept + np.bincount(alias, weights=1.0 - accept, minlength=size)) / size
+
+
+def _sog_cdf(k: float, terms: int) -> object:
+    """Exact CDF of ε = Σ_i G_i/i − log(s)/k as the Gamma mixture over K."""
+    pmf = _mixing_pmf_oracle(k, terms, 600 if terms > 1 else 1)
+    shapes = terms / k + np.arange(len(pmf))
+
+    def cdf(x: np.ndarray) -> np.ndarray:
+        y = np.clip(np.asarray(x, dtype=np.float64) + math.log(terms) / k, 0.0, None)
+        return pmf @ special.gammainc(shapes[:, None], terms * y[None, :])
+
+    return cdf
+
+
+@pytest.mark.parametrize(("k", "terms"), [*CASES, (1.0, 30)])
+def test_mixing_count_table_matches_a_negative_binomial_convolution(k: float, terms: int) -> None:
+    accept, alias = _mixing_alias_table(k, terms)
+    table = _alias_pmf(accept, alias)
+    oracle = _mixing_pmf_oracle(k, terms, len(table))
+    assert table.sum() == pytest.approx(1.0, abs=1e-12)
+    assert oracle.sum() == pytest.approx(1.0, abs=1e-12)  # the table keeps the whole mass
+    np.testing.assert_allclose(table, oracle, rtol=0, atol=1e-14)
+    if terms > 1:  # P(K = 0) = Π_i (i/s)^{1/k}
+        expected = math.exp(sum(math.log(i / terms) for i in range(1, terms)) / k)
+        assert table[0] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(("k", "terms"), CASES)
+@pytest.mark.parametrize("method", ["mixture", "terms"])
+def test_both_samplers_follow_the_exact_distribution(k: float, terms: int, method: str) -> None:
+    draws = _draw(SumOfGamma(k, terms, method=method), 20_000, seed=11)
+    assert stats.kstest(draws, _sog_cdf(k, terms)).pvalue > 1e-3
+
+
+def test_the_exact_cdf_oracle_rejects_a_wrong_distribution() -> None:
+    """The CDF test can fail: SoG(10, 10) draws are far from SoG(15, 10)'s CDF."""
+    draws = _draw(SumOfGamma(10.0, 10), 20_000, seed=11)
+    assert stats.kstest(draws, _sog_cdf(15.0, 10)).pvalue < 1e-6
+
+
+@pytest.mark.parametrize(("k", "terms"), [(10.0, 10), (13.0, 100)])
+def test_mixture_cumulants_and_two_sample_agreement(k: float, terms: int) -> None:
+    """Mean, variance and third cumulant within 5 standard errors; two-sample KS with the
+    term-by-term sampler (s = 100 is beyond the CDF oracle's reach)."""
+    alpha, count = 1.0 / k, 400_000
+    draws = _draw(SumOfGamma(k, terms), count, seed=5)
+    power = [sum(i**-r for i in range(1, terms + 1)) for r in range(5)]
+    mean = alpha * power[1] - math.log(terms) / k
+    k2, k3, k4 = alpha * power[2], 2 * alpha * power[3], 6 * alpha * power[4]
+    assert draws.mean() == pytest.approx(mean, abs=5 * math.sqrt(k2 / count))
+    assert stats.kstat(draws, 2) == pytest.approx(k2, abs=5 * math.sqrt((k4 + 2 * k2**2) / count))
+    assert stats.kstat(draws, 3) == pytest.approx(k3, rel=0.1)
+    reference = _draw(SumOfGamma(k, terms, method="terms"), 50_000, seed=6)
+    assert stats.ks_2samp(draws[:50_000], reference).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_marsaglia_tsang_draws_match_scipy_gamma(dtype: torch.dtype) -> None:
+    shapes = (1.0, 2.5, 40.0)
+    count = 20_000
+    concentration = torch.tensor(shapes, dtype=dtype).repeat_interleave(count)
+    generator = torch.Generator().manual_seed(3)
+    draws = _marsaglia_tsang(concentration, generator).double().numpy().reshape(3, count)
+    for shape, row in zip(shapes, draws, strict=True):
+        assert stats.kstest(row, stats.gamma(shape).cdf).pvalue > 1e-3
+    wrong = stats.gamma(shapes[0] * 1.05).cdf
+    assert stats.kstest(draws[0], wrong).pvalue < 1e-3
+
+
+def test_method_is_validated_saved_and_restored() -> None:
+    with pytest.raises(ValueError, match=r"method must be one of \['mixture', 'terms'\]"):
+        SumOfGamma(3, method="table")
+    noise = SumOfGamma(2.5, 7, method="terms")
+    assert noise.config() == {"name": "sog", "k": 2.5, "iterations": 7, "method": "terms"}
+    assert make_noise(noise.config()) == noise
+    assert make_noise({"name": "sog", "k": 2.5, "iterations": 7}).method == "mixture"
+    assert noise != SumOfGamma(2.5, 7)
+
+
+@pytest.mark.parametrize("method", ["mixture", "terms"])
+def test_empty_and_multidimensional_shapes(method: str) -> None:
+    noise = SumOfGamma(4, method=method)
+    assert noise.sample((0, 3)).shape == (0, 3)
+    draws = noise.sample((7, 0, 2), dtype=torch.float64)
+    assert draws.shape == (7, 0, 2) and draws.dtype == torch.float64
+    grid = noise.sample((50, 4, 3), generator=torch.Generator().manual_seed(0))
+    assert grid.shape == (50, 4, 3) and torch.isfinite(grid).all()
+    assert grid.std(dim=0).min() > 0  # every position varies independently

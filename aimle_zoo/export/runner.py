@@ -1,0 +1,243 @@
+"""Serve an exported ONNX model with onnxruntime: this file needs only numpy and onnxruntime.
+
+It imports nothing from torch or aimle_zoo, so a deployment can copy it next to the model, or
+load it straight from the installed package without importing the package (and torch)::
+
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("aimle_runner", "/path/to/runner.py")
+    runner_module = sys.modules["aimle_runner"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner_module)
+
+    runner = runner_module.OnnxRunner("l2x-mnist.onnx")     # CUDA when available, else CPU
+    outputs = runner.run({"images": images})                # {"mask": ..., "prediction": ...}
+
+The runner checks the inputs against the model's own input list (names, dtypes, ranks, fixed
+sizes, and that a dynamic dimension such as ``batch`` has one size across all inputs) and
+raises :class:`RunnerInputError` saying what to change; a missing, empty, truncated or
+non-ONNX file raises :class:`ModelFileError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+#: Execution providers in order of preference; CPU is always last.
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider",)
+CPU_PROVIDER = "CPUExecutionProvider"
+
+#: ONNX tensor types onnxruntime reports -> numpy dtypes.
+ONNX_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+_METADATA_KEY = "aimle_zoo"
+
+
+class ModelFileError(OSError):
+    """An exported model file is missing, empty, truncated or not an ONNX model."""
+
+
+class RunnerInputError(ValueError):
+    """Inputs do not match the exported model (names, dtypes, ranks or sizes)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """An input or output of the model: name, numpy dtype name and sizes.
+
+    A ``str`` size names a dynamic dimension; ``None`` is dynamic and unnamed.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    def describe(self) -> str:
+        """E.g. ``images float32 [batch, 1, 28, 28]``."""
+        sizes = ", ".join("?" if size is None else str(size) for size in self.shape)
+        return f"{self.name} {self.dtype} [{sizes}]"
+
+
+def select_providers(available: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to use: CUDA when listed as available, then CPU.
+
+    Args:
+        available: providers of the onnxruntime build (default
+            ``onnxruntime.get_available_providers()``).
+    """
+    listed = list(ort.get_available_providers() if available is None else available)
+    return [name for name in PREFERRED_PROVIDERS if name in listed] + [CPU_PROVIDER]
+
+
+def check_inputs(
+    specs: Sequence[TensorInfo], inputs: Mapping[str, Any] | Sequence[Any] | Any
+) -> dict[str, np.ndarray]:
+    """Match ``inputs`` to ``specs`` and check them; return the feed ``{name: array}``.
+
+    ``inputs`` is a mapping name -> array, a sequence of arrays in input order, or one array
+    when the model has one input. Dtypes must match exactly (no silent casts).
+
+    Raises:
+        RunnerInputError: a missing or unexpected name, a wrong number of arrays, a non-array,
+            a wrong dtype, rank or fixed size, or one dynamic dimension with two sizes.
+    """
+    expected = "; ".join(spec.describe() for spec in specs)
+    names = [spec.name for spec in specs]
+    if isinstance(inputs, Mapping):
+        missing = [name for name in names if name not in inputs]
+        unexpected = [str(name) for name in inputs if name not in names]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if unexpected:
+                parts.append(f"unexpected input(s) {unexpected}")
+            raise RunnerInputError(f"{' and '.join(parts)}; the model takes: {expected}")
+        values = [inputs[name] for name in names]
+    elif isinstance(inputs, (list, tuple)):
+        if len(inputs) != len(specs):
+            raise RunnerInputError(
+                f"got {len(inputs)} input arrays, the model takes {len(specs)}: {expected}"
+            )
+        values = list(inputs)
+    elif len(specs) == 1:
+        values = [inputs]
+    else:
+        raise RunnerInputError(
+            f"the model takes {len(specs)} inputs, pass them as a mapping name -> array: {expected}"
+        )
+    sizes: dict[str, tuple[int, str]] = {}
+    feed = {}
+    for spec, value in zip(specs, values, strict=True):
+        feed[spec.name] = _check_one(spec, value, sizes)
+    return feed
+
+
+def _check_one(spec: TensorInfo, value: Any, sizes: dict[str, tuple[int, str]]) -> np.ndarray:
+    """Check one array against its spec; ``sizes`` collects the dynamic sizes seen so far."""
+    if not isinstance(value, np.ndarray):
+        raise RunnerInputError(
+            f"input {spec.name!r} must be a numpy array, got {type(value).__name__}; expected "
+            f"{spec.describe()} (convert with np.asarray(value, dtype=np.{spec.dtype}))"
+        )
+    if value.dtype != np.dtype(spec.dtype):
+        raise RunnerInputError(
+            f"input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}; "
+            f"convert it with .astype(np.{spec.dtype})"
+        )
+    if value.ndim != len(spec.shape):
+        raise RunnerInputError(
+            f"input {spec.name!r} has shape {tuple(value.shape)} ({value.ndim}-D), the model "
+            f"expects {spec.describe()} ({len(spec.shape)}-D)"
+        )
+    for axis, (size, actual) in enumerate(zip(spec.shape, value.shape, strict=True)):
+        if isinstance(size, int) and size != actual:
+            raise RunnerInputError(
+                f"input {spec.name!r} has shape {tuple(value.shape)}, the model expects "
+                f"{spec.describe()}: axis {axis} must be {size} (fixed at export time)"
+            )
+        if isinstance(size, str):
+            seen = sizes.setdefault(size, (int(actual), spec.name))
+            if seen[0] != actual:
+                raise RunnerInputError(
+                    f"dimension {size!r} is {seen[0]} in input {seen[1]!r} but {actual} in "
+                    f"input {spec.name!r}; all inputs must agree on it"
+                )
+    return value
+
+
+class OnnxRunner:
+    """An exported ONNX model in an onnxruntime session.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: execution providers (default :func:`select_providers`: CUDA when
+            available, else CPU).
+        threads: intra-op threads (default: onnxruntime's choice).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(
+                f"no exported model at {self.path}; export one with "
+                "`aimle-zoo export NAME --format onnx --out DIR`"
+            )
+        if self.path.stat().st_size == 0:
+            raise ModelFileError(f"{self.path} is empty; export the model again")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        chosen = list(providers) if providers is not None else select_providers()
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.path), options, providers=chosen)
+        except Exception as err:  # onnxruntime raises its own exception types on bad files
+            raise ModelFileError(
+                f"{self.path} could not be loaded by onnxruntime: it is truncated, corrupt or "
+                f"not an ONNX model ({type(err).__name__}: {err}); export it again"
+            ) from err
+        self.inputs = tuple(_info(arg) for arg in self.session.get_inputs())
+        self.outputs = tuple(_info(arg) for arg in self.session.get_outputs())
+        self.metadata = _metadata(self.session)
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session runs on."""
+        return list(self.session.get_providers())
+
+    def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:
+        """Check ``inputs`` (see :func:`check_inputs`) and run; returns ``{output name: array}``."""
+        feed = check_inputs(self.inputs, inputs)
+        values = self.session.run(None, feed)
+        return {info.name: value for info, value in zip(self.outputs, values, strict=True)}
+
+    __call__ = run
+
+    def describe(self) -> str:
+        """Inputs, outputs and providers, one per line."""
+        lines = [f"{self.path} on {', '.join(self.providers)}"]
+        lines += [f"  input  {info.describe()}" for info in self.inputs]
+        lines += [f"  output {info.describe()}" for info in self.outputs]
+        return "\n".join(lines)
+
+
+def _info(arg: Any) -> TensorInfo:
+    dtype = ONNX_DTYPES.get(arg.type)
+    name = np.dtype(dtype).name if dtype is not None else str(arg.type)
+    shape = tuple(size if isinstance(size, (int, str)) else None for size in arg.shape)
+    return TensorInfo(arg.name, name, shape)
+
+
+def _metadata(session: ort.InferenceSession) -> dict[str, Any]:
+    """The aimle_zoo metadata of the model (empty if absent or unreadable)."""
+    text = session.get_modelmeta().custom_metadata_map.get(_METADATA_KEY)
+    if not text:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    return metadata if isinstance(metadata, dict) else {}

@@ -1,0 +1,110 @@
+"""Exported zoo models: eager PyTorch vs TorchScript vs onnxruntime latency, export time, size.
+
+Run: ``cd benchmarks && python bench_export.py`` (``--quick`` for fewer repeats, ``--models`` to
+pick some). Every model has its default configuration (freshly initialised weights: latency
+does not depend on training). One thread everywhere (torch and onnxruntime), minimum over
+repeated rounds; every ratio compares timings taken in the same run. onnxruntime is timed on
+``InferenceSession.run`` (the runner's input checks add a few microseconds per call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from _timing import best_time, print_table
+from onnxruntime import InferenceSession
+
+from aimle_zoo.export import (
+    InferencePath,
+    OnnxRunner,
+    TorchScriptModel,
+    inference_path,
+    to_onnx,
+    to_torchscript,
+)
+from aimle_zoo.export._paths import as_tuple
+from aimle_zoo.models import ZooModel, create_model, list_models
+
+BATCH_SIZES = (1, 64)
+
+
+def bench_model(name: str, folder: Path, repeats: int) -> tuple[list[object], list[list[object]]]:
+    """One export row and one latency row per batch size for model ``name``."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    path = inference_path(model)
+    scripted = to_torchscript(model, folder / f"{name}.pt")
+    exported = to_onnx(model, folder / f"{name}.onnx")
+    loaded = TorchScriptModel(scripted.path).module
+    session = OnnxRunner(exported.path, threads=1, providers=["CPUExecutionProvider"]).session
+    parameters = sum(p.numel() for p in model.parameters())
+    export_row: list[object] = [
+        name,
+        f"{parameters / 1e6:.2f}M",
+        exported.exporter,
+        exported.seconds,
+        scripted.seconds,
+        exported.size_bytes / 1e6,
+        scripted.size_bytes / 1e6,
+    ]
+    rows = [
+        _latency_row(name, batch, model, path, loaded, session, repeats) for batch in BATCH_SIZES
+    ]
+    return export_row, rows
+
+
+def _latency_row(
+    name: str,
+    batch: int,
+    model: ZooModel,
+    path: InferencePath,
+    loaded: torch.jit.ScriptModule,
+    session: InferenceSession,
+    repeats: int,
+) -> list[object]:
+    """Eager, TorchScript and onnxruntime milliseconds per call at one batch size."""
+    inputs = tuple(model.example_inputs(batch))
+    feed = {spec.name: value.numpy() for spec, value in zip(path.inputs, inputs, strict=True)}
+    with torch.inference_mode():
+        eager_s = best_time(lambda: as_tuple(path.module(*inputs)), repeats=repeats)
+        script_s = best_time(lambda: loaded(*inputs), repeats=repeats)
+    ort_s = best_time(lambda: session.run(None, feed), repeats=repeats)
+    speed_ups = [f"{eager_s / script_s:.2f}x", f"{eager_s / ort_s:.2f}x"]
+    return [name, batch, eager_s * 1e3, script_s * 1e3, ort_s * 1e3, *speed_ups]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
+    parser.add_argument("--models", nargs="*", default=list_models(), help="models to run")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    export_rows, latency_rows = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models:
+            export_row, rows = bench_model(name, Path(folder), repeats)
+            export_rows.append(export_row)
+            latency_rows.extend(rows)
+    print("Latency (ms per call, 1 thread; speed-up over eager PyTorch in the same run)\n")
+    header = [
+        "model",
+        "batch",
+        "eager",
+        "TorchScript",
+        "onnxruntime",
+        "TS speed-up",
+        "ORT speed-up",
+    ]
+    print_table(header, latency_rows)
+    print("\nExport (seconds, including the check against eager PyTorch) and file size (MB)\n")
+    print_table(
+        ["model", "parameters", "ONNX exporter", "ONNX s", "TorchScript s", "ONNX MB", "TS MB"],
+        export_rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""``aimle-zoo export``, ``predict`` and ``quickstart`` through Typer's test runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aimle_zoo.cli import app
+from aimle_zoo.export import load_exported, read_metadata
+from aimle_zoo.export.quickstart import format_table, run_quickstart
+
+from ..models._helpers import TINY
+from .conftest import Exported, build_tiny
+
+runner = CliRunner()
+
+
+def _checkpoint(folder: Path, name: str) -> Path:
+    """Save the tiny model ``name`` as a checkpoint folder."""
+    build_tiny(name).save_pretrained(folder)
+    return folder
+
+
+def test_export_writes_both_formats_and_verifies_them(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "grid-tiny", "grid_shortest_path")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(out), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert sorted(entry.name for entry in out.iterdir()) == ["grid-tiny.onnx", "grid-tiny.pt"]
+    assert "torchscript via script" in result.output and "onnx via legacy_script" in result.output
+    assert result.output.count("vs eager PyTorch: passed") == 2
+    model = build_tiny("grid_shortest_path")
+    (maps,) = model.example_inputs(3)
+    with torch.no_grad():
+        path = model(maps).numpy()
+    for file in out.iterdir():
+        assert read_metadata(file)["model_name"] == "grid-tiny"
+        produced = load_exported(file).run({"maps": maps.numpy()})
+        np.testing.assert_array_equal(produced["path"], path)
+
+
+def test_export_of_a_model_name_uses_fresh_default_weights(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["export", "l2x_tabular", "--format", "torchscript", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "freshly initialised default configuration (untrained)" in result.output
+    assert [entry.name for entry in out.iterdir()] == ["l2x_tabular.pt"]
+    assert read_metadata(out / "l2x_tabular.pt")["config"]["input_dim"] == 10
+
+
+def test_export_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert missing.exit_code == 1 and "error: there is no checkpoint folder" in missing.output
+    checkpoint = _checkpoint(tmp_path / "grid-tiny", "grid_shortest_path")
+    args = ["export", str(checkpoint), "--format", "onnx", "--opset", "30", "--out", str(tmp_path)]
+    bad_opset = runner.invoke(app, args)
+    assert bad_opset.exit_code == 1 and "opset 30 is not supported" in bad_opset.output
+    assert not (tmp_path / "grid-tiny.onnx").exists()
+
+
+@pytest.mark.parametrize("file_format", ["onnx", "torchscript"])
+def test_predict_runs_an_exported_file_on_npz_and_npy_inputs(
+    exported: dict[str, Exported], tmp_path: Path, file_format: str
+) -> None:
+    item = exported["l2x_tabular"]
+    model_file = item.onnx if file_format == "onnx" else item.torchscript
+    (features,) = item.model.example_inputs(5)
+    with torch.no_grad():
+        logits = item.model(features).numpy()
+    np.savez(tmp_path / "batch.npz", features=features.numpy())
+    np.save(tmp_path / "single.npy", features.numpy())
+    result = runner.invoke(
+        app, ["predict", str(model_file), "--input", str(tmp_path / "batch.npz")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "prediction: float32 [5, 2]" in result.output
+    with np.load(tmp_path / "batch.outputs.npz") as outputs:
+        np.testing.assert_allclose(outputs["prediction"], logits, rtol=1e-4, atol=1e-5)
+    target = tmp_path / "out.npz"
+    args = ["predict", str(model_file), "--input", str(tmp_path / "single.npy")]
+    result = runner.invoke(app, [*args, "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    with np.load(target) as outputs:
+        assert sorted(outputs.files) == ["mask", "prediction"]
+        np.testing.assert_allclose(outputs["prediction"], logits, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_errors_say_what_to_fix(exported: dict[str, Exported], tmp_path: Path) -> None:
+    model_file = str(exported["l2x_tabular"].onnx)
+    np.save(tmp_path / "doubles.npy", np.zeros((2, 10)))
+    result = runner.invoke(app, ["predict", model_file, "--input", str(tmp_path / "doubles.npy")])
+    assert result.exit_code == 1 and "astype(np.float32)" in result.output
+    np.savez(tmp_path / "named.npz", x=np.zeros((2, 10), dtype=np.float32))
+    result = runner.invoke(app, ["predict", model_file, "--input", str(tmp_path / "named.npz")])
+    assert result.exit_code == 1 and "missing input(s) ['features']" in result.output
+    args = ["predict", str(tmp_path / "none.onnx"), "--input", str(tmp_path / "named.npz")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "no exported model at" in result.output
+    assert not list(tmp_path.glob("*.outputs.npz"))
+
+
+def test_quickstart_runs_every_bundled_checkpoint_on_its_sample_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "checkpoints"
+    grid = _checkpoint(root / "grid-tiny", "grid_shortest_path")
+    _checkpoint(root / "plain-tiny", "grid_shortest_path")  # no sample inputs bundled
+    samples = torch.rand(3, 3, 40, 40).numpy()  # larger maps than the example's 32×32
+    np.savez(grid / "sample_inputs.npz", maps=samples)
+    monkeypatch.setenv("AIMLE_ZOO_CHECKPOINTS", str(root))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quickstart", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "[1/2] grid-tiny: running on sample inputs [(3, 3, 40, 40)]" in result.stderr
+    assert "[2/2] plain-tiny: running on sample inputs [(4, 3, 32, 32)]" in result.stderr
+    assert "[2/2] plain-tiny: verifying in onnxruntime" in result.stderr
+    table = result.stdout.splitlines()
+    assert [cell.strip() for cell in table[0].split("|")[1:-1]] == [
+        "model",
+        "source",
+        "parameters",
+        "eager ms",
+        "TorchScript ms",
+        "onnxruntime ms",
+        "max abs diff",
+    ]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in table[2:4]}
+    assert rows == {"grid-tiny": "checkpoint", "plain-tiny": "checkpoint"}
+    files = sorted(entry.name for entry in out.iterdir())
+    assert files == ["grid-tiny.onnx", "grid-tiny.pt", "plain-tiny.onnx", "plain-tiny.pt"]
+    assert read_metadata(out / "grid-tiny.onnx")["inputs"][0]["shape"] == ["batch", 3, 40, 40]
+
+
+def test_quickstart_without_checkpoints_uses_fresh_default_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIMLE_ZOO_CHECKPOINTS", str(tmp_path / "empty"))
+    lines: list[str] = []
+    configs = {"grid_shortest_path": TINY["grid_shortest_path"]}
+    rows = run_quickstart(tmp_path / "out", progress=lines.append, fallback_configs=configs)
+    assert lines[0].startswith(f"no bundled checkpoints in {tmp_path / 'empty'}")
+    assert [(row.model, row.source) for row in rows] == [("grid_shortest_path", "untrained")]
+    model = build_tiny("grid_shortest_path")
+    assert rows[0].parameters == sum(p.numel() for p in model.parameters())
+    assert rows[0].max_abs_diff < 1e-4 and rows[0].onnx_path.is_file()
+    assert "| grid_shortest_path | untrained |" in format_table(rows)

@@ -1,0 +1,144 @@
+"""Export refusals with clear messages, and no partial file left behind on any failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.special
+import torch
+from torch import Tensor, nn
+
+from aimle_zoo import DifferentiableSolver, get_solver
+from aimle_zoo.export import (
+    ExportError,
+    NonExportableSolverError,
+    SplitPipeline,
+    UnsupportedOpsetError,
+    read_metadata,
+    to_onnx,
+    to_torchscript,
+    verify,
+)
+from aimle_zoo.solvers.reference.shortest_path import grid_shortest_path_scipy
+
+from ..models._helpers import tiny_model
+
+
+class ScipyCall(nn.Module):
+    """Leaves torch for scipy: no exporter can hold it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.from_numpy(scipy.special.expit(x.numpy()))
+
+
+class WeightedRowSum(nn.Module):
+    """A Python loop over a size: dynamo fixes that size, the scripted export keeps a Loop."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        total = x[:, 0]
+        for column in range(1, x.shape[1]):
+            total = total + x[:, column] * column
+        return total
+
+
+def _costs_network() -> nn.Module:
+    """x [B, 4] -> grid costs θ [B, 3, 4]."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 4))).eval()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_model_in_training_mode_is_refused(tmp_path: Path) -> None:
+    model = tiny_model("l2x_tabular")  # models are built in training mode
+    for export in (to_onnx, to_torchscript):
+        with pytest.raises(ExportError, match=r"training mode .*call model.eval\(\)"):
+            export(model, tmp_path / "model.out")
+    assert _files(tmp_path) == []
+    with pytest.raises(ExportError, match="training mode"):
+        verify(model, tmp_path / "model.out")
+
+
+def test_unsupported_opsets_are_refused_with_the_supported_range(tmp_path: Path) -> None:
+    model = tiny_model("l2x_tabular").eval()
+    with pytest.raises(UnsupportedOpsetError, match=r"opset 17 is not supported.*18\.\.23"):
+        to_onnx(model, tmp_path / "a.onnx", opset=17)
+    with pytest.raises(UnsupportedOpsetError, match="must be an integer"):
+        to_onnx(model, tmp_path / "a.onnx", opset="18")  # type: ignore[arg-type]
+    solver = get_solver("grid_shortest_path")  # needs the scripted exporter: opsets 18..20
+    with pytest.raises(
+        UnsupportedOpsetError, match=r"opset 22 .*needs \(legacy_script: opsets 18\.\.20\)"
+    ):
+        to_onnx(solver, tmp_path / "b.onnx", opset=22)
+    assert _files(tmp_path) == []
+    result = to_onnx(solver, tmp_path / "b.onnx", opset=20)
+    assert read_metadata(result.path)["opset"] == 20
+    assert verify(solver, result.path, batch_sizes=(2,)).passed
+
+
+def test_a_non_exportable_solver_names_itself_and_both_ways_out(tmp_path: Path) -> None:
+    model = nn.Sequential(_costs_network(), DifferentiableSolver("dijkstra_scipy")).eval()
+    example = (torch.randn(2, 4),)
+    for export in (to_onnx, to_torchscript):
+        with pytest.raises(NonExportableSolverError) as raised:
+            export(model, tmp_path / "model.out", example_inputs=example)
+        message = str(raised.value)
+        assert "'dijkstra_scipy' (at 1.solver) is registered as non-exportable" in message
+        assert "implement the solver with tensor operations" in message
+        assert "split=True, solver='dijkstra_scipy'" in message and "SplitPipeline" in message
+    assert _files(tmp_path) == []
+
+
+def test_split_export_runs_a_non_exportable_solver_after_onnxruntime(tmp_path: Path) -> None:
+    network = _costs_network()
+    full = nn.Sequential(network, DifferentiableSolver("dijkstra_scipy")).eval()
+    result = to_onnx(
+        network,
+        tmp_path / "costs.onnx",
+        example_inputs=(torch.randn(2, 4),),
+        split=True,
+        solver="dijkstra_scipy",
+    )
+    assert result.metadata["solver_after"]["name"] == "dijkstra_scipy"
+    pipeline = SplitPipeline(result.path)
+    x = torch.randn(6, 4)
+    produced = pipeline.run({"input": x.numpy()})
+    with torch.no_grad():
+        theta = network(x)
+        expected = full(x)
+    np.testing.assert_allclose(produced["theta"], theta.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(produced["solution"], expected.numpy())
+    np.testing.assert_array_equal(
+        produced["solution"], grid_shortest_path_scipy(torch.from_numpy(produced["theta"])).numpy()
+    )
+    plain = to_onnx(network, tmp_path / "plain.onnx", example_inputs=(x,))
+    with pytest.raises(ExportError, match="not a split export"):
+        SplitPipeline(plain.path)
+
+
+def test_a_failed_export_leaves_no_file_and_keeps_the_previous_one(tmp_path: Path) -> None:
+    previous = tmp_path / "model.onnx"
+    previous.write_bytes(b"previous export")
+    for export, target in ((to_onnx, previous), (to_torchscript, tmp_path / "model.pt")):
+        with pytest.raises(ExportError, match="nothing was written"):
+            export(ScipyCall().eval(), target, example_inputs=(torch.randn(2, 5),))
+    assert _files(tmp_path) == ["model.onnx"]  # no temporary or partial file
+    assert previous.read_bytes() == b"previous export"
+
+
+def test_silent_specialisation_is_refused_and_auto_falls_back(tmp_path: Path) -> None:
+    module = WeightedRowSum().eval()
+    options = {"example_inputs": (torch.randn(2, 5),), "dynamic_dims": {"x": {1: "n"}}}
+    with pytest.raises(ExportError, match=r"fixed axis 1 \('n'\) of input 'x' to 5"):
+        to_onnx(module, tmp_path / "dynamo.onnx", exporter="dynamo", **options)
+    assert _files(tmp_path) == []
+    result = to_onnx(module, tmp_path / "auto.onnx", **options)
+    assert result.exporter == "legacy_script"
+    assert "dynamo: ExportError: the exporter fixed axis 1" in result.metadata["exporter_reason"]
+    other_sizes = [(torch.randn(3, 2),), (torch.randn(4, 11),)]
+    report = verify(module, result.path, inputs=other_sizes)
+    assert report.passed and [case.sizes["n"] for case in report.cases] == [2, 11]

@@ -1,0 +1,163 @@
+"""Every zoo model, end to end: inference paths, both formats, verify, metadata, split export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import aimle_zoo
+from aimle_zoo.export import (
+    SplitPipeline,
+    inference_path,
+    load_exported,
+    read_metadata,
+    to_onnx,
+    verify,
+)
+from aimle_zoo.export.verify import DEFAULT_BATCH_SIZES
+from aimle_zoo.models import ZooModel
+from aimle_zoo.solvers import solver_spec
+
+from ..models._helpers import TINY
+from .conftest import Exported, build_tiny
+
+MODELS = sorted(TINY)
+FORMATS = ["onnx", "torchscript"]
+
+#: The output of each exported path that the model's own ``forward`` returns in eval mode.
+FORWARD_OUTPUT = {
+    "l2x_text": "prediction",
+    "l2x_tabular": "prediction",
+    "l2x_mnist": "prediction",
+    "discrete_vae": "reconstruction",
+    "nri_tree": "tree",
+    "grid_shortest_path": "path",
+}
+
+
+def _file(item: Exported, file_format: str) -> Path:
+    return item.onnx if file_format == "onnx" else item.torchscript
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_path_reproduces_the_models_own_outputs(name: str) -> None:
+    model = build_tiny(name)
+    path = inference_path(model)
+    (inputs,) = model.example_inputs(5)
+    with torch.no_grad():
+        first, second = path.module(inputs)
+        forward = model(inputs)
+    names = [spec.name for spec in path.outputs]
+    produced = dict(zip(names, (first, second), strict=True))
+    torch.testing.assert_close(produced[FORWARD_OUTPUT[name]], forward, rtol=1e-5, atol=1e-6)
+    layer = model.latent_layer
+    if name.startswith("l2x"):
+        assert produced["mask"].sum(dim=1).ge(model.k).all()  # top-k: at least k (ties: more)
+        assert set(produced["mask"].unique().tolist()) <= {0.0, 1.0}
+    elif name == "discrete_vae":
+        codes = produced["codes"].view(5, model.groups, model.group_size)
+        assert torch.equal(codes.sum(dim=2), torch.full((5, model.groups), float(model.k)))
+    elif name == "nri_tree":
+        tree = produced["tree"]
+        assert torch.equal(tree.sum(dim=1), torch.full((5,), 2.0 * (model.num_vertices - 1)))
+        with torch.no_grad():
+            reference = model.reconstruct(inputs, tree, 1)  # the model's own decoder
+        torch.testing.assert_close(produced["prediction"], reference, rtol=1e-4, atol=1e-5)
+    else:
+        with torch.no_grad():
+            costs = model.vertex_costs(inputs)
+        assert torch.equal(produced["costs"], costs)
+        assert torch.equal(produced["path"], layer.solver(costs))
+        assert produced["path"][:, 0, 0].eq(1).all() and produced["path"][:, -1, -1].eq(1).all()
+
+
+@pytest.mark.parametrize("file_format", FORMATS)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_exports_and_passes_verify(
+    exported: dict[str, Exported], name: str, file_format: str
+) -> None:
+    item = exported[name]
+    report = verify(item.model, _file(item, file_format))
+    assert report.passed and report.max_abs_diff < 1e-4
+    checked_batches = [case.batch_size for case in report.cases]
+    assert checked_batches[: len(DEFAULT_BATCH_SIZES)] == list(DEFAULT_BATCH_SIZES)
+    if name == "l2x_text":  # the sequence length is dynamic: other lengths were checked too
+        lengths = {case.sizes["length"] for case in report.cases}
+        assert len(lengths) == 3 and TINY[name]["max_length"] in lengths
+    # the exported file reproduces the model's own forward, at a batch size never exported
+    (inputs,) = item.model.example_inputs(6)
+    runtime = load_exported(_file(item, file_format))
+    produced = runtime.run([inputs.numpy()])
+    with torch.no_grad():
+        expected = item.model(inputs).numpy()
+    np.testing.assert_allclose(produced[FORWARD_OUTPUT[name]], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.parametrize("name", MODELS)
+def test_both_files_carry_the_metadata(exported: dict[str, Exported], name: str) -> None:
+    item = exported[name]
+    solver = item.model.latent_layer.solver
+    spec = solver_spec(solver)
+    assert spec is not None
+    path = inference_path(item.model)
+    for file_format in FORMATS:
+        metadata = read_metadata(_file(item, file_format))
+        assert metadata["model_name"] == name and metadata["format"] == file_format
+        assert metadata["aimle_zoo_version"] == aimle_zoo.__version__
+        for key, value in TINY[name].items():
+            assert metadata["config"][key] == (list(value) if isinstance(value, tuple) else value)
+        assert metadata["solvers"] == [
+            {
+                "name": spec.name,
+                "params": solver.params,
+                "sense": spec.sense,
+                "location": "latent_layer.solver",
+            }
+        ]
+        assert [entry["name"] for entry in metadata["inputs"]] == [s.name for s in path.inputs]
+        assert [entry["name"] for entry in metadata["outputs"]] == [s.name for s in path.outputs]
+        (example,) = item.model.example_inputs(2)
+        for entry in metadata["inputs"]:
+            assert entry["shape"][0] == "batch"
+            fixed = [(axis, size) for axis, size in enumerate(entry["shape"]) if type(size) is int]
+            assert all(example.shape[axis] == size for axis, size in fixed)
+            assert {f"{entry['name']}[{axis}]": size for axis, size in fixed} == metadata[
+                "fixed_dims"
+            ]
+    model = onnx.load(str(item.onnx))
+    properties = {prop.key: prop.value for prop in model.metadata_props}
+    assert properties["model_name"] == name and properties["solver"] == spec.name
+    assert json.loads(properties["solver_params"]) == [solver.params]
+    graph_input = model.graph.input[0].type.tensor_type.shape.dim
+    assert graph_input[0].dim_param == "batch"
+    if name == "l2x_text":
+        assert graph_input[1].dim_param == "length"
+    else:
+        assert all(dim.HasField("dim_value") for dim in graph_input[1:])
+    extra = {"aimle_zoo.json": ""}
+    torch.jit.load(str(item.torchscript), _extra_files=extra)
+    assert json.loads(extra["aimle_zoo.json"])["model_name"] == name
+
+
+def test_split_export_runs_the_latent_solver_after_onnxruntime(tmp_path: Path) -> None:
+    model: ZooModel = build_tiny("l2x_tabular")
+    result = to_onnx(model, tmp_path / "selector.onnx", split=True)
+    metadata = result.metadata
+    solver = model.latent_layer.solver
+    assert metadata["solvers"] == [] and metadata["solver_after"]["name"] == "topk"
+    assert metadata["solver_after"]["params"] == solver.params
+    assert [entry["name"] for entry in metadata["outputs"]] == ["theta"]
+    pipeline = SplitPipeline(result.path, threads=1)
+    (features,) = model.example_inputs(9)
+    produced = pipeline.run({"features": features.numpy()})
+    with torch.no_grad():
+        theta = model.feature_scores(features)
+        mask = model.select(features)
+    np.testing.assert_allclose(produced["theta"], theta.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(produced["solution"], mask.numpy())

@@ -1,0 +1,121 @@
+"""The onnxruntime runner: provider selection, input checks, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aimle_zoo.export import (
+    ModelFileError,
+    OnnxRunner,
+    RunnerInputError,
+    TorchScriptModel,
+    load_exported,
+    select_providers,
+)
+from aimle_zoo.export.runner import TensorInfo, check_inputs
+
+from .conftest import Exported
+
+
+def test_providers_prefer_cuda_when_the_build_lists_it() -> None:
+    cpu_build = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(cpu_build) == ["CPUExecutionProvider"]
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers([]) == ["CPUExecutionProvider"]
+    assert select_providers() == ["CPUExecutionProvider"]  # this machine's CPU build
+
+
+def test_runner_runs_on_the_selected_provider_and_returns_named_arrays(
+    exported: dict[str, Exported],
+) -> None:
+    item = exported["l2x_tabular"]
+    runner = OnnxRunner(item.onnx, threads=1)
+    assert runner.providers == ["CPUExecutionProvider"]
+    assert [info.describe() for info in runner.inputs] == ["features float32 [batch, 10]"]
+    (features,) = item.model.example_inputs(3)
+    by_name = runner.run({"features": features.numpy()})
+    assert list(by_name) == ["mask", "prediction"]
+    positional = runner([features.numpy()])
+    single = runner(features.numpy())
+    with torch.no_grad():
+        logits = item.model(features).numpy()
+    for outputs in (by_name, positional, single):
+        np.testing.assert_allclose(outputs["prediction"], logits, rtol=1e-4, atol=1e-5)
+    assert "output mask float32 [batch, 10]" in runner.describe()
+
+
+def test_runner_names_what_is_wrong_with_the_inputs(exported: dict[str, Exported]) -> None:
+    runner = OnnxRunner(exported["l2x_tabular"].onnx)
+    good = np.zeros((2, 10), dtype=np.float32)
+    with pytest.raises(RunnerInputError, match=r"dtype float64.*astype\(np.float32\)"):
+        runner.run({"features": good.astype(np.float64)})
+    with pytest.raises(RunnerInputError, match=r"shape \(2, 10, 1\) \(3-D\).*\(2-D\)"):
+        runner.run({"features": good[..., None]})
+    with pytest.raises(RunnerInputError, match=r"axis 1 must be 10 \(fixed at export time\)"):
+        runner.run({"features": np.zeros((2, 9), dtype=np.float32)})
+    with pytest.raises(RunnerInputError, match=r"missing input\(s\) \['features'\]"):
+        runner.run({"x": good})
+    with pytest.raises(RunnerInputError, match=r"unexpected input\(s\) \['extra'\]"):
+        runner.run({"features": good, "extra": good})
+    with pytest.raises(RunnerInputError, match="must be a numpy array, got list"):
+        runner.run({"features": good.tolist()})
+    with pytest.raises(RunnerInputError, match="got 2 input arrays, the model takes 1"):
+        runner.run([good, good])
+    text = OnnxRunner(exported["l2x_text"].onnx)
+    with pytest.raises(RunnerInputError, match=r"dtype int32.*astype\(np.int64\)"):
+        text.run({"token_ids": np.zeros((2, 20), dtype=np.int32)})
+
+
+def test_dynamic_dimensions_must_agree_across_inputs() -> None:
+    specs = [TensorInfo("a", "float32", ("batch", 3)), TensorInfo("b", "int64", ("batch",))]
+    a, b = np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=np.int64)
+    assert list(check_inputs(specs, {"b": b, "a": a})) == ["a", "b"]
+    with pytest.raises(RunnerInputError, match="dimension 'batch' is 4 in input 'a' but 5"):
+        check_inputs(specs, {"a": a, "b": np.zeros(5, dtype=np.int64)})
+    with pytest.raises(RunnerInputError, match="pass them as a mapping"):
+        check_inputs(specs, a)
+
+
+def test_missing_empty_truncated_and_foreign_files_are_refused(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    with pytest.raises(ModelFileError, match=r"no exported model at .*missing\.onnx"):
+        OnnxRunner(tmp_path / "missing.onnx")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="is empty"):
+        OnnxRunner(empty)
+    data = exported["l2x_tabular"].onnx.read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated, corrupt or not an ONNX model"):
+        OnnxRunner(truncated)
+    foreign = tmp_path / "notes.onnx"
+    foreign.write_text("not a model at all\n" * 20)
+    with pytest.raises(ModelFileError, match="could not be loaded by onnxruntime"):
+        load_exported(foreign)
+    scripted = exported["l2x_tabular"].torchscript.read_bytes()
+    cut = tmp_path / "truncated.pt"
+    cut.write_bytes(scripted[: len(scripted) // 2])
+    with pytest.raises(ModelFileError, match=r"could not be loaded by torch\.jit\.load"):
+        TorchScriptModel(cut)
+    with pytest.raises(ModelFileError, match=r"could not be loaded by torch\.jit\.load"):
+        load_exported(cut)
+
+
+def test_torchscript_model_checks_inputs_like_the_runner(exported: dict[str, Exported]) -> None:
+    item = exported["nri_tree"]
+    model = load_exported(item.torchscript)
+    assert isinstance(model, TorchScriptModel)
+    (trajectories,) = item.model.example_inputs(3)
+    outputs = model.run({"trajectories": trajectories.numpy()})
+    with torch.no_grad():
+        tree = item.model(trajectories).numpy()
+    np.testing.assert_array_equal(outputs["tree"], tree)
+    with pytest.raises(RunnerInputError, match=r"axis 1 must be 4"):
+        model.run({"trajectories": np.zeros((3, 5, 4, 2), dtype=np.float32)})

@@ -1,0 +1,161 @@
+"""Every built-in solver on its own: exported to both formats, checked against scipy/argsort on
+batch sizes and problem sizes other than the export example's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from aimle_zoo.export import load_exported, read_metadata, to_onnx, to_torchscript, verify
+from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges
+from aimle_zoo.solvers.reference.shortest_path import (
+    graph_shortest_path_scipy,
+    grid_shortest_path_scipy,
+)
+from aimle_zoo.solvers.reference.spanning_tree import spanning_tree_scipy
+from aimle_zoo.solvers.reference.topk import topk_argsort
+from aimle_zoo.solvers.shortest_path import grid_path_cost
+
+#: A DAG on 7 vertices with the chain 0 → 1 → ... → 6 (every target reachable) and shortcuts.
+DAG = [[0, 1, 2, 3, 4, 5, 0, 0, 1, 2, 3, 1], [1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 6]]
+DAG_ADJACENCY = torch.zeros(7, 7, dtype=torch.bool)
+DAG_ADJACENCY[DAG[0], DAG[1]] = True
+
+
+def _symmetric(batch: int, n: int, generator: torch.Generator) -> Tensor:
+    weights = torch.rand(batch, n, n, generator=generator) * 2 - 1
+    return (weights + weights.transpose(1, 2)) / 2
+
+
+def _tree_edges_reference(theta: Tensor) -> Tensor:
+    """Maximum spanning tree of directed-edge scores by scipy, as a directed-edge vector."""
+    scores = edges_to_matrix(theta)
+    return matrix_to_edges(spanning_tree_scipy((scores + scores.transpose(1, 2)) / 2))
+
+
+Case = tuple[str, dict[str, Any], Callable[[int, int, torch.Generator], Tensor], Callable]
+
+#: (solver, parameters, theta(batch, size, generator), reference(theta) -> z), sizes as below.
+CASES: dict[str, Case] = {
+    "topk": (
+        "topk",
+        {"k": 3},
+        lambda b, n, g: torch.randn(b, n, generator=g),
+        lambda theta: topk_argsort(theta, 3),
+    ),
+    "topk-threshold-ties": (
+        "topk",
+        {"k": 4, "ties": "threshold"},
+        lambda b, n, g: torch.randint(0, 3, (b, n), generator=g).float(),  # many ties
+        lambda theta: topk_argsort(theta, 4, ties="threshold"),
+    ),
+    "mst": ("mst", {}, _symmetric, spanning_tree_scipy),
+    "minimum_spanning_tree": (
+        "minimum_spanning_tree",
+        {},
+        _symmetric,
+        lambda theta: spanning_tree_scipy(theta, maximum=False),
+    ),
+    "mst_edges": (
+        "mst_edges",
+        {},
+        lambda b, n, g: torch.randn(b, n * (n - 1), generator=g),
+        _tree_edges_reference,
+    ),
+    "grid_shortest_path": (
+        "grid_shortest_path",
+        {},
+        lambda b, n, g: torch.rand(b, n, n + 3, generator=g),
+        grid_shortest_path_scipy,
+    ),
+    "grid_shortest_path-4": (
+        "grid_shortest_path",
+        {"neighbourhood": 4},
+        lambda b, n, g: torch.rand(b, n + 2, n, generator=g),
+        lambda theta: grid_shortest_path_scipy(theta, 4),
+    ),
+    "dijkstra": (
+        "dijkstra",
+        {},
+        lambda b, n, g: torch.rand(b, n, n, generator=g) * 4 - 1,  # negatives count as 0
+        grid_shortest_path_scipy,
+    ),
+    "graph_shortest_path": (
+        "graph_shortest_path",
+        {"edge_index": DAG, "num_nodes": 7},
+        lambda b, n, g: torch.rand(b, len(DAG[0]), generator=g),
+        lambda theta: graph_shortest_path_scipy(theta, torch.tensor(DAG), 7, 0, 6),
+    ),
+    "dijkstra-adjacency": (
+        "dijkstra",
+        {"adjacency": DAG_ADJACENCY},
+        lambda b, n, g: torch.rand(b, 7, 7, generator=g),
+        lambda theta: _dense_reference(theta),
+    ),
+}
+
+
+def _dense_reference(theta: Tensor) -> Tensor:
+    """Graph paths on ``[B, V, V]`` costs: scipy on the edge list, scattered back."""
+    edges = DAG_ADJACENCY.nonzero().t()
+    costs = theta[:, edges[0], edges[1]]
+    path = graph_shortest_path_scipy(costs, edges, 7, 0, 6)
+    dense = torch.zeros_like(theta)
+    dense[:, edges[0], edges[1]] = path
+    return dense
+
+
+#: (batch, size) checked against the reference; the export examples have other sizes.
+SIZES = [(1, 9), (13, 4)]
+
+#: Grid paths are compared by cost: zero-cost cells make ties that scipy breaks differently.
+BY_COST = {"grid_shortest_path", "grid_shortest_path-4", "dijkstra"}
+
+
+@pytest.mark.parametrize("file_format", ["onnx", "torchscript"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_solver_exports_and_matches_the_reference_on_new_sizes(
+    tmp_path: Path, case: str, file_format: str
+) -> None:
+    name, params, make_theta, reference = CASES[case]
+    solver = get_solver(name, **params)
+    export = to_onnx if file_format == "onnx" else to_torchscript
+    result = export(solver, tmp_path / f"{case}.{file_format}")
+    report = verify(solver, result.path, batch_sizes=(1, 7))
+    assert report.passed
+    metadata = read_metadata(result.path)
+    assert metadata["solvers"][0]["name"] == name
+    dynamic = {dim for dim in metadata["inputs"][0]["shape"] if isinstance(dim, str)}
+    runtime = load_exported(result.path)
+    generator = torch.Generator().manual_seed(3)
+    fixed_size = name == "graph_shortest_path" or "adjacency" in params
+    for batch, size in SIZES:
+        theta = make_theta(batch, size, generator)
+        if not fixed_size:
+            shape = metadata["inputs"][0]["shape"]
+            example = metadata["example_sizes"]
+            new_sizes = [
+                theta.shape[axis] != example[dim]
+                for axis, dim in enumerate(shape)
+                if isinstance(dim, str) and dim != "batch"
+            ]
+            assert any(new_sizes)  # a problem size the export example did not have
+        (z,) = runtime.run([theta.numpy()]).values()
+        expected = reference(theta)
+        if case in BY_COST:
+            assert set(np.unique(z).tolist()) <= {0.0, 1.0}
+            got_cost = grid_path_cost(theta, torch.from_numpy(z))
+            torch.testing.assert_close(got_cost, grid_path_cost(theta, expected))
+            assert z[:, 0, 0].all() and z[:, -1, -1].all()
+        else:
+            np.testing.assert_array_equal(z, expected.numpy())
+    if fixed_size:
+        assert dynamic == {"batch"}
+    else:
+        assert len(dynamic) >= 2  # batch and at least one problem size stay dynamic

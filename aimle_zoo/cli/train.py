@@ -17,6 +17,7 @@ from ..recipes import (
     run_evaluation,
     run_training,
 )
+from ..training import is_main_process
 
 DataDirOpt = Annotated[
     Path | None,
@@ -80,8 +81,9 @@ def train_command(
         checkpoint_every=checkpoint_every,
         progress=progress,
     )
-    typer.echo(f"best epoch {result.best_epoch}: {json.dumps(result.best_metrics)}")
-    typer.echo(f"checkpoint: {result.best_dir}")
+    if is_main_process():  # under torchrun, rank 0 speaks for all
+        typer.echo(f"best epoch {result.best_epoch}: {json.dumps(result.best_metrics)}")
+        typer.echo(f"checkpoint: {result.best_dir}")
 
 
 def evaluate_command(

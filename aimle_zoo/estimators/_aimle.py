@@ -48,6 +48,7 @@ from ._base import (
     combine_differences,
     expand_samples,
     perturb,
+    scaled_noise,
 )
 from .noise import NoiseLike, make_noise
 from .targets import AdaptiveTarget, TargetLike, make_target
@@ -64,32 +65,31 @@ class _AIMLEFunction(torch.autograd.Function):
         eps = estimator._sample_noise(estimator.noise, theta_tiled)  # [B·N, *S]
         z = call_solver(solver, perturb(theta_tiled, eps, estimator.input_temperature))
         ctx.estimator, ctx.solver, ctx.minimize = estimator, solver, minimize
-        ctx.save_for_backward(theta, eps, z if estimator.reuses_forward_sample else None)
+        ctx.batch = theta.shape[0]
+        reused = z if estimator.reuses_forward_sample else None
+        ctx.save_for_backward(theta_tiled, eps, reused)
         return z
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: AIMLE = ctx.estimator
-        theta, eps, z = ctx.saved_tensors
-        theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
+        theta_tiled, eps, z = ctx.saved_tensors  # [B·N, *S] each
         step = estimator.target.step_size(theta_tiled, dy)  # λ
         move = step * dy if ctx.minimize else -step * dy  # θ_R − θ = ∓λ·dy
-        tau = estimator.target_temperature
-        right = perturb(theta_tiled + move, eps, tau)  # θ − λ·dy + τ_t·ε
+        noise = scaled_noise(eps, estimator.target_temperature)  # τ_t·ε
         if z is not None:  # forward difference, forward sample reused
+            right = theta_tiled + move  # θ − λ·dy
+            if noise is not None:
+                right.add_(noise)
             difference = z - call_solver(ctx.solver, right)
         else:
-            left_theta = theta_tiled - move if estimator.symmetric else theta_tiled
-            left = perturb(left_theta, eps, tau)
-            both = call_solver(ctx.solver, torch.cat([left, right]))  # [2·B·N, *S]
-            z_left, z_right = both.chunk(2)
-            difference = z_left - z_right
-            if estimator.symmetric:
-                difference = difference / 2
+            difference = _paired_difference(
+                ctx.solver, theta_tiled, move, noise, estimator.symmetric
+            )
         gradient = combine_differences(
             difference,
-            batch=theta.shape[0],
+            batch=ctx.batch,
             samples=estimator.samples // estimator.marginal_samples,
             marginal_samples=estimator.marginal_samples,
             process=lambda g: estimator.target.process(g, step),
@@ -97,6 +97,35 @@ class _AIMLEFunction(torch.autograd.Function):
         )
         estimator._record(gradient, step)
         return gradient, None, None, None
+
+
+def _paired_difference(
+    solver: SolverFunction,
+    theta_tiled: Tensor,
+    move: Tensor,
+    noise: Tensor | None,
+    symmetric: bool,
+) -> Tensor:
+    """MAP(left) − MAP(right) from one solver call on the ``[2·B·N, *S]`` batch of both targets.
+
+    ``right = θ + move + τ_t·ε`` and ``left = θ − move + τ_t·ε`` (central, then halved) or
+    ``left = θ + τ_t·ε`` (forward difference with τ_in ≠ τ_t). Both halves are written in place
+    into one buffer, in the same order of operations as :func:`perturb`.
+    """
+    rows = theta_tiled.shape[0]
+    dtype = torch.promote_types(theta_tiled.dtype, move.dtype)
+    both = torch.empty((2 * rows, *theta_tiled.shape[1:]), dtype=dtype, device=theta_tiled.device)
+    left, right = both[:rows], both[rows:]  # [B·N, *S] views
+    if symmetric:
+        torch.sub(theta_tiled, move, out=left)
+    else:
+        left.copy_(theta_tiled)
+    torch.add(theta_tiled, move, out=right)
+    if noise is not None:
+        both.unflatten(0, (2, rows)).add_(noise)  # [2, B·N, *S] += [B·N, *S]
+    z_left, z_right = call_solver(solver, both).chunk(2)
+    difference = z_left - z_right
+    return difference.div_(2) if symmetric else difference
 
 
 class AIMLE(Estimator):

@@ -115,11 +115,17 @@ def validate_theta(theta: object) -> Tensor:
     return theta
 
 
+def scaled_noise(noise: Tensor | None, temperature: float) -> Tensor | None:
+    """τ·ε; ``None`` when there is no noise or τ = 0, ε itself when τ = 1 (no copy)."""
+    if noise is None or temperature == 0:
+        return None
+    return noise if temperature == 1 else temperature * noise
+
+
 def perturb(theta: Tensor, noise: Tensor | None, temperature: float) -> Tensor:
     """θ + τ·ε (θ itself when there is no noise or τ = 0)."""
-    if noise is None or temperature == 0:
-        return theta
-    return theta + temperature * noise
+    scaled = scaled_noise(noise, temperature)
+    return theta if scaled is None else theta + scaled
 
 
 def check_count(label: str, value: object) -> int:

@@ -189,11 +189,13 @@ class AdaptiveTarget(Target):
             nonzero, total = counts.to(state.device).unbind()
         observed = nonzero / total  # ĉ
         self.grad_norm.mul_(self.decay).add_((1.0 - self.decay) * observed)  # c̄
-        direction = torch.where(self.grad_norm < self.target_norm, 1.0, -1.0)
-        update = direction * self.update_step + self.momentum * self.last_update  # Δ
+        step_up, step_down = self.update_step, -self.update_step
+        update = torch.where(self.grad_norm < self.target_norm, step_up, step_down)  # ±η
+        if self.momentum != 0 or self.update_step == 0:  # μ·Δ_prev (an exact no-op otherwise)
+            update = update + self.momentum * self.last_update  # Δ
         self.beta.add_(update).clamp_min_(0.0)
         self.last_update.copy_(update)
-        return gradient / torch.where(step > 0, step, torch.ones_like(step))
+        return gradient / torch.where(step > 0, step, 1.0)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -153,7 +153,7 @@ def check_theta(
             f"{solver}: expected at least {min_ndim} dimensions, got shape "
             f"{tuple(theta.shape)}.{hint}"
         )
-    if theta.numel() and not torch.jit.is_scripting():
+    if theta.numel() and not torch.jit.is_scripting() and _may_hold_bad_values(theta, allow_inf):
         bad = torch.isnan(theta) if allow_inf else ~torch.isfinite(theta)
         if bool(bad.any()):
             flat = bad.reshape(theta.shape[0], -1).any(dim=1) if theta.dim() else bad.reshape(1)
@@ -165,6 +165,17 @@ def check_theta(
                 "(a diverged loss or a division by zero)."
             )
     return theta
+
+
+def _may_hold_bad_values(theta: Tensor, allow_inf: bool) -> bool:
+    """One reduction screening θ for NaN (and ±inf unless ``allow_inf``): ``False`` proves it clean.
+
+    A NaN or ±inf entry makes ``Σθ`` NaN or ±inf, so a finite sum (a non-NaN sum with
+    ``allow_inf``) rules them out; a non-finite sum of finite values (overflow) only triggers
+    the full element-wise scan.
+    """
+    total = theta.sum()
+    return bool(torch.isnan(total)) if allow_inf else not bool(torch.isfinite(total))
 
 
 def _short_list(items: list[int], limit: int = 8) -> str:

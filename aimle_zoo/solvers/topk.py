@@ -10,7 +10,9 @@ The maximiser puts ones on the k largest entries of θ. Two tie rules are offere
   reference experiments. Under ties at θ_(k) it returns more than k ones.
 
 Both are a handful of tensor operations (``topk``, comparisons, ``cumsum``) with no
-data-dependent Python control flow, so they script and export.
+data-dependent Python control flow, so they script and export. Only in eager mode on CPU, where
+reading a value costs no device synchronisation, does the exact rule skip its tie handling when
+no row has a tie at the k-th largest value (the result is the same).
 """
 
 from __future__ import annotations
@@ -40,18 +42,23 @@ def _kth_largest(theta: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return largest, largest.amin(dim=-1, keepdim=True)  # [*, k], [*, 1]
 
 
-def _topk_lowest_index(theta: Tensor, k: int) -> Tensor:
+def _topk_lowest_index(theta: Tensor, k: int, branch_on_ties: bool = False) -> Tensor:
     """Exactly k ones per row; ties at the k-th largest value go to the lowest indices.
 
-    With ``t_i = [θ_i = θ_(k)]`` and ``m`` the number of tied entries inside the top k,
-    ``z_i = [θ_i > θ_(k)] + t_i [Σ_{j<=i} t_j <= m]``.
+    With ``a_i = [θ_i >= θ_(k)]``, ``t_i = [θ_i = θ_(k)]`` and ``m`` the number of tied entries
+    inside the top k, ``z_i = a_i ∧ ¬(t_i ∧ Σ_{j<=i} t_j > m)``. When no row has more than k
+    entries ``>= θ_(k)`` this is ``z = a``; with ``branch_on_ties`` (eager CPU only, where reading
+    that flag costs no device synchronisation) the tie rule is then skipped.
     """
     largest, kth = _kth_largest(theta, k)  # [*, k], [*, 1]
+    at_least = theta >= kth  # [*, n]
+    chosen = at_least.numel() // theta.shape[-1] * k  # k per row when no row has surplus ties
+    if branch_on_ties and int(torch.count_nonzero(at_least)) == chosen:
+        return at_least.to(theta.dtype)
     tied_needed = (largest == kth).sum(dim=-1, keepdim=True)  # [*, 1]
     tied = theta == kth  # [*, n]
-    take_tied = tied.cumsum(dim=-1, dtype=torch.int64) <= tied_needed  # [*, n]
-    chosen = torch.logical_or(theta > kth, torch.logical_and(tied, take_tied))  # [*, n]
-    return chosen.to(theta.dtype)
+    surplus = torch.logical_and(tied, tied.cumsum(dim=-1, dtype=torch.int64) > tied_needed)
+    return torch.logical_and(at_least, torch.logical_not(surplus)).to(theta.dtype)
 
 
 def _topk_threshold(theta: Tensor, k: int) -> Tensor:
@@ -112,16 +119,18 @@ class TopK(Solver):
 
     def forward(self, theta: Tensor) -> Tensor:
         """``θ [B, *, n] -> z [B, *, n]`` in {0, 1}, top-k over the last dimension."""
+        branch_on_ties = False
         if not torch.jit.is_scripting():
-            self._check(theta)
+            branch_on_ties = self._check(theta)
         if self.ties == "exact":
-            return _topk_lowest_index(theta, self.k)
+            return _topk_lowest_index(theta, self.k, branch_on_ties)
         return _topk_threshold(theta, self.k)
 
     @torch.jit.unused
-    def _check(self, theta: Tensor) -> None:
+    def _check(self, theta: Tensor) -> bool:
+        """Validate θ; ``True`` when the forward may branch on the data (eager mode on CPU)."""
         if not _input_checks_enabled():
-            return
+            return False
         check_theta(
             theta, solver="topk", min_ndim=2, shape_hint="[B, *, n] (top-k over the last dim)"
         )
@@ -131,6 +140,7 @@ class TopK(Solver):
                 f"topk: k={self.k} is out of range for n={n} items (theta.shape[-1]); "
                 f"k must be in [1, {n}]. Lower k or pass more items."
             )
+        return theta.device.type == "cpu" and not torch.compiler.is_compiling()
 
     def extra_repr(self) -> str:
         return f"k={self.k}, ties={self.ties!r}"

@@ -1,0 +1,187 @@
+"""Batched tensor solvers vs the reference style (one scipy / networkx call per instance).
+
+Run: ``python benchmarks/bench_solvers.py`` (add ``--quick`` for a shorter run). Everything runs
+on one CPU thread; every ratio compares two timings taken in the same run. Per-example loops over
+large batches are timed on a slice of the batch and scaled linearly (marked ``*``): they are
+loops, so their cost is linear in the batch by construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Callable
+
+import torch
+from _timing import best_time, print_table
+from torch import Tensor
+
+from aimle_zoo import AIMLE, AdaptiveTarget, DifferentiableSolver, get_solver
+from aimle_zoo.solvers.reference.shortest_path import (
+    grid_shortest_path_networkx,
+    grid_shortest_path_scipy,
+)
+from aimle_zoo.solvers.reference.spanning_tree import spanning_tree_networkx, spanning_tree_scipy
+
+Loop = Callable[[Tensor], Tensor]
+
+
+def _grid_costs(batch: int, size: int) -> Tensor:
+    return torch.rand(batch, size, size) * 9 + 0.5
+
+
+def _tree_weights(batch: int, n: int) -> Tensor:
+    w = torch.rand(batch, n, n)
+    return (w + w.transpose(1, 2)) / 2
+
+
+def _loop_time(loop: Loop, theta: Tensor, cap: int, quick: bool) -> tuple[float, str]:
+    """Seconds for the whole batch; loops over more than ``cap`` instances are extrapolated."""
+    batch = theta.shape[0]
+    if batch <= cap:
+        return best_time(lambda: loop(theta), repeats=2 if quick else 3), ""
+    part = theta[:cap]
+    return best_time(lambda: loop(part), repeats=2 if quick else 3) * batch / cap, "*"
+
+
+def solver_rows(quick: bool) -> list[list[object]]:
+    """One row per (solver, size, batch): ours, the scipy loop and the networkx loop."""
+    grid, tree = get_solver("dijkstra"), get_solver("mst")
+    cases: list[tuple[str, str, Callable[[Tensor], Tensor], Callable[[int], Tensor], Loop, Loop]]
+    cases = [
+        ("dijkstra (grid)", f"{s}x{s}", grid, lambda b, s=s: _grid_costs(b, s),
+         grid_shortest_path_scipy, grid_shortest_path_networkx)
+        for s in (12, 30)
+    ] + [
+        ("mst", f"n={n}", tree, lambda b, n=n: _tree_weights(b, n),
+         spanning_tree_scipy, spanning_tree_networkx)
+        for n in (10, 50)
+    ]  # fmt: skip
+    rows: list[list[object]] = []
+    for name, size, ours, make, scipy_loop, nx_loop in cases:
+        for batch in (1, 64, 256, 1024):
+            theta = make(batch)
+            t_ours = best_time(lambda o=ours, t=theta: o(t), repeats=3 if quick else 5)
+            t_scipy, mark_s = _loop_time(scipy_loop, theta, 64, quick)
+            t_nx, mark_n = _loop_time(nx_loop, theta, 8 if size == "30x30" else 16, quick)
+            rows.append(
+                [
+                    name, size, batch, t_ours * 1e3,
+                    t_scipy * 1e3, f"{t_scipy / t_ours:.1f}x{mark_s}",
+                    t_nx * 1e3, f"{t_nx / t_ours:.0f}x{mark_n}",
+                ]
+            )  # fmt: skip
+    return rows
+
+
+def topk_rows(quick: bool) -> list[list[object]]:
+    """Our exact-k top-k (indicator, deterministic ties) vs a raw ``torch.topk`` call."""
+    rows: list[list[object]] = []
+    for n, k in ((100, 10), (784, 50)):
+        solver = get_solver("topk", k=k)
+        for batch in (1, 64, 1024):
+            theta = torch.randn(batch, n)
+            t_raw = best_time(lambda t=theta, k=k: torch.topk(t, k), repeats=3 if quick else 7)
+            t_ours = best_time(lambda s=solver, t=theta: s(t), repeats=3 if quick else 7)
+            rows.append([f"n={n}, k={k}", batch, t_raw * 1e6, t_ours * 1e6, t_ours / t_raw])
+    return rows
+
+
+def _step_times(
+    name: str, params: dict[str, int], shape: tuple[int, ...], symmetric: bool, quick: bool
+) -> tuple[float, float]:
+    """(plain forward+backward, AIMLE step) seconds for a linear map to θ and a linear read-out.
+
+    The plain step skips the solver (the read-out consumes θ directly), so the ratio isolates
+    the solver and the estimator.
+    """
+    batch, numel = 256, int(torch.tensor(shape).prod())
+    encoder, readout = torch.nn.Linear(64, numel), torch.nn.Linear(numel, 1)
+    x = torch.randn(batch, 64)
+    target = AdaptiveTarget(initial_beta=1.0)
+    layer = DifferentiableSolver(name, AIMLE(target=target, symmetric=symmetric), **params)
+
+    def plain() -> None:
+        readout(encoder(x)).sum().backward()
+
+    def aimle_step() -> None:
+        theta = encoder(x).reshape(batch, *shape)
+        if name == "mst":
+            theta = (theta + theta.transpose(1, 2)) / 2
+        readout(layer(theta).reshape(batch, -1)).sum().backward()
+
+    repeats = 3 if quick else 5
+    return best_time(plain, repeats=repeats), best_time(aimle_step, repeats=repeats)
+
+
+def step_rows(quick: bool) -> list[list[object]]:
+    """Cost of a training step through an AIMLE layer vs the same network's forward+backward."""
+    rows: list[list[object]] = []
+    cases = [
+        ("topk k=10 of 100", "topk", {"k": 10}, (100,)),
+        ("dijkstra 12x12", "dijkstra", {}, (12, 12)),
+        ("mst n=10", "mst", {}, (10, 10)),
+    ]
+    for label, name, params, shape in cases:
+        for mode, symmetric in (("forward", False), ("central", True)):
+            t_plain, t_step = _step_times(name, params, shape, symmetric, quick)
+            rows.append([label, mode, 256, t_plain * 1e3, t_step * 1e3, t_step / t_plain])
+    return rows
+
+
+_MEMORY_PROBE = """
+import resource, sys, torch
+torch.set_num_threads(1)
+from aimle_zoo import get_solver
+solver, batch = get_solver("dijkstra"), int(sys.argv[1])
+solver(torch.rand(2, 30, 30) * 9 + 0.5)  # warm-up: allocator, lazy initialisation
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+solver(torch.rand(batch, 30, 30) * 9 + 0.5)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def memory_rows() -> list[list[object]]:
+    """Peak resident memory added by one grid-solver call, each batch in a fresh process.
+
+    Linear scaling shows as a constant number of KiB per instance.
+    """
+    rows: list[list[object]] = []
+    for batch in (512, 2048, 8192):
+        done = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, str(batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        growth_kib = int(done.stdout.strip())
+        rows.append(["dijkstra 30x30", batch, growth_kib / 1024, growth_kib / batch])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    print("\n## Solvers: ours (batched tensor program) vs per-example loops (ms per batch)\n")
+    print_table(
+        ["solver", "size", "batch", "ours", "scipy loop", "speed-up", "networkx loop", "speed-up"],
+        solver_rows(args.quick),
+    )
+    print("\n## Top-k indicator vs raw torch.topk (µs per call)\n")
+    print_table(["problem", "batch", "torch.topk", "ours", "ratio"], topk_rows(args.quick))
+    print("\n## AIMLE training step vs plain forward+backward (ms per step)\n")
+    print_table(
+        ["layer", "AIMLE", "batch", "plain fwd+bwd", "AIMLE step", "ratio"],
+        step_rows(args.quick),
+    )
+    print("\n## Peak memory of one grid-solver call (fresh process per batch)\n")
+    print_table(["solver", "batch", "peak RSS growth MiB", "KiB per instance"], memory_rows())
+    print("\n* per-example loop timed on a slice of the batch and scaled linearly")
+
+
+if __name__ == "__main__":
+    main()

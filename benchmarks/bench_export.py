@@ -3,8 +3,11 @@
 Run: ``cd benchmarks && python bench_export.py`` (``--quick`` for fewer repeats, ``--models`` to
 pick some). Every model has its default configuration (freshly initialised weights: latency
 does not depend on training). One thread everywhere (torch and onnxruntime), minimum over
-repeated rounds; every ratio compares timings taken in the same run. onnxruntime is timed on
-``InferenceSession.run`` (the runner's input checks add a few microseconds per call).
+repeated rounds; the rounds of eager PyTorch, TorchScript and onnxruntime alternate, so every
+ratio compares timings taken in the same run under the same machine load. Eager PyTorch runs
+the same inference path as the exports, in eval mode under ``torch.inference_mode``.
+onnxruntime is timed on ``InferenceSession.run`` (the runner's input checks add a few
+microseconds per call).
 """
 
 from __future__ import annotations
@@ -68,10 +71,13 @@ def _latency_row(
     """Eager, TorchScript and onnxruntime milliseconds per call at one batch size."""
     inputs = tuple(model.example_inputs(batch))
     feed = {spec.name: value.numpy() for spec, value in zip(path.inputs, inputs, strict=True)}
+    timings: list[list[float]] = [[], [], []]
     with torch.inference_mode():
-        eager_s = best_time(lambda: as_tuple(path.module(*inputs)), repeats=repeats)
-        script_s = best_time(lambda: loaded(*inputs), repeats=repeats)
-    ort_s = best_time(lambda: session.run(None, feed), repeats=repeats)
+        for _ in range(repeats):  # interleaved rounds: all three see the same machine load
+            timings[0].append(best_time(lambda: as_tuple(path.module(*inputs)), repeats=1))
+            timings[1].append(best_time(lambda: loaded(*inputs), repeats=1))
+            timings[2].append(best_time(lambda: session.run(None, feed), repeats=1))
+    eager_s, script_s, ort_s = (min(rounds) for rounds in timings)
     speed_ups = [f"{eager_s / script_s:.2f}x", f"{eager_s / ort_s:.2f}x"]
     return [name, batch, eager_s * 1e3, script_s * 1e3, ort_s * 1e3, *speed_ups]
 

@@ -238,29 +238,82 @@ def _edge_messages(
     receivers: Tensor,
     first: tuple[Tensor, Tensor | None],
     second: tuple[Tensor, Tensor | None],
-    dims: int,
+    vertices: int,
 ) -> Tensor:
-    """Σ of the messages of some edges at their receivers: ``[B, n, T', H]``.
+    """Σ of the messages of some edges at their receivers: ``[B, n, T'·H]``.
 
     ``m_e = relu(W₂ relu(W₁ [x_j; x_i] + b₁) + b₂)`` for edge ``e = (i ← j)`` of
-    ``edges [B, K]`` (edge ids); ``W₁ [x_j; x_i]`` is split into per-vertex terms computed once.
-    ``states [B, n, T', d]``, ``senders``/``receivers [E]`` the vertices of every edge.
+    ``edges [B, K]`` (edge ids), with ``states [B·n, T', d]`` (vertex-major) and
+    ``senders``/``receivers [E]`` the vertices of every edge. The d-wide pairs are gathered
+    (not the H-wide first-layer terms), and both layers run on 2-D row matrices, which
+    onnxruntime fuses with their bias and ReLU (``Gemm``).
     """
-    batch, vertices = states.shape[0], states.shape[1]
-    weight, bias = first
-    by_sender = F.linear(states, weight[:, :dims]).flatten(0, 1)  # [B·n, T', H]
-    by_receiver = F.linear(states, weight[:, dims:], bias).flatten(0, 1)  # [B·n, T', H]
+    batch, count = edges.shape
     offsets = torch.arange(batch, device=states.device).unsqueeze(1) * vertices  # [B, 1]
     edge_senders = (senders.index_select(0, edges.flatten()).view(edges.shape) + offsets).flatten()
     edge_receivers = receivers.index_select(0, edges.flatten()).view(edges.shape)  # [B, K]
     flat_receivers = (edge_receivers + offsets).flatten()  # [B·K]
-    hidden = F.relu(
-        by_sender.index_select(0, edge_senders) + by_receiver.index_select(0, flat_receivers)
-    )
-    messages = F.relu(F.linear(hidden, second[0], second[1]))  # [B·K, T', H]
-    messages = messages.view(batch, edges.shape[1], -1)  # [B, K, T'·H]
+    pairs = torch.cat(
+        [states.index_select(0, edge_senders), states.index_select(0, flat_receivers)], dim=2
+    )  # [B·K, T', 2d]
+    hidden = F.relu(F.linear(pairs.view(-1, first[0].shape[1]), first[0], first[1]))
+    messages = F.relu(F.linear(hidden, second[0], second[1]))  # [B·K·T', H]
+    messages = messages.view(batch, count, -1)  # [B, K, T'·H]
     to_vertex = F.one_hot(edge_receivers, vertices).to(messages.dtype).transpose(1, 2)  # [B, n, K]
-    return torch.bmm(to_vertex, messages).view(batch, vertices, states.shape[2], -1)
+    return torch.bmm(to_vertex, messages)  # [B, n, T'·H]
+
+
+class _MapSpanningTree(nn.Module):
+    """The MAP tree of ``mst_edges`` on NRI edge logits ``[B, E] -> [B, E]``, in fewer graph
+    nodes than the solver's own code (no scatters, no shape-dependent expands per step).
+
+    The same Prim steps as the solver, hence the same tree: weights ``w_e = (l_e + l_ē) / 2``
+    (ē the reverse edge), vertex 0 first; per step the outside vertex with the best offer joins
+    (first index on ties) and its row of weights replaces the offers it strictly improves.
+    Edge e = (i ← j) is in the tree iff ``parent[i] = j`` or ``parent[j] = i``.
+    """
+
+    def __init__(self, vertices: int) -> None:
+        super().__init__()
+        self.vertices = vertices
+        off_diagonal = ~torch.eye(vertices, dtype=torch.bool)
+        receivers, senders = off_diagonal.nonzero(as_tuple=True)  # receiver-major edge order
+        edges = receivers.numel()
+        reverse = senders * (vertices - 1) + receivers - (receivers > senders).long()  # [E]
+        # score[u, v] = w of edge u-v offered by tree vertex u to v; index E holds -inf (no
+        # self-loops, and no edge may enter the root 0)
+        index = torch.full((vertices, vertices), edges, dtype=torch.long)
+        index[receivers, senders] = torch.arange(edges)
+        index[:, 0] = edges
+        self.reverse = nn.Buffer(reverse, persistent=False)  # [E]
+        self.score_index = nn.Buffer(index.flatten(), persistent=False)  # [n²]
+        self.root_index = nn.Buffer(index[0].clone(), persistent=False)  # [n]
+        self.vertex_ids = nn.Buffer(torch.arange(vertices), persistent=False)  # [n]
+        self.receivers = nn.Buffer(receivers, persistent=False)  # [E]
+        self.senders = nn.Buffer(senders, persistent=False)  # [E]
+
+    def forward(self, logits: Tensor) -> Tensor:
+        batch, n = logits.shape[0], self.vertices
+        weights = (logits + logits.index_select(1, self.reverse)) / 2  # [B, E]
+        blocked = torch.full_like(weights[:, :1], float("-inf"))  # [B, 1]
+        padded = torch.cat([weights, blocked], dim=1)  # [B, E + 1]
+        score = padded.index_select(1, self.score_index).view(batch * n, n)  # [B·n, n]
+        best = padded.index_select(1, self.root_index)  # [B, n] offers of vertex 0
+        parent = torch.where(best > float("-inf"), 0, -1)  # [B, n]
+        in_tree = (self.vertex_ids == 0).expand(batch, n)  # [B, n]
+        row_offsets = torch.arange(batch, device=logits.device) * n  # [B]
+        for _ in range(n - 1):
+            joining = best.argmax(dim=1, keepdim=True)  # [B, 1] first index on ties
+            in_tree = torch.logical_or(in_tree, joining == self.vertex_ids)
+            best = best.masked_fill(in_tree, float("-inf"))
+            offered = score.index_select(0, joining.squeeze(1) + row_offsets)  # [B, n]
+            offered = offered.masked_fill(in_tree, float("-inf"))
+            closer = offered > best  # strict: earlier tree vertices keep ties
+            best = torch.where(closer, offered, best)
+            parent = torch.where(closer, joining, parent)
+        child_of_sender = parent.index_select(1, self.receivers) == self.senders  # [B, E]
+        parent_of_sender = parent.index_select(1, self.senders) == self.receivers  # [B, E]
+        return torch.logical_or(child_of_sender, parent_of_sender).to(logits.dtype)
 
 
 class _NRIPath(nn.Module):
@@ -270,13 +323,16 @@ class _NRIPath(nn.Module):
     The decoder step of :class:`~aimle_zoo.models.nri.MLPDecoder` with edge weights
     ``(1 - z, z)``: every edge sends exactly one message, of type 1 on the 2(n-1) tree edges
     and of type 0 on the others, so the edges are split by ``topk`` of z instead of computing
-    both message types on every edge.
+    both message types on every edge. The MAP tree of the built-in ``mst_edges`` latent comes
+    from :class:`_MapSpanningTree` (the same tree in fewer graph nodes); the linear layers run
+    on 2-D row matrices (onnxruntime ``Gemm`` with bias and ReLU fused).
     """
 
     def __init__(self, model: NRITree) -> None:
         super().__init__()
         self.model = model
         self.dims = model.dims
+        self.vertices = model.num_vertices
         self.tree_edges = 2 * (model.num_vertices - 1)
         self.other_edges = model.num_edges - self.tree_edges
         decoder = model.decoder
@@ -288,37 +344,45 @@ class _NRIPath(nn.Module):
         receivers, senders = off_diagonal.nonzero(as_tuple=True)  # receiver-major edge order
         self.receivers = nn.Buffer(receivers, persistent=False)  # [E]
         self.senders = nn.Buffer(senders, persistent=False)  # [E]
+        solver = model.latent_layer.solver
+        self.latent: nn.Module = model.latent_layer
+        if type(solver) is SpanningTreeEdges:
+            self.latent = _MapSpanningTree(model.num_vertices)
 
     def forward(self, trajectories: Tensor) -> tuple[Tensor, Tensor]:
-        tree = self.model.latent_layer(self.model.edge_logits(trajectories))  # [B, E]
+        tree = self.latent(self.model.edge_logits(trajectories))  # [B, E]
         states = trajectories[:, :, :-1]  # [B, n, T-1, d]
+        by_vertex = states.flatten(0, 1)  # [B·n, T-1, d]
         tree_edges = torch.topk(tree, self.tree_edges, dim=1).indices  # [B, 2(n-1)]
         incoming = _edge_messages(
-            states,
+            by_vertex,
             tree_edges,
             self.senders,
             self.receivers,
             (self.edge_first.weight, self.edge_first.bias),
             (self.edge_second.weight, self.edge_second.bias),
-            self.dims,
-        )  # [B, n, T-1, H]
+            self.vertices,
+        )  # [B, n, (T-1)·H]
         if self.other_edges > 0:
             other_edges = torch.topk(1 - tree, self.other_edges, dim=1).indices  # [B, E-2(n-1)]
             incoming = incoming + _edge_messages(
-                states,
+                by_vertex,
                 other_edges,
                 self.senders,
                 self.receivers,
                 (self.no_edge_first.weight, self.no_edge_first.bias),
                 (self.no_edge_second.weight, self.no_edge_second.bias),
-                self.dims,
+                self.vertices,
             )
+        rows = by_vertex.reshape(-1, self.dims)  # [B·n·(T-1), d]
         weight = self.out1.weight
-        hidden = F.linear(states, weight[:, : self.dims]) + F.linear(
-            incoming, weight[:, self.dims :], self.out1.bias
-        )
+        hidden = torch.addmm(
+            F.linear(rows, weight[:, : self.dims], self.out1.bias),
+            incoming.view(rows.shape[0], -1),
+            weight[:, self.dims :].t(),
+        )  # [B·n·(T-1), H]
         hidden = F.relu(self.out2(F.relu(hidden)))
-        return tree, states + self.out3(hidden)  # [B, E], [B, n, T-1, d]
+        return tree, states + self.out3(hidden).view(states.shape)  # [B, E], [B, n, T-1, d]
 
 
 def _message_layers(message: nn.Module) -> tuple[nn.Linear, nn.Linear]:

@@ -4,9 +4,11 @@ The exporter comes from :func:`~aimle_zoo.export.choice.choose_exporter`. Each e
 before anything is written: the graph's input and output sizes must stay dynamic where the
 inference path declares them dynamic (an exporter that fixed one to the example's size is
 refused), and onnxruntime must reproduce eager PyTorch on a new batch size and a new problem
-size. The file is then written atomically (a temporary file renamed into place), with the
-metadata in ``metadata_props``; a failure leaves no file behind. Weights are stored inside
-the file (no ``.onnx.data`` next to it).
+size. Before that check, each float32 ``Elu`` of the top graph is rewritten into element-wise
+ops that onnxruntime runs about three times faster (same values up to rounding). The file is
+then written atomically (a temporary file renamed into place), with the metadata in
+``metadata_props``; a failure leaves no file behind. Weights are stored inside the file (no
+``.onnx.data`` next to it).
 
 A split export (``split=True``) holds the network up to θ, the solver's input; the solver named
 in the metadata runs after onnxruntime (:class:`SplitPipeline`). It is the way to deploy a
@@ -143,6 +145,7 @@ def _export_checked(
         else:
             proto = _dynamo(route, opset)
     _set_interface(proto, route)
+    _expand_elu(proto)
     if check:
         data = proto.SerializeToString()
         options = ort.SessionOptions()
@@ -231,6 +234,47 @@ def _dynamo(route: InferencePath, opset: int) -> onnx.ModelProto:
     if program is None:  # pragma: no cover - the dynamo exporter always returns a program
         raise ExportError("the dynamo exporter returned no program")
     return program.model_proto
+
+
+def _expand_elu(proto: onnx.ModelProto) -> None:
+    """Replace every float32 ``Elu`` (alpha 1) by ``Max(x, Exp(Min(x, 0)) - 1)``.
+
+    Both equal ELU (``e^x - 1 >= x`` with equality at 0), with the rounding of onnxruntime's
+    own ``Elu`` (``e^x - 1``, not ``expm1``). onnxruntime's CPU ``Elu`` kernel is slow: about
+    40 µs on ``[90, 256]`` (one thread) against about 12 µs for the four vectorised ops. Nodes
+    inside ``Loop``/``If`` bodies are left alone.
+    """
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {
+        value.name: value.type.tensor_type.elem_type
+        for value in (*inferred.graph.value_info, *inferred.graph.input)
+    }
+    graph = proto.graph
+    rewritten: list[onnx.NodeProto] = []
+    for node in graph.node:
+        alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
+        if (
+            node.op_type != "Elu"
+            or node.domain not in ("", "ai.onnx")
+            or alpha != 1.0
+            or types.get(node.input[0]) != onnx.TensorProto.FLOAT
+        ):
+            rewritten.append(node)
+            continue
+        (value,), (out,) = node.input, node.output
+        stem = f"{node.name or out}_expanded"
+        for suffix, constant in (("zero", 0.0), ("one", 1.0)):
+            array = np.array(constant, dtype=np.float32)
+            graph.initializer.append(onnx.numpy_helper.from_array(array, f"{stem}_{suffix}"))
+        make = onnx.helper.make_node
+        rewritten += [
+            make("Min", [value, f"{stem}_zero"], [f"{stem}_negative"], f"{stem}_min"),
+            make("Exp", [f"{stem}_negative"], [f"{stem}_exp"], f"{stem}_exp"),
+            make("Sub", [f"{stem}_exp", f"{stem}_one"], [f"{stem}_expm1"], f"{stem}_sub"),
+            make("Max", [value, f"{stem}_expm1"], [out], f"{stem}_max"),
+        ]
+    del graph.node[:]
+    graph.node.extend(rewritten)
 
 
 def _set_interface(proto: onnx.ModelProto, route: InferencePath) -> None:

@@ -21,7 +21,7 @@ from aimle_zoo.export import (
 )
 from aimle_zoo.export.verify import DEFAULT_BATCH_SIZES
 from aimle_zoo.models import ZooModel
-from aimle_zoo.solvers import solver_spec
+from aimle_zoo.solvers import get_solver, solver_spec
 
 from ..models._helpers import TINY
 from .conftest import Exported, build_tiny
@@ -161,3 +161,14 @@ def test_split_export_runs_the_latent_solver_after_onnxruntime(tmp_path: Path) -
         mask = model.select(features)
     np.testing.assert_allclose(produced["theta"], theta.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(produced["solution"], mask.numpy())
+
+
+@pytest.mark.parametrize("vertices", [2, 3, 5, 10, 17])
+def test_export_spanning_tree_path_equals_the_solver_under_ties(vertices: int) -> None:
+    """The NRI export path's own Prim gives exactly the ``mst_edges`` tree, ties included."""
+    from aimle_zoo.export._paths import _MapSpanningTree
+
+    generator = torch.Generator().manual_seed(vertices)
+    logits = torch.randint(-2, 3, (64, vertices * (vertices - 1)), generator=generator).float()
+    expected = get_solver("mst_edges")(logits)
+    assert torch.equal(_MapSpanningTree(vertices)(logits), expected)

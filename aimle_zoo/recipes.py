@@ -30,6 +30,7 @@ from ._io import atomic_directory, atomic_file
 from .estimators import Estimator
 from .models import ZooModel, create_model
 from .training import (
+    TRAINER_STATE,
     TrainConfig,
     TrainResult,
     evaluate,
@@ -453,6 +454,18 @@ def read_recipe(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:
+    """The recipe record of a run stopped before its end, from ``last/``'s trainer state."""
+    state = run / "last" / TRAINER_STATE
+    if not (run / "best" / "config.json").exists() or not state.exists():
+        raise FileNotFoundError(
+            f"{run} has no best/ checkpoint or last/{TRAINER_STATE}; train it with "
+            "`aimle-zoo train` first"
+        )
+    extra = json.loads(state.read_text())["config"]["extra"]
+    return {key: extra[key] for key in ("recipe", "estimator", "smoke")}
+
+
 def _write_recipe(folder: Path, name: str, estimator: str, options: DataOptions) -> None:
     if not folder.exists():
         return
@@ -474,7 +487,8 @@ def publish_run(
 ) -> dict[str, float]:
     """Copy a finished run's best checkpoint to ``destination`` as a published folder.
 
-    The card records the test metrics of the run (``test_metrics.json``), the metrics on the
+    The card records the test metrics of the run (``test_metrics.json``, or a fresh evaluation
+    of the best checkpoint when the run was stopped before its end), the metrics on the
     first :data:`HELDOUT_SIZE` test instances (prefixed ``heldout256_``, so CI can re-evaluate
     the bundled checkpoint exactly), the dataset and the ``command`` that trained it. The copy
     is atomic: ``destination`` is either the old folder or the complete new one.
@@ -482,23 +496,24 @@ def publish_run(
     from .hub import write_model_card
 
     run = Path(run_dir)
-    recorded = read_recipe(run / "best")
-    if recorded is None or not (run / "test_metrics.json").exists():
-        raise FileNotFoundError(
-            f"{run} is not a finished run (no best/recipe.json or test_metrics.json); "
-            "train it with `aimle-zoo train` first"
-        )
+    recorded = read_recipe(run / "best") or _recipe_of_unfinished_run(run)
     recipe = get_recipe(recorded["recipe"])
     model = ZooModel.from_pretrained(run / "best")
     heldout = run_evaluation(
         model, recipe.name, split="test", data_options=data_options, limit=HELDOUT_SIZE
     )
-    metrics = json.loads((run / "test_metrics.json").read_text())
+    test_file = run / "test_metrics.json"
+    if test_file.exists():
+        metrics = json.loads(test_file.read_text())
+    else:  # a run stopped before its schedule ended: evaluate its best checkpoint now
+        metrics = run_evaluation(model, recipe.name, split="test", data_options=data_options)
     metrics.update({HELDOUT_PREFIX + key: value for key, value in heldout.items()})
     metrics = {key: float(value) for key, value in metrics.items() if not key.endswith("count")}
     with atomic_directory(destination) as staging:
-        for name in ("config.json", "model.safetensors", RECIPE_FILE):
+        for name in ("config.json", "model.safetensors"):
             shutil.copyfile(run / "best" / name, staging / name)
+        with atomic_file(staging / RECIPE_FILE, "w") as handle:
+            json.dump(recorded, handle, indent=2)
         write_model_card(
             staging,
             metrics=metrics,

@@ -9,17 +9,17 @@ stored parameters differ from the requested ones is reported, never silently use
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from .._io import atomic_file
 
 #: Environment variable naming the cache root (default ``~/.cache/aimle_zoo``).
 CACHE_ENV = "AIMLE_ZOO_CACHE"
@@ -45,37 +45,11 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write a file atomically: ``write`` fills a temporary file that then replaces ``path``.
 
-    On any failure inside ``write`` the temporary file is removed and ``path`` is untouched.
+    On any failure inside ``write`` the temporary file is removed and ``path`` is untouched
+    (:func:`aimle_zoo._io.atomic_file`).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed explicitly before the rename
-        mode="wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(handle.name)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable on POSIX file systems (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_file(path, "wb") as handle:
+        write(handle)
 
 
 def params_digest(params: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -336,6 +337,20 @@ _add(
         model="discrete_vae",
         description="Discrete VAE on MNIST, 20 groups of 10-of-20 codes, central AIMLE, S = 10",
         build_data=_mnist_images,
+        train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
+        imle_lambda=10.0,
+    )
+)
+_add(
+    Recipe(
+        name="dvae-mnist-ref",
+        model="discrete_vae",
+        description=(
+            "dvae-mnist with the reference code's effective objective: KL weight 1/√S "
+            "(its √S-inflated estimator gradient, spec §1.4)"
+        ),
+        build_data=_mnist_images,
+        model_kwargs={"kl_weight": 1 / math.sqrt(10)},
         train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
         imle_lambda=10.0,
     )

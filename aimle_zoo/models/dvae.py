@@ -8,7 +8,12 @@ binarised (like the reference), and are the BCE targets.
 Loss per instance: BCE-with-logits summed over the 784 pixels and over the N latent samples,
 plus KL = Σ_{groups, j} q_j log(q_j·n) with q = softmax of the group's logits (the KL from the
 encoder's categorical to the uniform one, as in the reference, although the code is k-of-n);
-the training loss is its batch mean.
+the training loss is its batch mean. ``kl_weight`` w scales the KL in the training loss only
+(Σ_s BCE_s + w·KL); evaluation always reports the unweighted terms. w = 1 is the ELBO. The
+reference code trains, in effect, with w = 1/√S: its adaptive target perturbs with a λ √S times
+larger than the one it divides the gradient by (spec §1.4), so the BCE gradient reaching the
+encoder through the estimator is √S times too large while the KL gradient is not. Recipe
+``dvae-mnist-ref`` reproduces that weighting with a correct estimator.
 
 Evaluation runs in eval mode with the MAP codes (the reference evaluated in training mode with
 sampled codes). :meth:`DiscreteVAE.evaluate_batch` reports the standard negative ELBO
@@ -60,6 +65,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
         groups: m, the number of code groups.
         group_size: n, the size of each group.
         k: ones per group.
+        kl_weight: w >= 0, the weight of the KL term in the training loss (1: the ELBO).
         estimator: estimator name or config dict; ``None`` is the reference recipe (central
             AIMLE, S = 10, SoG(k = 10, s = 10) noise, τ = 1, adaptive β₀ = 0, η = 1e-3, c = 10).
     """
@@ -71,6 +77,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
         groups: int = 20,
         group_size: int = 20,
         k: int = 10,
+        kl_weight: float = 1.0,
         estimator: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -79,6 +86,12 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
                 f"{type(self).__name__}: k must be an integer in [1, {group_size}] "
                 f"(at most group_size), got {k!r}"
             )
+        if not (isinstance(kl_weight, int | float) and 0 <= kl_weight < math.inf):
+            raise ValueError(
+                f"{type(self).__name__}: kl_weight must be a finite number >= 0 (1 is the "
+                f"ELBO), got {kl_weight!r}"
+            )
+        self.kl_weight = float(kl_weight)
         self.input_dim = input_dim
         self.groups = groups
         self.group_size = group_size
@@ -150,10 +163,10 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
         return bce.sum(dim=2).flatten(), code_kl(logits), samples
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        """mean_b [Σ_s BCE_bs + KL_b]. ``batch = images [B, 784]`` or ``(images[, labels])``."""
+        """mean_b [Σ_s BCE_bs + w·KL_b]. ``batch = images [B, 784]`` or ``(images[, labels])``."""
         images = self._batch_images(batch, "training_loss")
         bce, kl, samples = self._terms(images)
-        loss = (bce.reshape(-1, samples).sum(dim=1) + kl).mean()
+        loss = (bce.reshape(-1, samples).sum(dim=1) + self.kl_weight * kl).mean()
         return loss, {"bce": float(bce.detach().mean()), "kl": float(kl.detach().mean())}
 
     def _batch_images(self, batch: Any, where: str) -> Tensor:

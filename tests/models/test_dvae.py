@@ -74,6 +74,31 @@ def test_training_loss_sums_bce_over_samples_and_adds_kl_once() -> None:
     assert logs["bce"] == pytest.approx(bce.mean(), rel=1e-5)
 
 
+@pytest.mark.parametrize("kl_weight", [0.0, 1 / math.sqrt(10), 2.5])
+def test_kl_weight_scales_the_training_kl_but_not_the_evaluation(kl_weight: float) -> None:
+    plain = tiny_model("discrete_vae", estimator={"name": "ste", "noise": None})
+    weighted = tiny_model(
+        "discrete_vae", estimator={"name": "ste", "noise": None}, kl_weight=kl_weight
+    )
+    weighted.load_state_dict(plain.state_dict())
+    (images,) = make_batch("discrete_vae", plain, 6)
+    with torch.no_grad():
+        logits = plain.encode(images).numpy()
+        reconstruction = plain.decode(torch.from_numpy(_numpy_topk_codes(logits, 2)).float())
+    bce = _numpy_bce(reconstruction.numpy(), images.numpy())
+    loss, _ = weighted.train().training_loss(images)
+    assert loss.item() == pytest.approx((bce + kl_weight * _numpy_kl(logits)).mean(), rel=1e-5)
+    expected = plain.evaluate_batch(images)
+    for key, value in weighted.evaluate_batch(images).items():
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan, "1"])
+def test_kl_weight_must_be_a_finite_non_negative_number(bad: object) -> None:
+    with pytest.raises(ValueError, match="kl_weight must be a finite number >= 0"):
+        tiny_model("discrete_vae", kl_weight=bad)
+
+
 def test_evaluation_reports_both_conventions() -> None:
     samples = 4
     model = tiny_model("discrete_vae", estimator={"name": "ste", "noise": None, "samples": samples})

@@ -46,8 +46,6 @@ from ._base import (
     check_count,
     check_temperature,
     combine_differences,
-    expand_samples,
-    perturb,
     scaled_noise,
 )
 from .noise import NoiseLike, make_noise
@@ -61,9 +59,9 @@ class _AIMLEFunction(torch.autograd.Function):
     def forward(
         ctx: Any, theta: Tensor, estimator: AIMLE, solver: SolverFunction, minimize: bool
     ) -> Tensor:
-        theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
-        eps = estimator._sample_noise(estimator.noise, theta_tiled)  # [B·N, *S]
-        z = call_solver(solver, perturb(theta_tiled, eps, estimator.input_temperature))
+        theta_tiled, eps, z = estimator._perturb_and_map(
+            solver, theta, estimator.noise, estimator.input_temperature
+        )  # [B·N, *S] each
         ctx.estimator, ctx.solver, ctx.minimize = estimator, solver, minimize
         ctx.batch = theta.shape[0]
         reused = z if estimator.reuses_forward_sample else None

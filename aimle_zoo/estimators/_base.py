@@ -217,6 +217,17 @@ class Estimator(nn.Module):
             like.shape, device=like.device, dtype=like.dtype, generator=self.generator
         )
 
+    def _perturb_and_map(
+        self, solver: SolverFunction, theta: Tensor, noise: Noise | None, temperature: float
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """The forward sample: θ tiled N times, its noise ε and z = MAP(θ + τ·ε).
+
+        ``theta [B, *S]`` → ``(θ [B·N, *S], ε [B·N, *S] or None, z [B·N, *S])``.
+        """
+        theta_tiled = expand_samples(theta, self.samples)  # [B·N, *S]
+        eps = self._sample_noise(noise, theta_tiled)  # [B·N, *S]
+        return theta_tiled, eps, call_solver(solver, perturb(theta_tiled, eps, temperature))
+
     def _record(self, gradient: Tensor, step: Tensor | None) -> None:
         """Keep λ and the gradient's non-zero fraction for :meth:`diagnostics` (no sync)."""
         self.last_lambda = None if step is None else step.detach()

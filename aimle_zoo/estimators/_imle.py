@@ -51,9 +51,9 @@ class _IMLEFunction(torch.autograd.Function):
     def forward(
         ctx: Any, theta: Tensor, estimator: IMLE, solver: SolverFunction, minimize: bool
     ) -> Tensor:
-        theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
-        eps = estimator._sample_noise(estimator.noise, theta_tiled)  # [B·N, *S]
-        z = call_solver(solver, perturb(theta_tiled, eps, estimator.input_temperature))
+        _, eps, z = estimator._perturb_and_map(
+            solver, theta, estimator.noise, estimator.input_temperature
+        )  # [B·N, *S] each
         ctx.estimator, ctx.solver, ctx.minimize = estimator, solver, minimize
         ctx.save_for_backward(theta, eps, z)
         return z

@@ -17,11 +17,8 @@ from torch.autograd.function import once_differentiable
 from ._base import (
     Estimator,
     SolverFunction,
-    call_solver,
     check_temperature,
-    expand_samples,
     mean_over_samples,
-    perturb,
 )
 from .noise import NoiseLike, make_noise
 
@@ -33,10 +30,9 @@ class _STEFunction(torch.autograd.Function):
     def forward(
         ctx: Any, theta: Tensor, estimator: STE, solver: SolverFunction, minimize: bool
     ) -> Tensor:
-        theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
-        eps = estimator._sample_noise(estimator.noise, theta_tiled)
         ctx.estimator, ctx.minimize = estimator, minimize
-        return call_solver(solver, perturb(theta_tiled, eps, estimator.temperature))
+        _, _, z = estimator._perturb_and_map(solver, theta, estimator.noise, estimator.temperature)
+        return z  # [B·N, *S]
 
     @staticmethod
     @once_differentiable

@@ -290,6 +290,15 @@ def _l2x_tabular_aimle(k: int) -> dict[str, Any]:
 
 _L2X_SYNTHETIC_K = {"xor": 2, "orange_skin": 4, "nonlinear_additive": 4, "switch": 5}
 
+#: Adam weight decay of the synthetic L2X recipes. Without it the selector's logits grow once
+#: the predictor saturates: λ = β‖θ‖/‖dy‖ climbs from ~1e3 to 1e5–1e8 within 10 epochs, the
+#: Adam-normalised AIMLE steps follow noise in dy, and the selection drifts away from the
+#: relevant features (orange skin: precision 0.98 after epoch 1, 0.69 after epoch 10). With
+#: 1e-3 the 10-epoch test median ranks go from 4.01 / 3.54 / 4.50 to 3.40 / 2.50 / 4.51 and
+#: the precisions from 0.69 / 0.62 / 0.61 to 0.85 / 0.75 / 0.70 (orange skin, nonlinear
+#: additive, switch), at the same accuracy.
+_L2X_SYNTHETIC_WEIGHT_DECAY = 1e-3
+
 RECIPES: dict[str, Recipe] = {}
 
 
@@ -305,7 +314,13 @@ for _name, _k in _L2X_SYNTHETIC_K.items():
             description=f"L2X on the {_name.replace('_', ' ')} synthetic benchmark (k = {_k})",
             build_data=_synthetic(_name),  # type: ignore[arg-type]
             model_kwargs={"input_dim": 10, "k": _k},
-            train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, select_metric="loss"),
+            train=TrainConfig(
+                epochs=10,
+                batch_size=100,
+                lr=1e-3,
+                weight_decay=_L2X_SYNTHETIC_WEIGHT_DECAY,
+                select_metric="loss",
+            ),
             imle_lambda=10.0,
             aimle=_l2x_tabular_aimle(_k),
         )

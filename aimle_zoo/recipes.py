@@ -93,6 +93,7 @@ class Recipe:
     imle_lambda: float = 10.0
     smoke_model_kwargs: dict[str, Any] = field(default_factory=dict)
     aimle: dict[str, Any] | None = None  # the task's AIMLE config when not the model default
+    test_options: dict[str, Any] = field(default_factory=dict)  # evaluate_batch kwargs, test
 
     def estimator_config(self, variant: str) -> dict[str, Any] | None:
         """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
@@ -354,6 +355,7 @@ _add(
         build_data=_mnist_images,
         train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
         imle_lambda=10.0,
+        test_options={"reference_test_loss": True},
     )
 )
 _add(
@@ -368,6 +370,7 @@ _add(
         model_kwargs={"kl_weight": 1 / math.sqrt(10)},
         train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
         imle_lambda=10.0,
+        test_options={"reference_test_loss": True},
     )
 )
 for _t, _lr, _steps in ((10, 1e-4, 9), (20, 5e-4, 10)):
@@ -446,7 +449,11 @@ def run_training(
     if is_main_process() and result.best_dir.exists():
         best = type(model).from_pretrained(result.best_dir).to(config.device)
         test_metrics = evaluate(
-            best, task.test, batch_size=config.eval_batch_size, device=config.device
+            best,
+            task.test,
+            batch_size=config.eval_batch_size,
+            device=config.device,
+            options=recipe.test_options,
         )
         with atomic_file(Path(out_dir) / "test_metrics.json", "w") as handle:
             json.dump(test_metrics, handle, indent=2)
@@ -464,7 +471,8 @@ def run_evaluation(
     device: str = "cpu",
     limit: int | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``model`` on a split of recipe ``name`` (eval mode, MAP latent)."""
+    """Metrics of ``model`` on a split of recipe ``name`` (eval mode, MAP latent; on the test
+    split also the recipe's ``test_options`` metrics)."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     recipe = get_recipe(name)
@@ -474,7 +482,11 @@ def run_evaluation(
         dataset = _head(dataset, limit)
     model.to(device)
     return evaluate(
-        model, dataset, batch_size=batch_size or recipe.train.eval_batch_size, device=device
+        model,
+        dataset,
+        batch_size=batch_size or recipe.train.eval_batch_size,
+        device=device,
+        options=recipe.test_options if split == "test" else None,
     )
 
 

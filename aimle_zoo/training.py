@@ -194,17 +194,28 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = False,
     description: str = "evaluate",
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Metrics of ``model`` on ``dataset`` in eval mode (noise-free MAP latent)."""
+    """Metrics of ``model`` on ``dataset`` in eval mode (noise-free MAP latent).
+
+    ``options`` are keyword arguments of ``model.evaluate_batch`` (e.g. the discrete VAE's
+    ``reference_test_loss=True``, which samples codes). The evaluation draws its random numbers
+    from a generator state seeded with ``seed`` and restored afterwards, so sampled metrics are
+    reproducible and the caller's random stream is untouched.
+    """
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     device = torch.device(device)
+    devices = [device] if device.type == "cuda" else []
     try:
-        batches = [
-            model.evaluate_batch(move_to(batch, device))  # type: ignore[operator]
-            for batch in tqdm(loader, desc=description, disable=not progress, leave=False)
-        ]
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            torch.manual_seed(seed)
+            batches = [
+                model.evaluate_batch(move_to(batch, device), **(options or {}))  # type: ignore[operator]
+                for batch in tqdm(loader, desc=description, disable=not progress, leave=False)
+            ]
     finally:
         model.train(was_training)
     return reduce_metrics(model, batches)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from aimle_zoo.recipes import (
     get_recipe,
     list_recipes,
     read_recipe,
+    run_evaluation,
     run_training,
 )
 from aimle_zoo.training import TrainConfig, seed_everything, train
@@ -79,6 +81,25 @@ def test_smoke_training(name: str, estimator: str, tmp_path: Path) -> None:
     test_metrics = json.loads((out / "test_metrics.json").read_text())
     assert test_metrics and all(v == v for v in test_metrics.values())  # no NaN
     assert read_recipe(result.best_dir) == {"recipe": name, "estimator": estimator, "smoke": True}
+
+
+@pytest.mark.parametrize("name", ["dvae-mnist", "dvae-mnist-ref"])
+def test_dvae_test_metrics_include_the_reference_sampled_loss_reproducibly(
+    name: str, tmp_path: Path
+) -> None:
+    options = _options(name, tmp_path)
+    model = get_recipe(name).build_model()
+    torch.manual_seed(123)
+    caller_stream = torch.rand(3)
+    torch.manual_seed(123)
+    first = run_evaluation(model, name, split="test", data_options=options)
+    second = run_evaluation(model, name, split="test", data_options=options)
+    assert torch.equal(torch.rand(3), caller_stream)  # the evaluation left the RNG alone
+    assert first == second  # sampled codes, but from a seeded stream
+    sampled, map_loss = first["sampled_reference_loss"], first["reference_loss"]
+    assert math.isfinite(sampled) and sampled != map_loss
+    valid = run_evaluation(model, name, split="valid", data_options=options)
+    assert "sampled_reference_loss" not in valid  # only the test split pays for sampling
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:

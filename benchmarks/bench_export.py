@@ -7,7 +7,9 @@ repeated rounds; the rounds of eager PyTorch, TorchScript and onnxruntime altern
 ratio compares timings taken in the same run under the same machine load. Eager PyTorch runs
 the same inference path as the exports, in eval mode under ``torch.inference_mode``.
 onnxruntime is timed on ``InferenceSession.run`` (the runner's input checks add a few
-microseconds per call).
+microseconds per call). ``ORT up to θ`` times the split export (the network before the solver);
+for a model whose solver is its last step (the grid model), eager / that time is the largest
+speed-up onnxruntime could reach with a free solver.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def bench_model(name: str, folder: Path, repeats: int) -> tuple[list[object], li
     path = inference_path(model)
     scripted = to_torchscript(model, folder / f"{name}.pt")
     exported = to_onnx(model, folder / f"{name}.onnx")
+    theta = to_onnx(model, folder / f"{name}-theta.onnx", split=True)
     loaded = TorchScriptModel(scripted.path).module
     session = OnnxRunner(exported.path, threads=1, providers=["CPUExecutionProvider"]).session
+    theta_session = OnnxRunner(theta.path, threads=1, providers=["CPUExecutionProvider"]).session
     parameters = sum(p.numel() for p in model.parameters())
     export_row: list[object] = [
         name,
@@ -54,7 +58,8 @@ def bench_model(name: str, folder: Path, repeats: int) -> tuple[list[object], li
         scripted.size_bytes / 1e6,
     ]
     rows = [
-        _latency_row(name, batch, model, path, loaded, session, repeats) for batch in BATCH_SIZES
+        _latency_row(name, batch, model, path, loaded, (session, theta_session), repeats)
+        for batch in BATCH_SIZES
     ]
     return export_row, rows
 
@@ -65,21 +70,24 @@ def _latency_row(
     model: ZooModel,
     path: InferencePath,
     loaded: torch.jit.ScriptModule,
-    session: InferenceSession,
+    sessions: tuple[InferenceSession, InferenceSession],
     repeats: int,
 ) -> list[object]:
-    """Eager, TorchScript and onnxruntime milliseconds per call at one batch size."""
+    """Eager, TorchScript and onnxruntime milliseconds per call at one batch size, and
+    onnxruntime up to θ (the split export: the network before the solver)."""
     inputs = tuple(model.example_inputs(batch))
     feed = {spec.name: value.numpy() for spec, value in zip(path.inputs, inputs, strict=True)}
-    timings: list[list[float]] = [[], [], []]
+    session, theta_session = sessions
+    timings: list[list[float]] = [[], [], [], []]
     with torch.inference_mode():
-        for _ in range(repeats):  # interleaved rounds: all three see the same machine load
+        for _ in range(repeats):  # interleaved rounds: all four see the same machine load
             timings[0].append(best_time(lambda: as_tuple(path.module(*inputs)), repeats=1))
             timings[1].append(best_time(lambda: loaded(*inputs), repeats=1))
             timings[2].append(best_time(lambda: session.run(None, feed), repeats=1))
-    eager_s, script_s, ort_s = (min(rounds) for rounds in timings)
+            timings[3].append(best_time(lambda: theta_session.run(None, feed), repeats=1))
+    eager_s, script_s, ort_s, theta_s = (min(rounds) for rounds in timings)
     speed_ups = [f"{eager_s / script_s:.2f}x", f"{eager_s / ort_s:.2f}x"]
-    return [name, batch, eager_s * 1e3, script_s * 1e3, ort_s * 1e3, *speed_ups]
+    return [name, batch, eager_s * 1e3, script_s * 1e3, ort_s * 1e3, *speed_ups, theta_s * 1e3]
 
 
 def main() -> None:
@@ -103,6 +111,7 @@ def main() -> None:
         "onnxruntime",
         "TS speed-up",
         "ORT speed-up",
+        "ORT up to θ",
     ]
     print_table(header, latency_rows)
     print("\nExport (seconds, including the check against eager PyTorch) and file size (MB)\n")

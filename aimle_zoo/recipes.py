@@ -373,7 +373,10 @@ _add(
         test_options={"reference_test_loss": True},
     )
 )
-for _t, _lr, _steps in ((10, 1e-4, 9), (20, 5e-4, 10)):
+# Learning rates: 5e-4 for both T, the reference's T = 10 central and T = 20 settings. Its
+# T = 10 forward setting, 1e-4, needs its whole 128 epochs: on this data it had reached edge
+# accuracy 0.765 after 6 epochs, where 5e-4 reaches 0.80 after one.
+for _t, _lr, _steps in ((10, 5e-4, 9), (20, 5e-4, 10)):
     _add(
         Recipe(
             name=f"nri-t{_t}",

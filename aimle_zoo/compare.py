@@ -11,6 +11,7 @@ resumes where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,16 +73,25 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
 
 def plot_curves(
     results: dict[str, dict[str, Any]], metric: str, path: Path, *, title: str = ""
-) -> None:
-    """Validation ``metric`` per epoch, one line per estimator (PNG, written atomically)."""
+) -> Figure:
+    """Validation ``metric`` per epoch, one line per estimator (PNG, written atomically).
+
+    The y axis is logarithmic when the values are positive and span more than a factor of 3
+    (a failed estimator then does not flatten the others' curves).
+    """
     figure = Figure(figsize=(6, 3.6))
     axis = figure.subplots()
+    finite: list[float] = []
     for name, result in results.items():
         values = [epoch.get(metric, float("nan")) for epoch in result["curve"]]
         axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+        finite += [value for value in values if math.isfinite(value)]
+    if finite and min(finite) > 0 and max(finite) > 3 * min(finite):
+        axis.set_yscale("log")
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"validation {metric}")
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8)
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    return figure

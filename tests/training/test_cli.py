@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aimle_zoo.cli import app
+from aimle_zoo.compare import plot_curves
 from aimle_zoo.data import CACHE_ENV
 
 
@@ -50,3 +51,18 @@ def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "Did you mean 'dvae-mnist'" in str(result.exception)
     result = CliRunner().invoke(app, ["compare", "l2x-xor", "--estimators", "aimle,magic"])
     assert result.exit_code != 0 and "magic" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("curves", "scale"), [((70.0, 80.0, 240.0), "log"), ((0.4, 0.7), "linear")]
+)
+def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
+    curves: tuple[float, ...], scale: str, tmp_path: Path
+) -> None:
+    results = {
+        f"estimator-{index}": {"curve": [{"loss": value}, {"loss": float("nan")}]}
+        for index, value in enumerate(curves)
+    }
+    figure = plot_curves(results, "loss", tmp_path / "curves.png")
+    assert figure.axes[0].get_yscale() == scale
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -219,9 +219,8 @@ def solver_batches(estimator: AIMLE, theta: Tensor) -> list[Tensor]:
     return [tiled, backward]
 
 
-def breakdown(model: ZooModel, batch: Batch, repeats: int) -> tuple[float, float]:
-    """Seconds of one noise draw and of the solver calls of one step of ``model``."""
-    theta, _ = latent_io(model, batch)
+def breakdown(model: ZooModel, theta: Tensor, repeats: int) -> tuple[float, float]:
+    """Seconds of one noise draw and of the solver calls of one step of ``model`` at θ."""
     layer = model.latent_layer
     estimator = layer.estimator
     assert isinstance(estimator, AIMLE)
@@ -236,7 +235,7 @@ def breakdown(model: ZooModel, batch: Batch, repeats: int) -> tuple[float, float
     return noise_time, solver_time
 
 
-def lower_bound(model: ZooModel, batch: Batch, repeats: int) -> float | None:
+def lower_bound(model: ZooModel, theta: Tensor, repeats: int) -> float | None:
     """Seconds of the least a top-k AIMLE step must add to the networks, or ``None``.
 
     That is a raw ``torch.topk`` (no tie rule, no output mask) on the same solver batches plus
@@ -247,7 +246,6 @@ def lower_bound(model: ZooModel, batch: Batch, repeats: int) -> float | None:
     spec = solver_spec(layer.solver)
     if spec is None or spec.name != "topk":
         return None
-    theta, _ = latent_io(model, batch)
     estimator = layer.estimator
     assert isinstance(estimator, AIMLE)
     k = int(layer.solver.params["k"])
@@ -297,9 +295,10 @@ def main() -> None:
                 f"{reference_time / ours_time:.1f}x",
             ]
         )
-        noise_time, solver_time = breakdown(model, batch, rounds * repeats)
+        theta, _ = latent_io(model, batch)  # [B, *S], the latent layer's input
+        noise_time, solver_time = breakdown(model, theta, rounds * repeats)
         rest = ours_time - networks_time - noise_time - solver_time
-        bound = lower_bound(model, batch, rounds * repeats)
+        bound = lower_bound(model, theta, rounds * repeats)
         split_rows.append(
             [
                 case.label,

@@ -250,6 +250,7 @@ def _expand_elu(proto: onnx.ModelProto) -> None:
         for value in (*inferred.graph.value_info, *inferred.graph.input)
     }
     graph = proto.graph
+    zero, one = "elu_expanded_zero", "elu_expanded_one"  # shared float32 constants
     rewritten: list[onnx.NodeProto] = []
     for node in graph.node:
         alpha = next((a.f for a in node.attribute if a.name == "alpha"), 1.0)
@@ -263,16 +264,18 @@ def _expand_elu(proto: onnx.ModelProto) -> None:
             continue
         (value,), (out,) = node.input, node.output
         stem = f"{node.name or out}_expanded"
-        for suffix, constant in (("zero", 0.0), ("one", 1.0)):
-            array = np.array(constant, dtype=np.float32)
-            graph.initializer.append(onnx.numpy_helper.from_array(array, f"{stem}_{suffix}"))
         make = onnx.helper.make_node
         rewritten += [
-            make("Min", [value, f"{stem}_zero"], [f"{stem}_negative"], f"{stem}_min"),
+            make("Min", [value, zero], [f"{stem}_negative"], f"{stem}_min"),
             make("Exp", [f"{stem}_negative"], [f"{stem}_exp"], f"{stem}_exp"),
-            make("Sub", [f"{stem}_exp", f"{stem}_one"], [f"{stem}_expm1"], f"{stem}_sub"),
+            make("Sub", [f"{stem}_exp", one], [f"{stem}_expm1"], f"{stem}_sub"),
             make("Max", [value, f"{stem}_expm1"], [out], f"{stem}_max"),
         ]
+    if len(rewritten) == len(graph.node):
+        return  # no Elu to expand
+    for name, constant in ((zero, 0.0), (one, 1.0)):
+        array = np.array(constant, dtype=np.float32)
+        graph.initializer.append(onnx.numpy_helper.from_array(array, name))
     del graph.node[:]
     graph.node.extend(rewritten)
 

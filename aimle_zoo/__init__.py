@@ -21,6 +21,7 @@ from .estimators import (
     Gaussian as Gaussian,
     Gumbel as Gumbel,
     PerturbedOptimizer as PerturbedOptimizer,
+    Relaxed as Relaxed,
     SumOfGamma as SumOfGamma,
     aimle as aimle,
     blackbox as blackbox,

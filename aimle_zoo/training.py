@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     select_metric: str = "loss"
-    select_mode: Literal["min", "max"] = "min"
+    select_mode: Literal["min", "max", "last"] = "min"  # "last": best/ is the last epoch
     max_steps_per_epoch: int | None = None  # smoke runs: cut every epoch short
     checkpoint_every: int | None = None  # also rewrite last/ every this many steps
     shuffle: bool = True
@@ -222,6 +222,8 @@ def evaluate(
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if mode == "last":
+        return True
     if math.isnan(value):
         return False
     return best is None or (value < best if mode == "min" else value > best)

@@ -6,6 +6,8 @@
 * :class:`STE`: straight-through estimator over perturb-and-MAP.
 * :class:`PerturbedOptimizer`: perturbed optimizers (Berthet et al., 2020).
 * :class:`Blackbox`: blackbox differentiation (Vlastelica et al., 2020).
+* :class:`Relaxed`: backpropagation through a continuous relaxation of the solver
+  (Gumbel-softmax, continuous top-k, stochastic softmax tricks), the classic baselines.
 
 Every estimator maps θ ``[B, *S]`` to ``[B·N, *S]`` solutions, sample-minor (see
 :func:`expand_samples`). :class:`DifferentiableSolver` composes a solver and an estimator into a
@@ -23,6 +25,11 @@ from ._base import (
 from ._blackbox import Blackbox as Blackbox
 from ._imle import IMLE as IMLE
 from ._perturbed import PerturbedOptimizer as PerturbedOptimizer
+from ._relaxed import (
+    Relaxation as Relaxation,
+    RelaxationError as RelaxationError,
+    Relaxed as Relaxed,
+)
 from ._ste import STE as STE
 from .decorators import (
     DifferentiableFunction as DifferentiableFunction,

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..solvers import get_solver
 from ._aimle import AIMLE
 from ._base import Estimator, SolverFunction
+from ._relaxed import Relaxed
 from .registry import build_estimator
 
 __all__ = ["DifferentiableSolver"]
@@ -69,6 +70,8 @@ class DifferentiableSolver(nn.Module):
                 "estimator must be an Estimator, an estimator name or None, "
                 f"got {type(estimator).__name__}"
             )
+        if isinstance(estimator, Relaxed):
+            estimator.relaxation_of(solver)  # fail now, not at the first training step
         self.solver = solver
         self.estimator = estimator
 

@@ -12,12 +12,13 @@ from ._base import Estimator
 from ._blackbox import Blackbox
 from ._imle import IMLE
 from ._perturbed import PerturbedOptimizer
+from ._relaxed import Relaxed
 from ._ste import STE
 
 __all__ = ["UnknownEstimatorError", "build_estimator", "list_estimators"]
 
 _ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (AIMLE, IMLE, STE, PerturbedOptimizer, Blackbox)
+    cls.name: cls for cls in (AIMLE, IMLE, STE, PerturbedOptimizer, Blackbox, Relaxed)
 }
 
 

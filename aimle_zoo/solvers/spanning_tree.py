@@ -242,6 +242,60 @@ def _validate_mask(mask: object, solver: str) -> Tensor | None:
     return mask.clone()
 
 
+def _log_tree_partition(log_weights: Tensor, floor: Tensor) -> Tensor:
+    """``log Σ_T Π_{(i,j) in T} exp(s_ij)`` for ``s [B, n, n]`` (lower triangle read) → ``[B]``.
+
+    Kron reduction in log space: eliminating vertex k (n − 1 down to 1, vertex 0 kept) adds
+    ``log d_k`` with ``d_k = Σ_{j<k} e^{s_kj}`` and joins its neighbours through it,
+    ``e^{s_ij} ← e^{s_ij} + e^{s_ik} e^{s_kj} / d_k``. Every step only adds positive terms, so
+    unlike a determinant of the Laplacian nothing cancels, at any spread of the weights.
+    Entries at ``floor [B, 1, 1]`` stand for absent edges (their exponential underflows to 0).
+    """
+    n = log_weights.shape[-1]
+    total = log_weights.new_zeros(log_weights.shape[0])  # [B]
+    current = log_weights
+    for k in range(n - 1, 0, -1):
+        row = current[:, k, :k]  # [B, k] edges from k to the vertices still in the network
+        log_degree = torch.logsumexp(row, dim=1)  # [B]
+        total = total + log_degree
+        through = row.unsqueeze(2) + row.unsqueeze(1) - log_degree[:, None, None]  # [B, k, k]
+        joined = torch.logsumexp(torch.stack((current[:, :k, :k], through)), dim=0)
+        diagonal = torch.eye(k, dtype=torch.bool, device=row.device)
+        current = torch.where(diagonal, floor, joined)
+    return total
+
+
+def spanning_tree_marginals(
+    weights: Tensor, temperature: float, mask: Tensor | None = None
+) -> Tensor:
+    """Edge marginals of the Gibbs distribution over spanning trees: ``w [B, n, n] -> μ [B, n, n]``.
+
+    For ``p(T) ∝ exp(Σ_{(i,j) in T} w_ij / τ)`` over the spanning trees T using allowed edges,
+    ``μ_ij = P((i, j) in T)``: symmetric, zero diagonal, the upper triangle summing to the
+    n − 1 edges of a tree. ``μ = ∂ log Z / ∂(w / τ)`` with the partition function Z of the
+    matrix-tree theorem, computed by :func:`_log_tree_partition` in float64 (exact to rounding
+    at any spread of ``w / τ``; a Laplacian determinant loses all accuracy once the spread
+    passes ~40). This is the exponential-family relaxation of the stochastic softmax tricks
+    (Paulus et al., 2020); as τ → 0 it tends to the maximum spanning tree. Reads the lower
+    triangle of ``w`` (pass symmetric weights), returns w's dtype, differentiable in w.
+    """
+    n = weights.shape[-1]
+    if n == 1:
+        return torch.zeros_like(weights)
+    allowed = ~torch.eye(n, dtype=torch.bool, device=weights.device)  # [n, n]
+    if mask is not None:
+        allowed = torch.logical_and(allowed, mask.to(weights.device))  # [n, n] or [B, n, n]
+    with torch.enable_grad():
+        scaled = weights.double() / temperature  # [B, n, n]
+        if not scaled.requires_grad:
+            scaled.requires_grad_(True)
+        lowest = torch.where(allowed, scaled, torch.inf).amin(dim=(1, 2), keepdim=True)
+        floor = (lowest - 1000.0).detach()  # [B, 1, 1] e^(floor - s) == 0 in float64
+        log_z = _log_tree_partition(torch.where(allowed, scaled, floor), floor)  # [B]
+        (lower,) = torch.autograd.grad(log_z.sum(), scaled, create_graph=weights.requires_grad)
+    return (lower + lower.transpose(1, 2)).to(weights.dtype)
+
+
 def _tree_weight(theta: Tensor, z: Tensor) -> Tensor:
     """Tree weight ``Σ_{(i, j) in T} w_ij = <w, z> / 2`` per instance: ``[B, n, n] -> [B]``."""
     return (theta * z).sum(dim=(1, 2)) / 2
@@ -327,6 +381,17 @@ class SpanningTree(Solver):
         return _parents_to_adjacency(parent, theta.dtype)
 
     @torch.jit.unused
+    def relax(self, theta: Tensor, temperature: float) -> Tensor:
+        """Smooth surrogate of :meth:`forward`: :func:`spanning_tree_marginals` at τ."""
+        self._check_input(theta)
+        if self.symmetrize:
+            theta = (theta + theta.transpose(1, 2)) / 2  # [B, n, n]
+        if self.mask is not None:
+            self._check_connected(_prim_parents(theta.detach(), self.maximum, self.mask))
+        signed = theta if self.maximum else -theta
+        return spanning_tree_marginals(signed, temperature, self.mask)
+
+    @torch.jit.unused
     def _check_input(self, theta: Tensor) -> None:
         if _input_checks_enabled():
             name = self._solver_name()
@@ -399,6 +464,14 @@ class SpanningTreeEdges(Solver):
         weights = (scores + scores.transpose(1, 2)) / 2  # [B, n, n]
         parent = _prim_parents(weights, True, None)  # [B, n]
         return _matrix_to_edges(_parents_to_adjacency(parent, theta.dtype))
+
+    @torch.jit.unused
+    def relax(self, theta: Tensor, temperature: float) -> Tensor:
+        """Smooth surrogate of :meth:`forward`: tree-edge marginals ``[B, n(n-1)]`` at τ."""
+        self._check_input(theta)
+        scores = _edges_to_matrix(theta, num_nodes_from_edges(theta.shape[-1]))  # [B, n, n]
+        weights = (scores + scores.transpose(1, 2)) / 2
+        return _matrix_to_edges(spanning_tree_marginals(weights, temperature))
 
     @torch.jit.unused
     def _check_input(self, theta: Tensor) -> None:

@@ -67,6 +67,28 @@ def _topk_threshold(theta: Tensor, k: int) -> Tensor:
     return (theta >= kth).to(theta.dtype)
 
 
+def relaxed_topk(theta: Tensor, k: int, temperature: float) -> Tensor:
+    """Continuous top-k of Xie and Ermon (2019): ``θ [*, n] -> z̃ [*, n]`` ≥ 0 with Σ z̃ = k.
+
+    k rounds of a softmax that removes what the earlier rounds took:
+
+        a⁽ʲ⁾ = softmax(w⁽ʲ⁾ / τ),   w⁽ʲ⁺¹⁾ = w⁽ʲ⁾ + log(1 − a⁽ʲ⁾),   z̃ = Σ_j a⁽ʲ⁾,
+
+    with w⁽¹⁾ = θ. The masking accumulates over the rounds (the published algorithm; a port
+    that resets it every round, as the reference L2X code does, is a bug). As τ → 0, z̃ tends to
+    the top-k indicator; k = 1 is ``softmax(θ / τ)``. At high τ an entry can exceed 1 (each
+    round's soft mask removes only part of what it took). Differentiable in θ.
+    """
+    scores = theta
+    relaxed = torch.zeros_like(theta)
+    tiny = torch.finfo(theta.dtype).tiny
+    for _ in range(k):
+        taken = torch.softmax(scores / temperature, dim=-1)  # [*, n]
+        relaxed = relaxed + taken
+        scores = scores + torch.log((1 - taken).clamp(min=tiny))
+    return relaxed
+
+
 def _topk_objective(theta: Tensor, z: Tensor) -> Tensor:
     """``<θ, z>`` per instance: ``[B, *, n] x [B, *, n] -> [B]``."""
     return (theta * z).flatten(1).sum(dim=1)
@@ -125,6 +147,12 @@ class TopK(Solver):
         if self.ties == "exact":
             return _topk_lowest_index(theta, self.k, branch_on_ties)
         return _topk_threshold(theta, self.k)
+
+    @torch.jit.unused
+    def relax(self, theta: Tensor, temperature: float) -> Tensor:
+        """Smooth surrogate of :meth:`forward`: :func:`relaxed_topk` at temperature τ."""
+        self._check(theta)
+        return relaxed_topk(theta, self.k, temperature)
 
     @torch.jit.unused
     def _check(self, theta: Tensor) -> bool:

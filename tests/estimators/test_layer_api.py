@@ -224,7 +224,7 @@ def test_build_estimator_config_round_trip(config) -> None:
 
 
 def test_build_estimator_by_name_with_overrides() -> None:
-    assert list_estimators() == ["aimle", "imle", "ste", "perturbed", "blackbox"]
+    assert list_estimators() == ["aimle", "imle", "ste", "perturbed", "blackbox", "relaxed"]
     estimator = build_estimator("aimle", samples=3, target=FixedTarget(1.5))
     assert isinstance(estimator, AIMLE) and estimator.samples == 3
     overridden = build_estimator(estimator.config(), symmetric=True)

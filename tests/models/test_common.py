@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from aimle_zoo.estimators import list_estimators
+from aimle_zoo.estimators import RelaxationError, list_estimators
 from aimle_zoo.models import (
     CheckpointMismatchError,
     ModelInputError,
@@ -92,8 +92,19 @@ def test_a_few_training_steps_reduce_the_loss(name: str) -> None:
     assert after < before
 
 
-@pytest.mark.parametrize("estimator", list_estimators())
-@pytest.mark.parametrize("name", MODELS)
+#: Shortest paths have no continuous relaxation, so the "relaxed" estimator skips that model.
+WITHOUT_RELAXATION = {"grid_shortest_path"}
+
+
+@pytest.mark.parametrize(
+    ("name", "estimator"),
+    [
+        (name, estimator)
+        for name in MODELS
+        for estimator in list_estimators()
+        if estimator != "relaxed" or name not in WITHOUT_RELAXATION
+    ],
+)
 def test_every_estimator_trains_every_model(name: str, estimator: str) -> None:
     model = tiny_model(name, estimator=estimator)
     model.train()
@@ -105,6 +116,12 @@ def test_every_estimator_trains_every_model(name: str, estimator: str) -> None:
         assert parameter.grad is not None, parameter_name
         assert torch.isfinite(parameter.grad).all(), parameter_name
     assert model.latent_layer.estimator.config()["name"] == estimator
+
+
+@pytest.mark.parametrize("name", sorted(WITHOUT_RELAXATION))
+def test_a_model_without_a_relaxation_refuses_the_relaxed_estimator(name: str) -> None:
+    with pytest.raises(RelaxationError, match=r"has no continuous relaxation.*relax\(theta"):
+        tiny_model(name, estimator="relaxed")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -1,0 +1,110 @@
+"""The relaxation estimator: Gumbel noise through a solver's continuous relaxation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aimle_zoo.estimators import (
+    DifferentiableSolver,
+    Gumbel,
+    RelaxationError,
+    Relaxed,
+    build_estimator,
+)
+from aimle_zoo.solvers import MinimumSpanningTree, SpanningTreeEdges, TopK, get_solver
+from aimle_zoo.solvers.topk import relaxed_topk
+
+
+def test_without_noise_it_is_the_solvers_relaxation_and_its_exact_gradient() -> None:
+    theta = torch.randn(4, 9, requires_grad=True)
+    weights = torch.randn(4, 9)
+    z = Relaxed(noise=None, temperature=0.3)(TopK(k=3), theta)
+    (z * weights).sum().backward()
+    reference = theta.detach().clone().requires_grad_(True)
+    expected = relaxed_topk(reference, 3, 0.3)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(z, expected)
+    torch.testing.assert_close(theta.grad, reference.grad)
+
+
+def test_the_noise_is_gumbel_added_to_each_tiled_sample() -> None:
+    theta = torch.randn(3, 6, requires_grad=True)
+    estimator = Relaxed(temperature=0.5, samples=4, generator=torch.Generator().manual_seed(1))
+    z = estimator(TopK(k=2), theta)
+    assert z.shape == (12, 6)
+    noise = Gumbel().sample((12, 6), generator=torch.Generator().manual_seed(1))
+    expected = relaxed_topk(theta.detach().repeat_interleave(4, dim=0) + noise, 2, 0.5)
+    torch.testing.assert_close(z.detach(), expected)
+
+
+def test_hard_forwards_the_discrete_solution_and_backpropagates_the_relaxation() -> None:
+    theta = torch.randn(5, 20, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(5, 20, dtype=torch.float64)
+    solver = SpanningTreeEdges()
+    hard = Relaxed(temperature=0.4, hard=True, generator=torch.Generator().manual_seed(7))
+    soft = Relaxed(temperature=0.4, generator=torch.Generator().manual_seed(7))
+    z_hard = hard(solver, theta)
+    (gradient_hard,) = torch.autograd.grad((z_hard * weights).sum(), theta)
+    z_soft = soft(solver, theta)
+    (gradient_soft,) = torch.autograd.grad((z_soft * weights).sum(), theta)
+    generator = torch.Generator().manual_seed(7)
+    noise = Gumbel().sample((5, 20), dtype=torch.float64, generator=generator)
+    torch.testing.assert_close(z_hard.detach(), solver(theta.detach() + noise))
+    torch.testing.assert_close(gradient_hard, gradient_soft)
+    assert not torch.equal(z_hard.detach(), z_soft.detach())
+
+
+def test_a_minimising_solver_gets_the_noise_subtracted() -> None:
+    raw = torch.randn(2, 5, 5, dtype=torch.float64)
+    theta = (raw + raw.transpose(1, 2)) / 2
+    z = Relaxed(temperature=0.6, generator=torch.Generator().manual_seed(3))(
+        MinimumSpanningTree(), theta
+    )
+    generator = torch.Generator().manual_seed(3)
+    noise = Gumbel().sample((2, 5, 5), dtype=torch.float64, generator=generator)
+    torch.testing.assert_close(z, MinimumSpanningTree().relax(theta - noise, 0.6))
+
+
+def test_a_given_relaxation_overrides_the_solvers_and_serves_plain_functions() -> None:
+    def argmax(theta: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(theta.argmax(-1), theta.shape[-1]).to(theta)
+
+    def gumbel_softmax(theta: torch.Tensor, temperature: float) -> torch.Tensor:
+        return torch.softmax(theta / temperature, dim=-1)
+
+    estimator = Relaxed(noise=None, temperature=0.2, relaxation=gumbel_softmax)
+    theta = torch.randn(3, 5)
+    torch.testing.assert_close(estimator(argmax, theta), torch.softmax(theta / 0.2, dim=-1))
+    layer = DifferentiableSolver(argmax, Relaxed(relaxation=gumbel_softmax, hard=True))
+    z = layer(theta)
+    torch.testing.assert_close(z, z.round())  # one-hot up to the straight-through rounding
+    torch.testing.assert_close(z.sum(dim=-1), torch.ones(3))
+
+
+def test_a_solver_without_a_relaxation_is_refused_when_the_layer_is_built() -> None:
+    with pytest.raises(RelaxationError, match="solver 'dijkstra' has no continuous relaxation"):
+        DifferentiableSolver("dijkstra", "relaxed")
+    with pytest.raises(RelaxationError, match=r"pass Relaxed\(relaxation=\.\.\.\)"):
+        Relaxed()(lambda theta: theta.round(), torch.randn(2, 3))
+
+
+def test_a_relaxation_of_the_wrong_shape_is_a_clear_error() -> None:
+    estimator = Relaxed(relaxation=lambda theta, temperature: theta.sum(-1))
+    with pytest.raises(RelaxationError, match=r"returned \(2,\) for input shape \(2, 3\)"):
+        estimator(get_solver("topk", k=1), torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_the_temperature_must_be_positive(temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        Relaxed(temperature=temperature)
+
+
+def test_config_round_trip_and_eval_mode_uses_the_plain_solver() -> None:
+    estimator = Relaxed(temperature=0.25, samples=3, hard=True)
+    rebuilt = build_estimator(estimator.config())
+    assert isinstance(rebuilt, Relaxed) and rebuilt.config() == estimator.config()
+    layer = DifferentiableSolver("topk", rebuilt, k=2).eval()
+    theta = torch.randn(4, 6)
+    assert torch.equal(layer(theta), TopK(k=2)(theta))

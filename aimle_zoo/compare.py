@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
 from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training
@@ -88,10 +89,15 @@ def plot_curves(
         finite += [value for value in values if math.isfinite(value)]
     if finite and min(finite) > 0 and max(finite) > 3 * min(finite):
         axis.set_yscale("log")
+    epochs = max((len(result["curve"]) for result in results.values()), default=0)
+    if epochs <= 12:
+        axis.set_xticks(range(1, epochs + 1))
+    else:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"validation {metric}")
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     return figure

@@ -64,5 +64,8 @@ def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
         for index, value in enumerate(curves)
     }
     figure = plot_curves(results, "loss", tmp_path / "curves.png")
-    assert figure.axes[0].get_yscale() == scale
+    axis = figure.axes[0]
+    assert axis.get_yscale() == scale
+    assert all(tick == int(tick) for tick in axis.get_xticks())  # whole epochs only
+    assert [text.get_text() for text in axis.get_legend().get_texts()] == list(results)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -124,6 +124,20 @@ def test_a_model_without_a_relaxation_refuses_the_relaxed_estimator(name: str) -
         tiny_model(name, estimator="relaxed")
 
 
+@pytest.mark.parametrize("name", sorted(set(MODELS) - WITHOUT_RELAXATION))
+def test_a_relaxed_model_saves_and_loads_its_estimator(name: str, tmp_path: Path) -> None:
+    model = tiny_model(name, estimator={"name": "relaxed", "temperature": 0.3, "hard": True})
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.latent_layer.estimator.config() == {
+        "name": "relaxed",
+        "noise": {"name": "gumbel", "loc": 0.0, "scale": 1.0},
+        "temperature": 0.3,
+        "samples": 1,
+        "hard": True,
+    }
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_straight_through_gradient_reaches_the_network_before_the_latent(name: str) -> None:
     model = tiny_model(name, estimator="ste")

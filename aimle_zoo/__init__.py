@@ -32,6 +32,7 @@ from .estimators import (
     make_noise as make_noise,
     mean_over_samples as mean_over_samples,
     perturbed as perturbed,
+    relaxed as relaxed,
     ste as ste,
 )
 from .hub import (

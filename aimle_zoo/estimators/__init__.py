@@ -12,7 +12,8 @@
 Every estimator maps θ ``[B, *S]`` to ``[B·N, *S]`` solutions, sample-minor (see
 :func:`expand_samples`). :class:`DifferentiableSolver` composes a solver and an estimator into a
 layer that uses the plain solver in eval mode and for export; the decorators (:func:`aimle`,
-:func:`imle`, :func:`ste`, :func:`perturbed`, :func:`blackbox`) wrap a bare function.
+:func:`imle`, :func:`ste`, :func:`perturbed`, :func:`blackbox`, :func:`relaxed`) wrap a bare
+function.
 """
 
 from ._aimle import AIMLE as AIMLE
@@ -37,6 +38,7 @@ from .decorators import (
     blackbox as blackbox,
     imle as imle,
     perturbed as perturbed,
+    relaxed as relaxed,
     ste as ste,
 )
 from .layer import DifferentiableSolver as DifferentiableSolver

@@ -8,6 +8,9 @@ Both forms work::
 
     differentiable_topk = aimle(topk, samples=10)
 
+``relaxed`` also needs the function's continuous relaxation (``relaxation=`` or a ``relax``
+method on the function).
+
 The result is a :class:`DifferentiableFunction`: calling it returns ``[B·N, *S]`` solutions
 and its ``.estimator`` holds the estimator (diagnostics, adaptive state, ``state_dict``).
 ``minimize`` overrides the solver's declared sense (``"max"`` for an undeclared function).
@@ -26,11 +29,12 @@ from ._base import Estimator, SolverFunction
 from ._blackbox import Blackbox
 from ._imle import IMLE
 from ._perturbed import PerturbedOptimizer
+from ._relaxed import Relaxation, Relaxed
 from ._ste import STE
 from .noise import NoiseLike
 from .targets import TargetLike
 
-__all__ = ["DifferentiableFunction", "aimle", "blackbox", "imle", "perturbed", "ste"]
+__all__ = ["DifferentiableFunction", "aimle", "blackbox", "imle", "perturbed", "relaxed", "ste"]
 
 Decorator = Callable[[SolverFunction], "DifferentiableFunction"]
 
@@ -260,3 +264,43 @@ def blackbox(
 ) -> DifferentiableFunction | Decorator:
     """Differentiate ``function`` with blackbox differentiation (:class:`Blackbox`)."""
     return _wrap(function, Blackbox(lambda_=lambda_), minimize)
+
+
+@overload
+def relaxed(
+    function: SolverFunction,
+    *,
+    relaxation: Relaxation | None = ...,
+    noise: NoiseLike = ...,
+    temperature: float = ...,
+    samples: int = ...,
+    hard: bool = ...,
+    minimize: bool | None = ...,
+) -> DifferentiableFunction: ...
+@overload
+def relaxed(
+    function: None = None,
+    *,
+    relaxation: Relaxation | None = ...,
+    noise: NoiseLike = ...,
+    temperature: float = ...,
+    samples: int = ...,
+    hard: bool = ...,
+    minimize: bool | None = ...,
+) -> Decorator: ...
+def relaxed(
+    function: SolverFunction | None = None,
+    *,
+    relaxation: Relaxation | None = None,
+    noise: NoiseLike = "gumbel",
+    temperature: float = 0.5,
+    samples: int = 1,
+    hard: bool = False,
+    minimize: bool | None = None,
+) -> DifferentiableFunction | Decorator:
+    """Differentiate ``function`` through ``relaxation(theta, temperature)`` (:class:`Relaxed`);
+    without one, ``function.relax`` is used."""
+    estimator = Relaxed(
+        noise=noise, temperature=temperature, samples=samples, hard=hard, relaxation=relaxation
+    )
+    return _wrap(function, estimator, minimize)

@@ -108,3 +108,19 @@ def test_config_round_trip_and_eval_mode_uses_the_plain_solver() -> None:
     layer = DifferentiableSolver("topk", rebuilt, k=2).eval()
     theta = torch.randn(4, 6)
     assert torch.equal(layer(theta), TopK(k=2)(theta))
+
+
+def test_the_decorator_wraps_a_plain_function_with_its_relaxation() -> None:
+    from aimle_zoo import relaxed
+
+    def softmax(theta: torch.Tensor, temperature: float) -> torch.Tensor:
+        return torch.softmax(theta / temperature, dim=-1)
+
+    @relaxed(relaxation=softmax, noise=None, temperature=0.25, samples=2)
+    def argmax(theta: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(theta.argmax(-1), theta.shape[-1]).to(theta)
+
+    theta = torch.randn(3, 4)
+    expected = torch.softmax(theta / 0.25, dim=-1).repeat_interleave(2, dim=0)
+    torch.testing.assert_close(argmax(theta), expected)
+    assert argmax.__name__ == "argmax" and argmax.estimator.config()["samples"] == 2

@@ -16,17 +16,23 @@ ParamOpt = Annotated[
 
 
 def list_command() -> None:
-    """List the registered solvers (built-ins and plugins) with their metadata."""
+    """List the registered solvers (built-ins and plugins) with their metadata.
+
+    ``relax``: whether the solver has a continuous relaxation (the ``relaxed`` estimator).
+    """
     names = list_solvers()
-    rows = [("name", "sense", "export", "input", "description")]
+    rows = [("name", "sense", "export", "relax", "input", "description")]
     for name in names:
         spec = get_solver_spec(name)
         exportable = "yes" if spec.exportable else "no"
-        rows.append((name, spec.sense, exportable, spec.input_shape, spec.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        relaxable = "yes" if callable(getattr(spec.factory, "relax", None)) else "no"
+        rows.append(
+            (name, spec.sense, exportable, relaxable, spec.input_shape, spec.description)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
-        typer.echo("  ".join([*cells, row[4]]))
+        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
+        typer.echo("  ".join([*cells, row[5]]))
     for name, error in load_plugins().items():
         typer.secho(f"plugin {name!r} failed to load: {error}", fg=typer.colors.RED, err=True)
 

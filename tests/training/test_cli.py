@@ -69,3 +69,13 @@ def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
     assert all(tick == int(tick) for tick in axis.get_xticks())  # whole epochs only
     assert [text.get_text() for text in axis.get_legend().get_texts()] == list(results)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_solver_list_shows_which_solvers_have_a_relaxation() -> None:
+    output = invoke("solvers")
+    rows = {line.split()[0]: line.split()[1:4] for line in output.splitlines()}
+    assert rows["name"] == ["sense", "export", "relax"]
+    assert rows["topk"] == ["max", "yes", "yes"]
+    assert rows["mst_edges"] == ["max", "yes", "yes"]
+    assert rows["dijkstra"] == ["min", "yes", "no"]
+    assert rows["mst_scipy"] == ["max", "no", "no"]

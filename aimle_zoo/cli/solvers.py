@@ -26,9 +26,7 @@ def list_command() -> None:
         spec = get_solver_spec(name)
         exportable = "yes" if spec.exportable else "no"
         relaxable = "yes" if callable(getattr(spec.factory, "relax", None)) else "no"
-        rows.append(
-            (name, spec.sense, exportable, relaxable, spec.input_shape, spec.description)
-        )
+        rows.append((name, spec.sense, exportable, relaxable, spec.input_shape, spec.description))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]

@@ -77,16 +77,24 @@ def plot_curves(
 ) -> Figure:
     """Validation ``metric`` per epoch, one line per estimator (PNG, written atomically).
 
-    The y axis is logarithmic when the values are positive and span more than a factor of 3
-    (a failed estimator then does not flatten the others' curves).
+    The y axis is logarithmic when the values span more than a factor of 3 (a failed estimator
+    then does not flatten the others' curves); a metric negative throughout, such as an ELBO,
+    is drawn as its magnitude −metric.
     """
+    curves = {
+        name: [epoch.get(metric, float("nan")) for epoch in result["curve"]]
+        for name, result in results.items()
+    }
+    finite = [value for values in curves.values() for value in values if math.isfinite(value)]
+    sign, label = 1.0, metric
+    if finite and max(finite) < 0:  # e.g. an ELBO: plot its magnitude, −metric
+        sign, label = -1.0, f"−{metric}"
+        finite = [-value for value in finite]
     figure = Figure(figsize=(6, 3.6))
     axis = figure.subplots()
-    finite: list[float] = []
-    for name, result in results.items():
-        values = [epoch.get(metric, float("nan")) for epoch in result["curve"]]
-        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
-        finite += [value for value in values if math.isfinite(value)]
+    for name, values in curves.items():
+        shown = [sign * value for value in values]
+        axis.plot(range(1, len(shown) + 1), shown, marker="o", markersize=3, label=name)
     if finite and min(finite) > 0 and max(finite) > 3 * min(finite):
         axis.set_yscale("log")
     epochs = max((len(result["curve"]) for result in results.values()), default=0)
@@ -95,7 +103,7 @@ def plot_curves(
     else:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
-    axis.set_ylabel(f"validation {metric}")
+    axis.set_ylabel(f"validation {label}")
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     with atomic_file(path, "wb") as handle:

@@ -54,7 +54,8 @@ def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("curves", "scale"), [((70.0, 80.0, 240.0), "log"), ((0.4, 0.7), "linear")]
+    ("curves", "scale"),
+    [((70.0, 80.0, 240.0), "log"), ((0.4, 0.7), "linear"), ((-2500.0, -40000.0), "log")],
 )
 def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
     curves: tuple[float, ...], scale: str, tmp_path: Path
@@ -66,6 +67,10 @@ def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
     figure = plot_curves(results, "loss", tmp_path / "curves.png")
     axis = figure.axes[0]
     assert axis.get_yscale() == scale
+    negative = max(curves) < 0  # drawn as the magnitude
+    assert axis.get_ylabel() == ("validation −loss" if negative else "validation loss")
+    drawn = [line.get_ydata()[0] for line in axis.get_lines()]
+    assert drawn == [-value if negative else value for value in curves]
     assert all(tick == int(tick) for tick in axis.get_xticks())  # whole epochs only
     assert [text.get_text() for text in axis.get_legend().get_texts()] == list(results)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

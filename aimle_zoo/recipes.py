@@ -190,32 +190,26 @@ def _mnist_root(options: DataOptions) -> str | None:
     return options.data_dir or os.environ.get("AIMLE_ZOO_MNIST")
 
 
-def _mnist_images(options: DataOptions) -> TaskData:
-    """MNIST for the discrete VAE: 55k train / 5k valid (held out of train) / 10k test."""
-    root = _mnist_root(options)
-    download = root is None
-    train_full = data.MNIST(root, "train", download=download)
-    test = data.MNIST(root, "test", download=download)
-    train_set, valid = _split_off(train_full, 5000, seed=0)
-    if options.smoke:
-        return TaskData(_head(train_set, 200), _head(valid, 100), _head(test, 100))
-    return TaskData(train_set, valid, test)
+def _mnist_images(hold_out: bool) -> Callable[[DataOptions], TaskData]:
+    """MNIST for the discrete VAE, 10k test images.
 
-
-def _mnist_images_reference(options: DataOptions) -> TaskData:
-    """MNIST as the reference trains its VAE: all 60k train images, 10k test.
-
-    Nothing is held out, so ``valid`` is a fixed 5k sample *of the training images*: it only
-    monitors the run, and the recipe reports its last epoch, as the reference does.
+    ``hold_out``: train on 55k and validate on the other 5k training images. Otherwise train
+    on all 60k, as the reference does; ``valid`` is then a fixed 5k sample *of the training
+    images* that only monitors the run (such a recipe reports its last epoch).
     """
-    root = _mnist_root(options)
-    download = root is None
-    train_full = data.MNIST(root, "train", download=download)
-    test = data.MNIST(root, "test", download=download)
-    _, monitor = _split_off(train_full, 5000, seed=0)
-    if options.smoke:
-        return TaskData(_head(train_full, 200), _head(monitor, 100), _head(test, 100))
-    return TaskData(train_full, monitor, test)
+
+    def build(options: DataOptions) -> TaskData:
+        root = _mnist_root(options)
+        download = root is None
+        train_full = data.MNIST(root, "train", download=download)
+        test = data.MNIST(root, "test", download=download)
+        held_in, valid = _split_off(train_full, 5000, seed=0)
+        train_set: Dataset[Any] = held_in if hold_out else train_full
+        if options.smoke:
+            return TaskData(_head(train_set, 200), _head(valid, 100), _head(test, 100))
+        return TaskData(train_set, valid, test)
+
+    return build
 
 
 def _mnist_pairs(options: DataOptions) -> TaskData:
@@ -389,7 +383,7 @@ _add(
         name="dvae-mnist",
         model="discrete_vae",
         description="Discrete VAE on MNIST, 20 groups of 10-of-20 codes, central AIMLE, S = 10",
-        build_data=_mnist_images,
+        build_data=_mnist_images(hold_out=True),
         train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
         imle_lambda=10.0,
         test_options={"reference_test_loss": True},
@@ -403,7 +397,7 @@ _add(
             "dvae-mnist as the reference runs it: KL weight 1/√S (its √S-inflated estimator "
             "gradient, spec §1.4), all 60k training images, last epoch reported"
         ),
-        build_data=_mnist_images_reference,
+        build_data=_mnist_images(hold_out=False),
         model_kwargs={"kl_weight": 1 / math.sqrt(10)},
         train=TrainConfig(
             epochs=100, batch_size=100, lr=1e-3, select_metric="loss", select_mode="last"

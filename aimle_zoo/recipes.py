@@ -98,7 +98,7 @@ class Recipe:
     smoke_model_kwargs: dict[str, Any] = field(default_factory=dict)
     aimle: dict[str, Any] | None = None  # the task's AIMLE config when not the model default
     test_options: dict[str, Any] = field(default_factory=dict)  # evaluate_batch kwargs, test
-    relaxation_temperature: float | None = 0.5  # τ of "relaxed"; None: the solver has none
+    relaxation_temperature: float = 0.5  # τ of the "relaxed" variant
 
     def estimator_config(self, variant: str) -> dict[str, Any] | None:
         """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
@@ -127,7 +127,7 @@ class Recipe:
         if variant == "ste":
             return {"name": "ste", "noise": noise, "samples": samples}
         if variant == "relaxed":
-            if self.relaxation_temperature is None:
+            if not self.has_relaxation():
                 raise ValueError(
                     f"recipe {self.name!r} has no 'relaxed' baseline: its solver has no "
                     "continuous relaxation. Choose one of "
@@ -152,9 +152,17 @@ class Recipe:
         """The task's AIMLE config: ``aimle`` if set, else the model's default."""
         if self.aimle is not None:
             return copy.deepcopy(self.aimle)
-        probe = create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
-        estimator = cast(Estimator, probe.latent_layer.estimator)  # type: ignore[union-attr]
+        estimator = cast(Estimator, self._probe().latent_layer.estimator)  # type: ignore[union-attr]
         return copy.deepcopy(estimator.config())
+
+    def has_relaxation(self) -> bool:
+        """Whether the model's solver has a continuous relaxation (the "relaxed" variant)."""
+        solver = self._probe().latent_layer.solver  # type: ignore[union-attr]
+        return callable(getattr(solver, "relax", None))
+
+    def _probe(self) -> ZooModel:
+        """A small instance of the recipe's model (default estimator), to read its layer."""
+        return create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
 
     def build_model(
         self, variant: str = "aimle", *, smoke: bool = False, task: TaskData | None = None
@@ -434,7 +442,6 @@ _add(
         train=TrainConfig(epochs=50, batch_size=70, lr=5e-4, select_metric="loss"),
         imle_lambda=10.0,
         smoke_model_kwargs={"channels": (8, 8)},
-        relaxation_temperature=None,
     )
 )
 

@@ -62,7 +62,7 @@ SMOKE_RUNS = [
     (name, estimator)
     for name in ONE_PER_MODEL
     for estimator in ESTIMATOR_VARIANTS
-    if estimator != "relaxed" or get_recipe(name).relaxation_temperature is not None
+    if estimator != "relaxed" or get_recipe(name).has_relaxation()
 ]
 
 
@@ -92,7 +92,8 @@ def test_smoke_training(name: str, estimator: str, tmp_path: Path) -> None:
 
 
 def test_a_task_without_a_relaxation_names_the_estimators_it_has(tmp_path: Path) -> None:
-    assert get_recipe("grid-12").relaxation_temperature is None
+    assert not get_recipe("grid-12").has_relaxation()
+    assert get_recipe("nri-t10").has_relaxation() and get_recipe("l2x-xor").has_relaxation()
     with pytest.raises(ValueError, match=r"'grid-12' has no 'relaxed' baseline.*aimle, "):
         run_training("grid-12", tmp_path / "run", estimator="relaxed", epochs=1)
     assert not (tmp_path / "run").exists()
@@ -210,6 +211,7 @@ def test_the_best_checkpoint_follows_the_selection_mode(mode: str, tmp_path: Pat
     config = TrainConfig(epochs=4, batch_size=16, lr=0.05, progress=False, select_mode=mode)  # type: ignore[arg-type]
     result = train(model, data, valid, tmp_path / mode, config)
     losses = [record["valid"]["loss"] for record in result.history]
+    assert losses.index(min(losses)) != len(losses) - 1  # so the two modes disagree here
     expected = len(losses) - 1 if mode == "last" else losses.index(min(losses))
     assert result.best_epoch == expected
     assert result.best_metrics == result.history[expected]["valid"]

@@ -397,8 +397,10 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
 
     def evaluate_batch(self, batch: Any) -> dict[str, Tensor]:
         """Sums of cross-entropy (``loss_sum``) and correct predictions (``accuracy_sum``) with
-        the MAP mask; with a relevance mask ``[B, d]`` also ``median_rank_sum`` (over the rows
-        with at least one relevant feature, ``median_rank_count``) and ``precision_sum`` (the
+        the MAP mask; with a relevance mask ``[B, d]`` also ``median_rank_sum`` (under the
+        selector's scores, over the rows with at least one relevant feature,
+        ``median_rank_count``), ``selection_median_rank_sum`` (L2X's own protocol, the mask
+        ranked with random ties, :func:`selection_median_rank`) and ``precision_sum`` (the
         fraction of selected features that are relevant)."""
         where = f"{type(self).__name__}.evaluate_batch"
         x, labels, relevant = unpack_batch(where, batch, ("x", "labels", "relevant"), 2)
@@ -428,6 +430,9 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
                 has_relevant = relevant.any(dim=1)
                 metrics["median_rank_sum"] = ranks[has_relevant].sum()
                 metrics["median_rank_count"] = has_relevant.sum()
+                selection_ranks = selection_median_rank(mask, relevant)  # [B]
+                metrics["selection_median_rank_sum"] = selection_ranks[has_relevant].sum()
+                metrics["selection_median_rank_count"] = has_relevant.sum()
                 hits = (mask.bool() & relevant).sum(1).to(scores.dtype)
                 metrics["precision_sum"] = (hits / mask.sum(1).clamp_min(1)).sum()
         return metrics
@@ -462,6 +467,47 @@ def median_rank(scores: Tensor, relevant: Tensor) -> Tensor:
     high = (count // 2).clamp_max(features - 1).long()
     median = (sorted_ranks.gather(1, low) + sorted_ranks.gather(1, high)).squeeze(1) / 2
     return torch.where(count.squeeze(1) > 0, median, torch.full_like(median, float("nan")))
+
+
+def selection_median_rank(selected: Tensor, relevant: Tensor) -> Tensor:
+    """Expected median rank of the relevant features when a selection is ranked at random.
+
+    L2X's own evaluation (Chen et al., 2018) ranks the features by the 0/1 selection mask and
+    breaks the ties uniformly at random: the s selected features take ranks 1..s in random
+    order, the others s+1..d. With r relevant features of which a are selected, the j-th
+    smallest relevant rank has the expectation (order statistics of a random subset)
+
+        E[R₍ⱼ₎] = j·(s + 1)/(a + 1)                     for j ≤ a,
+        E[R₍ⱼ₎] = s + (j − a)·(d − s + 1)/(r − a + 1)   for j > a,
+
+    and the median of the r ranks, R₍₍ᵣ₊₁₎/₂₎ or the mean of R₍ᵣ/₂₎ and R₍ᵣ/₂₊₁₎, is linear in
+    them, so this returns the exact mean of L2X's Monte-Carlo metric. A perfect selection of
+    k = r features scores (r + 1)/2.
+
+    Args:
+        selected: ``[B, d]`` 0/1 (or boolean) selection mask.
+        relevant: ``[B, d]`` boolean mask of the truly relevant features.
+
+    Returns:
+        ``[B]`` expected median ranks (NaN for rows without a relevant feature).
+    """
+    chosen = selected.bool()
+    features = float(chosen.shape[1])
+    size = chosen.sum(dim=1).double()  # s [B]
+    count = relevant.sum(dim=1).double()  # r [B]
+    hits = (chosen & relevant).sum(dim=1).double()  # a [B]
+
+    def expected_rank(position: Tensor) -> Tensor:  # E[R₍ⱼ₎] for j = position [B]
+        inside = position * (size + 1) / (hits + 1)
+        outside = size + (position - hits) * (features - size + 1) / (count - hits + 1)
+        return torch.where(position <= hits, inside, outside)
+
+    low = torch.div(count + 1, 2, rounding_mode="floor")
+    high = torch.div(count, 2, rounding_mode="floor") + 1
+    median = (expected_rank(low) + expected_rank(high)) / 2
+    nan = torch.full_like(median, float("nan"))
+    dtype = torch.promote_types(selected.dtype, torch.float32)
+    return torch.where(count > 0, median, nan).to(dtype)
 
 
 @register_model("l2x_mnist")

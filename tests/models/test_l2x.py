@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from scipy.stats import rankdata
 from aimle_zoo.data.l2x_synthetic import median_rank as data_median_rank
 from aimle_zoo.data.mnist import pixel_mask_to_patch_mask
 from aimle_zoo.models import ModelInputError
-from aimle_zoo.models.l2x import median_rank
+from aimle_zoo.models.l2x import median_rank, selection_median_rank
 
 from ._helpers import make_batch, tiny_model
 
@@ -46,6 +48,46 @@ def test_median_rank_hand_checked_case() -> None:
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7]])  # ranks 4, 1, 3, 2
     assert median_rank(scores, torch.tensor([[True, True, False, False]])).item() == 2.5
     assert median_rank(scores, torch.tensor([[True, False, True, True]])).item() == 3.0
+
+
+def _enumerated_selection_median_rank(selected: np.ndarray, relevant: np.ndarray) -> float:
+    """Mean over every tie-break order of the median relevant rank, selected features first."""
+    medians = []
+    for order in itertools.permutations(range(selected.size)):
+        keys = [(-int(selected[i]), order[i]) for i in range(selected.size)]  # ties by `order`
+        ranking = sorted(range(selected.size), key=keys.__getitem__)
+        ranks = np.empty(selected.size)
+        ranks[ranking] = np.arange(1, selected.size + 1)
+        medians.append(np.median(ranks[relevant]))
+    return float(np.mean(medians))
+
+
+def test_selection_median_rank_equals_exact_enumeration_of_random_ties() -> None:
+    generator = torch.Generator().manual_seed(3)
+    selected = torch.rand(25, 6, generator=generator) < 0.5
+    relevant = torch.rand(25, 6, generator=generator) < 0.5
+    relevant[0] = False  # no relevant feature: NaN
+    selected[1], relevant[1] = False, True  # nothing selected
+    expected = [
+        _enumerated_selection_median_rank(s, r) if r.any() else np.nan
+        for s, r in zip(selected.numpy(), relevant.numpy(), strict=True)
+    ]
+    found = selection_median_rank(selected.float(), relevant)
+    assert found.dtype == torch.float32
+    np.testing.assert_allclose(found.numpy(), expected, rtol=1e-6, equal_nan=True)
+
+
+def test_selection_median_rank_is_the_mean_of_the_dataset_metric_on_a_mask() -> None:
+    generator = torch.Generator().manual_seed(4)
+    selected = (torch.rand(50, 10, generator=generator) < 0.4).double()
+    relevant = torch.rand(50, 10, generator=generator) < 0.4
+    relevant[:, 3] = True
+    sampled = np.mean([data_median_rank(selected, relevant, seed=s) for s in range(400)], 0)
+    expected = selection_median_rank(selected, relevant).numpy()
+    np.testing.assert_allclose(sampled, expected, atol=0.25)  # Monte Carlo, 400 tie-breaks
+    perfect = relevant.double()
+    counts = relevant.sum(1).double()
+    assert torch.allclose(selection_median_rank(perfect, relevant), (counts + 1) / 2)
 
 
 def test_text_threshold_ties_select_every_tied_token_and_exact_selects_k() -> None:
@@ -134,6 +176,8 @@ def test_tabular_evaluation_against_direct_computation() -> None:
     assert metrics["median_rank_sum"].item() == pytest.approx(expected_ranks.sum())
     precision = (selected & relevant.numpy()).sum(1) / 4
     assert metrics["precision_sum"].item() == pytest.approx(precision.sum())
+    protocol = selection_median_rank(torch.from_numpy(selected), relevant)
+    assert metrics["selection_median_rank_sum"].item() == pytest.approx(protocol.sum().item())
 
 
 def test_tabular_accepts_one_hot_labels() -> None:

@@ -150,7 +150,8 @@ class InferencePath:
     """What one artefact holds (see the module docstring).
 
     Attributes:
-        name: the model name recorded in the metadata.
+        name: the model name recorded in the metadata (a published name such as
+            ``"nri-t10"`` once the caller renames the artefact).
         kind: ``"zoo_model"``, ``"solver"`` or ``"module"``.
         module: eval-mode module ``*inputs -> tuple of outputs`` (a plain module may return a
             single tensor).
@@ -161,6 +162,7 @@ class InferencePath:
         solvers: the solvers inside the module.
         solver_after: for a split path, the solver to run on the exported output θ.
         config: the model's constructor arguments (zoo models).
+        model_type: the zoo model's registry name (``"nri_tree"``), whatever :attr:`name` says.
     """
 
     name: str
@@ -174,6 +176,7 @@ class InferencePath:
     solvers: tuple[SolverInfo, ...] = ()
     solver_after: SolverInfo | None = None
     config: dict[str, Any] | None = field(default=None)
+    model_type: str | None = None
 
     def example_sizes(self) -> dict[str, int]:
         """Size of every dynamic dimension in :attr:`example_inputs`."""
@@ -497,6 +500,7 @@ def _zoo_path(
         solvers=() if split else (solver,),
         solver_after=solver if split else None,
         config=_jsonable(config) if isinstance(config, dict) else None,
+        model_type=model.model_name,
     )
 
 

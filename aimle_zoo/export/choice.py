@@ -109,8 +109,8 @@ def choose_exporter(
             why = _solver_reason(loops, unknown)
             return ExporterChoice(("script",), f"script: {why} (a trace would fix loop counts)")
         return ExporterChoice(("script", "trace"), "script: keeps any control flow exact")
-    if path.kind == "zoo_model" and path.name in MODEL_EXPORTERS and path.solver_after is None:
-        exporter, why = MODEL_EXPORTERS[path.name]
+    if path.model_type in MODEL_EXPORTERS and path.solver_after is None:
+        exporter, why = MODEL_EXPORTERS[path.model_type]
         return ExporterChoice(_with_fallback(exporter), f"{exporter}: {why}")
     if loops or unknown:
         why = _solver_reason(loops, unknown)

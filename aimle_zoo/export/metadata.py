@@ -78,6 +78,7 @@ def build_metadata(
         "metadata_version": METADATA_VERSION,
         "model_name": path.name,
         "kind": path.kind,
+        "model_type": path.model_type,
         "config": path.config,
         "aimle_zoo_version": __version__,
         "torch_version": torch.__version__,

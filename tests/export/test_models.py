@@ -19,6 +19,7 @@ from aimle_zoo.export import (
     to_onnx,
     verify,
 )
+from aimle_zoo.export.choice import MODEL_EXPORTERS, choose_exporter
 from aimle_zoo.export.verify import DEFAULT_BATCH_SIZES
 from aimle_zoo.models import ZooModel
 from aimle_zoo.solvers import get_solver, solver_spec
@@ -98,6 +99,18 @@ def test_every_model_exports_and_passes_verify(
     np.testing.assert_allclose(produced[FORWARD_OUTPUT[name]], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_a_published_name_does_not_change_the_exporter(name: str) -> None:
+    """``aimle-zoo export nri-t10`` renames the artefact; the choice still follows the model."""
+    path = inference_path(build_tiny(name))
+    chosen = choose_exporter(path, "onnx")
+    path.name = f"{name}-published"
+    assert choose_exporter(path, "onnx") == chosen
+    assert path.model_type == name
+    if name in MODEL_EXPORTERS:
+        assert chosen.candidates[0] == MODEL_EXPORTERS[name][0]
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 @pytest.mark.parametrize("name", MODELS)
 def test_both_files_carry_the_metadata(exported: dict[str, Exported], name: str) -> None:
@@ -109,6 +122,7 @@ def test_both_files_carry_the_metadata(exported: dict[str, Exported], name: str)
     for file_format in FORMATS:
         metadata = read_metadata(_file(item, file_format))
         assert metadata["model_name"] == name and metadata["format"] == file_format
+        assert metadata["model_type"] == name
         assert metadata["aimle_zoo_version"] == aimle_zoo.__version__
         for key, value in TINY[name].items():
             assert metadata["config"][key] == (list(value) if isinstance(value, tuple) else value)

@@ -56,6 +56,19 @@ def test_samplers_match_scipy(noise, reference) -> None:
     assert np.isfinite(draws).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gumbel_tails_and_moments(dtype: torch.dtype) -> None:
+    """Mean γ and variance π²/6 on 2·10⁶ draws; float32 tails end where its uniform does."""
+    draws = Gumbel().sample((2_000_000,), dtype=dtype, generator=torch.Generator().manual_seed(5))
+    assert draws.dtype == dtype and torch.isfinite(draws).all()
+    assert abs(draws.double().mean().item() - np.euler_gamma) < 4e-3  # sd of the mean ≈ 9e-4
+    assert abs(draws.double().var().item() - np.pi**2 / 6) < 2e-2  # sd of the variance ≈ 4e-3
+    tail = stats.gumbel_r.sf(6.0)  # P(ε > 6) ≈ 2.5e-3: the upper tail is drawn, not cut
+    assert abs((draws > 6.0).double().mean().item() - tail) < 5 * np.sqrt(tail / 2e6)
+    lowest = -np.log(-np.log1p(-(1 - 2.0**-24))) if dtype == torch.float32 else -3.7
+    assert draws.min().item() >= lowest - 1e-6
+
+
 @pytest.mark.parametrize(
     ("noise", "reference"),
     [

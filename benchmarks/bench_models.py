@@ -34,7 +34,7 @@ import torch
 from _timing import best_time, print_table
 from torch import Tensor, nn
 
-from aimle_zoo.estimators import AIMLE, DifferentiableSolver, SumOfGamma, expand_samples
+from aimle_zoo.estimators import AIMLE, DifferentiableSolver, Gumbel, SumOfGamma, expand_samples
 from aimle_zoo.estimators.noise import Noise
 from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.solvers import get_solver, solver_sense, solver_spec
@@ -245,7 +245,7 @@ def lower_bound(model: ZooModel, theta: Tensor, repeats: int) -> float | None:
     """Seconds of the least a top-k AIMLE step must add to the networks, or ``None``.
 
     That is a raw ``torch.topk`` (no tie rule, no output mask) on the same solver batches plus
-    the cheapest noise, one Gumbel draw −log(Exp(1)) per entry, on the tiled θ. Only for
+    the cheapest noise, one Gumbel draw per entry (our sampler), on the tiled θ. Only for
     models whose latent solver is ``topk``.
     """
     layer = model.latent_layer
@@ -260,9 +260,8 @@ def lower_bound(model: ZooModel, theta: Tensor, repeats: int) -> float | None:
     topk_time = best_time(
         lambda: [torch.topk(x, k, dim=-1, sorted=False) for x in inputs], repeats=repeats
     )
-    gumbel_time = best_time(
-        lambda: torch.empty(shape).exponential_().log_().neg_(), repeats=repeats
-    )
+    gumbel = Gumbel()
+    gumbel_time = best_time(lambda: gumbel.sample(shape), repeats=repeats)
     return topk_time + gumbel_time
 
 

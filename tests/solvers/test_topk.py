@@ -20,6 +20,13 @@ from aimle_zoo.solvers import (
 )
 from aimle_zoo.solvers.reference.topk import topk_argsort
 from aimle_zoo.solvers.testing import solver_conformance_test
+from aimle_zoo.solvers.topk import (
+    NETWORK_MIN_ROWS,
+    _kth_largest,
+    _kth_largest_by_network,
+    _network_pays,
+    merge_sort_network,
+)
 
 
 def tied_scores(*shape: int, high: int = 3, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -199,3 +206,32 @@ test_topk_conformance = solver_conformance_test("topk", feasible=k_subsets)
 test_topk_conformance_with_ties = solver_conformance_test(
     "topk", make_input=tied_example, feasible=k_subsets, check_gradients=False
 )
+
+
+@pytest.mark.parametrize("n", range(1, 17))
+def test_merge_sort_network_sorts_every_binary_input(n: int) -> None:
+    """The 0-1 principle: a comparator network that sorts all 2ⁿ 0/1 inputs sorts every input."""
+    codes = torch.arange(2**n).unsqueeze(1)  # [2ⁿ, 1]
+    wires = list(((codes >> torch.arange(n)) & 1).t().unbind(0))  # n × [2ⁿ]
+    for low, high in merge_sort_network(n):
+        assert low < high < n
+        wires[low], wires[high] = (
+            torch.minimum(wires[low], wires[high]),
+            torch.maximum(wires[low], wires[high]),
+        )
+    result = torch.stack(wires, dim=1)  # [2ⁿ, n]
+    assert torch.equal(result, result.sort(dim=1).values)
+
+
+@pytest.mark.parametrize(("n", "k"), [(20, 10), (20, 1), (32, 7), (5, 5), (12, 3)])
+@pytest.mark.parametrize("ties", ["exact", "threshold"])
+def test_sorting_network_path_matches_the_argsort_oracle(n: int, k: int, ties: str) -> None:
+    """Eager CPU batches of many short rows take the sorting-network path; same solutions."""
+    torch.manual_seed(n * 100 + k)
+    theta = torch.cat([tied_scores(NETWORK_MIN_ROWS, n, high=4), torch.randn(64, n)])  # [R, n]
+    assert _network_pays(theta)
+    expected = topk_argsort(theta, k, ties)
+    assert torch.equal(TopK(k, ties)(theta), expected)
+    grouped = theta.reshape(-1, 8, n)  # [B, 8, n]: top-k over the last dim of a 3-d batch
+    assert torch.equal(TopK(k, ties)(grouped), expected.reshape(-1, 8, n))
+    assert torch.equal(_kth_largest_by_network(theta, k), _kth_largest(theta, k))

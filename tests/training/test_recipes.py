@@ -206,7 +206,7 @@ def test_resume_from_the_middle_of_an_epoch(tmp_path: Path) -> None:
 def test_the_best_checkpoint_follows_the_selection_mode(mode: str, tmp_path: Path) -> None:
     data = l2x_synthetic_dataset("xor", 64, seed=0)
     valid = l2x_synthetic_dataset("xor", 64, seed=1)
-    seed_everything(0)
+    seed_everything(2)  # a seed whose validation loss is lowest before the last epoch
     model = create_model("l2x_tabular", k=2, selector_hidden=(8,), predictor_hidden=(8,))
     config = TrainConfig(epochs=4, batch_size=16, lr=0.05, progress=False, select_mode=mode)  # type: ignore[arg-type]
     result = train(model, data, valid, tmp_path / mode, config)

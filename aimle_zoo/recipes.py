@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from torch.utils.data import Dataset, Subset
 
 from . import data
 from ._io import atomic_directory, atomic_file
-from .estimators import Estimator
+from .estimators import DifferentiableSolver
 from .models import ZooModel, create_model
 from .training import (
     TRAINER_STATE,
@@ -152,17 +153,19 @@ class Recipe:
         """The task's AIMLE config: ``aimle`` if set, else the model's default."""
         if self.aimle is not None:
             return copy.deepcopy(self.aimle)
-        estimator = cast(Estimator, self._probe().latent_layer.estimator)  # type: ignore[union-attr]
+        estimator = self._probe_layer.estimator
         return copy.deepcopy(estimator.config())
 
     def has_relaxation(self) -> bool:
         """Whether the model's solver has a continuous relaxation (the "relaxed" variant)."""
-        solver = self._probe().latent_layer.solver  # type: ignore[union-attr]
-        return callable(getattr(solver, "relax", None))
+        return callable(getattr(self._probe_layer.solver, "relax", None))
 
-    def _probe(self) -> ZooModel:
-        """A small instance of the recipe's model (default estimator), to read its layer."""
-        return create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
+    @functools.cached_property
+    def _probe_layer(self) -> DifferentiableSolver:
+        """The latent layer of a small instance of the recipe's model (default estimator),
+        built once per recipe."""
+        probe = create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
+        return cast(DifferentiableSolver, probe.latent_layer)
 
     def build_model(
         self, variant: str = "aimle", *, smoke: bool = False, task: TaskData | None = None

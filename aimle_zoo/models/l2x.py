@@ -428,11 +428,12 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
                 relevant = relevant.bool()
                 ranks = median_rank(scores, relevant)  # [B]
                 has_relevant = relevant.any(dim=1)
-                metrics["median_rank_sum"] = ranks[has_relevant].sum()
-                metrics["median_rank_count"] = has_relevant.sum()
+                rows = has_relevant.sum()
                 selection_ranks = selection_median_rank(mask, relevant)  # [B]
+                metrics["median_rank_sum"] = ranks[has_relevant].sum()
+                metrics["median_rank_count"] = rows
                 metrics["selection_median_rank_sum"] = selection_ranks[has_relevant].sum()
-                metrics["selection_median_rank_count"] = has_relevant.sum()
+                metrics["selection_median_rank_count"] = rows
                 hits = (mask.bool() & relevant).sum(1).to(scores.dtype)
                 metrics["precision_sum"] = (hits / mask.sum(1).clamp_min(1)).sum()
         return metrics

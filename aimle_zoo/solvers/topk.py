@@ -16,9 +16,10 @@ no row has a tie at the k-th largest value (the result is the same).
 
 Eager CPU runs with many short rows (n <= 32, at least 4,096 rows: the discrete VAE's 20-way
 groups) find the k-th largest value with Batcher's odd-even merge sorting network instead of
-``torch.topk``: n·log²n elementwise ``minimum``/``maximum`` operations over the transposed rows.
-It is exact (it only moves values), so the solution is identical, and the whole solver runs
-3–4x faster there than a raw ``torch.topk`` call, whose per-row partial sort dominates.
+``torch.topk``: O(n·log²n) elementwise ``minimum``/``maximum`` operations over the transposed
+rows, pruned to the comparators and outputs the k-th largest depends on. It is exact (it only
+moves values), so the solution is identical, and the whole solver runs 3–4x faster there than a
+raw ``torch.topk`` call, whose per-row partial sort dominates.
 """
 
 from __future__ import annotations
@@ -83,18 +84,38 @@ def _network_pays(theta: Tensor) -> bool:
     return items <= NETWORK_MAX_ITEMS and theta.numel() >= NETWORK_MIN_ROWS * items
 
 
+@functools.cache
+def selection_network(n: int, k: int) -> tuple[tuple[int, int, bool, bool], ...]:
+    """The part of :func:`merge_sort_network` that the k-th largest of ``n`` values needs.
+
+    ``(i, j, keep_min, keep_max)`` per comparator, in order: the sorted output wire ``n − k``
+    is traced back through the network, comparators that cannot reach it are dropped, and of
+    the others only the outputs read later are computed (``x_i <- min`` when ``keep_min``,
+    ``x_j <- max`` when ``keep_max``). Wire ``n − k`` ends with the same value as in the full
+    network: n = 20, k = 10 takes 149 of its 206 elementwise operations.
+    """
+    needed = {n - k}  # wires whose current value is read later
+    kept = []
+    for low, high in reversed(merge_sort_network(n)):
+        keep_min, keep_max = low in needed, high in needed
+        if keep_min or keep_max:
+            kept.append((low, high, keep_min, keep_max))
+            needed.update((low, high))
+    return tuple(reversed(kept))
+
+
 def _kth_largest_by_network(theta: Tensor, k: int) -> Tensor:
-    """θ_(k) ``[*, 1]`` from :func:`merge_sort_network` run over the transposed rows.
+    """θ_(k) ``[*, 1]`` from :func:`selection_network` run over the transposed rows.
 
     Exact: the network only moves values, so the result equals :func:`_kth_largest`'s.
     """
     items = theta.shape[-1]
     wires = list(theta.reshape(-1, items).t().contiguous().unbind(0))  # n × [rows]
-    for low, high in merge_sort_network(items):
-        wires[low], wires[high] = (
-            torch.minimum(wires[low], wires[high]),
-            torch.maximum(wires[low], wires[high]),
-        )
+    for low, high, keep_min, keep_max in selection_network(items, k):
+        smaller = torch.minimum(wires[low], wires[high]) if keep_min else wires[low]
+        if keep_max:
+            wires[high] = torch.maximum(wires[low], wires[high])
+        wires[low] = smaller
     return wires[items - k].reshape(*theta.shape[:-1], 1)  # the k-th largest
 
 

@@ -26,6 +26,7 @@ from aimle_zoo.solvers.topk import (
     _kth_largest_by_network,
     _network_pays,
     merge_sort_network,
+    selection_network,
 )
 
 
@@ -221,6 +222,26 @@ def test_merge_sort_network_sorts_every_binary_input(n: int) -> None:
         )
     result = torch.stack(wires, dim=1)  # [2ⁿ, n]
     assert torch.equal(result, result.sort(dim=1).values)
+
+
+@pytest.mark.parametrize("n", range(1, 17))
+def test_selection_network_finds_the_kth_largest_of_every_binary_input(n: int) -> None:
+    """The pruned network's output wire is the k-th largest of all 2ⁿ 0/1 inputs, for every k
+    (hence of every input, by the 0-1 principle), and it does less work than the full network."""
+    codes = torch.arange(2**n).unsqueeze(1)  # [2ⁿ, 1]
+    inputs = ((codes >> torch.arange(n)) & 1).float()  # [2ⁿ, n]
+    descending = inputs.sort(dim=1, descending=True).values  # [2ⁿ, n]
+    for k in range(1, n + 1):
+        network = selection_network(n, k)
+        assert all(keep_min or keep_max for _, _, keep_min, keep_max in network)
+        assert len(network) <= len(merge_sort_network(n))
+        kth = _kth_largest_by_network(inputs, k)  # [2ⁿ, 1]
+        assert torch.equal(kth, descending[:, k - 1 : k])
+    if n >= 4:
+        operations = sum(
+            keep_min + keep_max for _, _, keep_min, keep_max in selection_network(n, n // 2)
+        )
+        assert operations < 2 * len(merge_sort_network(n))
 
 
 @pytest.mark.parametrize(("n", "k"), [(20, 10), (20, 1), (32, 7), (5, 5), (12, 3)])

@@ -320,17 +320,18 @@ def _mixing_count(
     """``count`` draws of K from its alias table, as floats ``[count]``.
 
     One float64 uniform U gives both the column j = ⌊U·m⌋ and the acceptance variate
-    V = U·m − j (about 53 − log2 m ≥ 40 random bits each).
+    V = U·m − j (about 53 − log2 m ≥ 40 random bits each): K = j when U·m < j + accept_j, the
+    column's alias otherwise. Indices are int32 (the table is far shorter than 2³¹).
     """
     accept, alias = table
     size = len(accept)
-    accept_t = torch.as_tensor(accept, device=device)  # [m] float64
-    jump_t = torch.as_tensor(alias - np.arange(size), device=device, dtype=dtype)  # alias − j
+    threshold_t = torch.as_tensor(np.arange(size) + accept, device=device)  # [m] float64
+    jump_t = torch.as_tensor(alias - np.arange(size), device=device, dtype=torch.int32)
     scaled = torch.rand(count, device=device, dtype=torch.float64, generator=generator)
     scaled.mul_(size)  # U·m
-    column = scaled.long().clamp_(max=size - 1)  # [count], j = ⌊U·m⌋
-    jumps = scaled.sub_(column) >= accept_t.index_select(0, column)  # [count], V >= accept
-    return column.to(dtype).add_(jump_t.index_select(0, column).mul_(jumps))
+    column = scaled.int().clamp_(max=size - 1)  # [count], j = ⌊U·m⌋
+    jumps = scaled >= threshold_t.index_select(0, column)  # [count], V >= accept_j
+    return column.add_(jump_t.index_select(0, column).mul_(jumps)).to(dtype)
 
 
 def _marsaglia_tsang(concentration: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -353,21 +354,23 @@ def _marsaglia_tsang(concentration: Tensor, generator: torch.Generator | None) -
 def _marsaglia_tsang_round(
     offset: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
-    """One proposal per entry: candidates d·V ``[count]`` and their acceptance ``[count]``."""
+    """One proposal per entry: candidates d·V ``[count]`` and their acceptance ``[count]``.
+
+    The test needs no separate V > 0 check: for V < 0 the bound holds log V = NaN and for V = 0
+    it is −inf, and both compare false, so those proposals are rejected as they must be.
+    """
     normal = torch.randn(
         offset.shape, device=offset.device, dtype=offset.dtype, generator=generator
     )
     uniform = torch.rand(
         offset.shape, device=offset.device, dtype=offset.dtype, generator=generator
     )
-    cube = torch.rsqrt(offset * 9.0).mul_(normal).add_(1.0)  # 1 + cX
-    positive = cube > 0
-    cube.pow_(3)  # V
+    cube = torch.rsqrt(offset * 9.0).mul_(normal).add_(1.0).pow_(3)  # V = (1 + cX)³
     candidate = offset * cube  # d·V
-    bound = normal.square_().mul_(0.5).add_(offset).sub_(candidate)
-    bound.add_(cube.log_().mul_(offset))  # X²/2 + d − d·V + d·log V
+    bound = (offset - candidate).addcmul_(normal, normal, value=0.5)  # X²/2 + d − d·V
+    bound.addcmul_(cube.log_(), offset)  # + d·log V
     log_uniform = uniform.neg_().log1p_()  # log(1 − U), finite for U in [0, 1)
-    return candidate, positive.logical_and_(log_uniform < bound)
+    return candidate, log_uniform < bound
 
 
 class Gaussian(Noise):

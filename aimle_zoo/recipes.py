@@ -589,14 +589,17 @@ def publish_run(
     The card records the test metrics of the run (``test_metrics.json``, or a fresh evaluation
     of the best checkpoint when the run was stopped before its end), the metrics on the
     first :data:`HELDOUT_SIZE` test instances (prefixed ``heldout256_``, so CI can re-evaluate
-    the bundled checkpoint exactly), the dataset and the ``command`` that trained it. The copy
-    is atomic: ``destination`` is either the old folder or the complete new one.
+    the bundled checkpoint exactly), the dataset and the ``command`` that trained it. A smoke
+    run is evaluated on the smoke data it was trained and tested on, so that every metric of
+    the card comes from the same test split. The copy is atomic: ``destination`` is either the
+    old folder or the complete new one.
     """
     from .hub import write_model_card
 
     run = Path(run_dir)
     recorded = read_recipe(run / "best") or _recipe_of_unfinished_run(run)
     recipe = get_recipe(recorded["recipe"])
+    data_options = replace(data_options or DataOptions(), smoke=bool(recorded["smoke"]))
     model = ZooModel.from_pretrained(run / "best")
     heldout = run_evaluation(
         model, recipe.name, split="test", data_options=data_options, limit=HELDOUT_SIZE

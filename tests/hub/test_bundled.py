@@ -55,6 +55,7 @@ def test_bundled_checkpoint_reproduces_its_recorded_metrics(
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     recorded = read_recipe(REPOSITORY_CHECKPOINTS / name)
     assert recorded is not None, f"{name}: no recipe.json"
+    assert recorded["smoke"] is False, f"{name}: a smoke run was published"
     card = aimle_zoo.read_card_metrics(name)
     expected = {
         k[len(HELDOUT_PREFIX) :]: v for k, v in card.items() if k.startswith(HELDOUT_PREFIX)

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from torch import Tensor
 from typer.testing import CliRunner
 
+import aimle_zoo
 from aimle_zoo.cli import app
 from aimle_zoo.compare import plot_curves
 from aimle_zoo.data import CACHE_ENV
+from aimle_zoo.recipes import (
+    HELDOUT_PREFIX,
+    HELDOUT_SIZE,
+    DataOptions,
+    get_recipe,
+    list_recipes,
+    read_recipe,
+    run_evaluation,
+)
+from aimle_zoo.solvers import register_solver
+from aimle_zoo.solvers.testing import isolated_registry
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +99,115 @@ def test_the_solver_list_shows_which_solvers_have_a_relaxation() -> None:
     assert rows["mst_edges"] == ["max", "yes", "yes"]
     assert rows["dijkstra"] == ["min", "yes", "no"]
     assert rows["mst_scipy"] == ["max", "no", "no"]
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+def _train_smoke_run(run: Path) -> None:
+    invoke("train", "l2x-xor", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return aimle_zoo.from_pretrained(str(folder)).state_dict()
+
+
+def test_publish_copies_the_best_checkpoint_with_its_metrics_and_command(tmp_path: Path) -> None:
+    run, root = tmp_path / "run", tmp_path / "checkpoints"
+    _train_smoke_run(run)
+    command = "aimle-zoo train l2x-xor --smoke --epochs 1"
+    invoke("publish", str(run), "xor-test", "--command", command, "--root", str(root))
+    published = root / "xor-test"
+    assert sorted(p.name for p in published.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "recipe.json",
+    ]  # fmt: skip
+    assert sorted(p.name for p in root.iterdir()) == ["xor-test"]  # no staging folder left
+    best, copy = _weights(run / "best"), _weights(published)
+    assert best.keys() == copy.keys() and all(torch.equal(best[k], copy[k]) for k in best)
+    assert read_recipe(published) == read_recipe(run / "best")
+    assert command in (published / "README.md").read_text()
+    card = aimle_zoo.read_card_metrics(str(published))
+    test_metrics = json.loads((run / "test_metrics.json").read_text())
+    for key, value in test_metrics.items():
+        if not key.endswith("count"):
+            assert card[key] == pytest.approx(value, rel=1e-6), key
+    heldout = run_evaluation(
+        aimle_zoo.from_pretrained(str(published)),
+        "l2x-xor",
+        data_options=DataOptions(smoke=True, progress=False),
+        limit=HELDOUT_SIZE,
+    )
+    recorded = {
+        k[len(HELDOUT_PREFIX) :]: v for k, v in card.items() if k.startswith(HELDOUT_PREFIX)
+    }
+    assert recorded.keys() == {k for k in heldout if not k.endswith("count")}
+    for key, value in recorded.items():
+        assert value == pytest.approx(heldout[key], rel=1e-6), key
+
+
+def test_publish_evaluates_a_run_stopped_before_its_end(tmp_path: Path) -> None:
+    run, root = tmp_path / "run", tmp_path / "checkpoints"
+    _train_smoke_run(run)
+    finished = json.loads((run / "test_metrics.json").read_text())
+    (run / "test_metrics.json").unlink()  # as if stopped before the schedule's end
+    (run / "best" / "recipe.json").unlink()
+    invoke("publish", str(run), "stopped", "--command", "c", "--root", str(root))
+    card = aimle_zoo.read_card_metrics(str(root / "stopped"))
+    assert read_recipe(root / "stopped") == {
+        "recipe": "l2x-xor",
+        "estimator": "aimle",
+        "smoke": True,
+    }
+    for key, value in finished.items():  # the same best checkpoint, evaluated afresh
+        if not key.endswith("count"):
+            assert card[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_a_failed_publish_keeps_the_published_folder(tmp_path: Path) -> None:
+    run, root = tmp_path / "run", tmp_path / "checkpoints"
+    _train_smoke_run(run)
+    invoke("publish", str(run), "kept", "--command", "c", "--root", str(root))
+    before = {p.name: p.read_bytes() for p in (root / "kept").iterdir()}
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    result = CliRunner().invoke(
+        app, ["publish", str(empty), "kept", "--command", "c", "--root", str(root)]
+    )
+    assert result.exit_code != 0
+    assert "has no best/ checkpoint" in str(result.exception)
+    assert {p.name: p.read_bytes() for p in (root / "kept").iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- small commands
+
+
+def test_recipes_lists_every_task_with_its_model() -> None:
+    rows = {line.split()[0]: line.split()[1] for line in invoke("recipes").splitlines()}
+    assert rows == {name: get_recipe(name).model for name in list_recipes()}
+
+
+def test_check_solver_reports_a_conforming_solver() -> None:
+    output = invoke("check-solver", "topk", "--param", "k=3", "--batch-size", "4")
+    assert output.startswith("conformance of solver 'topk':")
+    assert "FAILED" not in output and output.count("passed") >= 3
+
+
+def test_check_solver_exits_non_zero_on_a_broken_solver() -> None:
+    def example(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+        return {}, torch.randn(batch_size, 5, generator=generator)
+
+    with isolated_registry():
+        # claims to maximise <θ, z> over one-hot z, but returns the minimiser
+        @register_solver("cli_argmin_in_disguise", input_shape="[B, n]", example=example)
+        def broken(theta: Tensor) -> Tensor:
+            return torch.nn.functional.one_hot(theta.argmin(-1), theta.shape[-1]).to(theta)
+
+        result = CliRunner().invoke(app, ["check-solver", "cli_argmin_in_disguise"])
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.output
+
+
+def test_solver_parameters_must_be_key_value_pairs() -> None:
+    result = CliRunner().invoke(app, ["check-solver", "topk", "--param", "k3"])
+    assert result.exit_code != 0
+    assert "expected KEY=VALUE, got 'k3'" in result.output

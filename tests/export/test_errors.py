@@ -16,6 +16,7 @@ from aimle_zoo.export import (
     NonExportableSolverError,
     SplitPipeline,
     UnsupportedOpsetError,
+    VerificationError,
     read_metadata,
     to_onnx,
     to_torchscript,
@@ -142,3 +143,30 @@ def test_silent_specialisation_is_refused_and_auto_falls_back(tmp_path: Path) ->
     other_sizes = [(torch.randn(3, 2),), (torch.randn(4, 11),)]
     report = verify(module, result.path, inputs=other_sizes)
     assert report.passed and [case.sizes["n"] for case in report.cases] == [2, 11]
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_verify_fails_loudly_when_the_file_disagrees_with_the_model(
+    suffix: str, tmp_path: Path
+) -> None:
+    """A shift δ of the predictor's output bias moves every logit by exactly δ (the selection
+    is upstream of it), so the file must fail by δ above tolerance and pass below it."""
+    model = tiny_model("l2x_tabular").eval()
+    export = to_onnx if suffix == ".onnx" else to_torchscript
+    path = export(model, tmp_path / f"model{suffix}").path
+    output_bias = model.predictor[-1].bias
+    for shift, fails in ((1e-2, True), (1e-6, False)):
+        with torch.no_grad():
+            output_bias.add_(shift)
+        report = verify(model, path, raise_on_failure=False)
+        with torch.no_grad():
+            output_bias.sub_(shift)
+        assert report.passed is not fails
+        assert report.max_abs_diff == pytest.approx(shift, rel=0.05, abs=2e-6)
+    with torch.no_grad():
+        output_bias.add_(1e-2)
+    with pytest.raises(VerificationError, match=r"FAILED, max abs diff 0\.01") as caught:
+        verify(model, path)
+    assert "does not reproduce eager PyTorch" in str(caught.value)
+    assert not caught.value.report.passed
+    assert all(not case.passed for case in caught.value.report.cases)

@@ -16,6 +16,7 @@ from aimle_zoo.export import (
     load_exported,
     select_providers,
 )
+from aimle_zoo.export.predict import read_inputs, write_outputs
 from aimle_zoo.export.runner import TensorInfo, check_inputs
 
 from .conftest import Exported
@@ -119,3 +120,44 @@ def test_torchscript_model_checks_inputs_like_the_runner(exported: dict[str, Exp
     np.testing.assert_array_equal(outputs["tree"], tree)
     with pytest.raises(RunnerInputError, match=r"axis 1 must be 4"):
         model.run({"trajectories": np.zeros((3, 5, 4, 2), dtype=np.float32)})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.s:DeprecationWarning")  # script, save
+def test_torchscript_files_without_our_metadata_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match=r"no exported model at .*missing\.pt"):
+        TorchScriptModel(tmp_path / "missing.pt")
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(plain))
+    with pytest.raises(ModelFileError, match="has no aimle_zoo input specification"):
+        TorchScriptModel(plain)
+
+
+def test_input_files_map_to_the_model_inputs_or_say_why_not(tmp_path: Path) -> None:
+    first, second = np.zeros((2, 3), np.float32), np.ones((2, 4), np.float32)
+    with pytest.raises(FileNotFoundError, match="no input file at"):
+        read_inputs(tmp_path / "missing.npz", ["x"])
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"\x00not numpy")
+    with pytest.raises(RunnerInputError, match=r"not a readable \.npy or \.npz file"):
+        read_inputs(garbage, ["x"])
+    np.save(tmp_path / "one.npy", first)
+    with pytest.raises(RunnerInputError, match=r"holds one array but the model takes 2 inputs"):
+        read_inputs(tmp_path / "one.npy", ["x", "y"])
+    np.savez(tmp_path / "positional.npz", first, second)  # arr_0, arr_1: in input order
+    mapped = read_inputs(tmp_path / "positional.npz", ["x", "y"])
+    assert list(mapped) == ["x", "y"]
+    np.testing.assert_array_equal(mapped["x"], first)
+    np.testing.assert_array_equal(mapped["y"], second)
+    np.savez(tmp_path / "named.npz", y=second, x=first)
+    named = read_inputs(tmp_path / "named.npz", ["x", "y"])
+    np.testing.assert_array_equal(named["x"], first)
+    np.testing.assert_array_equal(named["y"], second)
+
+
+def test_outputs_are_written_as_npz_only(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"name the file \*\.npz"):
+        write_outputs(tmp_path / "out.npy", {"z": np.zeros(2)})
+    assert not list(tmp_path.iterdir())
+    written = write_outputs(tmp_path / "out.npz", {"z": np.arange(3.0)})
+    with np.load(written) as loaded:
+        np.testing.assert_array_equal(loaded["z"], np.arange(3.0))

@@ -170,3 +170,25 @@ def test_verify_fails_loudly_when_the_file_disagrees_with_the_model(
     assert "does not reproduce eager PyTorch" in str(caught.value)
     assert not caught.value.report.passed
     assert all(not case.passed for case in caught.value.report.cases)
+
+
+def test_a_custom_modules_description_is_checked_before_exporting(tmp_path: Path) -> None:
+    module = nn.Linear(4, 3).eval()
+    x = (torch.randn(2, 4),)
+    target = tmp_path / "linear.onnx"
+    refused = [
+        ({}, "needs example_inputs"),
+        ({"example_inputs": x, "input_names": ["a", "b"]}, "2 input names given for 1 example"),
+        ({"example_inputs": x, "dynamic_dims": {"y": {1: "n"}}}, r"unknown inputs \['y'\]"),
+        ({"example_inputs": (torch.tensor(1.0),)}, "is a scalar"),
+        ({"example_inputs": x, "dynamic_dims": {"input": {2: "n"}}}, "has no axis 2"),
+        ({"example_inputs": x, "dynamic_dims": {"input": {0: "n"}}}, "has no axis 0"),
+        ({"example_inputs": x, "output_names": ["a", "b"]}, "2 output names given for 1 outputs"),
+    ]
+    for options, message in refused:
+        with pytest.raises(ExportError, match=message):
+            to_onnx(module, target, **options)
+        assert _files(tmp_path) == []
+    exported = to_onnx(module, target, example_inputs=x, output_names=["y"])
+    assert [spec["name"] for spec in exported.metadata["inputs"]] == ["input"]
+    assert verify(module, exported.path).passed

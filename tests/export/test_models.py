@@ -159,22 +159,40 @@ def test_both_files_carry_the_metadata(exported: dict[str, Exported], name: str)
     assert json.loads(extra["aimle_zoo.json"])["model_name"] == name
 
 
-def test_split_export_runs_the_latent_solver_after_onnxruntime(tmp_path: Path) -> None:
-    model: ZooModel = build_tiny("l2x_tabular")
-    result = to_onnx(model, tmp_path / "selector.onnx", split=True)
+THETA_METHODS = {
+    "discrete_vae": "encode",
+    "grid_shortest_path": "vertex_costs",
+    "l2x_mnist": "patch_scores",
+    "l2x_tabular": "feature_scores",
+    "l2x_text": "token_scores",
+    "nri_tree": "edge_logits",
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_split_export_runs_the_latent_solver_after_onnxruntime(name: str, tmp_path: Path) -> None:
+    """θ from onnxruntime equals the model's own θ method; the solver after it gives the
+    model's MAP latent, on a batch size other than the export's."""
+    assert set(THETA_METHODS) == set(MODELS)
+    model: ZooModel = build_tiny(name)
+    result = to_onnx(model, tmp_path / f"{name}-theta.onnx", split=True)
     metadata = result.metadata
     solver = model.latent_layer.solver
-    assert metadata["solvers"] == [] and metadata["solver_after"]["name"] == "topk"
+    assert (
+        metadata["solvers"] == [] and metadata["solver_after"]["name"] == solver_spec(solver).name
+    )
     assert metadata["solver_after"]["params"] == solver.params
     assert [entry["name"] for entry in metadata["outputs"]] == ["theta"]
     pipeline = SplitPipeline(result.path, threads=1)
-    (features,) = model.example_inputs(9)
-    produced = pipeline.run({"features": features.numpy()})
+    inputs = model.example_inputs(7)
+    names = [spec["name"] for spec in metadata["inputs"]]
+    feed = {name: value.numpy() for name, value in zip(names, inputs, strict=True)}
+    produced = pipeline.run(feed)
     with torch.no_grad():
-        theta = model.feature_scores(features)
-        mask = model.select(features)
-    np.testing.assert_allclose(produced["theta"], theta.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(produced["solution"], mask.numpy())
+        theta = getattr(model, THETA_METHODS[name])(*inputs)
+        latent = model.latent_layer(theta)
+    np.testing.assert_allclose(produced["theta"], theta.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(produced["solution"], latent.numpy())
 
 
 @pytest.mark.parametrize("vertices", [2, 3, 5, 10, 17])

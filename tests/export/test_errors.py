@@ -192,3 +192,38 @@ def test_a_custom_modules_description_is_checked_before_exporting(tmp_path: Path
     exported = to_onnx(module, target, example_inputs=x, output_names=["y"])
     assert [spec["name"] for spec in exported.metadata["inputs"]] == ["input"]
     assert verify(module, exported.path).passed
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.s:DeprecationWarning")  # script, save
+def test_metadata_of_foreign_truncated_or_tampered_files_is_refused(tmp_path: Path) -> None:
+    import onnx
+
+    with pytest.raises(FileNotFoundError, match="no exported model at"):
+        read_metadata(tmp_path / "missing.onnx")
+    module = nn.Linear(4, 3).eval()
+    exported = to_onnx(module, tmp_path / "ours.onnx", example_inputs=(torch.randn(2, 4),))
+    assert read_metadata(exported.path)["inputs"][0]["name"] == "input"
+    foreign = tmp_path / "foreign.pt"
+    torch.jit.save(torch.jit.script(module), str(foreign))
+    with pytest.raises(ValueError, match="TorchScript file without aimle_zoo metadata"):
+        read_metadata(foreign)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(foreign.read_bytes()[:100])  # keeps the zip magic, loses the directory
+    with pytest.raises(ValueError, match="not a readable TorchScript archive"):
+        read_metadata(cut)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07" + b"\xff" * 40)
+    with pytest.raises(ValueError, match="neither a TorchScript nor a readable ONNX file"):
+        read_metadata(garbage)
+    proto = onnx.load(str(exported.path))
+    for value, message in (("{not json", "not valid JSON"), ("[1, 2]", "not a JSON object")):
+        for prop in proto.metadata_props:
+            if prop.key == "aimle_zoo":
+                prop.value = value
+        onnx.save(proto, str(tmp_path / "tampered.onnx"))
+        with pytest.raises(ValueError, match=message):
+            read_metadata(tmp_path / "tampered.onnx")
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="ONNX file without aimle_zoo metadata"):
+        read_metadata(tmp_path / "bare.onnx")

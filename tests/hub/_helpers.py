@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from huggingface_hub import constants
 
 from aimle_zoo.models import ZooModel
 from tests.models._helpers import make_batch, tiny_model
@@ -53,3 +55,14 @@ def assert_same_model(loaded: ZooModel, expected: ZooModel) -> None:
     inputs = expected.example_inputs(3)
     with torch.no_grad():
         assert torch.equal(loaded(*inputs), expected(*inputs))
+
+
+def go_online(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Let huggingface_hub reach the Hub at ``endpoint`` (the variables and the constants read
+    from them at import)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 import aimle_zoo
@@ -29,7 +26,8 @@ from aimle_zoo.hub import (
 from aimle_zoo.models import DiscreteVAE, L2XTabular, ZooModel, list_models
 from tests.models._helpers import tiny_model
 
-from ._helpers import assert_same_model
+from ._fake_hub import FakeHub, Repository
+from ._helpers import COMMIT_A, assert_same_model, go_online
 
 NAME = "l2x_tabular"
 
@@ -239,74 +237,38 @@ def test_every_checkpoint_error_is_one_exception_family() -> None:
         assert issubclass(error, CheckpointError)
 
 
-class _RefusingHub(http.server.BaseHTTPRequestHandler):
-    """Answers every request as the Hub does for a missing repository or revision."""
-
-    error_code = "RepoNotFound"
-
-    def _refuse(self) -> None:
-        body = json.dumps({"error": f"{self.error_code} (test endpoint)"}).encode()
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Error-Code", self.error_code)
-        self.send_header("X-Error-Message", f"{self.error_code} (test endpoint)")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_HEAD = _refuse
-
-    def log_message(self, *args: Any) -> None:  # keep pytest's output clean
-        pass
-
-
 @pytest.fixture
-def online_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str | None], str]]:
-    """``start(error_code)``: an online Hub endpoint on localhost (None: a closed port)."""
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(error_code: str | None) -> str:
-        if error_code is None:
-            endpoint = "http://127.0.0.1:9"  # discard port: the connection is refused
-        else:
-            handler = type("Handler", (_RefusingHub,), {"error_code": error_code})
-            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-            servers.append(server)
-            endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        return endpoint
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def online_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """huggingface_hub online, talking to a local Hub that serves no repository yet."""
+    hub = FakeHub()
+    server = hub.start()
+    go_online(monkeypatch, hub.endpoint)
+    yield hub
+    server.shutdown()
+    server.server_close()
 
 
-def test_a_repository_the_hub_does_not_have(online_endpoint: Callable[[str | None], str]) -> None:
-    endpoint = online_endpoint("RepoNotFound")
+def test_a_repository_the_hub_does_not_have(online_hub: FakeHub) -> None:
     with pytest.raises(CheckpointNotFoundError) as caught:
         aimle_zoo.from_pretrained("aimle-zoo/no-such-model")
     message = str(caught.value)
-    assert f"there is no Hub repository 'aimle-zoo/no-such-model' at {endpoint}" in message
+    assert f"there is no Hub repository 'aimle-zoo/no-such-model' at {online_hub.endpoint}" in (
+        message
+    )
     assert "pass a token" in message and "Bundled checkpoints:" in message
 
 
-def test_a_revision_the_hub_does_not_have(online_endpoint: Callable[[str | None], str]) -> None:
-    online_endpoint("RevisionNotFound")
+def test_a_revision_the_hub_does_not_have(
+    online_hub: FakeHub, saved: tuple[Path, ZooModel]
+) -> None:
+    online_hub.repositories["aimle-zoo/dvae-mnist"] = Repository(saved[0], COMMIT_A)
     with pytest.raises(
         CheckpointNotFoundError, match="'aimle-zoo/dvae-mnist' has no revision 'v9'"
     ):
         aimle_zoo.from_pretrained("dvae-mnist", revision="v9")
 
 
-def test_an_unreachable_hub_with_an_empty_cache(
-    online_endpoint: Callable[[str | None], str],
-) -> None:
-    online_endpoint(None)
+def test_an_unreachable_hub_with_an_empty_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    go_online(monkeypatch, "http://127.0.0.1:9")  # the discard port: connections are refused
     with pytest.raises(CheckpointNotFoundError, match="the Hub could not be reached"):
         aimle_zoo.from_pretrained("aimle-zoo/no-such-model")

@@ -10,13 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import constants
 
 import aimle_zoo
-from aimle_zoo.hub import FORMAT_VERSION, resolve_checkpoint
+from aimle_zoo.hub import CHECKPOINT_FILES, FORMAT_VERSION, resolve_checkpoint
 from aimle_zoo.models import ZooModel, list_models
 from tests.models._helpers import tiny_model
 
-from ._helpers import COMMIT_A, COMMIT_B, add_to_hub_cache, assert_same_model, trained_tiny_model
+from ._fake_hub import FakeHub, Repository
+from ._helpers import (
+    COMMIT_A,
+    COMMIT_B,
+    add_to_hub_cache,
+    assert_same_model,
+    go_online,
+    trained_tiny_model,
+)
 
 MODELS = list_models()
 
@@ -135,3 +144,33 @@ def test_real_environment_variables_in_a_fresh_process(
     assert Path(resolved) == snapshot
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
     assert "not-cached" in error and "HF_HUB_OFFLINE=1" in error
+
+
+def test_a_download_fills_the_hub_cache_for_later_offline_use(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online: a tag resolves to its commit, only the checkpoint files are fetched, and the
+    model equals the served one. Offline afterwards: the same tag and the commit still load."""
+    model = trained_tiny_model("l2x_tabular")
+    folder = tmp_path / "served"
+    model.save_pretrained(folder, repo_id="aimle-zoo/served")
+    (folder / "trainer_state.pt").write_bytes(b"optimizer state, not part of a checkpoint")
+    hub = FakeHub({"aimle-zoo/served": Repository(folder, COMMIT_B, refs=("main", "v1"))})
+    server = hub.start()
+    go_online(monkeypatch, hub.endpoint)
+    try:
+        assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/served", revision="v1"), model)
+    finally:
+        server.shutdown()
+        server.server_close()
+    fetched = {path.rsplit("/", 1)[1] for method, path in hub.requests if "/resolve/" in path}
+    assert fetched == set(CHECKPOINT_FILES)
+    repository = hub_cache / "models--aimle-zoo--served"
+    assert (repository / "refs" / "v1").read_text() == COMMIT_B
+    snapshot = repository / "snapshots" / COMMIT_B
+    assert sorted(entry.name for entry in snapshot.iterdir()) == sorted(CHECKPOINT_FILES)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/served", revision="v1"), model)
+    assert_same_model(aimle_zoo.from_pretrained("served", revision=COMMIT_B), model)

@@ -20,7 +20,7 @@ from aimle_zoo.hub import (
     push_to_hub,
 )
 
-from ._helpers import trained_tiny_model
+from ._helpers import go_online, trained_tiny_model
 
 
 @pytest.fixture
@@ -124,11 +124,7 @@ def test_the_upload_goes_through_create_repo_and_upload_folder(
 def test_a_closed_endpoint_fails_with_a_clear_error(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    endpoint = "http://127.0.0.1:9"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    go_online(monkeypatch, "http://127.0.0.1:9")  # the discard port: connections are refused
     with pytest.raises(
         HubPushError, match=r"aimle-zoo/l2x-tabular at http://127\.0\.0\.1:9"
     ) as caught:

@@ -268,12 +268,11 @@ def _json_line(path: Path, number: int, text: str) -> object:
 
 
 def _json_array(path: Path, text: str) -> list[tuple[str, object]]:
+    """The items of a JSON array (``text`` starts with ``[``, so valid JSON is a list)."""
     try:
         items = json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path}: invalid JSON ({err})") from err
-    if not isinstance(items, list):
-        raise DatasetError(f"{path}: expected a JSON array of objects")
     return [(f"{path}[{i}]", item) for i, item in enumerate(items)]
 
 

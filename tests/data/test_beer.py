@@ -99,6 +99,8 @@ def test_vocabulary_order_and_unknowns() -> None:
     assert vocabulary.encode(["a", "zzz", "c"]) == [4, UNK, 5]
     with pytest.raises(DatasetError, match="must start with"):
         Vocabulary(("a", "b"))
+    with pytest.raises(DatasetError, match="must be unique"):
+        Vocabulary((*vocabulary.tokens, "a"))
 
 
 def test_pad_sequences_keeps_first_or_last_and_tracks_positions() -> None:
@@ -129,6 +131,9 @@ def test_word_vectors(tmp_path: Path) -> None:
     bad.write_text("amber 1 2 3\npine 1 two 3\n")
     with pytest.raises(DatasetError, match=r"bad.txt:2: malformed vector values"):
         read_word_vectors(bad, vocabulary)
+    bad.write_text("3 300\n\n")  # a word2vec header and nothing else
+    with pytest.raises(DatasetError, match=r"bad.txt holds no word vectors"):
+        read_word_vectors(bad, vocabulary)
 
 
 def test_read_annotations_lines_and_array(tmp_path: Path) -> None:
@@ -140,6 +145,22 @@ def test_read_annotations_lines_and_array(tmp_path: Path) -> None:
     as_array = tmp_path / "array.json"
     as_array.write_text(json.dumps(ANNOTATIONS, indent=1))
     assert read_annotations(as_array) == reviews
+    as_text = tmp_path / "text.json"  # "x" as one whitespace-separated string
+    as_text.write_text(json.dumps({**ANNOTATIONS[0], "x": " ".join(ANNOTATIONS[0]["x"])}))
+    assert read_annotations(as_text) == reviews[:1]
+
+
+def test_malformed_annotation_files(tmp_path: Path) -> None:
+    path = tmp_path / "annotations.json"
+    path.write_text("\n\n")
+    with pytest.raises(DatasetError, match="holds no annotated reviews"):
+        read_annotations(path)
+    path.write_text('[{"x": ["a"]},\n')
+    with pytest.raises(DatasetError, match=r"annotations.json: invalid JSON"):
+        read_annotations(path)
+    path.write_text('[{"x": ["a"]}, ["b"]]')
+    with pytest.raises(DatasetError, match=r"annotations.json\[1\]: expected a JSON object"):
+        read_annotations(path)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@
 with identical data, seed and schedule, then writes ``out_dir/comparison.json``, a Markdown
 table (``comparison.md``: the best validation metrics and the test metrics of each best
 checkpoint) and the learning curves (``curves.png``: the selection metric on the validation
-split after every epoch). Existing finished runs are reused, so an interrupted comparison
-resumes where it stopped.
+split after every epoch). Finished runs are reused and a run stopped part-way resumes from its
+``last/`` checkpoint, so an interrupted comparison continues where it stopped.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
 from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training
-from .training import METRICS_LOG
+from .training import METRICS_LOG, TEST_METRICS
 
 DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 
@@ -44,11 +44,20 @@ def compare(
     results: dict[str, dict[str, Any]] = {}
     for name in estimators:
         run_dir = out / name
-        if not (run_dir / "test_metrics.json").exists():
-            run_training(task, run_dir, estimator=name, data_options=data_options, **overrides)
+        if not (run_dir / TEST_METRICS).exists():  # not run, or stopped before its end
+            stopped = (run_dir / "last").is_dir()
+            run_training(
+                task,
+                run_dir,
+                estimator=name,
+                data_options=data_options,
+                resume=stopped,
+                overwrite=not stopped,
+                **overrides,
+            )
         history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
         results[name] = {
-            "test": json.loads((run_dir / "test_metrics.json").read_text()),
+            "test": json.loads((run_dir / TEST_METRICS).read_text()),
             "curve": [record.get("valid", {}) for record in history],
             "seconds": sum(record["seconds"] for record in history),
         }

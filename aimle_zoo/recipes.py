@@ -35,6 +35,7 @@ from ._io import atomic_directory, atomic_file
 from .estimators import DifferentiableSolver
 from .models import ZooModel, create_model
 from .training import (
+    TEST_METRICS,
     TRAINER_STATE,
     TrainConfig,
     TrainResult,
@@ -485,13 +486,15 @@ def run_training(
     estimator: str = "aimle",
     data_options: DataOptions | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> TrainResult:
     """Train recipe ``name`` into ``out_dir`` (``overrides`` replace ``TrainConfig`` fields).
 
     With ``data_options.smoke`` the splits shrink and every epoch stops after a few steps.
     The best checkpoint is then evaluated on the test split (``out_dir/test_metrics.json``),
-    and ``best/recipe.json`` records how it was made.
+    and ``best/recipe.json`` records how it was made. ``resume`` and ``overwrite`` are those
+    of :func:`~aimle_zoo.training.train` (a folder holding a run is refused without either).
     """
     recipe = get_recipe(name)
     options = data_options or DataOptions()
@@ -502,7 +505,9 @@ def run_training(
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     task = recipe.build_data(options)
     model = recipe.build_model(estimator, smoke=options.smoke, task=task)
-    result = train(model, task.train, task.valid, out_dir, config, resume=resume)
+    result = train(
+        model, task.train, task.valid, out_dir, config, resume=resume, overwrite=overwrite
+    )
     if is_main_process() and result.best_dir.exists():
         best = type(model).from_pretrained(result.best_dir).to(config.device)
         test_metrics = evaluate(
@@ -512,7 +517,7 @@ def run_training(
             device=config.device,
             options=recipe.test_options,
         )
-        with atomic_file(Path(out_dir) / "test_metrics.json", "w") as handle:
+        with atomic_file(Path(out_dir) / TEST_METRICS, "w") as handle:
             json.dump(test_metrics, handle, indent=2)
         _write_recipe(result.best_dir, name, estimator, options)
     return result
@@ -604,7 +609,7 @@ def publish_run(
     heldout = run_evaluation(
         model, recipe.name, split="test", data_options=data_options, limit=HELDOUT_SIZE
     )
-    test_file = run / "test_metrics.json"
+    test_file = run / TEST_METRICS
     if test_file.exists():
         metrics = json.loads(test_file.read_text())
     else:  # a run stopped before its schedule ended: evaluate its best checkpoint now

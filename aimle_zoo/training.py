@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +41,8 @@ from ._io import atomic_directory, atomic_file
 TRAINER_STATE = "trainer_state.json"
 TRAINER_TENSORS = "trainer_state.safetensors"
 METRICS_LOG = "metrics.jsonl"
+#: The test metrics of a run's best checkpoint, written after training by ``run_training``.
+TEST_METRICS = "test_metrics.json"
 
 
 class TrainableModel(Protocol):
@@ -229,6 +232,31 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
+#: What a run leaves in its folder.
+RUN_ARTEFACTS = (METRICS_LOG, "best", "last", TEST_METRICS)
+
+
+def _previous_run(out: Path, overwrite: bool) -> list[str]:
+    """The artefacts of a run already in ``out`` (to delete); an error unless ``overwrite``."""
+    found = [name for name in RUN_ARTEFACTS if (out / name).exists()]
+    if found and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a training run ({', '.join(found)}); continue it with "
+            "resume=True (--resume), start over with overwrite=True (--overwrite), or choose "
+            "another folder"
+        )
+    return found
+
+
+def _delete(out: Path, names: list[str]) -> None:
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
 @contextmanager
 def _maybe_barrier(info: _DistInfo) -> Iterator[None]:
     try:
@@ -360,28 +388,42 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``model`` with Adam; keep the best checkpoint by ``config.select_metric``.
 
     ``last/`` is rewritten at the end of every epoch and, with ``config.checkpoint_every``,
     every that many steps; ``resume=True`` continues from it exactly (weights, optimizer,
-    adaptive estimator state, RNG states and the position inside the epoch).
+    adaptive estimator state, RNG states and the position inside the epoch), and rewrites
+    ``metrics.jsonl`` from the epochs it records. A fresh run refuses a folder that already
+    holds one (its ``metrics.jsonl``, ``best/`` or ``last/``) unless ``overwrite=True``, which
+    deletes them first.
 
     Under ``torchrun`` every process runs this function; gradients are averaged by
     DistributedDataParallel and the AIMLE adaptive statistics are all-reduced by the estimator,
     so every rank holds the same β. Only rank 0 writes logs and checkpoints.
     """
+    if resume and overwrite:
+        raise ValueError("resume=True continues the run in out_dir, overwrite=True deletes it")
     info = _init_distributed(config.device)
     device = _resolve_device(config.device, info)
     seed_everything(config.seed + info.rank)
     out = Path(out_dir)
     best_dir, last_dir, log_path = out / "best", out / "last", out / METRICS_LOG
+    if not resume:
+        found = _previous_run(out, overwrite)  # every rank checks, so all of them stop
+        with _maybe_barrier(info):
+            if info.is_main:
+                _delete(out, found)
 
     model.to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay
     )
     progress = _load_last(model, optimizer, last_dir, device) if resume else _Progress()
+    if resume and info.is_main:  # the log of the epochs the saved state has seen, no more
+        with atomic_file(log_path, "w") as log:
+            log.writelines(json.dumps(record) + "\n" for record in progress.history)
 
     loss_module: nn.Module = _LossModule(model)
     if info.world_size > 1:

@@ -51,6 +51,9 @@ def train_command(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last/.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the run already in --out and start over.")
+    ] = False,
     smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
     checkpoint_every: Annotated[
@@ -72,6 +75,7 @@ def train_command(
             progress=progress,
         ),
         resume=resume,
+        overwrite=overwrite,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,

@@ -211,3 +211,29 @@ def test_solver_parameters_must_be_key_value_pairs() -> None:
     result = CliRunner().invoke(app, ["check-solver", "topk", "--param", "k3"])
     assert result.exit_code != 0
     assert "expected KEY=VALUE, got 'k3'" in result.output
+
+
+def test_train_refuses_to_replace_a_run_unless_told(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train_smoke_run(run)
+    log = (run / "metrics.jsonl").read_text()
+    args = ["train", "l2x-xor", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert "--resume" in str(result.exception) and "--overwrite" in str(result.exception)
+    assert (run / "metrics.jsonl").read_text() == log
+    invoke(*args, "--seed", "1", "--overwrite")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (run / "metrics.jsonl").read_text() != log
+
+
+def test_compare_resumes_a_run_stopped_part_way(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    options = ["--smoke", "--out", str(out)]
+    invoke("compare", "l2x-xor", "--estimators", "imle", "--epochs", "1", *options)
+    (out / "imle" / "test_metrics.json").unlink()  # as if stopped after epoch 1 of 2
+    invoke("compare", "l2x-xor", "--estimators", "imle", "--epochs", "2", *options)
+    epochs = [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()]
+    assert epochs == [0, 1]
+    saved = json.loads((out / "comparison.json").read_text())
+    assert len(saved["results"]["imle"]["curve"]) == 2

@@ -3,7 +3,9 @@ gradient clipping reaches the optimizer."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,19 +29,59 @@ def _config(**overrides: object) -> TrainConfig:
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     model = tiny_model("l2x_tabular")
-    data = _dataset()
-    train(model, data, None, tmp_path, _config())
-    saved = load_file(str(tmp_path / "last" / "model.safetensors"))
-    with torch.no_grad():
-        model.predictor[-1].bias.fill_(float("inf"))  # logits ±inf: the loss is NaN
+    training_loss = model.training_loss
+    calls = 0
+
+    def diverging_after_one_epoch(batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        nonlocal calls
+        calls += 1
+        loss, logs = training_loss(batch)
+        return (loss * float("nan") if calls > 4 else loss), logs  # 4 steps per epoch
+
+    model.training_loss = diverging_after_one_epoch  # type: ignore[method-assign]
     with pytest.raises(
-        FloatingPointError, match=r"non-finite training loss nan at epoch 0, step 0"
+        FloatingPointError, match=r"non-finite training loss nan at epoch 1, step 0"
     ):
-        train(model, data, None, tmp_path, _config())
-    assert (tmp_path / "last").is_dir()
+        train(model, _dataset(), None, tmp_path, _config(epochs=2))
     kept = load_file(str(tmp_path / "last" / "model.safetensors"))
-    assert kept.keys() == saved.keys()
-    assert all(torch.equal(kept[key], saved[key]) for key in saved)
+    state = model.state_dict()  # the weights after epoch 0: the NaN step was not taken
+    assert kept.keys() == state.keys()
+    assert all(torch.equal(kept[key], state[key]) for key in state)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0]
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path: Path) -> None:
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config())
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    old_weights = load_file(str(tmp_path / "last" / "model.safetensors"))
+    with pytest.raises(FileExistsError, match=r"already holds a training run \(metrics\.jsonl"):
+        train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(seed=1))
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing touched
+    with pytest.raises(ValueError, match="resume=True continues the run"):
+        train(
+            tiny_model("l2x_tabular"), data, None, tmp_path, _config(), resume=True, overwrite=True
+        )
+    (tmp_path / "test_metrics.json").write_text("{}")  # as run_training leaves it
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(seed=1), overwrite=True)
+    assert not (tmp_path / "test_metrics.json").exists()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0]  # one run's log, not two
+    replaced = load_file(str(tmp_path / "last" / "model.safetensors"))
+    assert not torch.equal(replaced["predictor.0.weight"], old_weights["predictor.0.weight"])
+
+
+def test_resume_rewrites_the_log_from_the_saved_state(tmp_path: Path) -> None:
+    """A stop between the log line and the checkpoint of an epoch must not log it twice."""
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config())
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(log.read_text() + json.dumps({"epoch": 1, "train": {}}) + "\n")
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [0, 1]
+    assert "loss" in json.loads(log.read_text().splitlines()[1])["train"]
 
 
 @pytest.mark.parametrize("clip", [None, 1e-12])

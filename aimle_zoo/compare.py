@@ -4,8 +4,9 @@
 with identical data, seed and schedule, then writes ``out_dir/comparison.json``, a Markdown
 table (``comparison.md``: the best validation metrics and the test metrics of each best
 checkpoint) and the learning curves (``curves.png``: the selection metric on the validation
-split after every epoch). Finished runs are reused and a run stopped part-way resumes from its
-``last/`` checkpoint, so an interrupted comparison continues where it stopped.
+split after every epoch). A run already in ``out_dir`` with the same settings is reused; one
+stopped part-way, or asked for more epochs, resumes from its ``last/`` checkpoint (exactly, so
+the result equals an uninterrupted run); one made with other settings is an error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
-from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training
-from .training import METRICS_LOG, TEST_METRICS
+from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training, train_config
+from .training import METRICS_LOG, RESUME_FIELDS, TEST_METRICS, TRAINER_STATE, TrainConfig
 
 DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 
@@ -44,15 +46,16 @@ def compare(
     results: dict[str, dict[str, Any]] = {}
     for name in estimators:
         run_dir = out / name
-        if not (run_dir / TEST_METRICS).exists():  # not run, or stopped before its end
-            stopped = (run_dir / "last").is_dir()
+        wanted = train_config(task, estimator=name, data_options=data_options, **overrides)
+        done = _epochs_done(run_dir, wanted)
+        if done is None or done < wanted.epochs or not (run_dir / TEST_METRICS).exists():
             run_training(
                 task,
                 run_dir,
                 estimator=name,
                 data_options=data_options,
-                resume=stopped,
-                overwrite=not stopped,
+                resume=done is not None,
+                overwrite=done is None,
                 **overrides,
             )
         history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
@@ -68,6 +71,33 @@ def compare(
         handle.write(comparison_table(results))
     plot_curves(results, metric, out / "curves.png", title=f"{task}: validation {metric}")
     return results
+
+
+#: Settings that change what a run learns; a run is reused or extended only if they match.
+_SAME_RUN_FIELDS = (*RESUME_FIELDS, "extra")
+
+
+def _epochs_done(run_dir: Path, wanted: TrainConfig) -> int | None:
+    """Epochs of the run in ``run_dir`` made with ``wanted``'s settings (``None``: no run yet).
+
+    A run with other settings, or with more epochs than ``wanted``, raises: reusing it would
+    put a different budget in the comparison.
+    """
+    state = run_dir / "last" / TRAINER_STATE
+    if not state.exists():
+        return None
+    meta = json.loads(state.read_text())
+    saved, asked = meta["config"], asdict(wanted)
+    differ = [key for key in _SAME_RUN_FIELDS if saved.get(key) != asked[key]]
+    if saved["epochs"] > asked["epochs"]:
+        differ.insert(0, "epochs")
+    if differ:
+        settings = ", ".join(f"{key}={saved.get(key)!r} (now {asked[key]!r})" for key in differ)
+        raise ValueError(
+            f"{run_dir} holds a run trained with {settings}; compare into another --out, or "
+            "delete that folder to train it again"
+        )
+    return int(meta["epoch"])
 
 
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:

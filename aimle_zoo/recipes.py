@@ -479,6 +479,26 @@ def get_recipe(name: str) -> Recipe:
 # ----------------------------------------------------------------------------- entry points
 
 
+def train_config(
+    name: str,
+    *,
+    estimator: str = "aimle",
+    data_options: DataOptions | None = None,
+    **overrides: Any,
+) -> TrainConfig:
+    """The :class:`TrainConfig` :func:`run_training` uses: the recipe's schedule with the
+    non-``None`` ``overrides``, at most 3 steps per epoch on smoke data, and the recipe,
+    estimator and smoke flag in ``extra``."""
+    options = data_options or DataOptions()
+    config = replace(
+        get_recipe(name).train, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    if options.smoke:
+        config = replace(config, max_steps_per_epoch=config.max_steps_per_epoch or 3)
+    extra = {**config.extra, "recipe": name, "estimator": estimator, "smoke": options.smoke}
+    return replace(config, extra=extra)
+
+
 def run_training(
     name: str,
     out_dir: str | os.PathLike[str],
@@ -498,10 +518,7 @@ def run_training(
     """
     recipe = get_recipe(name)
     options = data_options or DataOptions()
-    config = replace(recipe.train, **{k: v for k, v in overrides.items() if v is not None})
-    if options.smoke:
-        config = replace(config, max_steps_per_epoch=config.max_steps_per_epoch or 3)
-    config.extra.update({"recipe": name, "estimator": estimator, "smoke": options.smoke})
+    config = train_config(name, estimator=estimator, data_options=options, **overrides)
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     task = recipe.build_data(options)
     model = recipe.build_model(estimator, smoke=options.smoke, task=task)

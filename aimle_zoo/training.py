@@ -337,8 +337,30 @@ def _trainer_state(
     return meta, tensors
 
 
+#: Settings a resumed run must share with the saved one (the others, such as ``epochs``, may
+#: change): the batch position, the data order, the optimizer and the best-checkpoint choice.
+RESUME_FIELDS = (
+    "batch_size", "lr", "adam_eps", "weight_decay", "grad_clip", "seed", "select_metric",
+    "select_mode", "max_steps_per_epoch", "shuffle",
+)  # fmt: skip
+
+
+def _check_resumable(saved: dict[str, Any], asked: dict[str, Any], last_dir: Path) -> None:
+    differ = [key for key in RESUME_FIELDS if key in saved and saved[key] != asked[key]]
+    if differ:
+        settings = ", ".join(f"{key}={saved[key]!r} (now {asked[key]!r})" for key in differ)
+        raise ValueError(
+            f"cannot resume {last_dir} with other settings: {settings}. A resumed run "
+            "continues exactly with its own settings; drop those options, or start a new run"
+        )
+
+
 def _load_last(
-    model: nn.Module, optimizer: torch.optim.Optimizer, last_dir: Path, device: torch.device
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    last_dir: Path,
+    device: torch.device,
+    config: TrainConfig,
 ) -> _Progress:
     from safetensors.torch import load_file
 
@@ -349,8 +371,9 @@ def _load_last(
             f"cannot resume: {last_dir} lacks {', '.join(missing)}; start without --resume or "
             "point --out at the run to continue"
         )
-    model.load_state_dict(load_file(str(paths[0]), device=str(device)), strict=True)
     meta = json.loads(paths[1].read_text())
+    _check_resumable(meta["config"], asdict(config), last_dir)
+    model.load_state_dict(load_file(str(paths[0]), device=str(device)), strict=True)
     tensors = load_file(str(paths[2]))
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
@@ -420,7 +443,7 @@ def train(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay
     )
-    progress = _load_last(model, optimizer, last_dir, device) if resume else _Progress()
+    progress = _load_last(model, optimizer, last_dir, device, config) if resume else _Progress()
     if resume and info.is_main:  # the log of the epochs the saved state has seen, no more
         with atomic_file(log_path, "w") as log:
             log.writelines(json.dumps(record) + "\n" for record in progress.history)

@@ -227,13 +227,27 @@ def test_train_refuses_to_replace_a_run_unless_told(tmp_path: Path) -> None:
     assert (run / "metrics.jsonl").read_text() != log
 
 
-def test_compare_resumes_a_run_stopped_part_way(tmp_path: Path) -> None:
+def test_compare_reuses_extends_or_refuses_the_runs_already_there(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    options = ["--smoke", "--out", str(out)]
-    invoke("compare", "l2x-xor", "--estimators", "imle", "--epochs", "1", *options)
-    (out / "imle" / "test_metrics.json").unlink()  # as if stopped after epoch 1 of 2
-    invoke("compare", "l2x-xor", "--estimators", "imle", "--epochs", "2", *options)
+    options = ["--smoke", "--out", str(out), "--estimators", "imle"]
+    invoke("compare", "l2x-xor", "--epochs", "1", *options)
+    weights = (out / "imle" / "best" / "model.safetensors").read_bytes()
+    invoke("compare", "l2x-xor", "--epochs", "1", *options)  # the same settings: reused
+    assert (out / "imle" / "best" / "model.safetensors").read_bytes() == weights
+    invoke("compare", "l2x-xor", "--epochs", "2", *options)  # more epochs: resumed
     epochs = [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()]
     assert epochs == [0, 1]
     saved = json.loads((out / "comparison.json").read_text())
     assert len(saved["results"]["imle"]["curve"]) == 2
+    straight = tmp_path / "straight"
+    invoke("compare", "l2x-xor", "--epochs", "2", "--smoke", "--out", str(straight),
+           "--estimators", "imle")  # fmt: skip
+    assert (
+        saved["results"]["imle"]["test"]
+        == json.loads((straight / "comparison.json").read_text())["results"]["imle"]["test"]
+    )  # resuming changed nothing
+    for other in (["--epochs", "1"], ["--epochs", "2", "--seed", "1"]):
+        result = CliRunner().invoke(app, ["compare", "l2x-xor", *other, *options])
+        assert result.exit_code != 0
+        assert "holds a run trained with" in str(result.exception)
+    assert [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()] == [0, 1]

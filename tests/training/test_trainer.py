@@ -101,3 +101,14 @@ def test_gradient_clipping_reaches_the_optimizer(clip: float | None, tmp_path: P
         assert moved == pytest.approx(lr, rel=1e-3)
     else:
         assert moved <= lr * clip / 1e-8
+
+
+def test_resume_refuses_settings_that_would_not_continue_the_run(tmp_path: Path) -> None:
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(checkpoint_every=2))
+    saved = (tmp_path / "last" / "model.safetensors").read_bytes()
+    for change in ({"batch_size": 4}, {"lr": 1e-2}, {"seed": 3}):
+        with pytest.raises(ValueError, match=f"cannot resume .* {next(iter(change))}="):
+            train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(**change), resume=True)
+    assert (tmp_path / "last" / "model.safetensors").read_bytes() == saved
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)

@@ -262,6 +262,13 @@ def test_reference_npy_loader(tmp_path: Path, small: tuple[np.ndarray, np.ndarra
     np.save(tmp_path / "edges_test_novar_1skip_6t_1r_graph10.npy", edges[:3])
     with pytest.raises(DatasetError, match="edges must have shape"):
         load_graph_layout_npy(tmp_path, num_timesteps=6)
+    np.save(tmp_path / "edges_test_novar_1skip_6t_1r_graph10.npy", np.array(["a", "b"]))
+    with pytest.raises(DatasetError, match="does not hold a numeric array"):
+        load_graph_layout_npy(tmp_path, num_timesteps=6)
+    np.save(tmp_path / "edges_test_novar_1skip_6t_1r_graph10.npy", edges[slices["test"]])
+    np.save(tmp_path / "data_valid_novar_1skip_6t_1r_graph10.npy", features[20:30, :, :, :8])
+    with pytest.raises(DatasetError, match="has 8 vertices, expected 10"):
+        load_graph_layout_npy(tmp_path, num_timesteps=6)
 
 
 def test_progress_bar_can_be_shown(capsys: pytest.CaptureFixture[str]) -> None:

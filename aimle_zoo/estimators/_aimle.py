@@ -49,7 +49,7 @@ from ._base import (
     scaled_noise,
 )
 from .noise import NoiseLike, make_noise
-from .targets import AdaptiveTarget, TargetLike, make_target
+from .targets import AdaptiveTarget, TargetLike, make_target, times_step
 
 __all__ = ["AIMLE"]
 
@@ -74,7 +74,7 @@ class _AIMLEFunction(torch.autograd.Function):
         estimator: AIMLE = ctx.estimator
         theta_tiled, eps, z = ctx.saved_tensors  # [B·N, *S] each
         step = estimator.target.step_size(theta_tiled, dy)  # λ
-        move = step * dy if ctx.minimize else -step * dy  # θ_R − θ = ∓λ·dy
+        move = times_step(step if ctx.minimize else -step, dy)  # θ_R − θ = ∓λ·dy
         noise = scaled_noise(eps, estimator.target_temperature)  # τ_t·ε
         if z is not None:  # forward difference, forward sample reused
             right = theta_tiled + move  # θ − λ·dy

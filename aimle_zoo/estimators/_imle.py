@@ -41,7 +41,7 @@ from ._base import (
     perturb,
 )
 from .noise import NoiseLike, make_noise
-from .targets import FixedTarget
+from .targets import FixedTarget, times_step
 
 __all__ = ["IMLE"]
 
@@ -65,7 +65,7 @@ class _IMLEFunction(torch.autograd.Function):
         theta, eps, z = ctx.saved_tensors
         theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
         step = estimator.target.step_size(theta_tiled, dy)  # λ
-        move = step * dy if ctx.minimize else -step * dy  # ∓λ·dy
+        move = times_step(step if ctx.minimize else -step, dy)  # ∓λ·dy
         z_target = call_solver(
             ctx.solver, perturb(theta_tiled + move, eps, estimator.target_temperature)
         )

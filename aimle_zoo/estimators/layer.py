@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..solvers import get_solver
 from ._aimle import AIMLE
-from ._base import Estimator, SolverFunction
+from ._base import Estimator, SolverFunction, call_solver
 from ._relaxed import Relaxed
 from .registry import build_estimator
 
@@ -88,7 +88,7 @@ class DifferentiableSolver(nn.Module):
             return self.solver(theta)
         if self.training:
             return self.estimator(self.solver, theta)
-        return self.solver(theta)
+        return call_solver(self.solver, theta)  # checked and cast like the training samples
 
 
 def _is_exporting() -> bool:

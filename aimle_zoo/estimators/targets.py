@@ -39,7 +39,23 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["AdaptiveTarget", "FixedTarget", "Target", "TargetLike", "make_target"]
+__all__ = ["AdaptiveTarget", "FixedTarget", "Target", "TargetLike", "make_target", "times_step"]
+
+
+def step_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of λ and of the norms behind it: float32 for half precision, where ‖θ‖, ‖dy‖
+    and λ overflow or underflow (a loss-scaled dy easily has ‖dy‖ > 65504), else ``dtype``."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def times_step(step: Tensor, values: Tensor) -> Tensor:
+    """λ·values, computed in λ's dtype and returned in the dtype of ``values``."""
+    return (step * values.to(step.dtype)).to(values.dtype)
+
+
+def _divide_by_step(values: Tensor, step: Tensor) -> Tensor:
+    """values/λ, computed in λ's dtype and returned in the dtype of ``values``."""
+    return (values.to(step.dtype) / step).to(values.dtype)
 
 
 class Target(nn.Module):
@@ -48,7 +64,7 @@ class Target(nn.Module):
     name: ClassVar[str] = ""
 
     def step_size(self, theta: Tensor, dy: Tensor) -> Tensor:
-        """λ ≥ 0 as a 0-dim tensor on θ's device and dtype.
+        """λ ≥ 0 as a 0-dim tensor on θ's device, in :func:`step_dtype` of θ's dtype.
 
         Args:
             theta: the sample-tiled parameters ``[B·N, *S]``.
@@ -94,10 +110,10 @@ class FixedTarget(Target):
         self.scale_gradient = bool(scale_gradient)
 
     def step_size(self, theta: Tensor, dy: Tensor) -> Tensor:
-        return torch.full((), self.lambda_, device=theta.device, dtype=theta.dtype)
+        return torch.full((), self.lambda_, device=theta.device, dtype=step_dtype(theta.dtype))
 
     def process(self, gradient: Tensor, step: Tensor) -> Tensor:
-        return gradient / step if self.scale_gradient else gradient
+        return _divide_by_step(gradient, step) if self.scale_gradient else gradient
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "lambda_": self.lambda_, "scale_gradient": self.scale_gradient}
@@ -122,7 +138,8 @@ class AdaptiveTarget(Target):
         initial_beta: β₀ ≥ 0 (default 1, the reference class default, so the first backward
             already gives a gradient; the reference experiments start from 0).
         target_norm: c, the wanted average number of non-zero gradient entries per sample.
-        update_step: η ≥ 0.
+        update_step: η ≥ 0 (default 1e-3, the value of the reference's VAE and NRI
+            experiments; its class default, 1e-4, is the one of its L2X experiment).
         momentum: μ ≥ 0.
         decay: ρ in [0, 1].
         initial_grad_norm: c̄₀ ≥ 0.
@@ -170,10 +187,11 @@ class AdaptiveTarget(Target):
 
     def step_size(self, theta: Tensor, dy: Tensor) -> Tensor:
         """λ = β·‖θ‖/‖dy‖ over the whole batch (0 when dy = 0)."""
-        theta_norm = torch.linalg.vector_norm(theta)
-        dy_norm = torch.linalg.vector_norm(dy).to(theta.dtype)
-        beta = self.beta.to(device=theta.device, dtype=theta.dtype)
-        safe_norm = dy_norm.clamp_min(torch.finfo(theta.dtype).tiny)
+        dtype = step_dtype(theta.dtype)
+        theta_norm = torch.linalg.vector_norm(theta, dtype=dtype)
+        dy_norm = torch.linalg.vector_norm(dy, dtype=dtype)
+        beta = self.beta.to(device=theta.device, dtype=dtype)
+        safe_norm = dy_norm.clamp_min(torch.finfo(dtype).tiny)
         return torch.where(dy_norm > 0, beta * theta_norm / safe_norm, torch.zeros_like(beta))
 
     @torch.no_grad()
@@ -187,15 +205,18 @@ class AdaptiveTarget(Target):
             counts = torch.stack([nonzero, total]).to(gradient.device)
             dist.all_reduce(counts)
             nonzero, total = counts.to(state.device).unbind()
-        observed = nonzero / total  # ĉ
-        self.grad_norm.mul_(self.decay).add_((1.0 - self.decay) * observed)  # c̄
+        seen = total > 0  # an empty batch (on every rank) leaves the state as it is
+        observed = nonzero / total.clamp_min(1.0)  # ĉ
+        averaged = self.grad_norm * self.decay + (1.0 - self.decay) * observed  # c̄
+        self.grad_norm.copy_(torch.where(seen, averaged, self.grad_norm))
         step_up, step_down = self.update_step, -self.update_step
         update = torch.where(self.grad_norm < self.target_norm, step_up, step_down)  # ±η
         if self.momentum != 0 or self.update_step == 0:  # μ·Δ_prev (an exact no-op otherwise)
             update = update + self.momentum * self.last_update  # Δ
+        update = torch.where(seen, update, 0.0)
         self.beta.add_(update).clamp_min_(0.0)
-        self.last_update.copy_(update)
-        return gradient / torch.where(step > 0, step, 1.0)
+        self.last_update.copy_(torch.where(seen, update, self.last_update))
+        return _divide_by_step(gradient, torch.where(step > 0, step, 1.0))
 
     def config(self) -> dict[str, Any]:
         return {

@@ -65,6 +65,19 @@ def test_layer_train_uses_estimator_and_eval_the_plain_solver() -> None:
     assert torch.equal(layer(theta), solver(theta))
 
 
+def test_eval_mode_checks_and_casts_the_solution_as_training_does() -> None:
+    def boolean_top2(theta: Tensor) -> Tensor:  # the right solution, as booleans
+        return theta >= theta.topk(2, dim=-1).values[..., -1:]
+
+    layer = DifferentiableSolver(boolean_top2, AIMLE())
+    theta = torch.randn(3, 5, dtype=torch.float64)
+    for mode in (True, False):
+        z = layer.train(mode)(theta)
+        assert z.dtype == torch.float64 and z.sum(-1).tolist() == [2.0] * 3
+    with pytest.raises(SolverOutputError, match=r"returned shape \(3,\) for input shape"):
+        DifferentiableSolver(lambda t: t.sum(-1), AIMLE()).eval()(theta)
+
+
 def test_layer_builds_named_solver_and_estimator() -> None:
     layer = DifferentiableSolver("topk", "imle", k=3)
     assert isinstance(layer.estimator, IMLE)

@@ -189,3 +189,47 @@ def test_make_target_forms() -> None:
 def test_target_errors(call, error, match) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+def test_an_empty_batch_leaves_the_adaptive_state_as_it_is() -> None:
+    estimator = AIMLE(target=AdaptiveTarget(initial_beta=0.5, target_norm=2.0), noise=None)
+    theta = torch.randn(4, 6, requires_grad=True)
+    estimator(lambda t: topk_mask(t, 2), theta).pow(2).sum().backward()  # one ordinary step
+    before = {name: value.clone() for name, value in estimator.target.state_dict().items()}
+    empty = torch.randn(0, 6, requires_grad=True)
+    estimator(lambda t: topk_mask(t, 2), empty).sum().backward()
+    after = estimator.target.state_dict()
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+    assert torch.isfinite(after["grad_norm"])
+
+
+@pytest.mark.parametrize("scale", [65536.0, 1e-4])
+def test_half_precision_steps_are_taken_in_single_precision(scale: float) -> None:
+    """Loss-scaled (×65536) or tiny dy: ‖dy‖ or λ leave float16's range, λ·dy does not."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(256, 50, generator=gen).half()
+    dy = (torch.randn(256, 50, generator=gen) * 1e-2 * scale).half()
+    target = AdaptiveTarget()
+    step = target.step_size(theta, dy)
+    exact = target.step_size(theta.float(), dy.float())  # the same values, in float32
+    assert step.dtype == torch.float32 and torch.isfinite(step) and step > 0
+    torch.testing.assert_close(step, exact, rtol=1e-6, atol=0.0)
+    move = targets_module.times_step(step, dy)
+    assert move.dtype == torch.float16 and torch.isfinite(move).all()
+    torch.testing.assert_close(move, (exact * dy.float()).half(), rtol=1e-3, atol=0.0)
+    difference = _gradient_with_nonzeros(20, shape=(8, 1, 20)).half()
+    scaled = target.process(difference, step)
+    assert scaled.dtype == torch.float16
+    assert torch.equal(scaled, (difference.float() / exact).half())
+
+
+def test_aimle_in_half_precision_with_a_loss_scaled_gradient() -> None:
+    """‖dy‖ = inf in float16 used to make λ = 0 and every gradient 0."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(256, 50, generator=gen).half().requires_grad_()
+    dy = (torch.randn(256, 50, generator=gen) * 1e-2 * 65536).half()
+    assert torch.isinf(torch.linalg.vector_norm(dy))  # > 65504
+    estimator = AIMLE(target=AdaptiveTarget(), noise=None, symmetric=True)
+    estimator(lambda t: topk_mask(t, 5), theta).backward(dy)
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+    assert int(theta.grad.count_nonzero()) > 0

@@ -44,7 +44,8 @@ class SolverSpec:
             batch of small valid instances, used by the conformance kit, tests and docs.
         objective: ``(theta, z) -> [B]`` objective value of each solution (default: the linear
             objective ``<theta, z>``), used by the conformance kit to check optimality.
-        source: ``"builtin"`` or the distribution that provided a plugin.
+        source: ``"builtin"`` (aimle_zoo's own), the distribution that provided a plugin, or
+            ``"module <name>"`` for a solver registered by other code (a script, a test).
     """
 
     name: str
@@ -96,11 +97,23 @@ _SPEC_ATTR = "__aimle_solver_spec__"
 
 
 def solver_spec(solver: object) -> SolverSpec | None:
-    """The registry spec of a solver instance, class or function, or ``None`` if unregistered."""
-    spec = getattr(solver, _SPEC_ATTR, None)
+    """The registry spec of a solver instance, class or function, or ``None`` if unregistered.
+
+    Only a spec registered for ``solver`` itself counts: a subclass of a registered solver
+    class is not that solver (its sense or contract may differ) until it is registered too.
+    """
+    spec = _own_spec(solver)
+    if spec is None and not isinstance(solver, type):
+        spec = _own_spec(type(solver))  # an instance of a registered class
     if spec is None and isinstance(solver, FunctionSolver):
-        spec = getattr(solver.fn, _SPEC_ATTR, None)
+        spec = _own_spec(solver.fn)
     return spec
+
+
+def _own_spec(obj: object) -> SolverSpec | None:
+    """The spec stored on ``obj`` itself (not inherited from a base class)."""
+    spec = vars(obj).get(_SPEC_ATTR) if hasattr(obj, "__dict__") else None
+    return spec if isinstance(spec, SolverSpec) else None
 
 
 def solver_sense(solver: object) -> Sense:

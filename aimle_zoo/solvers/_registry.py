@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib import metadata
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
@@ -33,7 +35,7 @@ _specs: dict[str, SolverSpec] = {}  # canonical name -> spec (written only by th
 _aliases: dict[str, str] = {}  # alias -> canonical name
 _plugin_failures: dict[str, SolverPluginError] = {}  # entry-point name -> error
 _plugins_loaded = False
-_loading_source = "builtin"
+_loading_source: str | None = None  # the distribution whose entry point is being loaded
 
 #: Read-only view of the registry: canonical name -> :class:`SolverSpec`.
 solver_registry: Mapping[str, SolverSpec] = MappingProxyType(_specs)
@@ -102,7 +104,7 @@ def register_solver(
             aliases=tuple(aliases),
             example=example,
             objective=objective,
-            source=_loading_source,
+            source=_loading_source or _module_source(obj),
         )
         _specs[name] = spec
         for alias in aliases:
@@ -111,6 +113,12 @@ def register_solver(
         return obj
 
     return decorator
+
+
+def _module_source(obj: object) -> str:
+    """``"builtin"`` for aimle_zoo's own solvers, else the module that registered ``obj``."""
+    module = getattr(obj, "__module__", None) or "<unknown module>"
+    return "builtin" if module.split(".")[0] == "aimle_zoo" else f"module {module}"
 
 
 def get_solver(name: str, **params: Any) -> Solver:
@@ -164,8 +172,6 @@ def load_plugins(*, reload: bool = False) -> dict[str, SolverPluginError]:
     _plugins_loaded = True
     _plugin_failures.clear()  # failures of entry points that are gone or fixed are forgotten
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry_point.name in _specs and _specs[entry_point.name].source != "builtin":
-            continue  # already loaded
         _load_entry_point(entry_point)
     return dict(_plugin_failures)
 
@@ -175,11 +181,15 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> None:
     where = f"entry point {entry_point.name!r} = {entry_point.value!r} of distribution {dist!r}"
     taken = _specs.get(_aliases.get(entry_point.name, entry_point.name))
     if taken is not None:
-        if getattr(taken.factory, "__module__", None) == entry_point.module:
-            return  # the plugin module was imported directly before the entry points were read
+        if taken.source == dist:
+            return  # loaded already
+        if entry_point.module in sys.modules and _loads(entry_point) is taken.factory:
+            # the plugin registered itself when its module was imported, before discovery
+            _retag(taken, dist)
+            return
         warnings.warn(
-            f"ignoring solver plugin {where}: the name is taken by the built-in solver "
-            f"{taken.name!r}",
+            f"ignoring solver plugin {where}: the name is taken by solver {taken.name!r} "
+            f"({taken.source})",
             stacklevel=3,
         )
         return
@@ -205,6 +215,21 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> None:
         _plugin_failures[entry_point.name].__cause__ = err
     else:
         _plugin_failures.pop(entry_point.name, None)
+
+
+def _loads(entry_point: metadata.EntryPoint) -> object:
+    """The object ``entry_point`` names, or ``None`` if it cannot be loaded."""
+    try:
+        return entry_point.load()
+    except Exception:
+        return None
+
+
+def _retag(spec: SolverSpec, dist: str) -> None:
+    """Record ``dist`` as the source of ``spec`` (registered before its entry point was read)."""
+    updated = replace(spec, source=dist)
+    _specs[spec.name] = updated
+    setattr(spec.factory, _SPEC_ATTR, updated)
 
 
 @contextmanager

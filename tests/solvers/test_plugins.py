@@ -34,6 +34,7 @@ from aimle_zoo.solvers import (
     load_plugins,
     register_solver,
     solver_registry,
+    solver_spec,
 )
 from aimle_zoo.solvers.testing import check_solver, isolated_registry
 
@@ -218,8 +219,9 @@ def test_failing_plugin_is_reported_when_requested(
 
     names = list_solvers()  # discovery does not raise
     assert set(names) == builtins and "plug_argmax" in names
-    for name in builtins:
+    for name in builtins - {"plug_argmax"}:
         assert get_solver_spec(name).source == "builtin"
+    assert get_solver_spec("plug_argmax").source == f"module {__name__}"  # registered here
     assert get_solver("plug_argmax")(torch.tensor([[0.0, 2.0, 1.0]])).tolist() == [[0.0, 1.0, 0.0]]
 
     with pytest.raises(SolverPluginError) as err:
@@ -269,7 +271,9 @@ def test_plugin_clashing_with_a_builtin_is_ignored_with_a_warning(site: Site, na
     )
 
     with pytest.warns(
-        UserWarning, match=f"ignoring solver plugin entry point '{name}'.*taken by the built-in"
+        UserWarning,
+        match=f"ignoring solver plugin entry point '{name}'.*taken by solver 'plug_argmax' "
+        rf"\(module {__name__}\)",
     ):
         list_solvers()
     assert get_solver_spec(name) is builtin
@@ -277,17 +281,23 @@ def test_plugin_clashing_with_a_builtin_is_ignored_with_a_warning(site: Site, na
     assert load_plugins() == {}
 
 
-def test_plugin_module_imported_before_discovery_is_not_a_clash(site: Site) -> None:
-    site.install(
-        "aimlezoo-early",
-        {"early": "plug_early:solve"},
-        {"plug_early": identity_solver_module("early")},
-    )
+@pytest.mark.parametrize("package", [False, True])
+def test_plugin_module_imported_before_discovery_is_not_a_clash(site: Site, package: bool) -> None:
+    """Also when the entry point names a re-export (``pkg:solve`` defined in ``pkg_impl``)."""
+    modules = {"plug_early_impl": identity_solver_module("early")}
+    if package:
+        modules["plug_early"] = "from plug_early_impl import solve\n"
+    else:
+        modules = {"plug_early": modules["plug_early_impl"]}
+    site.install("aimlezoo-early", {"early": "plug_early:solve"}, modules)
     early = importlib.import_module("plug_early")
+    assert get_solver_spec("early").source.startswith("module plug_early")  # not "builtin"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "early" in list_solvers()
     assert load_plugins() == {} and get_solver_spec("early").factory is early.solve
+    assert get_solver_spec("early").source == "aimlezoo-early"
+    assert solver_spec(early.solve) is get_solver_spec("early")
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def test_register_a_function() -> None:
         "reg_top_k",
         top_k,
         "max",
-        "builtin",
+        f"module {__name__}",  # not aimle_zoo's own
     )
     assert spec.description == "Indicator of the k largest entries of each row."  # docstring
     assert spec.constraints == ("1 <= k <= n",) and spec.example is example
@@ -249,3 +249,24 @@ def test_solver_sense_and_spec() -> None:
         solver_sense(Unregistered("down"))
     assert solver_spec(Unregistered("min")) is None
     assert solver_spec(lambda theta: theta) is None
+
+
+def test_a_subclass_of_a_registered_solver_is_not_that_solver() -> None:
+    @register_solver("reg_top_k_class", sense="max", input_shape="[B, n]")
+    class TopK(Solver):
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.k = k
+
+        def forward(self, theta: Tensor) -> Tensor:
+            return top_k(theta, self.k)
+
+    class BottomK(TopK):
+        sense = "min"
+
+        def forward(self, theta: Tensor) -> Tensor:
+            return top_k(-theta, self.k)
+
+    assert solver_spec(TopK) is solver_spec(TopK(2)) is solver_registry["reg_top_k_class"]
+    assert solver_spec(BottomK) is None and solver_spec(BottomK(2)) is None
+    assert solver_sense(TopK(2)) == "max" and solver_sense(BottomK(2)) == "min"

@@ -270,7 +270,7 @@ class _MapSpanningTree(nn.Module):
     """The MAP tree of ``mst_edges`` on NRI edge logits ``[B, E] -> [B, E]``, in fewer graph
     nodes than the solver's own code (no scatters, no shape-dependent expands per step).
 
-    The same Prim steps as the solver, hence the same tree: weights ``w_e = (l_e + l_ē) / 2``
+    The same Prim steps as the solver, hence the same tree: weights ``w_e = l_e / 2 + l_ē / 2``
     (ē the reverse edge), vertex 0 first; per step the outside vertex with the best offer joins
     (first index on ties) and its row of weights replaces the offers it strictly improves.
     Edge e = (i ← j) is in the tree iff ``parent[i] = j`` or ``parent[j] = i``.
@@ -297,7 +297,7 @@ class _MapSpanningTree(nn.Module):
 
     def forward(self, logits: Tensor) -> Tensor:
         batch, n = logits.shape[0], self.vertices
-        weights = (logits + logits.index_select(1, self.reverse)) / 2  # [B, E]
+        weights = logits / 2 + logits.index_select(1, self.reverse) / 2  # [B, E], as the solver
         blocked = torch.full_like(weights[:, :1], float("-inf"))  # [B, 1]
         padded = torch.cat([weights, blocked], dim=1)  # [B, E + 1]
         score = padded.index_select(1, self.score_index).view(batch * n, n)  # [B·n, n]

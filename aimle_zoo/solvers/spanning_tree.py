@@ -301,6 +301,13 @@ def _tree_weight(theta: Tensor, z: Tensor) -> Tensor:
     return (theta * z).sum(dim=(1, 2)) / 2
 
 
+def symmetric_part(weights: Tensor) -> Tensor:
+    """``(w + wᵀ) / 2`` of ``w [B, n, n]``, halved before the sum so that finite weights give
+    finite ones (the sum can overflow: from about 3.3e4 in float16). Equal to ``(w + wᵀ) / 2``
+    wherever that does not overflow, barring subnormal weights."""
+    return weights / 2 + weights.transpose(1, 2) / 2
+
+
 def _symmetric_example(
     batch_size: int, generator: torch.Generator
 ) -> tuple[dict[str, Any], Tensor]:
@@ -374,7 +381,7 @@ class SpanningTree(Solver):
         if not torch.jit.is_scripting():
             self._check_input(theta)
         if self.symmetrize:
-            theta = (theta + theta.transpose(1, 2)) / 2  # [B, n, n]
+            theta = symmetric_part(theta)  # [B, n, n]
         parent = _prim_parents(theta, self.maximum, self.mask)  # [B, n]
         if not torch.jit.is_scripting():
             self._check_connected(parent)
@@ -385,7 +392,7 @@ class SpanningTree(Solver):
         """Smooth surrogate of :meth:`forward`: :func:`spanning_tree_marginals` at τ."""
         self._check_input(theta)
         if self.symmetrize:
-            theta = (theta + theta.transpose(1, 2)) / 2  # [B, n, n]
+            theta = symmetric_part(theta)  # [B, n, n]
         if self.mask is not None:
             self._check_connected(_prim_parents(theta.detach(), self.maximum, self.mask))
         signed = theta if self.maximum else -theta
@@ -461,7 +468,7 @@ class SpanningTreeEdges(Solver):
             self._check_input(theta)
         n = _num_nodes(theta.shape[-1])
         scores = _edges_to_matrix(theta, n)  # [B, n, n]
-        weights = (scores + scores.transpose(1, 2)) / 2  # [B, n, n]
+        weights = symmetric_part(scores)  # [B, n, n]
         parent = _prim_parents(weights, True, None)  # [B, n]
         return _matrix_to_edges(_parents_to_adjacency(parent, theta.dtype))
 
@@ -470,7 +477,7 @@ class SpanningTreeEdges(Solver):
         """Smooth surrogate of :meth:`forward`: tree-edge marginals ``[B, n(n-1)]`` at τ."""
         self._check_input(theta)
         scores = _edges_to_matrix(theta, num_nodes_from_edges(theta.shape[-1]))  # [B, n, n]
-        weights = (scores + scores.transpose(1, 2)) / 2
+        weights = symmetric_part(scores)  # [B, n, n]
         return _matrix_to_edges(spanning_tree_marginals(weights, temperature))
 
     @torch.jit.unused

@@ -493,3 +493,24 @@ def test_sense_follows_the_instance() -> None:
     assert solver_sense(get_solver("mst")) == "max"
     assert solver_sense(get_solver("mst", maximum=False)) == "min"
     assert solver_sense(get_solver("minimum_spanning_tree")) == "min"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "largest"), [(torch.float32, 3.3e38), (torch.float16, 6.0e4), (torch.float64, 1e308)]
+)
+def test_weights_near_the_dtype_maximum_symmetrise_without_overflow(
+    dtype: torch.dtype, largest: float
+) -> None:
+    """(w + wᵀ) overflows to inf there, which tied distinct weights; the oracle is networkx
+    on the float64 symmetric part (every weight here is exact in ``dtype``)."""
+    gen = torch.Generator().manual_seed(0)
+    n = 6
+    for _ in range(5):
+        scale = torch.rand(1, n, n, generator=gen, dtype=torch.float64) * 0.1 + 0.9
+        weights = (largest * scale).to(dtype)  # asymmetric, all near the maximum
+        symmetric = weights.double() / 2 + weights.double().transpose(1, 2) / 2
+        expected = spanning_tree_networkx(symmetric)
+        assert torch.equal(get_solver("mst")(weights).double(), expected)
+        assert torch.equal(get_solver("mst_scipy")(weights).double(), expected)
+        edges = matrix_to_edges(weights)  # [1, n(n-1)] directed scores
+        assert torch.equal(get_solver("mst_edges")(edges).double(), matrix_to_edges(expected))

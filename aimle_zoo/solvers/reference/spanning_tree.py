@@ -181,7 +181,7 @@ class SpanningTreeScipy(Solver):
         """``w [B, n, n] -> z [B, n, n]``: adjacency of the optimal spanning tree."""
         check_spanning_tree_input(theta, self.mask, "mst_scipy", symmetric=not self.symmetrize)
         if self.symmetrize:
-            theta = (theta + theta.transpose(1, 2)) / 2  # [B, n, n]
+            theta = theta / 2 + theta.transpose(1, 2) / 2  # [B, n, n], no overflow
         try:
             return spanning_tree_scipy(theta, self.maximum, self.mask)
         except SolverInputError as err:

@@ -235,8 +235,11 @@ def grid_shortest_path(theta: Tensor, neighbourhood: int = 8) -> Tensor:
 
 
 def graph_path_cost(theta: Tensor, z: Tensor) -> Tensor:
-    """Path cost ``Σ_e θ_e z_e`` of edge indicators ``z [B, E]`` (or ``[B, V, V]``); ``[B]``."""
-    return (theta * z).flatten(1).sum(dim=1)
+    """Path cost ``Σ_e θ_e z_e`` of edge indicators ``z [B, E]`` (or ``[B, V, V]``); ``[B]``.
+
+    Edges off the path count 0 whatever their cost (an adjacency's off-graph ±inf included).
+    """
+    return torch.where(z != 0, theta * z, 0.0).flatten(1).sum(dim=1)
 
 
 def _reachable_from(seed: Tensor, tails: Tensor, heads: Tensor) -> Tensor:
@@ -298,9 +301,11 @@ def graph_shortest_path(
         rounds += 1
         dist = relaxed
         settle_round = settle_round.masked_fill(improved, rounds)
-    # improvements at round V (none if the loop converged) prove negative cycles; where none
-    # of them reaches, d_{V-1} = d_V is final and r is unaffected
-    unbounded = _reachable_from(improved, tails, heads)  # [B, V]
+    # improvements at round V (none if the loop converged) prove negative cycles, and so does
+    # a distance that overflowed to -inf going round one (a simple path of finite costs cannot:
+    # their absolute sum is finite); where none of them reaches, d_{V-1} = d_V is final
+    overflowed = dist == float("-inf")  # [B, V]
+    unbounded = _reachable_from(torch.logical_or(improved, overflowed), tails, heads)  # [B, V]
     hit = unbounded.gather(1, target.unsqueeze(1)).squeeze(1)  # [B]
     if bool(hit.any()):
         raise SolverInputError(

@@ -454,6 +454,7 @@ def _check_relative_optimality(case: _Case) -> None:
     theta_pairs = case.theta.repeat_interleave(batch, dim=0)  # row b·B + c holds θ_b
     z_pairs = z.repeat(batch, *([1] * (z.dim() - 1)))  # row b·B + c holds z_c
     scores = case.score(theta_pairs, z_pairs).view(batch, batch)  # [b, c]: θ_b scored at z_c
+    _check_scores(scores, "instance pairs")
     own = scores.diagonal()  # [B]
     beaten = scores > (own + case.tolerance().to(scores.device)).unsqueeze(1)
     if bool(beaten.any()):
@@ -464,6 +465,16 @@ def _check_relative_optimality(case: _Case) -> None:
             f"{other} scores {float(scores[instance, other]):.6g} against its own "
             f"{float(own[instance]):.6g} (sense {case.sense!r}). The solution is not optimal, "
             "or the objective does not match the solver"
+        )
+
+
+def _check_scores(scores: Tensor, where: str) -> None:
+    """NaN objective values compare False with everything, so they would pass any check."""
+    if bool(torch.isnan(scores).any()):
+        raise _CheckFailure(
+            f"the objective is NaN on {int(torch.isnan(scores).sum())} of {scores.numel()} "
+            f"scored solutions ({where}); an objective must give a number for every solution "
+            "(e.g. 0·inf for an unused edge of infinite cost is NaN: count only used entries)"
         )
 
 
@@ -491,8 +502,10 @@ def _check_optimality(case: _Case) -> None:
             problems.append(f"instance {index}: the solution is not among the feasible ones")
             continue
         theta_rows = theta_one.expand_as(candidates)  # [F, *S]
-        best = case.score(theta_rows, candidates).max()
+        candidate_scores = case.score(theta_rows, candidates)  # [F]
         own = case.score(theta_one.unsqueeze(0), z[index : index + 1])[0]
+        _check_scores(torch.cat([candidate_scores, own.unsqueeze(0)]), f"instance {index}")
+        best = candidate_scores.max()
         if own < best - float(tolerance[index]):
             problems.append(
                 f"instance {index}: objective {_oriented(own, case.sense):.6g}, "

@@ -233,6 +233,15 @@ def test_malformed_feasible_and_objective_are_reported() -> None:
     assert "must return a tensor of shape [64]" in report["relative_optimality"].message
 
 
+def test_a_nan_objective_fails_instead_of_passing_every_comparison() -> None:
+    def nan_where_unused(theta: Tensor, z: Tensor) -> Tensor:  # 0·inf on unused entries
+        return (theta.masked_fill(z == 0, float("inf")) * z).sum(-1)
+
+    report = run(bottom_k, objective=nan_where_unused)  # a wrong solver, hidden by the NaN
+    assert {"relative_optimality", "optimality"} <= failed_names(report)
+    assert "the objective is NaN" in report["optimality"].message
+
+
 # ----------------------------------------------------------------------------- report and plan
 
 

@@ -34,6 +34,7 @@ from aimle_zoo.solvers.reference.shortest_path import (
     grid_shortest_path_networkx,
     grid_shortest_path_scipy,
 )
+from aimle_zoo.solvers.shortest_path import graph_path_cost
 
 GRID_VALUES = torch.tensor([-1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 2.0, 5.0])
 DAG_VALUES = torch.tensor([-2.0, -1.0, 0.0, 0.0, 1.0, 2.0, 3.0])
@@ -391,6 +392,23 @@ def test_graph_adjacency_form_matches_the_edge_list_form() -> None:
     assert torch.equal(z[:, pairs[0], pairs[1]], z_edges)
     expected = graph_shortest_path_networkx(on_edges, pairs, 15, source, target)
     assert torch.equal(graph_cost(on_edges, z_edges), graph_cost(on_edges, expected))
+    # the registered objective on the dense form: off-graph inf entries count 0, not NaN
+    assert torch.equal(graph_path_cost(dense, z), graph_cost(on_edges, expected))
+
+
+def test_a_negative_cycle_that_overflows_to_minus_infinity_is_named() -> None:
+    """Going round the self-loop 1 -> 1 overflows d(1) to -inf before round V."""
+    edge_index = torch.tensor([[0, 1, 1], [1, 1, 2]])
+    solver = GraphShortestPath(edge_index, 10, source=0, target=2)
+    for loop_cost in (-1.0, -2e38):
+        with pytest.raises(SolverInputError, match=r"negative-cost cycle .* instance\(s\) \[0\]"):
+            solver(torch.tensor([[0.0, loop_cost, 0.0]]))
+
+
+@pytest.mark.parametrize("name", ["dijkstra_scipy", "grid_shortest_path", "dijkstra"])
+def test_an_empty_batch_of_grids(name: str) -> None:
+    z = get_solver(name)(torch.zeros(0, 3, 4))
+    assert z.shape == (0, 3, 4)
 
 
 def test_graph_vertex_output_marks_the_path_vertices() -> None:

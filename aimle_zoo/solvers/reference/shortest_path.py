@@ -74,7 +74,7 @@ def grid_shortest_path_scipy(theta: Tensor, neighbourhood: int = 8) -> Tensor:
     """
     batch, height, width = theta.shape
     tails, heads = _grid_edges(height, width, neighbourhood)
-    costs = theta.detach().clamp(min=0).reshape(batch, -1).cpu().double().numpy()  # [B, H*W]
+    costs = theta.detach().clamp(min=0).reshape(batch, height * width).cpu().double().numpy()
     masks = np.zeros((batch, height * width))
     for b in range(batch):
         graph = sp.csr_matrix(
@@ -92,7 +92,7 @@ def grid_shortest_path_networkx(theta: Tensor, neighbourhood: int = 8) -> Tensor
     """
     batch, height, width = theta.shape
     tails, heads = _grid_edges(height, width, neighbourhood)
-    costs = theta.detach().clamp(min=0).reshape(batch, -1).cpu().double().numpy()  # [B, H*W]
+    costs = theta.detach().clamp(min=0).reshape(batch, height * width).cpu().double().numpy()
     masks = np.zeros((batch, height * width))
     for b in range(batch):
         graph = nx.DiGraph()

@@ -67,6 +67,9 @@ class TaskData:
     test: Dataset[Any]
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. the vocabulary size
     setup: Callable[[ZooModel], None] | None = None  # e.g. load pretrained word vectors
+    # metrics of an eval-mode model on data outside the splits, reported with the test ones
+    # (e.g. subset precision on the annotated BeerAdvocate reviews)
+    test_extras: Callable[[ZooModel], dict[str, float]] | None = None
 
 
 class UnknownRecipeError(KeyError):
@@ -287,11 +290,25 @@ def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
                 "review+wiki.filtered.200.txt and annotations.json"
             )
         beer = data.load_beer_advocate(options.data_dir, aspect)
-        embeddings = beer.embeddings
+        embeddings, annotations = beer.embeddings, beer.annotations
 
         def setup(model: ZooModel) -> None:
             if embeddings is not None:
                 model.set_embeddings(embeddings)  # type: ignore[operator]
+
+        def subset_precision(model: ZooModel) -> dict[str, float]:
+            """The selected tokens inside the annotated spans of the aspect (spec §6.1)."""
+            assert annotations is not None
+            ids, in_span = annotations.tensors  # [M, L] each
+            device = next(model.parameters()).device
+            selected = torch.cat(
+                [
+                    model.select(chunk.to(device)).cpu()  # type: ignore[operator]
+                    for chunk in ids.split(256)
+                ]
+            )  # [M, L] MAP masks
+            k = int(model.k)  # type: ignore[arg-type]
+            return {"subset_precision": data.subset_precision(selected, ids, in_span, k)}
 
         return TaskData(
             beer.train,
@@ -303,6 +320,7 @@ def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
                 **({"embedding_dim": int(embeddings.shape[1])} if embeddings is not None else {}),
             },
             setup=setup,
+            test_extras=subset_precision if annotations is not None else None,
         )
 
     return build
@@ -534,6 +552,7 @@ def run_training(
             device=config.device,
             options=recipe.test_options,
         )
+        test_metrics.update(_test_extras(best, task))
         with atomic_file(Path(out_dir) / TEST_METRICS, "w") as handle:
             json.dump(test_metrics, handle, indent=2)
         _write_recipe(result.best_dir, name, estimator, options)
@@ -551,7 +570,8 @@ def run_evaluation(
     limit: int | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on a split of recipe ``name`` (eval mode, MAP latent; on the test
-    split also the recipe's ``test_options`` metrics)."""
+    split also the recipe's ``test_options`` metrics and the task's extras, such as subset
+    precision on annotated reviews, which ``limit`` does not cut)."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     recipe = get_recipe(name)
@@ -560,13 +580,28 @@ def run_evaluation(
     if limit is not None:
         dataset = _head(dataset, limit)
     model.to(device)
-    return evaluate(
+    metrics = evaluate(
         model,
         dataset,
         batch_size=batch_size or recipe.train.eval_batch_size,
         device=device,
         options=recipe.test_options if split == "test" else None,
     )
+    if split == "test":
+        metrics.update(_test_extras(model, task))
+    return metrics
+
+
+def _test_extras(model: ZooModel, task: TaskData) -> dict[str, float]:
+    if task.test_extras is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return task.test_extras(model)
+    finally:
+        model.train(was_training)
 
 
 def read_recipe(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset, TensorDataset
 
-from aimle_zoo.data import CACHE_ENV, l2x_synthetic_dataset
-from aimle_zoo.models import create_model
+from aimle_zoo.data import CACHE_ENV, PAD, l2x_synthetic_dataset, load_beer_advocate
+from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.recipes import (
     ESTIMATOR_VARIANTS,
     DataOptions,
@@ -225,3 +225,28 @@ def test_the_reference_vae_split_trains_on_all_60k_images() -> None:
     assert recipe.train.select_mode == "last"
     held_out = get_recipe("dvae-mnist").build_data(DataOptions(data_dir=MNIST, progress=False))
     assert (len(held_out.train), len(held_out.valid)) == (55_000, 5_000)
+
+
+def test_the_text_task_reports_subset_precision_on_the_annotated_reviews(tmp_path: Path) -> None:
+    options = _options("l2x-beer-aroma", tmp_path)
+    out = tmp_path / "run"
+    result = run_training(
+        "l2x-beer-aroma", out, data_options=options, epochs=1, max_steps_per_epoch=2
+    )
+    recorded = json.loads((out / "test_metrics.json").read_text())["subset_precision"]
+    model = ZooModel.from_pretrained(result.best_dir)
+    beer = load_beer_advocate(options.data_dir, 1)
+    assert beer.annotations is not None
+    correct = chosen = 0
+    for ids, in_span in zip(*beer.annotations.tensors, strict=True):  # one review at a time
+        with torch.no_grad():
+            mask = model.select(ids[None])[0]
+        picked = [slot for slot in range(len(ids)) if mask[slot] and ids[slot] != PAD]
+        correct += sum(bool(in_span[slot]) for slot in picked)
+        chosen += max(len(picked), model.k)
+    assert recorded == pytest.approx(correct / chosen)
+    evaluated = run_evaluation(model, "l2x-beer-aroma", data_options=options, limit=1)
+    assert evaluated["subset_precision"] == pytest.approx(recorded)
+    assert "subset_precision" not in run_evaluation(
+        model, "l2x-beer-aroma", split="valid", data_options=options
+    )

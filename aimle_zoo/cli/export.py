@@ -14,6 +14,7 @@ from ..export import (
     ExportError,
     ModelFileError,
     RunnerInputError,
+    SplitPipeline,
     load_exported,
     read_inputs,
     to_onnx,
@@ -65,13 +66,13 @@ def export_command(
         model, stem, source = resolve_model(name_or_path)
         if source == "untrained":
             typer.echo(f"{name_or_path}: freshly initialised default configuration (untrained)")
-        written = []
-        if file_format in (ExportFormat.torchscript, ExportFormat.all):
-            written.append(to_torchscript(model, out / f"{stem}.pt", name=stem))
+        written = []  # ONNX first: its opset and exporter checks fail before anything is written
         if file_format in (ExportFormat.onnx, ExportFormat.all):
             written.append(
                 to_onnx(model, out / f"{stem}.onnx", opset=opset, split=split, name=stem)
             )
+        if file_format in (ExportFormat.torchscript, ExportFormat.all):
+            written.append(to_torchscript(model, out / f"{stem}.pt", name=stem))
         for result in written:
             opset_text = f", opset {opset}" if result.file_format == "onnx" else ""
             typer.echo(
@@ -93,16 +94,35 @@ def predict_command(
         Path | None, typer.Option("--output", help="Output .npz (default: INPUT.outputs.npz).")
     ] = None,
 ) -> None:
-    """Run an exported model (onnxruntime or TorchScript) on a .npy/.npz file; write the outputs."""
+    """Run an exported model (onnxruntime or TorchScript) on a .npy/.npz file; write the outputs.
+
+    A split export runs its network in onnxruntime and then its solver, and writes both θ and
+    the solution."""
     try:
         runtime = load_exported(model_file)
         inputs = read_inputs(input_file, [info.name for info in runtime.inputs])
-        outputs = runtime.run(inputs)
+        after = runtime.metadata.get("solver_after")
+        pipeline = SplitPipeline(model_file, providers=runtime.providers) if after else runtime
+        try:
+            outputs = pipeline.run(inputs)
+        except (RunnerInputError, ExportError, ValueError):
+            raise
+        except Exception as err:  # onnxruntime's and TorchScript's own errors
+            raise RuntimeError(f"{model_file} failed on {input_file}: {err}") from err
         target = output or input_file.with_name(f"{input_file.stem}.outputs.npz")
         write_outputs(target, outputs)
-    except (ModelFileError, RunnerInputError, FileNotFoundError, ValueError) as err:
+    except (
+        ModelFileError,
+        RunnerInputError,
+        ExportError,
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as err:
         raise _fail(err) from err
     typer.echo(f"ran {model_file} on {', '.join(runtime.providers)}")
+    if after:
+        typer.echo(f"  then the solver {after['name']} on θ (split export)")
     for name, value in outputs.items():
         typer.echo(f"  {name}: {value.dtype} {list(value.shape)}")
     typer.echo(f"wrote {target}")

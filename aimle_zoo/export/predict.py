@@ -18,6 +18,7 @@ from .._io import atomic_file
 from ._paths import as_tuple
 from .metadata import TORCHSCRIPT_METADATA_FILE, _parse, is_torchscript_file
 from .runner import (
+    InputLimits,
     ModelFileError,
     OnnxRunner,
     RunnerInputError,
@@ -68,7 +69,7 @@ class TorchScriptModel:
 
     def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:
         """Check ``inputs`` and run; returns ``{output name: array}``."""
-        feed = check_inputs(self.inputs, inputs)
+        feed = check_inputs(self.inputs, inputs, InputLimits.from_metadata(self.metadata))
         tensors = [torch.from_numpy(np.ascontiguousarray(feed[info.name])) for info in self.inputs]
         with torch.inference_mode():
             values = as_tuple(self.module(*tensors))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,38 @@ def select_providers(available: Sequence[str] | None = None) -> list[str]:
     return [name for name in PREFERRED_PROVIDERS if name in listed] + [CPU_PROVIDER]
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """What the metadata says about valid inputs beyond dtypes and ranks.
+
+    Attributes:
+        minimums: the smallest size of each named dynamic dimension (``batch`` >= 1; a top-k
+            over ``n`` needs n >= k).
+        ranges: ``{input name: (low, high)}`` valid values of integer inputs, ``high``
+            exclusive (token ids below the vocabulary size).
+    """
+
+    minimums: Mapping[str, int] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> InputLimits:
+        """The limits recorded by aimle_zoo.export (integer ranges of zoo models only: for
+        other modules they are the example's range, not a constraint)."""
+        minimums = {str(k): int(v) for k, v in (metadata.get("dynamic_dims") or {}).items()}
+        ranges = {}
+        if metadata.get("kind") == "zoo_model":
+            for spec in metadata.get("inputs") or []:
+                integer = np.issubdtype(np.dtype(spec.get("dtype", "float32")), np.integer)
+                if integer and spec.get("low") is not None and spec.get("high") is not None:
+                    ranges[str(spec["name"])] = (int(spec["low"]), int(spec["high"]))
+        return cls(minimums, ranges)
+
+
 def check_inputs(
-    specs: Sequence[TensorInfo], inputs: Mapping[str, Any] | Sequence[Any] | Any
+    specs: Sequence[TensorInfo],
+    inputs: Mapping[str, Any] | Sequence[Any] | Any,
+    limits: InputLimits | None = None,
 ) -> dict[str, np.ndarray]:
     """Match ``inputs`` to ``specs`` and check them; return the feed ``{name: array}``.
 
@@ -95,7 +125,8 @@ def check_inputs(
 
     Raises:
         RunnerInputError: a missing or unexpected name, a wrong number of arrays, a non-array,
-            a wrong dtype, rank or fixed size, or one dynamic dimension with two sizes.
+            a wrong dtype, rank or fixed size, one dynamic dimension with two sizes, or (with
+            ``limits``) a dimension below its minimum or an integer outside its range.
     """
     expected = "; ".join(spec.describe() for spec in specs)
     names = [spec.name for spec in specs]
@@ -125,11 +156,13 @@ def check_inputs(
     sizes: dict[str, tuple[int, str]] = {}
     feed = {}
     for spec, value in zip(specs, values, strict=True):
-        feed[spec.name] = _check_one(spec, value, sizes)
+        feed[spec.name] = _check_one(spec, value, sizes, limits or InputLimits())
     return feed
 
 
-def _check_one(spec: TensorInfo, value: Any, sizes: dict[str, tuple[int, str]]) -> np.ndarray:
+def _check_one(
+    spec: TensorInfo, value: Any, sizes: dict[str, tuple[int, str]], limits: InputLimits
+) -> np.ndarray:
     """Check one array against its spec; ``sizes`` collects the dynamic sizes seen so far."""
     if not isinstance(value, np.ndarray):
         raise RunnerInputError(
@@ -159,6 +192,21 @@ def _check_one(spec: TensorInfo, value: Any, sizes: dict[str, tuple[int, str]]) 
                     f"dimension {size!r} is {seen[0]} in input {seen[1]!r} but {actual} in "
                     f"input {spec.name!r}; all inputs must agree on it"
                 )
+            least = limits.minimums.get(size)
+            if least is not None and actual < least:
+                raise RunnerInputError(
+                    f"input {spec.name!r} has shape {tuple(value.shape)}: dimension {size!r} "
+                    f"(axis {axis}) is {actual}, the model needs at least {least}"
+                )
+    bounds = limits.ranges.get(spec.name)
+    if bounds is not None and value.size:
+        low, high = bounds
+        smallest, largest = int(value.min()), int(value.max())
+        if smallest < low or largest >= high:
+            raise RunnerInputError(
+                f"input {spec.name!r} holds values in [{smallest}, {largest}], the model takes "
+                f"[{low}, {high - 1}] (e.g. token ids below the vocabulary size)"
+            )
     return value
 
 
@@ -210,7 +258,7 @@ class OnnxRunner:
 
     def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:
         """Check ``inputs`` (see :func:`check_inputs`) and run; returns ``{output name: array}``."""
-        feed = check_inputs(self.inputs, inputs)
+        feed = check_inputs(self.inputs, inputs, InputLimits.from_metadata(self.metadata))
         values = self.session.run(None, feed)
         return {info.name: value for info, value in zip(self.outputs, values, strict=True)}
 

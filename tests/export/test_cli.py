@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import aimle_zoo
 from aimle_zoo.cli import app
 from aimle_zoo.export import load_exported, read_metadata
 from aimle_zoo.export.quickstart import format_table, run_quickstart
@@ -61,6 +62,28 @@ def test_export_errors_are_reported_without_a_traceback(tmp_path: Path) -> None:
     bad_opset = runner.invoke(app, args)
     assert bad_opset.exit_code == 1 and "opset 30 is not supported" in bad_opset.output
     assert not (tmp_path / "grid-tiny.onnx").exists()
+    both = runner.invoke(app, [*args[:3], "all", *args[4:]])  # --format all
+    assert both.exit_code == 1 and "opset 30 is not supported" in both.output
+    assert not list(tmp_path.glob("grid-tiny.*"))  # not even the TorchScript file
+
+
+def test_predict_runs_the_solver_after_a_split_export(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "l2x-tiny", "l2x_tabular")
+    args = ["export", str(checkpoint), "--format", "onnx", "--split", "--out", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    model = aimle_zoo.from_pretrained(str(checkpoint))
+    (features,) = model.example_inputs(6)
+    np.save(tmp_path / "features.npy", features.numpy())
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "l2x-tiny.onnx"), "--input", str(tmp_path / "features.npy")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "then the solver topk on θ (split export)" in result.output
+    with np.load(tmp_path / "features.outputs.npz") as outputs, torch.no_grad():
+        np.testing.assert_allclose(
+            outputs["theta"], model.feature_scores(features).numpy(), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_array_equal(outputs["solution"], model.select(features).numpy())
 
 
 @pytest.mark.parametrize("file_format", ["onnx", "torchscript"])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from aimle_zoo import get_solver
 from aimle_zoo.export import (
     ModelFileError,
     OnnxRunner,
@@ -15,6 +16,8 @@ from aimle_zoo.export import (
     TorchScriptModel,
     load_exported,
     select_providers,
+    to_onnx,
+    to_torchscript,
 )
 from aimle_zoo.export.predict import read_inputs, write_outputs
 from aimle_zoo.export.runner import TensorInfo, check_inputs
@@ -161,3 +164,32 @@ def test_outputs_are_written_as_npz_only(tmp_path: Path) -> None:
     written = write_outputs(tmp_path / "out.npz", {"z": np.arange(3.0)})
     with np.load(written) as loaded:
         np.testing.assert_array_equal(loaded["z"], np.arange(3.0))
+
+
+def test_sizes_below_the_recorded_minimum_are_refused(tmp_path: Path) -> None:
+    exported = to_onnx(get_solver("topk", k=3), tmp_path / "topk.onnx")
+    assert exported.metadata["dynamic_dims"]["batch"] == 1
+    for model in (OnnxRunner(exported.path), TorchScriptModel(
+        to_torchscript(get_solver("topk", k=3), tmp_path / "topk.pt").path
+    )):  # fmt: skip
+        name = model.inputs[0].name
+        n = exported.metadata["dynamic_dims"][model.inputs[0].shape[1]]
+        with pytest.raises(RunnerInputError, match=rf"axis 1\) is 2, the model needs at least {n}"):
+            model.run({name: np.zeros((4, 2), np.float32)})
+        with pytest.raises(RunnerInputError, match=r"'batch' \(axis 0\) is 0, .* at least 1"):
+            model.run({name: np.zeros((0, 5), np.float32)})
+        assert model.run({name: np.arange(10, dtype=np.float32).reshape(2, 5)})
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(exported: dict[str, Exported]) -> None:
+    item = exported["l2x_text"]
+    (ids,) = item.model.example_inputs(2)
+    vocabulary = item.model.embedding.shape[0]
+    for model in (OnnxRunner(item.onnx), TorchScriptModel(item.torchscript)):
+        name = model.inputs[0].name
+        for bad in (-1, vocabulary):
+            wrong = ids.numpy().copy()
+            wrong[0, 0] = bad
+            with pytest.raises(RunnerInputError, match=rf"takes \[0, {vocabulary - 1}\]"):
+                model.run({name: wrong})
+        assert model.run({name: ids.numpy()})

@@ -873,6 +873,9 @@ def _split_module_path(
             f"{len(path.outputs)}"
         )
     path.solver_after = solver_info(built, "after the exported network")
+    with torch.no_grad():
+        theta = as_tuple(network(*path.example_inputs))[0]
+    check_rebuilds(built, path.solver_after, theta)
     return path
 
 
@@ -1029,12 +1032,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _DTYPE_NAMES[dtype]
 
 
+#: Tensors up to this many entries are recorded in full (solver masks, edge lists).
+_RECORDED_TENSOR_SIZE = 65536
+
+
 def _jsonable(value: Any) -> Any:
-    """``value`` with tensors and tuples replaced by JSON-able lists (large tensors summarised)."""
+    """``value`` with tuples replaced by lists and tensors by ``{"tensor": nested list,
+    "dtype"}`` (:func:`from_jsonable` turns them back), or by ``{"tensor_shape", "dtype"}``
+    above :data:`_RECORDED_TENSOR_SIZE` entries."""
     if isinstance(value, Tensor):
-        if value.numel() <= 256:
-            return value.tolist()
-        return {"tensor_shape": list(value.shape), "dtype": str(value.dtype)}
+        dtype = str(value.dtype).removeprefix("torch.")
+        if value.numel() <= _RECORDED_TENSOR_SIZE:
+            return {"tensor": value.tolist(), "dtype": dtype}
+        return {"tensor_shape": list(value.shape), "dtype": dtype}
     if isinstance(value, Mapping):
         return {str(key): _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -1042,6 +1052,56 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
+
+
+def from_jsonable(value: Any) -> Any:
+    """The inverse of :func:`_jsonable` for recorded values (tensors rebuilt).
+
+    Raises:
+        ExportError: a tensor was too large to record.
+    """
+    if isinstance(value, Mapping):
+        if set(value) == {"tensor", "dtype"}:
+            return torch.tensor(value["tensor"], dtype=getattr(torch, str(value["dtype"])))
+        if set(value) == {"tensor_shape", "dtype"}:
+            raise ExportError(
+                f"a {value['dtype']} tensor of shape {value['tensor_shape']} was too large to "
+                f"record (more than {_RECORDED_TENSOR_SIZE} entries)"
+            )
+        return {key: from_jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(item) for item in value]
+    return value
+
+
+def solver_from_info(info: Mapping[str, Any]) -> nn.Module:
+    """The solver a :class:`SolverInfo` (or its JSON) describes, built by ``get_solver``."""
+    return get_solver(str(info["name"]), **from_jsonable(dict(info["params"])))
+
+
+def check_rebuilds(solver: object, info: SolverInfo, theta: Tensor) -> None:
+    """The solver after a split export must come back from its recorded name and parameters
+    and give the same solution on ``theta``: deployment rebuilds it from the metadata.
+
+    Raises:
+        ExportError: it cannot be rebuilt, or the rebuilt solver answers differently.
+    """
+    what = f"the solver after the split, {info.name} with parameters {info.params}"
+    advice = (
+        f"build it with get_solver({info.name!r}, **params) so that its parameters are "
+        "recorded, or export the whole model instead of a split"
+    )
+    try:
+        rebuilt = solver_from_info(info.to_json())
+        with torch.no_grad():
+            same = torch.equal(rebuilt(theta), cast(nn.Module, solver)(theta))
+    except Exception as err:
+        raise ExportError(f"{what} cannot be rebuilt from the metadata ({err}); {advice}") from err
+    if not same:
+        raise ExportError(
+            f"{what} rebuilt from the metadata answers differently from the given solver "
+            f"(parameters it keeps but does not record); {advice}"
+        )
 
 
 __all__ = [
@@ -1054,11 +1114,14 @@ __all__ = [
     "as_tuple",
     "check_eval_mode",
     "check_exportable",
+    "check_rebuilds",
     "dims_of",
     "find_solvers",
+    "from_jsonable",
     "inference_path",
     "path_module",
     "random_inputs",
+    "solver_from_info",
     "solver_info",
     "solver_parameters",
 ]

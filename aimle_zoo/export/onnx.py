@@ -35,7 +35,6 @@ import torch
 from torch import Tensor, nn
 
 from .._io import atomic_file
-from ..solvers import get_solver
 from ._paths import (
     ExportError,
     InferencePath,
@@ -43,6 +42,7 @@ from ._paths import (
     check_eval_mode,
     check_exportable,
     inference_path,
+    solver_from_info,
 )
 from .choice import DEFAULT_OPSET, check_opset, choose_exporter
 from .metadata import ExportResult, build_metadata, onnx_properties
@@ -411,7 +411,7 @@ class SplitPipeline:
             )
         self.solver_name = str(after["name"])
         if solver is None:
-            solver = get_solver(self.solver_name, **after["params"])
+            solver = solver_from_info(after)
         self.solver = solver
 
     def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:

@@ -482,6 +482,14 @@ class GraphShortestPath(Solver):
         output: Literal["edges", "vertices"] = "edges",
     ) -> None:
         super().__init__()
+        self.params = _given_arguments(
+            edge_index=edge_index,
+            num_nodes=num_nodes,
+            adjacency=adjacency,
+            source=None if isinstance(source, int) and source == 0 else source,
+            target=target,
+            output=None if output == "edges" else output,
+        )
         if (edge_index is None) == (adjacency is None):
             raise SolverInputError(
                 "graph_shortest_path: give the graph either as edge_index [2, E] (with "
@@ -646,6 +654,15 @@ class ShortestPath(Solver):
         output: Literal["edges", "vertices"] = "edges",
     ) -> None:
         super().__init__()
+        self.params = _given_arguments(
+            neighbourhood=neighbourhood,
+            edge_index=edge_index,
+            num_nodes=num_nodes,
+            adjacency=adjacency,
+            source=source,
+            target=target,
+            output=None if output == "edges" else output,
+        )
         self.solver: Solver
         if edge_index is None and adjacency is None:
             graph_only = {
@@ -680,6 +697,12 @@ class ShortestPath(Solver):
     def forward(self, theta: Tensor) -> Tensor:
         """Delegates to the grid or graph solver built at construction."""
         return self.solver(theta)
+
+
+def _given_arguments(**arguments: Any) -> dict[str, Any]:
+    """The constructor arguments given (not ``None``): what rebuilds the solver from exported
+    metadata (``get_solver`` records the same for the solvers it builds)."""
+    return {name: value for name, value in arguments.items() if value is not None}
 
 
 def dijkstra_scipy(theta: Tensor, neighbourhood: int = 8) -> Tensor:

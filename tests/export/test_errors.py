@@ -22,6 +22,7 @@ from aimle_zoo.export import (
     to_torchscript,
     verify,
 )
+from aimle_zoo.solvers import MinimumSpanningTree, ShortestPath
 from aimle_zoo.solvers.reference.shortest_path import grid_shortest_path_scipy
 
 from ..models._helpers import tiny_model
@@ -119,6 +120,51 @@ def test_split_export_runs_a_non_exportable_solver_after_onnxruntime(tmp_path: P
     plain = to_onnx(network, tmp_path / "plain.onnx", example_inputs=(x,))
     with pytest.raises(ExportError, match="not a split export"):
         SplitPipeline(plain.path)
+
+
+def _split_solution(network: nn.Module, solver: nn.Module, folder: Path, x: Tensor) -> Tensor:
+    """The solution a split export of ``network`` + ``solver`` gives in deployment."""
+    result = to_onnx(
+        network, folder / "split.onnx", example_inputs=(x[:2],), split=True, solver=solver
+    )
+    return torch.from_numpy(SplitPipeline(result.path).run({"input": x.numpy()})["solution"])
+
+
+def test_split_export_records_what_rebuilds_a_solver_built_directly(tmp_path: Path) -> None:
+    """A 4-neighbourhood grid and a masked spanning tree, built without get_solver, come back
+    from the metadata as they were (the defaults would give other solutions)."""
+    x = torch.randn(16, 4)
+    network = nn.Sequential(_costs_network(), nn.Softplus()).eval()
+    grid = ShortestPath(neighbourhood=4)
+    with torch.no_grad():
+        expected = grid(network(x))
+    assert not torch.equal(expected, ShortestPath()(network(x)))
+    assert torch.equal(_split_solution(network, grid, tmp_path, x), expected)
+    mask = ~torch.eye(5, dtype=torch.bool)
+    mask[0, 1:4] = mask[1:4, 0] = False  # vertex 0 hangs on vertex 4
+    tree = MinimumSpanningTree(mask=mask)
+    weights = nn.Sequential(nn.Linear(4, 25), nn.Unflatten(1, (5, 5))).eval()
+    with torch.no_grad():
+        expected = tree(weights(x))
+    assert torch.equal(_split_solution(weights, tree, tmp_path, x), expected)
+
+
+def test_split_export_refuses_a_solver_its_metadata_cannot_rebuild(tmp_path: Path) -> None:
+    class Sharpened(ShortestPath):  # not registered: no name to rebuild it by
+        def forward(self, theta: Tensor) -> Tensor:
+            return super().forward(theta**3)
+
+    changed = get_solver("grid_shortest_path")
+    changed.neighbourhood = 4  # set after construction: recorded parameters say 8
+    network = nn.Sequential(_costs_network(), nn.Softplus()).eval()
+    example = (torch.randn(8, 4),)
+    for solver, message in (
+        (Sharpened(), "cannot be rebuilt from the metadata .*unknown solver 'Sharpened'"),
+        (changed, "answers differently from the given solver"),
+    ):
+        with pytest.raises(ExportError, match=message):
+            to_onnx(network, tmp_path / "s.onnx", example_inputs=example, split=True, solver=solver)
+        assert not list(tmp_path.iterdir())
 
 
 def test_a_failed_export_leaves_no_file_and_keeps_the_previous_one(tmp_path: Path) -> None:

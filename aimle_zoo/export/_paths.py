@@ -746,9 +746,18 @@ def _module_path(
     out_names = list(output_names or [f"output_{index}" for index in range(len(produced))])
     if len(out_names) != len(produced):
         raise ExportError(f"{len(out_names)} output names given for {len(produced)} outputs")
+    grown = _grown_outputs(module, inputs, names, extra)
     output_specs = []
-    for name, value in zip(out_names, produced, strict=True):
-        shape = [BATCH, *(dim_sizes.get(int(size), int(size)) for size in value.shape[1:])]
+    for name, value, larger in zip(out_names, produced, grown, strict=True):
+        shape = [BATCH]
+        for axis in range(1, value.dim()):
+            size, grown_size = int(value.shape[axis]), int(larger.shape[axis])
+            if size == grown_size:
+                shape.append(size)  # does not follow any dynamic size
+            elif dim_sizes.get(size) is not None and grown_size == size + 1:
+                shape.append(dim_sizes[size])  # follows a declared dimension
+            else:
+                shape.append(f"{name}_axis{axis}")  # dynamic, some other function of them
         output_specs.append(TensorSpec(name, dtype_name(value.dtype), tuple(shape)))
     return InferencePath(
         name=type(module).__name__,
@@ -761,6 +770,30 @@ def _module_path(
         size_cases=({dim: size + 1 for dim, size in declared.items()},) if declared else (),
         solvers=tuple(solver_info(obj, where) for where, obj in find_solvers(module)),
     )
+
+
+def _grown_outputs(
+    module: nn.Module,
+    inputs: tuple[Tensor, ...],
+    names: list[str],
+    dynamic: Mapping[str, Mapping[int, str]],
+) -> tuple[Tensor, ...]:
+    """The outputs at one more row and one more entry along every declared dynamic axis (the
+    last slice repeated), so that each output axis shows whether it follows those sizes."""
+    grown = []
+    for name, value in zip(names, inputs, strict=True):
+        for axis in (0, *dynamic.get(name, {})):
+            value = torch.cat([value, value.narrow(axis, value.shape[axis] - 1, 1)], dim=axis)
+        grown.append(value)
+    try:
+        with torch.no_grad():
+            return as_tuple(module(*grown))
+    except Exception as err:
+        raise ExportError(
+            f"{type(module).__name__} failed on inputs one larger along the batch and the "
+            f"declared dynamic axes {dict(dynamic)} ({err}); declare only sizes the module "
+            "accepts any value of"
+        ) from err
 
 
 def _forward_names(module: nn.Module, count: int) -> list[str]:

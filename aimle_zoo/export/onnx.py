@@ -17,7 +17,6 @@ model whose solver is not made of tensor operations.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import tempfile
@@ -285,15 +284,7 @@ def _set_interface(proto: onnx.ModelProto, route: InferencePath) -> None:
 
     A size the spec declares dynamic must not be a constant in the graph (the exporter fixed
     it to the example's: refused); it gets the spec's dimension name. A fixed size is written.
-    The output specs of a plain module are guessed from the example (an output size equal to
-    a dynamic input size is taken to follow it), so there the graph's constants win.
     """
-    if route.kind == "module":
-        by_name = {value.name: value for value in proto.graph.output}
-        route.outputs = tuple(
-            _constants_kept(spec, by_name[spec.name]) if spec.name in by_name else spec
-            for spec in route.outputs
-        )
     for kind, values, specs in (
         ("input", proto.graph.input, route.inputs),
         ("output", proto.graph.output, route.outputs),
@@ -303,18 +294,6 @@ def _set_interface(proto: onnx.ModelProto, route: InferencePath) -> None:
             if spec.name not in by_name:
                 raise ExportError(f"the exported graph has no {kind} named {spec.name!r}")
             _set_shape(by_name[spec.name], spec, kind)
-
-
-def _constants_kept(spec: TensorSpec, value: onnx.ValueInfoProto) -> TensorSpec:
-    """``spec`` with the sizes the graph holds as constants (beyond the batch axis) fixed."""
-    dims = value.type.tensor_type.shape.dim
-    if len(dims) != len(spec.shape):
-        return spec
-    shape = tuple(
-        dim.dim_value if axis and isinstance(size, str) and dim.HasField("dim_value") else size
-        for axis, (size, dim) in enumerate(zip(spec.shape, dims, strict=True))
-    )
-    return dataclasses.replace(spec, shape=shape)
 
 
 def _set_shape(value: onnx.ValueInfoProto, spec: TensorSpec, kind: str) -> None:

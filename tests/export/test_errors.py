@@ -273,3 +273,48 @@ def test_metadata_of_foreign_truncated_or_tampered_files_is_refused(tmp_path: Pa
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     with pytest.raises(ValueError, match="ONNX file without aimle_zoo metadata"):
         read_metadata(tmp_path / "bare.onnx")
+
+
+class _Differences(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 1:] - x[:, :-1]  # [B, n - 1]
+
+
+class _TenSums(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sum(dim=1, keepdim=True) * torch.arange(1.0, 11.0)  # [B, 10] for any n
+
+
+@pytest.mark.parametrize(
+    ("module", "shape"),
+    [
+        (_Differences(), ["batch", "y_axis1"]),  # a function of n: dynamic, its own name
+        (_TenSums(), ["batch", 10]),  # 10 = n at the example, but fixed
+        (nn.Identity(), ["batch", "n"]),
+        (nn.Sequential(nn.Unflatten(1, (-1, 1)), nn.Linear(1, 10)), ["batch", "n", 10]),
+    ],
+)
+def test_output_shapes_of_a_module_with_a_dynamic_size_are_measured(
+    module: nn.Module, shape: list[object], tmp_path: Path
+) -> None:
+    """An output size equal to n at the example (10) need not follow n, and one that follows
+    n need not equal it; the recorded and the graph's shapes must say which."""
+    x = torch.randn(2, 10)
+    options = {
+        "example_inputs": (x,),
+        "input_names": ["input"],
+        "dynamic_dims": {"input": {1: "n"}},
+        "output_names": ["y"],
+    }
+    for export in (to_onnx, to_torchscript):
+        result = export(module.eval(), tmp_path / f"m.{'onnx' if export is to_onnx else 'pt'}",
+                        **options)  # fmt: skip
+        assert read_metadata(result.path)["outputs"][0]["shape"] == shape
+        assert verify(module, result.path).passed
+    import onnx
+
+    graph_shape = [
+        dim.dim_param or dim.dim_value
+        for dim in onnx.load(str(tmp_path / "m.onnx")).graph.output[0].type.tensor_type.shape.dim
+    ]
+    assert graph_shape == shape

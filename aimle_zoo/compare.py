@@ -24,7 +24,14 @@ from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
 from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training, train_config
-from .training import METRICS_LOG, RESUME_FIELDS, TEST_METRICS, TRAINER_STATE, TrainConfig
+from .training import (
+    METRICS_LOG,
+    RESUME_FIELDS,
+    TEST_METRICS,
+    TRAINER_STATE,
+    TrainConfig,
+    changed_settings,
+)
 
 DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 
@@ -73,26 +80,21 @@ def compare(
     return results
 
 
-#: Settings that change what a run learns; a run is reused or extended only if they match.
-_SAME_RUN_FIELDS = (*RESUME_FIELDS, "extra")
-
-
 def _epochs_done(run_dir: Path, wanted: TrainConfig) -> int | None:
     """Epochs of the run in ``run_dir`` made with ``wanted``'s settings (``None``: no run yet).
 
-    A run with other settings, or with more epochs than ``wanted``, raises: reusing it would
-    put a different budget in the comparison.
+    A run with other settings (those a resume must keep, and the recipe, estimator and smoke
+    flag in ``extra``), or with more epochs than ``wanted``, raises: reusing it would put a
+    different budget in the comparison.
     """
     state = run_dir / "last" / TRAINER_STATE
     if not state.exists():
         return None
     meta = json.loads(state.read_text())
     saved, asked = meta["config"], asdict(wanted)
-    differ = [key for key in _SAME_RUN_FIELDS if saved.get(key) != asked[key]]
-    if saved["epochs"] > asked["epochs"]:
-        differ.insert(0, "epochs")
-    if differ:
-        settings = ", ".join(f"{key}={saved.get(key)!r} (now {asked[key]!r})" for key in differ)
+    fewer = ("epochs",) if saved["epochs"] > asked["epochs"] else ()
+    settings = changed_settings(saved, asked, (*fewer, *RESUME_FIELDS, "extra"))
+    if settings:
         raise ValueError(
             f"{run_dir} holds a run trained with {settings}; compare into another --out, or "
             "delete that folder to train it again"

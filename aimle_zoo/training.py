@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -345,10 +345,18 @@ RESUME_FIELDS = (
 )  # fmt: skip
 
 
+def changed_settings(
+    saved: Mapping[str, Any], asked: Mapping[str, Any], fields: Sequence[str] = RESUME_FIELDS
+) -> str:
+    """``"key=saved (now asked), ..."`` for the ``fields`` a saved run's config and ``asked``
+    disagree on (``""`` if none; keys an older state lacks are not compared)."""
+    differ = [key for key in fields if key in saved and saved[key] != asked[key]]
+    return ", ".join(f"{key}={saved[key]!r} (now {asked[key]!r})" for key in differ)
+
+
 def _check_resumable(saved: dict[str, Any], asked: dict[str, Any], last_dir: Path) -> None:
-    differ = [key for key in RESUME_FIELDS if key in saved and saved[key] != asked[key]]
-    if differ:
-        settings = ", ".join(f"{key}={saved[key]!r} (now {asked[key]!r})" for key in differ)
+    settings = changed_settings(saved, asked)
+    if settings:
         raise ValueError(
             f"cannot resume {last_dir} with other settings: {settings}. A resumed run "
             "continues exactly with its own settings; drop those options, or start a new run"

@@ -163,6 +163,8 @@ class InferencePath:
         solver_after: for a split path, the solver to run on the exported output θ.
         config: the model's constructor arguments (zoo models).
         model_type: the zoo model's registry name (``"nri_tree"``), whatever :attr:`name` says.
+        batch_multiple: the batch must be a multiple of this (solvers holding per-instance
+            data, such as per-instance sources of ``graph_shortest_path``; 1 otherwise).
     """
 
     name: str
@@ -177,6 +179,7 @@ class InferencePath:
     solver_after: SolverInfo | None = None
     config: dict[str, Any] | None = field(default=None)
     model_type: str | None = None
+    batch_multiple: int = 1
 
     def example_sizes(self) -> dict[str, int]:
         """Size of every dynamic dimension in :attr:`example_inputs`."""
@@ -613,6 +616,8 @@ def _solver_path(solver: nn.Module, example_inputs: Sequence[Tensor] | None) -> 
     theta = theta.detach()
     shape, dims, cases, (low, high), symmetric = _solver_layout(inner, theta)
     module = path_module(solver)
+    multiple = batch_multiple(inner)
+    dims[BATCH] = multiple
     with torch.no_grad():
         (z,) = module(theta)
     text = "solver parameters θ"
@@ -630,6 +635,7 @@ def _solver_path(solver: nn.Module, example_inputs: Sequence[Tensor] | None) -> 
         dynamic_dims=dims,
         size_cases=cases,
         solvers=(info,),
+        batch_multiple=multiple,
     )
 
 
@@ -648,7 +654,7 @@ def _solver_example(solver: nn.Module) -> Tensor:
         return torch.rand(2, 6, 7, generator=generator)
     if isinstance(solver, GraphShortestPath):
         size = (solver.num_nodes,) * 2 if solver.adjacency_mode else (solver.num_edges,)
-        return torch.rand(2, *size, generator=generator)
+        return torch.rand(2 * solver.batch_multiple(), *size, generator=generator)
     raise ExportError(
         f"exporting the solver {type(solver).__name__} needs example_inputs=(theta,), a "
         "small valid batch of its parameters"
@@ -724,7 +730,9 @@ def _module_path(
     unknown = sorted(set(extra) - set(names))
     if unknown:
         raise ExportError(f"dynamic_dims names unknown inputs {unknown}; the inputs are {names}")
-    dims = {BATCH: 1}
+    solvers = find_solvers(module)
+    multiple = batch_multiple(*(solver for _, solver in solvers))
+    dims = {BATCH: multiple}
     input_specs = []
     dim_sizes: dict[int, str] = {}
     declared: dict[str, int] = {}
@@ -746,7 +754,7 @@ def _module_path(
     out_names = list(output_names or [f"output_{index}" for index in range(len(produced))])
     if len(out_names) != len(produced):
         raise ExportError(f"{len(out_names)} output names given for {len(produced)} outputs")
-    grown = _grown_outputs(module, inputs, names, extra)
+    grown = _grown_outputs(module, inputs, names, extra, multiple)
     output_specs = []
     for name, value, larger in zip(out_names, produced, grown, strict=True):
         shape = [BATCH]
@@ -768,7 +776,8 @@ def _module_path(
         example_inputs=inputs,
         dynamic_dims=dims,
         size_cases=({dim: size + 1 for dim, size in declared.items()},) if declared else (),
-        solvers=tuple(solver_info(obj, where) for where, obj in find_solvers(module)),
+        solvers=tuple(solver_info(obj, where) for where, obj in solvers),
+        batch_multiple=multiple,
     )
 
 
@@ -777,22 +786,26 @@ def _grown_outputs(
     inputs: tuple[Tensor, ...],
     names: list[str],
     dynamic: Mapping[str, Mapping[int, str]],
+    multiple: int = 1,
 ) -> tuple[Tensor, ...]:
-    """The outputs at one more row and one more entry along every declared dynamic axis (the
-    last slice repeated), so that each output axis shows whether it follows those sizes."""
+    """The outputs at ``multiple`` more rows (the batch step) and one more entry along every
+    declared dynamic axis (the last slices repeated), so that each output axis shows whether
+    it follows those sizes."""
     grown = []
     for name, value in zip(names, inputs, strict=True):
         for axis in (0, *dynamic.get(name, {})):
-            value = torch.cat([value, value.narrow(axis, value.shape[axis] - 1, 1)], dim=axis)
+            step = multiple if axis == 0 else 1
+            last = value.narrow(axis, value.shape[axis] - step, step)
+            value = torch.cat([value, last], dim=axis)
         grown.append(value)
     try:
         with torch.no_grad():
             return as_tuple(module(*grown))
     except Exception as err:
         raise ExportError(
-            f"{type(module).__name__} failed on inputs one larger along the batch and the "
-            f"declared dynamic axes {dict(dynamic)} ({err}); declare only sizes the module "
-            "accepts any value of"
+            f"{type(module).__name__} failed on inputs {multiple} larger along the batch and "
+            f"one larger along the declared dynamic axes {dict(dynamic)} ({err}); declare only "
+            "sizes the module accepts any value of"
         ) from err
 
 
@@ -906,6 +919,8 @@ def _split_module_path(
             f"{len(path.outputs)}"
         )
     path.solver_after = solver_info(built, "after the exported network")
+    path.batch_multiple = math.lcm(path.batch_multiple, batch_multiple(built))
+    path.dynamic_dims[BATCH] = path.batch_multiple
     with torch.no_grad():
         theta = as_tuple(network(*path.example_inputs))[0]
     check_rebuilds(built, path.solver_after, theta)
@@ -953,6 +968,19 @@ def solver_parameters(solver: object) -> dict[str, Any]:
     return params
 
 
+def batch_multiple(*solvers: object) -> int:
+    """The batch step every one of ``solvers`` accepts: the least common multiple of their
+    :meth:`~aimle_zoo.solvers.Solver.batch_multiple` (1 for solvers without one)."""
+    multiple = 1
+    for solver in solvers:
+        if isinstance(solver, DifferentiableSolver):
+            solver = solver.solver
+        method = getattr(solver, "batch_multiple", None)
+        if callable(method):
+            multiple = math.lcm(multiple, int(method()))
+    return multiple
+
+
 def find_solvers(module: nn.Module) -> list[tuple[str, object]]:
     """``(location, solver)`` of every solver in ``module`` (not descending into solvers)."""
     found: list[tuple[str, object]] = []
@@ -992,7 +1020,16 @@ def check_eval_mode(model: nn.Module) -> None:
     """Raise :class:`ExportError` if ``model`` or a submodule is in training mode.
 
     Solvers are exempt: they compute the same thing in both modes.
+
+    Raises:
+        TypeError: ``model`` is not a module (e.g. arguments swapped).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"expected the model as an nn.Module (a zoo model, a solver or a module), got "
+            f"{type(model).__name__}; the model comes first: to_onnx(model, path), "
+            "to_torchscript(model, path), verify(model, artefact)"
+        )
     solver_parts = {
         id(part)
         for module in model.modules()

@@ -10,7 +10,8 @@ The metadata is one JSON object:
 - ``solver_after``: for a split export, the solver to run on the output θ (else ``null``);
 - ``inputs`` / ``outputs``: ``[{"name", "dtype", "shape", ...}]``; a ``str`` in a shape names
   a dynamic dimension, an ``int`` is fixed at export time;
-- ``dynamic_dims``: ``{name: minimum size}``; ``example_sizes``: ``{name: size}`` in the
+- ``dynamic_dims``: ``{name: minimum size}``; ``batch_multiple``: the batch must be a multiple
+  of it (absent in files from before it was recorded: 1); ``example_sizes``: ``{name: size}`` in the
   example inputs of the export; ``fixed_dims``: ``{"input[axis]": size}`` for
   every size fixed at export time; ``verified_sizes``: the other problem sizes checked.
 
@@ -91,6 +92,7 @@ def build_metadata(
         "inputs": [spec.to_json() for spec in path.inputs],
         "outputs": [spec.to_json() for spec in path.outputs],
         "dynamic_dims": dict(path.dynamic_dims),
+        "batch_multiple": path.batch_multiple,
         "example_sizes": path.example_sizes(),
         "fixed_dims": fixed,
         "verified_sizes": [dict(case) for case in path.size_cases],

@@ -94,10 +94,13 @@ class InputLimits:
             over ``n`` needs n >= k).
         ranges: ``{input name: (low, high)}`` valid values of integer inputs, ``high``
             exclusive (token ids below the vocabulary size).
+        batch_multiple: the batch must be a multiple of it (a solver with per-instance data
+            for that many instances).
     """
 
     minimums: Mapping[str, int] = field(default_factory=dict)
     ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    batch_multiple: int = 1
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> InputLimits:
@@ -110,7 +113,7 @@ class InputLimits:
                 integer = np.issubdtype(np.dtype(spec.get("dtype", "float32")), np.integer)
                 if integer and spec.get("low") is not None and spec.get("high") is not None:
                     ranges[str(spec["name"])] = (int(spec["low"]), int(spec["high"]))
-        return cls(minimums, ranges)
+        return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1))
 
 
 def check_inputs(
@@ -197,6 +200,12 @@ def _check_one(
                 raise RunnerInputError(
                     f"input {spec.name!r} has shape {tuple(value.shape)}: dimension {size!r} "
                     f"(axis {axis}) is {actual}, the model needs at least {least}"
+                )
+            if size == "batch" and actual % limits.batch_multiple:
+                raise RunnerInputError(
+                    f"input {spec.name!r} has batch {actual}, the model takes batches that are "
+                    f"multiples of {limits.batch_multiple} (its solver holds per-instance data "
+                    f"for {limits.batch_multiple} instances); pad or split the batch"
                 )
     bounds = limits.ranges.get(spec.name)
     if bounds is not None and value.size:

@@ -166,11 +166,17 @@ def _random_cases(
     problem_sizes: bool,
     seed: int,
 ) -> list[tuple[Tensor, ...]]:
-    """Fresh inputs: each batch size at the example sizes, then each other problem size."""
+    """Fresh inputs: each batch size at the example sizes, then each other problem size.
+
+    A model whose batch must be a multiple of m (``batch_multiple``) gets m times each size.
+    """
     example = dict(metadata.get("example_sizes", {}))
-    size_sets = [{**example, "batch": int(batch)} for batch in batch_sizes]
+    multiple = int(metadata.get("batch_multiple") or 1)
+    size_sets = [{**example, "batch": int(batch) * multiple} for batch in batch_sizes]
     if problem_sizes:
-        size_sets += [{**example, "batch": 3, **case} for case in metadata["verified_sizes"]]
+        size_sets += [
+            {**example, "batch": 3 * multiple, **case} for case in metadata["verified_sizes"]
+        ]
     return [
         random_inputs(specs, sizes, torch.Generator().manual_seed(seed + index))
         for index, sizes in enumerate(size_sets)
@@ -222,7 +228,7 @@ def compare(
 
 def check_export(path: InferencePath, run_artefact: RunFn, what: str) -> None:
     """Compare a fresh export with eager PyTorch before it is written (batch 3 at the
-    example's sizes and the first other problem size at batch 2).
+    example's sizes and the first other problem size at batch 2, times the batch multiple).
 
     Raises:
         ExportError: out of tolerance: the exporter fixed a size or a loop count, or mistranslated
@@ -230,8 +236,9 @@ def check_export(path: InferencePath, run_artefact: RunFn, what: str) -> None:
     """
     generator = torch.Generator().manual_seed(12345)
     example = path.example_sizes()
-    size_sets = [{**example, "batch": 3}]
-    size_sets += [{**example, "batch": 2, **case} for case in path.size_cases[:1]]
+    multiple = path.batch_multiple
+    size_sets = [{**example, "batch": 3 * multiple}]
+    size_sets += [{**example, "batch": 2 * multiple, **case} for case in path.size_cases[:1]]
     names = [spec.name for spec in path.outputs]
     for sizes in size_sets:
         values = random_inputs(path.inputs, sizes, generator)

@@ -76,6 +76,11 @@ class Solver(nn.Module):
     def forward(self, theta: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def batch_multiple(self) -> int:
+        """θ's batch size must be a multiple of this (1: any batch size; a solver holding
+        per-instance data for B' instances takes batches of m·B')."""
+        return 1
+
     def extra_repr(self) -> str:
         params = getattr(self, "params", None)
         return ", ".join(f"{k}={v!r}" for k, v in params.items()) if params else ""

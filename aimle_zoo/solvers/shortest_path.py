@@ -19,6 +19,7 @@ and ONNX export of the scripted module (``torch.onnx.export(..., dynamo=False)``
 as ``Loop`` nodes with dynamic shapes.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -605,6 +606,11 @@ class GraphShortestPath(Solver):
                 "value); rescale theta."
             )
 
+    def batch_multiple(self) -> int:
+        """θ's batch must hold every per-instance source and target the same number of times:
+        a multiple of both counts."""
+        return math.lcm(self.source.numel(), self.target.numel())
+
     def forward(self, theta: Tensor) -> Tensor:
         """``θ [B, E]`` (or ``[B, V, V]``) -> path edge indicators of the same shape.
 
@@ -693,6 +699,10 @@ class ShortestPath(Solver):
                 target=target,
                 output=output,
             )
+
+    def batch_multiple(self) -> int:
+        """That of the grid or graph solver built at construction."""
+        return self.solver.batch_multiple()
 
     def forward(self, theta: Tensor) -> Tensor:
         """Delegates to the grid or graph solver built at construction."""

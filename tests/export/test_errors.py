@@ -65,6 +65,16 @@ def test_a_model_in_training_mode_is_refused(tmp_path: Path) -> None:
         verify(model, tmp_path / "model.out")
 
 
+def test_swapped_arguments_say_the_model_comes_first(tmp_path: Path) -> None:
+    model = tiny_model("l2x_tabular").eval()
+    written = to_onnx(model, tmp_path / "model.onnx")
+    with pytest.raises(TypeError, match=r"got ExportResult; the model comes first"):
+        verify(written, model)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"got str; the model comes first"):
+        to_onnx(str(tmp_path / "b.onnx"), model)  # type: ignore[arg-type]
+    assert _files(tmp_path) == ["model.onnx"]
+
+
 def test_unsupported_opsets_are_refused_with_the_supported_range(tmp_path: Path) -> None:
     model = tiny_model("l2x_tabular").eval()
     with pytest.raises(UnsupportedOpsetError, match=r"opset 17 is not supported.*18\.\.23"):

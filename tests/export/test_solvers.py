@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from aimle_zoo.export import load_exported, read_metadata, to_onnx, to_torchscript, verify
+from aimle_zoo.export.runner import RunnerInputError
 from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges
 from aimle_zoo.solvers.reference.shortest_path import (
     graph_shortest_path_scipy,
@@ -20,7 +22,7 @@ from aimle_zoo.solvers.reference.shortest_path import (
 )
 from aimle_zoo.solvers.reference.spanning_tree import spanning_tree_scipy
 from aimle_zoo.solvers.reference.topk import topk_argsort
-from aimle_zoo.solvers.shortest_path import grid_path_cost
+from aimle_zoo.solvers.shortest_path import GraphShortestPath, grid_path_cost
 
 #: A DAG on 7 vertices with the chain 0 → 1 → ... → 6 (every target reachable) and shortcuts.
 DAG = [[0, 1, 2, 3, 4, 5, 0, 0, 1, 2, 3, 1], [1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 6, 6]]
@@ -159,3 +161,59 @@ def test_solver_exports_and_matches_the_reference_on_new_sizes(
         assert dynamic == {"batch"}
     else:
         assert len(dynamic) >= 2  # batch and at least one problem size stay dynamic
+
+
+class _PerInstancePaths(nn.Module):
+    """Edge costs from features, then paths with per-instance (source, target) pairs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.costs = nn.Linear(3, len(DAG[0]))
+        sources, targets = torch.tensor([0, 1, 2]), torch.tensor([6, 5, 6])
+        self.paths = GraphShortestPath(DAG, 7, source=sources, target=targets)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.paths(F.softplus(self.costs(features)))
+
+
+@pytest.mark.parametrize("file_format", ["onnx", "torchscript"])
+def test_per_instance_sources_export_with_batches_in_multiples(
+    tmp_path: Path, file_format: str
+) -> None:
+    torch.manual_seed(0)
+    model = _PerInstancePaths().eval()
+    example = torch.randn(6, 3)
+    export = to_onnx if file_format == "onnx" else to_torchscript
+    result = export(model, tmp_path / f"paths.{file_format}", example_inputs=(example,))
+    assert result.metadata["batch_multiple"] == 3
+    assert result.metadata["dynamic_dims"]["batch"] == 3
+    report = verify(model, result.path)
+    assert report.passed
+    assert all(case.batch_size % 3 == 0 for case in report.cases)
+    runtime = load_exported(result.path)
+    features = torch.randn(9, 3)
+    (z,) = runtime.run([features.numpy()]).values()
+    with torch.no_grad():
+        costs = F.softplus(model.costs(features))
+    expected = graph_shortest_path_scipy(
+        costs, torch.tensor(DAG), 7, torch.tensor([0, 1, 2]), torch.tensor([6, 5, 6])
+    )
+    np.testing.assert_array_equal(z, expected.numpy())
+    with pytest.raises(RunnerInputError, match="multiples of 3"):
+        runtime.run([torch.randn(4, 3).numpy()])
+
+
+def test_a_split_export_takes_the_batch_multiple_of_the_solver_after(tmp_path: Path) -> None:
+    model = _PerInstancePaths().eval()
+    network = nn.Sequential(model.costs, nn.Softplus()).eval()
+    result = to_onnx(
+        network,
+        tmp_path / "costs.onnx",
+        example_inputs=(torch.randn(3, 3),),
+        split=True,
+        solver=model.paths,
+    )
+    assert result.metadata["batch_multiple"] == 3
+    assert verify(network, result.path).passed
+    with pytest.raises(RunnerInputError, match="multiples of 3"):
+        load_exported(result.path).run([torch.randn(4, 3).numpy()])

@@ -445,6 +445,28 @@ def test_graph_per_instance_sources_and_targets_repeat_for_samples() -> None:
     assert torch.equal(vertices, torch.nn.functional.one_hot(torch.full((12,), 9), 16).float())
 
 
+def test_graph_batch_multiple_is_what_the_solver_accepts() -> None:
+    edge_index = (~torch.eye(8, dtype=torch.bool)).nonzero().t()  # complete: all reachable
+    width = edge_index.shape[1]
+    solver = GraphShortestPath(
+        edge_index, 8, source=torch.tensor([0, 1]), target=torch.tensor([7, 6, 5])
+    )
+    assert solver.batch_multiple() == 6
+    accepted = [batch for batch in range(1, 19) if _accepts(solver, torch.rand(batch, width) + 0.5)]
+    assert accepted == [6, 12, 18]
+    assert GraphShortestPath(edge_index, 8).batch_multiple() == 1
+    assert ShortestPath(edge_index=edge_index, source=torch.tensor([0, 1])).batch_multiple() == 2
+    assert ShortestPath().batch_multiple() == 1
+
+
+def _accepts(solver: GraphShortestPath, theta: Tensor) -> bool:
+    try:
+        solver(theta)
+    except SolverInputError:
+        return False
+    return True
+
+
 def test_graph_is_deterministic_and_batch_independent() -> None:
     edge_index, source, target = random_digraph(20, seed=10)
     theta = random_costs(DIGRAPH_VALUES, 40, edge_index.shape[1], seed=11)

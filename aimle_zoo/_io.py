@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import stat
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,23 +59,93 @@ def _fsync_directory(directory: Path) -> None:
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces ``path`` as a whole.
 
-    The previous directory (if any) is moved aside first and deleted only after the new one is
-    in place, so at every instant ``path`` is either the old complete folder or the new one.
+    At every instant ``path`` is either the old complete folder or the new one: on Linux the two
+    are swapped in one ``renameat2(RENAME_EXCHANGE)`` call; elsewhere the old folder is moved
+    aside, the new one moved in, and the old one moved back if that fails. The staging folder
+    has an ordinary folder's mode (0o777 less the umask) from the start. On failure the staging
+    folder is removed and ``path`` is left as it was.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
         yield staging
+        if target.exists() and _exchange(staging, target):
+            remove_tree(staging)  # now the old folder
+        else:
+            _replace_with_rollback(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700; give a normal folder's mode
+    _fsync_directory(target.parent)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Returns ``False`` where the call is unavailable (other systems, old kernels or libc, file
+    systems without support); raises ``OSError`` for other failures.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    path_arguments = (ctypes.c_int, ctypes.c_char_p)
+    renameat2.argtypes = [*path_arguments, *path_arguments, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    status = renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if status == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), os.fspath(second))
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _replace_with_rollback(staging: Path, target: Path) -> None:
+    """Move ``target`` aside, ``staging`` in its place, then delete the old folder; if moving
+    ``staging`` in fails, the old folder goes back."""
     retired = None
     if target.exists():
         retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(retired, ignore_errors=True)
+        remove_tree(retired)
         os.replace(target, retired)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        if retired is not None:
+            os.replace(retired, target)
+        raise
     if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+        remove_tree(retired)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder tree, making read-only sub-folders writable on the way; warn (not raise)
+    about what cannot be deleted."""
+
+    def make_writable_and_retry(function: Any, failed: str, _info: Any) -> None:
+        parent = os.path.dirname(failed)
+        try:
+            os.chmod(parent, stat.S_IMODE(os.stat(parent).st_mode) | stat.S_IRWXU)
+            function(failed)
+        except OSError as err:
+            warnings.warn(f"could not delete {failed}: {err}", RuntimeWarning, stacklevel=4)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable_and_retry)
+        else:
+            shutil.rmtree(path, onerror=make_writable_and_retry)

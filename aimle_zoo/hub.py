@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard, constants, snapshot_download
 from huggingface_hub.errors import (
     LocalEntryNotFoundError,
@@ -106,14 +107,17 @@ def resolve_checkpoint(
     Resolution order:
 
     1. an existing local folder (a ``Path`` or a path-like string is never a Hub id);
-    2. a short name such as ``"dvae-mnist"`` or an ``aimle-zoo/<name>`` id whose folder is
-       bundled under :func:`checkpoints_root`, when no ``revision`` is given. The bundled copy
-       comes before the Hub cache, so offline loading never depends on what happens to be
-       cached; a ``revision`` (``"main"``, a tag or a commit) always takes the Hub path;
-    3. the Hub through ``snapshot_download`` (config, weights and card of one commit), which
+    2. without ``revision`` or ``force_download``: the Hub cache's copy of ``main``, looked up
+       by huggingface_hub without any network request (a complete snapshot only), so a
+       checkpoint once downloaded is the one loaded, online or offline;
+    3. without ``revision``: a short name such as ``"dvae-mnist"`` or an ``aimle-zoo/<name>``
+       id whose folder is bundled under :func:`checkpoints_root` (no network needed);
+    4. the Hub through ``snapshot_download`` (config, weights and card of one commit), which
        honours ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``/``cache_dir``, ``HF_ENDPOINT``,
        ``revision`` and ``local_files_only``, and falls back to its cache when the Hub cannot
-       be reached. A short name means ``aimle-zoo/<name>``.
+       be reached. A ``revision`` (``"main"``, a tag or a commit) always takes this path, so
+       ``revision="main"`` checks the Hub for a newer commit. A short name means
+       ``aimle-zoo/<name>``.
 
     Args:
         local_files_only: ``True`` reads the Hub cache only; ``None`` or ``False`` lets
@@ -145,11 +149,28 @@ def resolve_checkpoint(
             f"{text!r} is neither a folder nor a valid checkpoint name or Hub id: {err}"
         ) from err
     namespace, name = repo_id.split("/")
-    if namespace == HUB_ORGANIZATION and revision is None:
+    if revision is None and not force_download:
+        cached = _cached_snapshot(repo_id, cache_dir)
+        if cached is not None:
+            return cached
         bundled = checkpoints_root() / name
-        if bundled.is_dir():
+        if namespace == HUB_ORGANIZATION and bundled.is_dir():
             return bundled
     return _download(repo_id, revision, cache_dir, bool(local_files_only), token, force_download)
+
+
+def _cached_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path | None:
+    """The Hub cache's complete snapshot of ``repo_id`` at ``main``, or ``None`` (no network)."""
+    try:
+        snapshot = snapshot_download(
+            repo_id,
+            cache_dir=cache_dir,
+            local_files_only=True,
+            allow_patterns=list(CHECKPOINT_FILES),
+        )
+    except LocalEntryNotFoundError:  # not cached, or only partly
+        return None
+    return Path(snapshot)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -254,15 +275,45 @@ def read_card_metrics(name_or_path: str | os.PathLike[str]) -> dict[str, float]:
 
     Raises:
         CheckpointNotFoundError: the checkpoint has no ``README.md``.
+        CheckpointConfigError: the card is empty, has no or a broken YAML header, or records
+            a metric that is not a number.
     """
-    path = resolve_checkpoint(name_or_path) / _CARD
+    return _card_metrics(resolve_checkpoint(name_or_path) / _CARD)
+
+
+def _card_metrics(path: Path) -> dict[str, float]:
+    """The checked model card at ``path``: its metrics (see :func:`read_card_metrics`)."""
+    rewrite = "rewrite it with aimle_zoo.hub.write_model_card(folder, metrics=..., command=...)"
     if not path.is_file():
         raise CheckpointNotFoundError(
-            f"{path} does not exist: the checkpoint has no model card; write one with "
-            "aimle_zoo.hub.write_model_card"
+            f"{path} does not exist: a checkpoint needs its model card to be published or to "
+            f"report its metrics; {rewrite.replace('rewrite', 'write')}"
         )
-    results = ModelCard.load(path).data.eval_results or []
-    return {result.metric_type: float(result.metric_value) for result in results}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointConfigError(f"the model card {path} is not UTF-8 text; {rewrite}") from err
+    if not text.startswith("---"):
+        raise CheckpointConfigError(
+            f"the model card {path} has no YAML header (metadata between '---' lines: "
+            f"library, license, tags, metrics); {rewrite}"
+        )
+    try:
+        results = getattr(ModelCard(text).data, "eval_results", None) or []
+    except (ValueError, yaml.YAMLError) as err:
+        raise CheckpointConfigError(
+            f"the model card {path} has a YAML header that does not parse ({err}); {rewrite}"
+        ) from err
+    metrics = {}
+    for result in results:
+        try:
+            metrics[result.metric_type] = float(result.metric_value)
+        except (TypeError, ValueError) as err:
+            raise CheckpointConfigError(
+                f"the model card {path} records metric {result.metric_type!r} as "
+                f"{result.metric_value!r}, not a number; {rewrite}"
+            ) from err
+    return metrics
 
 
 def write_model_card(
@@ -302,16 +353,12 @@ def upload_plan(folder: str | os.PathLike[str]) -> list[UploadFile]:
     :data:`CHECKPOINT_FILES` are uploaded; other files (e.g. a trainer state) stay local.
 
     Raises:
-        CheckpointError: the folder is not a complete, loadable checkpoint.
+        CheckpointError: the folder is not a complete, loadable checkpoint, or its model card
+            is missing or broken.
     """
     folder = Path(folder)
     ZooModel.from_pretrained(folder)
-    if not (folder / _CARD).is_file():
-        raise CheckpointNotFoundError(
-            f"{folder / _CARD} does not exist: a published checkpoint needs its model card; "
-            "write it with aimle_zoo.hub.write_model_card(folder, metrics=..., command=..., "
-            "dataset=...)"
-        )
+    _card_metrics(folder / _CARD)
     return [UploadFile(name, (folder / name).stat().st_size) for name in CHECKPOINT_FILES]
 
 

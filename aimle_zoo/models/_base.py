@@ -313,6 +313,11 @@ class ZooModel(
         config_path = folder / constants.CONFIG_NAME
         model_class = cls._checkpoint_class(config, config_path)
         model_class._check_config_keys(config, config_path, model_kwargs)
+        if (
+            "estimator" in model_class._hub_mixin_init_parameters
+            and "estimator" not in model_kwargs
+        ):
+            _check_estimator_config(config.get("estimator"), config_path)
         loaded = super(ZooModel, model_class).from_pretrained(os.fspath(folder), **model_kwargs)
         return cast(M, loaded)
 
@@ -354,10 +359,19 @@ class ZooModel(
         missing = [name for name in arguments if name not in config and name not in overrides]
         unexpected = sorted(set(config) - set(arguments) - set(CHECKPOINT_METADATA_KEYS))
         if missing or unexpected:
+            advice = (
+                "Re-save the model with save_pretrained, or pass missing values as keyword "
+                "arguments of from_pretrained"
+            )
+            saved_version = str(config.get("aimle_zoo_version"))
+            if unexpected and _is_newer(saved_version):
+                advice = (
+                    f"It was written by aimle-zoo {saved_version}, newer than this one: "
+                    "upgrade aimle-zoo (pip install -U aimle-zoo)"
+                )
             raise CheckpointConfigError(
                 f"{config_path} does not describe a {cls.__name__}: missing keys {missing}, "
-                f"unexpected keys {unexpected}. Re-save the model with save_pretrained, or pass "
-                "missing values as keyword arguments of from_pretrained"
+                f"unexpected keys {unexpected}. {advice}"
             )
 
     @classmethod
@@ -370,7 +384,7 @@ class ZooModel(
         force_download: bool,
         local_files_only: bool,
         token: str | bool | None,
-        map_location: str = "cpu",
+        map_location: str | torch.device = "cpu",
         strict: bool = True,
         **model_kwargs: Any,
     ) -> M:
@@ -384,7 +398,10 @@ class ZooModel(
             CheckpointConfigError: the constructor rejects the config values.
             CheckpointCorruptError: ``model.safetensors`` is truncated or not safetensors.
             CheckpointMismatchError: the checkpoint has missing or unexpected tensors, or
-                tensors of the wrong shape (``strict=False`` tolerates missing/unexpected ones).
+                tensors of the wrong shape or dtype (``strict=False`` tolerates
+                missing/unexpected ones). A checkpoint whose floating-point tensors all have
+                another floating dtype (a float64 model) loads into a model of that dtype.
+            ValueError: ``map_location`` is not a device, or one this machine lacks.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_model
@@ -395,16 +412,19 @@ class ZooModel(
                 f"{model_file} does not exist: the checkpoint folder is incomplete. Download it "
                 "again (force_download=True) or re-save the model with save_pretrained"
             )
+        device = _load_device(map_location)
         try:
             model = cls(**model_kwargs)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, LookupError) as err:
             raise CheckpointConfigError(
                 f"{os.path.join(model_id, constants.CONFIG_NAME)} (with any keyword overrides) "
                 f"does not build a {cls.__name__}: {err}"
             ) from err
         where = f"{cls.__name__} checkpoint {model_file}"
         try:
-            missing, unexpected = load_model(model, model_file, strict=False, device=map_location)
+            model = _match_stored_dtypes(model, model_file, where).to(device)
+            target = "cpu" if device.type == "cpu" else str(device)  # safetensors: no "cpu:0"
+            missing, unexpected = load_model(model, model_file, strict=False, device=target)
         except SafetensorError as err:
             raise CheckpointCorruptError(
                 f"{model_file} is not a readable safetensors file ({err}): it is truncated or "
@@ -443,7 +463,8 @@ class ZooModel(
 
         The files are written to a staging folder beside ``save_directory`` that then replaces
         it as a whole, so a failed save leaves the previous checkpoint intact. Other files
-        already in the folder (e.g. a trainer state) are carried over.
+        already in the folder (e.g. a trainer state) are carried over, unless the folder held a
+        checkpoint of another architecture (they described that model).
 
         Args:
             save_directory: the checkpoint folder.
@@ -465,6 +486,7 @@ class ZooModel(
             TypeError: the model is not registered, or a card value has the wrong type.
             ValueError: the folder cannot be replaced (it holds the working directory), or
                 ``push_to_hub=True`` without ``repo_id``.
+            PermissionError: the folder is read-only.
         """
         if not self.model_name:
             raise TypeError(
@@ -486,9 +508,9 @@ class ZooModel(
             super().save_pretrained(
                 staging, config=self._checkpoint_config(config), model_card_kwargs=card_kwargs
             )
-            _set_modes(staging, previous=target)
-            if target.is_dir():
+            if target.is_dir() and _same_architecture(target, self.model_name):
                 _carry_over(target, staging)
+            _set_modes(staging, previous=target)
         if push_to_hub:
             return self.push_to_hub(
                 repo_id=card_kwargs["repo_id"],
@@ -630,7 +652,146 @@ def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointConfigError(
             f"{path}: architecture must be a registered model name, got {architecture!r}"
         )
+    if not isinstance(config["aimle_zoo_version"], str) or not config["aimle_zoo_version"]:
+        raise CheckpointConfigError(
+            f"{path}: aimle_zoo_version must be the version string of the aimle-zoo that wrote "
+            f"it, got {config['aimle_zoo_version']!r}"
+        )
     return config
+
+
+def _check_estimator_config(saved: object, config_path: Path) -> None:
+    """The saved estimator config is a complete ``Estimator.config()`` dict.
+
+    Checkpoints record the resolved estimator config in full, so loading never depends on
+    defaults; a ``null`` or a dict missing keys (hand-edited, or cut) is refused.
+    """
+    if not isinstance(saved, dict):
+        raise CheckpointConfigError(
+            f"{config_path}: estimator must be the estimator's full config dict (as "
+            f"Estimator.config() gives it), got {saved!r}; re-save the model with "
+            "save_pretrained, or pass estimator=... to from_pretrained"
+        )
+    try:
+        complete = build_estimator(saved).config()
+    except (TypeError, ValueError, LookupError) as err:
+        raise CheckpointConfigError(
+            f"{config_path}: the estimator config does not build an estimator: {err}"
+        ) from err
+    missing = _missing_keys(complete, saved)
+    if missing:
+        raise CheckpointConfigError(
+            f"{config_path}: the estimator config lacks {missing}, so loading would fall back "
+            "to defaults; restore them (re-save the model with save_pretrained), or pass "
+            "estimator=... to from_pretrained"
+        )
+
+
+def _missing_keys(
+    complete: Mapping[str, Any], given: Mapping[str, Any], prefix: str = ""
+) -> list[str]:
+    """Dotted paths of the keys of ``complete`` (recursively) that ``given`` lacks."""
+    missing = []
+    for key, value in complete.items():
+        if key not in given:
+            missing.append(f"{prefix}{key}")
+        elif isinstance(value, Mapping) and isinstance(given[key], Mapping):
+            missing += _missing_keys(value, given[key], f"{prefix}{key}.")
+    return missing
+
+
+def _is_newer(version: str) -> bool:
+    """Whether aimle-zoo ``version`` is newer than the running one (``False`` if unparsable)."""
+    from packaging.version import InvalidVersion, Version
+
+    from .. import __version__
+
+    try:
+        return Version(version) > Version(__version__)
+    except InvalidVersion:
+        return False
+
+
+def _load_device(map_location: str | torch.device) -> torch.device:
+    """``map_location`` as a device this machine has.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device that is not available.
+    """
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"map_location={map_location!r} is not a torch device ({err}); use e.g. 'cpu', "
+            "'cuda' or 'cuda:1'"
+        ) from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ValueError(
+                f"map_location={map_location!r}: this machine has {count} CUDA device(s) "
+                "visible to PyTorch; load with map_location='cpu' (or another device)"
+            )
+    return device
+
+
+def _match_stored_dtypes(model: M, model_file: str, where: str) -> M:
+    """``model`` in the floating dtype of the checkpoint's tensors, or an error naming the
+    tensors whose dtype differs from the model's (no silent casts)."""
+    from safetensors import safe_open
+
+    with safe_open(model_file, framework="pt") as handle:
+        names = handle.keys()  # the handle is not iterable
+        codes = {name: handle.get_slice(name).get_dtype() for name in names}
+    expected = {name: _SAFETENSORS_DTYPES.get(code) for name, code in codes.items()}
+
+    def differing() -> dict[str, tuple[torch.dtype | None, torch.dtype]]:
+        state = model.state_dict()
+        return {
+            name: (dtype, state[name].dtype)
+            for name, dtype in expected.items()
+            if name in state and dtype != state[name].dtype
+        }
+
+    wrong = differing()
+    stored_floats = {
+        dtype for dtype in expected.values() if dtype is not None and dtype.is_floating_point
+    }
+    if (
+        wrong
+        and len(stored_floats) == 1
+        and all(
+            in_file is not None and in_file.is_floating_point and own.is_floating_point
+            for in_file, own in wrong.values()
+        )
+    ):
+        model = model.to(stored_floats.pop())  # e.g. a model saved after .double()
+        wrong = differing()
+    if wrong:
+        shown = ", ".join(
+            f"{name} ({in_file} in the file, {own} in the model)"
+            for name, (in_file, own) in sorted(wrong.items())[:5]
+        )
+        raise CheckpointMismatchError(
+            f"{where} holds tensors of another dtype than the model built from its config: "
+            f"{shown}{', ...' if len(wrong) > 5 else ''}. Re-save the model with save_pretrained"
+        )
+    return model
+
+
+#: safetensors dtype codes -> torch dtypes.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def default_repo_id(folder: str | os.PathLike[str], architecture: str | None = None) -> str:
@@ -682,6 +843,11 @@ def _check_replaceable(folder: Path) -> None:
             f"cannot save a checkpoint to {folder}: it exists and is not a folder; choose a "
             "folder path"
         )
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot save a checkpoint to {folder}: the folder is read-only; make it writable "
+            f"(chmod u+w {folder}) to replace it, or save elsewhere"
+        )
     working = Path.cwd().resolve()
     if folder == working or folder in working.parents:
         raise ValueError(
@@ -707,6 +873,18 @@ def _set_modes(staging: Path, previous: Path) -> None:
     staging.chmod(mode)
     for name in CHECKPOINT_FILES:
         (staging / name).chmod(mode & 0o666)
+
+
+def _same_architecture(folder: Path, architecture: str) -> bool:
+    """Whether ``folder`` holds no checkpoint config, or one of ``architecture``: only then are
+    its other files (a recipe, a trainer state) kept by a save over it."""
+    try:
+        config = json.loads((folder / constants.CONFIG_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return True
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("architecture") == architecture
 
 
 def _carry_over(previous: Path, staging: Path) -> None:

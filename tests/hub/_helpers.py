@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import constants
+from huggingface_hub import constants, snapshot_download
 
 from aimle_zoo.models import ZooModel
 from tests.models._helpers import make_batch, tiny_model
+
+from ._fake_hub import FakeHub, Repository
 
 COMMIT_A = "a" * 40
 COMMIT_B = "0123456789abcdef0123456789abcdef01234567"
@@ -30,18 +34,32 @@ def trained_tiny_model(name: str, seed: int = 0) -> ZooModel:
 def add_to_hub_cache(
     cache: Path, repo_id: str, model: ZooModel, commit: str, refs: tuple[str, ...] = ("main",)
 ) -> Path:
-    """Write ``model`` as snapshot ``commit`` of ``repo_id`` in the Hub cache layout.
+    """Put ``model`` into the Hub cache as commit ``commit`` of ``repo_id``, reachable by
+    ``refs``, the way a real download leaves it: huggingface_hub's ``snapshot_download`` fetches
+    it from a :class:`FakeHub` on localhost (blobs, snapshot links, refs, file lists).
 
-    ``models--<owner>--<name>/snapshots/<commit>/`` holds the files and each ``refs/<ref>``
-    file names the commit, as huggingface_hub's downloads leave them.
+    Returns the snapshot folder.
     """
-    repository = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repository / "snapshots" / commit
-    model.save_pretrained(snapshot, repo_id=repo_id)
-    (repository / "refs").mkdir(exist_ok=True)
-    for ref in refs:
-        (repository / "refs" / ref).write_text(commit)
-    return snapshot
+    served = Path(tempfile.mkdtemp(prefix="served-"))
+    try:
+        model.save_pretrained(served / "checkpoint", repo_id=repo_id)
+        hub = FakeHub({repo_id: Repository(served / "checkpoint", commit, refs)})
+        server = hub.start()
+        offline = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = False
+        try:
+            snapshots = {
+                snapshot_download(repo_id, revision=ref, cache_dir=cache, endpoint=hub.endpoint)
+                for ref in refs
+            }
+        finally:
+            constants.HF_HUB_OFFLINE = offline
+            server.shutdown()
+            server.server_close()
+    finally:
+        shutil.rmtree(served)
+    (snapshot,) = snapshots
+    return Path(snapshot)
 
 
 def assert_same_model(loaded: ZooModel, expected: ZooModel) -> None:

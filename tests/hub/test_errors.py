@@ -145,6 +145,60 @@ def test_a_newer_format_version(saved: tuple[Path, ZooModel]) -> None:
         aimle_zoo.from_pretrained(folder)
 
 
+def test_unknown_keys_from_a_newer_aimle_zoo_ask_for_an_upgrade(
+    saved: tuple[Path, ZooModel],
+) -> None:
+    folder, _ = saved
+    _edit_config(folder, dropout=0.5, aimle_zoo_version="99.0.0")
+    with pytest.raises(CheckpointConfigError, match=r"written by aimle-zoo 99\.0\.0.*upgrade"):
+        aimle_zoo.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("version", [None, "", 1])
+def test_an_invalid_aimle_zoo_version(saved: tuple[Path, ZooModel], version: object) -> None:
+    folder, _ = saved
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "aimle_zoo_version": version}))
+    with pytest.raises(CheckpointConfigError, match="aimle_zoo_version must be the version"):
+        aimle_zoo.from_pretrained(folder)
+
+
+def _edit_estimator(folder: Path, edit: Any) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["estimator"] = edit(config["estimator"])
+    path.write_text(json.dumps(config))
+
+
+def _without_decay(estimator: dict[str, Any]) -> dict[str, Any]:
+    target = {key: value for key, value in estimator["target"].items() if key != "decay"}
+    return {**estimator, "target": target}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda estimator: None, "estimator must be the estimator's full config dict"),
+        (lambda estimator: {**estimator, "name": "nope"}, "does not build an estimator.*nope"),
+        (_without_decay, r"lacks \['target\.decay'\]"),
+        (
+            lambda estimator: {k: v for k, v in estimator.items() if k != "samples"},
+            r"lacks \['samples'\]",
+        ),
+    ],
+    ids=["null", "unknown-name", "nested-key", "top-level-key"],
+)
+def test_an_incomplete_or_unknown_estimator_config(
+    saved: tuple[Path, ZooModel], edit: Any, message: str
+) -> None:
+    folder, model = saved
+    _edit_estimator(folder, edit)
+    with pytest.raises(CheckpointConfigError, match=message):
+        aimle_zoo.from_pretrained(folder)
+    loaded = aimle_zoo.from_pretrained(folder, estimator=model.latent_layer.estimator.config())
+    assert_same_model(loaded, model)  # an explicit estimator replaces the saved one
+
+
 @pytest.mark.parametrize("version", [0, -1, "1", True, 1.0])
 def test_an_invalid_format_version(saved: tuple[Path, ZooModel], version: object) -> None:
     folder, _ = saved
@@ -198,6 +252,45 @@ def test_missing_unexpected_and_misshaped_tensors(saved: tuple[Path, ZooModel]) 
     save_file({**state, first: torch.zeros(*state[first].shape, 2)}, weights)
     with pytest.raises(CheckpointMismatchError, match="does not fit"):
         aimle_zoo.from_pretrained(folder)
+
+
+def test_tensors_of_another_dtype_are_named(saved: tuple[Path, ZooModel]) -> None:
+    folder, _ = saved
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    first = next(key for key, value in sorted(state.items()) if value.is_floating_point())
+    save_file({**state, first: state[first].round().long()}, weights)
+    with pytest.raises(
+        CheckpointMismatchError, match=rf"another dtype.*{re.escape(first)} \(torch\.int64 in the"
+    ):
+        aimle_zoo.from_pretrained(folder)
+
+
+def test_a_float64_model_loads_as_float64(tmp_path: Path) -> None:
+    model = tiny_model(NAME).double().eval()
+    model.save_pretrained(tmp_path / "double")
+    loaded = aimle_zoo.from_pretrained(tmp_path / "double")
+    assert {value.dtype for value in loaded.state_dict().values() if value.is_floating_point()} == {
+        torch.float64
+    }
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_map_location_takes_devices_and_refuses_missing_ones(
+    saved: tuple[Path, ZooModel],
+) -> None:
+    folder, model = saved
+    for device in (torch.device("cpu"), "cpu:0", "cpu"):
+        assert_same_model(aimle_zoo.from_pretrained(folder, map_location=device), model)
+    with pytest.raises(ValueError, match="'gpu' is not a torch device"):
+        aimle_zoo.from_pretrained(folder, map_location="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"0 CUDA device\(s\).*map_location='cpu'"):
+            aimle_zoo.from_pretrained(folder, map_location="cuda")
+    else:
+        loaded = aimle_zoo.from_pretrained(folder, map_location="cuda")
+        assert {value.device.type for value in loaded.state_dict().values()} == {"cuda"}
 
 
 def test_an_unknown_hub_id_offline_says_what_to_do() -> None:

@@ -85,20 +85,25 @@ def test_cache_dir_argument_and_local_files_only(tmp_path: Path) -> None:
     assert_same_model(loaded, model)
 
 
-def test_a_bundled_checkpoint_comes_before_the_hub_cache_without_a_revision(
+def test_the_hub_cache_comes_before_a_bundled_checkpoint_without_a_revision(
     hub_cache: Path, bundled_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundled = trained_tiny_model("discrete_vae", seed=1)
     cached = trained_tiny_model("discrete_vae", seed=2)
     bundled.save_pretrained(bundled_root / "dvae-tiny")
-    add_to_hub_cache(hub_cache, "aimle-zoo/dvae-tiny", cached, COMMIT_B)
-
     assert aimle_zoo.hub.list_bundled_checkpoints() == ["dvae-tiny"]
-    assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"
-    assert_same_model(aimle_zoo.from_pretrained("dvae-tiny"), bundled)
+    assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"  # nothing cached
     assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny"), bundled)
+
+    snapshot = add_to_hub_cache(hub_cache, "aimle-zoo/dvae-tiny", cached, COMMIT_B)
+    assert resolve_checkpoint("dvae-tiny") == snapshot
+    assert_same_model(aimle_zoo.from_pretrained("dvae-tiny"), cached)
+    assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny"), cached)
     assert_same_model(aimle_zoo.from_pretrained("dvae-tiny", revision="main"), cached)
     assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny", revision=COMMIT_B), cached)
+
+    (snapshot / "model.safetensors").unlink()  # an incomplete snapshot is not used
+    assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"
 
     local = trained_tiny_model("discrete_vae", seed=3)
     workdir = tmp_path / "work"

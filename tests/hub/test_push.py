@@ -12,12 +12,14 @@ from huggingface_hub import constants
 from aimle_zoo import hub
 from aimle_zoo.hub import (
     CHECKPOINT_FILES,
+    CheckpointConfigError,
     CheckpointCorruptError,
     CheckpointNotFoundError,
     HubPushError,
     UploadFile,
     format_size,
     push_to_hub,
+    read_card_metrics,
 )
 
 from ._helpers import go_online, trained_tiny_model
@@ -62,6 +64,28 @@ def test_a_broken_folder_is_never_uploaded(folder: Path) -> None:
     (folder / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointCorruptError):
         push_to_hub(folder, "aimle-zoo/l2x-tabular", dry_run=True)
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        ("", "has no YAML header"),
+        ("# A model\n\nNo metadata.\n", "has no YAML header"),
+        ("---\ntags: [\n---\n", "YAML header that does not parse"),
+        (
+            "---\nmodel-index:\n- name: a\n  results:\n  - task: {type: other}\n"
+            "    dataset: {name: d, type: d}\n    metrics:\n    - {type: acc, value: N/A}\n---\n",
+            "records metric 'acc' as 'N/A', not a number",
+        ),
+    ],
+    ids=["empty", "no-header", "broken-yaml", "non-numeric-metric"],
+)
+def test_a_broken_model_card_is_never_uploaded(folder: Path, card: str, message: str) -> None:
+    (folder / "README.md").write_text(card)
+    with pytest.raises(CheckpointConfigError, match=message):
+        push_to_hub(folder, "aimle-zoo/l2x-tabular", dry_run=True)
+    with pytest.raises(CheckpointConfigError, match=message):
+        read_card_metrics(folder)
 
 
 @pytest.mark.parametrize("repo_id", ["l2x-tabular", "a/b/c", "aimle-zoo/bad name"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from huggingface_hub import ModelCard
 from torch import nn
 
 import aimle_zoo
+from aimle_zoo import _io
 from aimle_zoo.hub import default_repo_id, read_card_metrics, write_model_card
 from aimle_zoo.models import ZooModel
 
@@ -57,6 +60,84 @@ def test_saving_again_replaces_the_checkpoint_and_keeps_other_files(tmp_path: Pa
     assert (folder / "trainer_state.pt").read_bytes() == b"optimizer state"
     assert (folder / "logs" / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
     assert_same_model(aimle_zoo.from_pretrained(folder), second)
+
+
+def test_a_save_over_another_architecture_drops_the_old_files(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    trained_tiny_model("discrete_vae").save_pretrained(folder)
+    (folder / "recipe.json").write_text('{"recipe": "dvae-mnist"}')
+    trained_tiny_model("l2x_tabular").save_pretrained(folder)
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+
+
+def test_the_folder_keeps_its_mode_and_no_staging_folder_is_left(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    trained_tiny_model("l2x_tabular", seed=1).save_pretrained(folder)
+    folder.chmod(0o750)
+    trained_tiny_model("l2x_tabular", seed=2).save_pretrained(folder)
+    assert folder.stat().st_mode & 0o777 == 0o750
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundled", "hub-cache", "run"]
+
+
+def test_without_an_atomic_exchange_a_failed_move_restores_the_old_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "run"
+    first = trained_tiny_model("l2x_tabular", seed=1)
+    first.save_pretrained(folder)
+    before = _contents(folder)
+    monkeypatch.setattr(_io, "_exchange", lambda first, second: False)
+    real_replace = os.replace
+
+    def failing_replace(source: Any, destination: Any) -> None:
+        if Path(source).name.endswith(".tmp"):  # moving the new folder in
+            raise OSError("No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space left"):
+        trained_tiny_model("l2x_tabular", seed=2).save_pretrained(folder)
+    monkeypatch.undo()
+    assert _contents(folder) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundled", "hub-cache", "run"]
+    assert_same_model(aimle_zoo.from_pretrained(folder), first)
+
+
+def test_the_exchange_swaps_two_folders_in_one_step(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "a").write_text("old")
+    (new / "a").write_text("new")
+    if _io._exchange(new, old):  # Linux with renameat2; elsewhere the fallback is tested above
+        assert (old / "a").read_text() == "new"
+        assert (new / "a").read_text() == "old"
+    else:
+        assert sys.platform != "linux"
+
+
+def test_a_read_only_folder_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "run"
+    trained_tiny_model("l2x_tabular", seed=1).save_pretrained(folder)
+    before = _contents(folder)
+    folder.chmod(0o555)
+    # root may write anywhere: ask the permission check what an ordinary user would get
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: real_access(path, mode) and os.getuid() != 0
+    )
+    try:
+        with pytest.raises(PermissionError, match=r"read-only; make it writable \(chmod u\+w"):
+            trained_tiny_model("l2x_tabular", seed=2).save_pretrained(folder)
+    finally:
+        folder.chmod(0o755)
+    assert _contents(folder) == before
 
 
 def test_folders_that_cannot_be_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -46,9 +46,13 @@ def compare(
 ) -> dict[str, dict[str, Any]]:
     """Train ``task`` with each estimator (same data, seed and ``overrides``); tabulate."""
     recipe = get_recipe(task)
+    if not estimators:
+        raise ValueError(f"no estimators to compare; choose from {', '.join(ESTIMATOR_VARIANTS)}")
     unknown = [name for name in estimators if name not in ESTIMATOR_VARIANTS]
     if unknown:
         raise ValueError(f"unknown estimators {unknown}; choose from {ESTIMATOR_VARIANTS}")
+    for name in estimators:  # every variant must fit the task before any training starts
+        recipe.estimator_config(name)
     out = Path(out_dir)
     results: dict[str, dict[str, Any]] = {}
     for name in estimators:

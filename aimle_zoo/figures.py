@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -51,6 +52,8 @@ def save_figure(
             f"no figure is defined for {model.model_name!r}; figures exist for "
             f"{', '.join(sorted(drawers))}"
         )
+    if any(parameter.device.type != "cpu" for parameter in model.parameters()):
+        model = copy.deepcopy(model).cpu()  # the drawers work on CPU tensors
     model.eval()
     with torch.no_grad():
         figure = drawers[model.model_name](model, batch)

@@ -41,11 +41,14 @@ from .training import (
     TrainResult,
     evaluate,
     is_main_process,
+    resolve_device,
     seed_everything,
     train,
 )
 
 RECIPE_FILE = "recipe.json"
+#: Steps per epoch of a smoke run (``DataOptions.smoke``) unless ``max_steps_per_epoch`` is given.
+SMOKE_STEPS = 3
 ESTIMATOR_VARIANTS = (
     "aimle",
     "aimle-forward",
@@ -511,8 +514,8 @@ def train_config(
     config = replace(
         get_recipe(name).train, **{k: v for k, v in overrides.items() if v is not None}
     )
-    if options.smoke:
-        config = replace(config, max_steps_per_epoch=config.max_steps_per_epoch or 3)
+    if options.smoke and config.max_steps_per_epoch is None:
+        config = replace(config, max_steps_per_epoch=SMOKE_STEPS)
     extra = {**config.extra, "recipe": name, "estimator": estimator, "smoke": options.smoke}
     return replace(config, extra=extra)
 
@@ -521,7 +524,7 @@ def run_training(
     name: str,
     out_dir: str | os.PathLike[str],
     *,
-    estimator: str = "aimle",
+    estimator: str | None = None,
     data_options: DataOptions | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -533,9 +536,15 @@ def run_training(
     The best checkpoint is then evaluated on the test split (``out_dir/test_metrics.json``),
     and ``best/recipe.json`` records how it was made. ``resume`` and ``overwrite`` are those
     of :func:`~aimle_zoo.training.train` (a folder holding a run is refused without either).
+    ``estimator`` defaults to ``"aimle"``; on ``resume`` the estimator, batch size, learning
+    rate, seed, steps per epoch and epochs not given (``None``) are the saved run's.
     """
     recipe = get_recipe(name)
     options = data_options or DataOptions()
+    if resume:
+        estimator, overrides = _saved_settings(Path(out_dir), estimator, overrides)
+    estimator = estimator or "aimle"
+    recipe.estimator_config(estimator)  # an unknown or unsupported variant fails here
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     task = recipe.build_data(options)
@@ -544,12 +553,13 @@ def run_training(
         model, task.train, task.valid, out_dir, config, resume=resume, overwrite=overwrite
     )
     if is_main_process() and result.best_dir.exists():
-        best = type(model).from_pretrained(result.best_dir).to(config.device)
+        device = resolve_device(config.device)
+        best = type(model).from_pretrained(result.best_dir).to(device)
         test_metrics = evaluate(
             best,
             task.test,
             batch_size=config.eval_batch_size,
-            device=config.device,
+            device=device,
             options=recipe.test_options,
         )
         test_metrics.update(_test_extras(best, task))
@@ -557,6 +567,26 @@ def run_training(
             json.dump(test_metrics, handle, indent=2)
         _write_recipe(result.best_dir, name, estimator, options)
     return result
+
+
+#: Settings ``run_training(resume=True)`` takes from the saved run when not given.
+RESUMED_SETTINGS = ("epochs", "batch_size", "lr", "seed", "max_steps_per_epoch")
+
+
+def _saved_settings(
+    out: Path, estimator: str | None, overrides: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
+    """The estimator and ``overrides`` with the run in ``out``'s values for those not given."""
+    state = out / "last" / TRAINER_STATE
+    try:
+        saved = json.loads(state.read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return estimator, overrides  # no readable state: train() says what is wrong
+    filled = dict(overrides)
+    for key in RESUMED_SETTINGS:
+        if filled.get(key) is None and key in saved:
+            filled[key] = saved[key]
+    return estimator or saved.get("extra", {}).get("estimator"), filled
 
 
 def run_evaluation(
@@ -574,7 +604,10 @@ def run_evaluation(
     precision on annotated reviews, which ``limit`` does not cut)."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 instance, got {limit}")
     recipe = get_recipe(name)
+    device = str(resolve_device(device))
     task = recipe.build_data(data_options or DataOptions())
     dataset = getattr(task, split)
     if limit is not None:
@@ -607,7 +640,127 @@ def _test_extras(model: ZooModel, task: TaskData) -> dict[str, float]:
 def read_recipe(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``recipe.json`` written next to a trained checkpoint, if any."""
     path = Path(folder) / RECIPE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); restore it or delete it and pass the task "
+            "explicitly (--task)"
+        ) from err
+    if not isinstance(record, dict) or not isinstance(record.get("recipe"), str):
+        raise ValueError(
+            f"{path} must be a JSON object naming the recipe, e.g. "
+            '{"recipe": "dvae-mnist", "estimator": "aimle", "smoke": false}; restore it or '
+            "delete it and pass the task explicitly (--task)"
+        )
+    return record
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """What :func:`evaluate_checkpoint` measured: the task, the checkpoint folder, the metrics
+    and the figure written (if any)."""
+
+    task: str
+    folder: Path
+    metrics: dict[str, float]
+    figure: Path | None = None
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    data_options: DataOptions | None = None,
+    device: str = "cpu",
+    figure: str | os.PathLike[str] | None = None,
+) -> CheckpointEvaluation:
+    """Metrics of a checkpoint on a split of its task, and optionally a figure.
+
+    ``checkpoint`` is a bundled name, a Hub id, a checkpoint folder (``best/``, ``last/``) or
+    a run folder (its ``best/`` is used). The task and the smoke flag come from the
+    checkpoint's ``recipe.json`` or, for a run stopped before its end, from its trainer state;
+    ``task`` overrides them and must fit the checkpoint's architecture.
+
+    Raises:
+        ValueError: no recorded task and no ``task``, a task for another architecture, a bad
+            split or limit.
+        CheckpointError: the checkpoint cannot be found or loaded.
+    """
+    from .figures import save_figure
+    from .hub import resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    if not (folder / "config.json").exists() and (folder / "best" / "config.json").exists():
+        folder = folder / "best"  # a run folder
+    recorded = _recorded_recipe(folder) or {}
+    task_name = task or recorded.get("recipe")
+    if task_name is None:
+        raise ValueError(
+            f"{checkpoint} records no task (no recipe.json or trainer state); pass the task "
+            "(--task), e.g. one of: " + ", ".join(list_recipes())
+        )
+    recipe = get_recipe(task_name)
+    model = ZooModel.from_pretrained(folder)
+    if model.model_name != recipe.model:
+        raise ValueError(
+            f"task {task_name!r} is for {recipe.model} models, but {checkpoint} holds a "
+            f"{model.model_name}; choose a task of that model (see `aimle-zoo recipes`)"
+        )
+    options = data_options or DataOptions(progress=False)
+    if recorded.get("recipe") == task_name:
+        options = replace(options, smoke=bool(recorded.get("smoke", False)))
+    metrics = run_evaluation(
+        model, task_name, split=split, data_options=options, device=device, limit=limit
+    )
+    written = None
+    if figure is not None:
+        save_figure(model, task_name, figure, data_options=options, split=split)
+        written = Path(figure)
+    return CheckpointEvaluation(task_name, folder, metrics, written)
+
+
+def _recorded_recipe(folder: Path) -> dict[str, Any] | None:
+    """How the checkpoint in ``folder`` was trained: its ``recipe.json``, else the trainer
+    state of its run (``folder/`` itself for ``last/``, the sibling ``last/`` for ``best/``)."""
+    recorded = read_recipe(folder)
+    if recorded is not None:
+        return recorded
+    for state in (folder / TRAINER_STATE, folder.parent / "last" / TRAINER_STATE):
+        if state.exists():
+            try:
+                extra = json.loads(state.read_text())["config"]["extra"]
+                return {key: extra[key] for key in ("recipe", "estimator", "smoke")}
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
+def publication_folder(name: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """``root/name`` (default root: the bundled checkpoints folder) for a published name.
+
+    Raises:
+        ValueError: ``name`` is not a valid Hub repository name (``aimle-zoo/<name>``), e.g.
+            it holds a space or a path separator.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .hub import checkpoints_root
+
+    try:
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise HFValidationError("a name, not a path")
+        validate_repo_id(f"aimle-zoo/{name}")
+    except HFValidationError as err:
+        raise ValueError(
+            f"{name!r} cannot be a published name: it becomes the Hub id aimle-zoo/{name} and "
+            f"the folder checkpoints/{name} ({err}); use letters, digits, '-', '_' and '.'"
+        ) from err
+    return Path(root if root is not None else checkpoints_root()) / name
 
 
 def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:

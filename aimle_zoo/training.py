@@ -22,6 +22,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from ._io import atomic_directory, atomic_file
+from ._io import atomic_directory, atomic_file, remove_tree
 
 TRAINER_STATE = "trainer_state.json"
 TRAINER_TENSORS = "trainer_state.safetensors"
@@ -76,6 +78,29 @@ class TrainConfig:
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific, logged only
 
+    def __post_init__(self) -> None:
+        """Refuse values no run can use, before anything touches a run folder."""
+        at_least_one = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "max_steps_per_epoch": self.max_steps_per_epoch,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        for name, value in at_least_one.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        positive = {"lr": self.lr, "adam_eps": self.adam_eps, "grad_clip": self.grad_clip}
+        for name, number in positive.items():
+            if number is not None and not (math.isfinite(number) and number > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {number}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.select_mode not in ("min", "max", "last"):
+            raise ValueError(f"select_mode must be min, max or last, got {self.select_mode!r}")
+
 
 @dataclass
 class TrainResult:
@@ -108,28 +133,46 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _init_distributed(device: str) -> _DistInfo:
+def _init_distributed(device_type: str) -> _DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (if any)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return _DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return _DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a
+    device this machine has.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device PyTorch cannot see.
+    """
+    return _resolve_device(str(device), _DistInfo())
 
 
 def _resolve_device(device: str, info: _DistInfo) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device {device!r} requested but CUDA is not available; use --device cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"unknown device {device!r}; use cpu, cuda, cuda:N or auto ({err})"
+        ) from err
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            raise ValueError(
+                f"device {device!r} requested but PyTorch sees {count} CUDA device(s) here; "
+                "use --device cpu (or auto)"
             )
-        if info.world_size > 1 and device == "cuda":
-            device = f"cuda:{info.local_rank}"
-    return torch.device(device)
+        if info.world_size > 1 and resolved.index is None:
+            resolved = torch.device("cuda", info.local_rank)
+    return resolved
 
 
 class _LossModule(nn.Module):
@@ -281,6 +324,7 @@ class _Progress:
     best_epoch: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training time of ``epoch`` before the last stop
 
 
 def save_checkpoint(
@@ -305,13 +349,51 @@ def save_checkpoint(
     return Path(directory)
 
 
-def _trainer_state(
-    progress: _Progress, optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    optimizer_state = optimizer.state_dict()
-    tensors = {"torch_rng": torch.get_rng_state()}
+def _rng_states(device: torch.device, progress: _Progress) -> dict[str, Any]:
+    """This process's random states: torch (CPU, and CUDA on a CUDA device), the epoch-start
+    torch state, Python and NumPy."""
+    numpy_rng = cast(tuple[Any, ...], np.random.get_state())
+    states: dict[str, Any] = {
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]],
+    }
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
     if progress.epoch_rng is not None:
-        tensors["epoch_rng"] = progress.epoch_rng
+        states["epoch_rng"] = progress.epoch_rng
+    return states
+
+
+def _gather_rng_states(
+    device: torch.device, progress: _Progress, info: _DistInfo
+) -> list[dict[str, Any]]:
+    """Every rank's :func:`_rng_states`, in rank order (a collective under ``torchrun``)."""
+    own = _rng_states(device, progress)
+    if info.world_size == 1:
+        return [own]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, own)
+    return cast(list[dict[str, Any]], gathered)
+
+
+def _trainer_state(
+    progress: _Progress,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    rng_states: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The JSON and tensor halves of the trainer state; rank r's random states are stored
+    under ``<kind>`` for rank 0 and ``<kind>.rank<r>`` for the others."""
+    optimizer_state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    ranks: dict[str, Any] = {}
+    for rank, states in enumerate(rng_states):
+        suffix = f".rank{rank}" if rank else ""
+        for kind in ("torch_rng", "cuda_rng", "epoch_rng"):
+            if kind in states:
+                tensors[kind + suffix] = states[kind].cpu()
+        ranks[str(rank)] = {kind: states[kind] for kind in ("python_rng", "numpy_rng")}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in optimizer_state["state"].items():
         for key, value in entry.items():
@@ -319,10 +401,11 @@ def _trainer_state(
                 tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(index), {})[key] = value
-    numpy_rng = cast(tuple[Any, ...], np.random.get_state())
     meta = {
         "epoch": progress.epoch,
         "step": progress.step,
+        "seconds": progress.seconds,
+        "world_size": len(rng_states),
         "totals": progress.totals,
         "best_value": progress.best_value,
         "best_epoch": progress.best_epoch,
@@ -331,8 +414,9 @@ def _trainer_state(
         "config": asdict(config),
         "optimizer_groups": optimizer_state["param_groups"],
         "optimizer_scalars": scalars,
-        "python_rng": random.getstate(),
-        "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]],
+        "python_rng": ranks["0"]["python_rng"],
+        "numpy_rng": ranks["0"]["numpy_rng"],
+        "rank_rng": {rank: value for rank, value in ranks.items() if rank != "0"},
     }
     return meta, tensors
 
@@ -354,13 +438,57 @@ def changed_settings(
     return ", ".join(f"{key}={saved[key]!r} (now {asked[key]!r})" for key in differ)
 
 
-def _check_resumable(saved: dict[str, Any], asked: dict[str, Any], last_dir: Path) -> None:
+#: Keys of ``TrainConfig.extra`` a resumed run must share with the saved one (the task, the
+#: estimator and the data size, as recorded by the recipes).
+RESUME_EXTRA = ("recipe", "estimator", "smoke")
+
+
+def _check_resumable(
+    meta: Mapping[str, Any], asked: Mapping[str, Any], last_dir: Path, world_size: int
+) -> None:
+    """Refuse to continue the run in ``last_dir`` other than exactly as it was made."""
+    saved = meta["config"]
+    problems = []
     settings = changed_settings(saved, asked)
     if settings:
+        problems.append(settings)
+    saved_extra, asked_extra = saved.get("extra", {}), asked.get("extra", {})
+    extra = changed_settings(
+        saved_extra, asked_extra, [key for key in RESUME_EXTRA if key in asked_extra]
+    )
+    if extra:
+        problems.append(extra)
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world != world_size:
+        problems.append(f"processes={saved_world} (now {world_size})")
+    if problems:
         raise ValueError(
-            f"cannot resume {last_dir} with other settings: {settings}. A resumed run "
-            "continues exactly with its own settings; drop those options, or start a new run"
+            f"cannot resume {last_dir} with other settings: {'; '.join(problems)}. A resumed "
+            "run continues exactly as it was made: pass its values again (e.g. "
+            f"{_as_options(saved, saved_extra)}) and the same number of processes, or start a "
+            "new run"
         )
+    if int(meta["epoch"]) > asked["epochs"]:
+        raise ValueError(
+            f"cannot resume {last_dir} with epochs={asked['epochs']}: it has already trained "
+            f"{meta['epoch']} epochs; pass more epochs to continue it"
+        )
+
+
+def _as_options(saved: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
+    """The command-line options that give a run's settings, e.g. ``--batch-size 64 --lr 0.001``."""
+    options = [
+        f"--batch-size {saved['batch_size']}",
+        f"--lr {saved['lr']}",
+        f"--seed {saved['seed']}",
+    ]
+    if saved.get("max_steps_per_epoch") is not None and not extra.get("smoke"):
+        options.append(f"--max-steps {saved['max_steps_per_epoch']}")
+    if extra.get("estimator"):
+        options.append(f"--estimator {extra['estimator']}")
+    if extra.get("smoke"):
+        options.append("--smoke")
+    return " ".join(options)
 
 
 def _load_last(
@@ -369,6 +497,7 @@ def _load_last(
     last_dir: Path,
     device: torch.device,
     config: TrainConfig,
+    info: _DistInfo,
 ) -> _Progress:
     from safetensors.torch import load_file
 
@@ -379,8 +508,16 @@ def _load_last(
             f"cannot resume: {last_dir} lacks {', '.join(missing)}; start without --resume or "
             "point --out at the run to continue"
         )
-    meta = json.loads(paths[1].read_text())
-    _check_resumable(meta["config"], asdict(config), last_dir)
+    try:
+        meta = json.loads(paths[1].read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or not {"config", "epoch", "step"} <= meta.keys():
+        raise ValueError(
+            f"cannot resume: {paths[1]} is not a trainer state written by aimle-zoo; restore "
+            "it, or start a new run"
+        )
+    _check_resumable(meta, asdict(config), last_dir, info.world_size)
     model.load_state_dict(load_file(str(paths[0]), device=str(device)), strict=True)
     tensors = load_file(str(paths[2]))
     state: dict[int, dict[str, Any]] = {}
@@ -391,16 +528,21 @@ def _load_last(
     for index, entries in meta["optimizer_scalars"].items():
         state.setdefault(int(index), {}).update(entries)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
-    version, internal, gauss = meta["python_rng"]
+    suffix = f".rank{info.rank}" if info.rank else ""
+    own = meta if not info.rank else meta["rank_rng"][str(info.rank)]
+    version, internal, gauss = own["python_rng"]
     random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = meta["numpy_rng"]
+    kind, keys, position, has_gauss, cached = own["numpy_rng"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(tensors["torch_rng"])
+    torch.set_rng_state(tensors["torch_rng" + suffix])
+    if device.type == "cuda" and "cuda_rng" + suffix in tensors:
+        torch.cuda.set_rng_state(tensors["cuda_rng" + suffix], device)
     return _Progress(
         epoch=int(meta["epoch"]),
         step=int(meta["step"]),
+        seconds=float(meta.get("seconds", 0.0)),
         totals=dict(meta["totals"]),
-        epoch_rng=tensors.get("epoch_rng"),
+        epoch_rng=tensors.get("epoch_rng" + suffix),
         best_value=meta["best_value"],
         best_epoch=int(meta["best_epoch"]),
         best_metrics=dict(meta["best_metrics"]),
@@ -436,22 +578,62 @@ def train(
     """
     if resume and overwrite:
         raise ValueError("resume=True continues the run in out_dir, overwrite=True deletes it")
-    info = _init_distributed(config.device)
+    with _terminate_as_interrupt():
+        return _train(model, train_set, valid_set, Path(out_dir), config, resume, overwrite)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or ``timeout``'s stop) raises ``KeyboardInterrupt`` as Ctrl-C
+    does, so atomic writes in progress clean up; a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Delete the staging folders of checkpoint saves a kill cut short (``.best.*.tmp``,
+    ``.last.old-*``, ...): ``atomic_directory`` names them after their target."""
+    for target in ("best", "last"):
+        for stale in (*out.glob(f".{target}.*.tmp"), *out.glob(f".{target}.old-*")):
+            remove_tree(stale)
+
+
+def _train(
+    model: nn.Module,
+    train_set: Dataset[Any],
+    valid_set: Dataset[Any] | None,
+    out: Path,
+    config: TrainConfig,
+    resume: bool,
+    overwrite: bool,
+) -> TrainResult:
+    info = _init_distributed(resolve_device(config.device).type)  # nccl on CUDA, else gloo
     device = _resolve_device(config.device, info)
     seed_everything(config.seed + info.rank)
-    out = Path(out_dir)
     best_dir, last_dir, log_path = out / "best", out / "last", out / METRICS_LOG
-    if not resume:
-        found = _previous_run(out, overwrite)  # every rank checks, so all of them stop
-        with _maybe_barrier(info):
-            if info.is_main:
-                _delete(out, found)
-
+    found = [] if resume else _previous_run(out, overwrite)  # every rank checks: all stop
     model.to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay
     )
-    progress = _load_last(model, optimizer, last_dir, device, config) if resume else _Progress()
+    progress = (
+        _load_last(model, optimizer, last_dir, device, config, info) if resume else _Progress()
+    )
+    with _maybe_barrier(info):  # deleted only once the new run is known to start
+        if info.is_main:
+            _delete(out, found)
+            if out.is_dir():
+                _remove_stale_staging(out)
     if resume and info.is_main:  # the log of the epochs the saved state has seen, no more
         with atomic_file(log_path, "w") as log:
             log.writelines(json.dumps(record) + "\n" for record in progress.history)
@@ -476,9 +658,18 @@ def train(
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
 
+    started = time.perf_counter()
+
     def save_last() -> None:
+        """Rewrite ``last/`` (a collective: every rank contributes its random states)."""
+        nonlocal started
+        now = time.perf_counter()
+        progress.seconds, started = progress.seconds + now - started, now
+        rng_states = _gather_rng_states(device, progress, info)
         if info.is_main:
-            save_checkpoint(model, last_dir, _trainer_state(progress, optimizer, config))
+            save_checkpoint(
+                model, last_dir, _trainer_state(progress, optimizer, config, rng_states)
+            )
 
     for epoch in range(progress.epoch, config.epochs):
         if sampler is not None:
@@ -490,12 +681,14 @@ def train(
             loss_module, model, optimizer, batches, config, device, info, progress, save_last
         )
         steps = max(progress.step, 1)
-        epoch_logs = {key: value / steps for key, value in progress.totals.items()}
+        epoch_logs = _mean_over_ranks(
+            {key: value / steps for key, value in progress.totals.items()}, info
+        )
         record: dict[str, Any] = {
             "epoch": epoch,
             "train": epoch_logs,
             "estimator": estimator_diagnostics(model),
-            "seconds": time.perf_counter() - started,
+            "seconds": progress.seconds + time.perf_counter() - started,
         }
         with _maybe_barrier(info):
             if info.is_main:
@@ -515,6 +708,7 @@ def train(
                 with log_path.open("a") as log:
                     log.write(json.dumps(record) + "\n")
             progress.epoch, progress.step, progress.totals = epoch + 1, 0, {}
+            progress.seconds, started = 0.0, time.perf_counter()
             save_last()
     return TrainResult(
         model,
@@ -526,6 +720,19 @@ def train(
     )
 
 
+def _mean_over_ranks(logs: dict[str, float], info: _DistInfo) -> dict[str, float]:
+    """The mean of every rank's epoch logs (each rank trained on its own share of the data);
+    the logs themselves outside ``torchrun``."""
+    if info.world_size == 1 or not logs:
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([logs[key] for key in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        values = values.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(values)
+    return {key: float(value) / info.world_size for key, value in zip(keys, values, strict=True)}
+
+
 def _epoch_batches(loader: DataLoader[Any], progress: _Progress, epoch: int) -> Iterator[Any]:
     """The batches of ``epoch`` still to run: all of them, or those after a mid-epoch stop.
 
@@ -534,7 +741,7 @@ def _epoch_batches(loader: DataLoader[Any], progress: _Progress, epoch: int) -> 
     continues with the RNG state saved at the stop.
     """
     if progress.epoch != epoch or progress.step == 0:
-        progress.epoch, progress.step, progress.totals = epoch, 0, {}
+        progress.epoch, progress.step, progress.totals, progress.seconds = epoch, 0, {}, 0.0
         progress.epoch_rng = torch.get_rng_state()
         return iter(loader)
     current = torch.get_rng_state()

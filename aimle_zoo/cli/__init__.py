@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from . import export as _export, hub as _hub, solvers as _solvers, train as _train
+from ._options import guarded
 
 app = typer.Typer(
     name="aimle-zoo",
@@ -12,14 +16,18 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-app.command("solvers")(_solvers.list_command)
-app.command("check-solver")(_solvers.check_command)
-app.command("recipes")(_train.recipes_command)
-app.command("train")(_train.train_command)
-app.command("evaluate")(_train.evaluate_command)
-app.command("push")(_hub.push_command)
-app.command("compare")(_train.compare_command)
-app.command("export")(_export.export_command)
-app.command("predict")(_export.predict_command)
-app.command("quickstart")(_export.quickstart_command)
-app.command("publish")(_train.publish_command)
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "solvers": _solvers.list_command,
+    "check-solver": _solvers.check_command,
+    "recipes": _train.recipes_command,
+    "train": _train.train_command,
+    "evaluate": _train.evaluate_command,
+    "push": _hub.push_command,
+    "compare": _train.compare_command,
+    "export": _export.export_command,
+    "predict": _export.predict_command,
+    "quickstart": _export.quickstart_command,
+    "publish": _train.publish_command,
+}
+for _name, _command in COMMANDS.items():
+    app.command(_name)(guarded(_command))

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import click
 import typer
+
+#: Set to show the full traceback of a failing command.
+DEBUG_ENV = "AIMLE_ZOO_DEBUG"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(command: F) -> F:
+    """Report an exception from ``command`` as one ``error: ...`` line and exit status 1.
+
+    The library's errors say what was wrong and what to do, so the traceback adds nothing for
+    a user; ``AIMLE_ZOO_DEBUG=1`` shows it. Usage errors, ``typer.Exit`` and Ctrl-C pass through.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1) from err
+
+    return run  # type: ignore[return-value]
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:

@@ -11,10 +11,9 @@ import typer
 from ..recipes import (
     ESTIMATOR_VARIANTS,
     DataOptions,
+    evaluate_checkpoint,
     get_recipe,
     list_recipes,
-    read_recipe,
-    run_evaluation,
     run_training,
 )
 from ..training import is_main_process
@@ -38,15 +37,25 @@ def recipes_command() -> None:
 def train_command(
     name: Annotated[str, typer.Argument(help="Task to train, e.g. dvae-mnist (see `recipes`).")],
     estimator: Annotated[
-        str, typer.Option(help=f"Estimator variant: {', '.join(ESTIMATOR_VARIANTS)}.")
-    ] = "aimle",
+        str | None,
+        typer.Option(
+            help=f"Estimator variant: {', '.join(ESTIMATOR_VARIANTS)} (default aimle; with "
+            "--resume, the run's)."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run folder (default runs/NAME-ESTIMATOR).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the recipe's; with --resume, the run's).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size (default: the recipe's, or the run's).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam learning rate (default: the recipe's, or the run's).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0, or the run's).")] = None,
     device: DeviceOpt = "cpu",
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -63,7 +72,7 @@ def train_command(
 ) -> None:
     """Train a model; logs metrics.jsonl and keeps best/ and last/ checkpoints in --out."""
     get_recipe(name)  # fail fast on an unknown name
-    run_dir = out or Path("runs") / f"{name}-{estimator}"
+    run_dir = out or Path("runs") / f"{name}-{estimator or 'aimle'}"
     result = run_training(
         name,
         run_dir,
@@ -96,37 +105,36 @@ def evaluate_command(
         str | None, typer.Option(help="Task whose data to use (default: from recipe.json).")
     ] = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N instances only.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate the first N instances only.")
+    ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "cpu",
     figure: Annotated[Path | None, typer.Option(help="Save a figure of predictions here.")] = None,
 ) -> None:
-    """Print a checkpoint's metrics on a split, and optionally save a figure."""
-    from ..figures import save_figure
-    from ..hub import from_pretrained, resolve_checkpoint
+    """Print a checkpoint's metrics on a split, and optionally save a figure.
 
-    folder = resolve_checkpoint(checkpoint)
-    recorded = read_recipe(folder) or {}
-    task_name = task or recorded.get("recipe")
-    if task_name is None:
-        raise typer.BadParameter(
-            f"{checkpoint} has no recipe.json; pass --task", param_hint="--task"
-        )
-    model = from_pretrained(str(folder))
-    options = DataOptions(
-        data_dir=str(data_dir) if data_dir else None,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        progress=False,
+    CHECKPOINT may also be a run folder (its best/) or the best/ of a run stopped early.
+    """
+    result = evaluate_checkpoint(
+        checkpoint,
+        task=task,
+        split=split,
+        limit=limit,
+        data_options=DataOptions(
+            data_dir=str(data_dir) if data_dir else None,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            progress=False,
+        ),
+        device=device,
+        figure=figure,
     )
-    metrics = run_evaluation(
-        model, task_name, split=split, data_options=options, device=device, limit=limit
-    )
-    for key, value in metrics.items():
+    typer.echo(f"{result.task}, {split} split, {result.folder}")
+    for key, value in result.metrics.items():
         typer.echo(f"{key:24s} {value:.6g}")
-    if figure is not None:
-        save_figure(model, task_name, figure, data_options=options, split=split)
-        typer.echo(f"figure: {figure}")
+    if result.figure is not None:
+        typer.echo(f"figure: {result.figure}")
 
 
 def compare_command(
@@ -171,10 +179,9 @@ def publish_command(
     root: Annotated[Path | None, typer.Option(help="Checkpoints folder.")] = None,
 ) -> None:
     """Copy a run's best checkpoint into checkpoints/NAME with a model card and metrics."""
-    from ..hub import checkpoints_root
-    from ..recipes import publish_run
+    from ..recipes import publication_folder, publish_run
 
-    destination = (root or checkpoints_root()) / name
+    destination = publication_folder(name, root)
     options = DataOptions(data_dir=str(data_dir) if data_dir else None, progress=False)
     metrics = publish_run(run, destination, command=command, data_options=options)
     typer.echo(f"published {destination}: {json.dumps(metrics)}")

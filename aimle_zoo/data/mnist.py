@@ -268,8 +268,9 @@ def _locate(directory: Path, name: str, download: bool, mirrors: Sequence[str]) 
     if download:
         return download_mnist_file(name, directory, mirrors)
     raise DatasetError(
-        f"MNIST file {name} (or {name}.gz) not found in {directory}; pass download=True or "
-        "copy the four IDX files there"
+        f"MNIST file {name} (or {name}.gz) not found in {directory}; copy the four IDX files "
+        "there and point the loader at them (data_dir=..., or --data-dir on the command line), "
+        "or allow a download (download=True)"
     )
 
 

@@ -203,7 +203,8 @@ def test_load_mnist_rejects_mismatched_files(tmp_path: Path) -> None:
 
 
 def test_missing_files_and_bad_split(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte .* not found .* download=True"):
+    missing = r"t10k-images-idx3-ubyte .* not found .*--data-dir.*download=True"
+    with pytest.raises(DatasetError, match=missing):
         load_mnist(tmp_path, "test")
     with pytest.raises(DatasetError, match="split must be one of"):
         load_mnist(tmp_path, "validation")

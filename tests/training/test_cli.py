@@ -39,6 +39,14 @@ def invoke(*args: str) -> str:
     return result.output
 
 
+def fails(*args: str) -> str:
+    """Run a command that must fail with one ``error: ...`` line (exit 1, no traceback)."""
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+    return result.output
+
+
 def test_train_then_evaluate_with_a_figure(tmp_path: Path) -> None:
     run = tmp_path / "run"
     invoke("train", "grid-12", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress")
@@ -62,10 +70,8 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
 
 
 def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["train", "dvae-mnst", "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "Did you mean 'dvae-mnist'" in str(result.exception)
-    result = CliRunner().invoke(app, ["compare", "l2x-xor", "--estimators", "aimle,magic"])
-    assert result.exit_code != 0 and "magic" in str(result.exception)
+    assert "Did you mean 'dvae-mnist'" in fails("train", "dvae-mnst", "--out", str(tmp_path))
+    assert "magic" in fails("compare", "l2x-xor", "--estimators", "aimle,magic")
 
 
 @pytest.mark.parametrize(
@@ -170,11 +176,8 @@ def test_a_failed_publish_keeps_the_published_folder(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in (root / "kept").iterdir()}
     empty = tmp_path / "empty-run"
     empty.mkdir()
-    result = CliRunner().invoke(
-        app, ["publish", str(empty), "kept", "--command", "c", "--root", str(root)]
-    )
-    assert result.exit_code != 0
-    assert "has no best/ checkpoint" in str(result.exception)
+    output = fails("publish", str(empty), "kept", "--command", "c", "--root", str(root))
+    assert "has no best/ checkpoint" in output
     assert {p.name: p.read_bytes() for p in (root / "kept").iterdir()} == before
 
 
@@ -218,9 +221,8 @@ def test_train_refuses_to_replace_a_run_unless_told(tmp_path: Path) -> None:
     _train_smoke_run(run)
     log = (run / "metrics.jsonl").read_text()
     args = ["train", "l2x-xor", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code != 0
-    assert "--resume" in str(result.exception) and "--overwrite" in str(result.exception)
+    output = fails(*args)
+    assert "--resume" in output and "--overwrite" in output
     assert (run / "metrics.jsonl").read_text() == log
     invoke(*args, "--seed", "1", "--overwrite")
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
@@ -247,7 +249,75 @@ def test_compare_reuses_extends_or_refuses_the_runs_already_there(tmp_path: Path
         == json.loads((straight / "comparison.json").read_text())["results"]["imle"]["test"]
     )  # resuming changed nothing
     for other in (["--epochs", "1"], ["--epochs", "2", "--seed", "1"]):
-        result = CliRunner().invoke(app, ["compare", "l2x-xor", *other, *options])
-        assert result.exit_code != 0
-        assert "holds a run trained with" in str(result.exception)
+        assert "holds a run trained with" in fails("compare", "l2x-xor", *other, *options)
     assert [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--lr", "nan"], "lr must be a finite number > 0"),
+        (["--max-steps", "-2"], "max_steps_per_epoch must be at least 1"),
+        (["--checkpoint-every", "-1"], "checkpoint_every must be at least 1"),
+        (["--device", "cuda:99"], "CUDA device"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
+        (["--estimator", "magic"], "magic"),
+    ],
+)
+def test_bad_training_options_fail_before_a_run_folder_exists(
+    options: list[str], message: str, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert message in fails("train", "l2x-xor", "--smoke", "--out", str(run), *options)
+    assert not run.exists()
+
+
+def test_resume_takes_the_settings_of_the_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    invoke("train", "l2x-xor", "--smoke", "--epochs", "1", "--batch-size", "64", "--max-steps",
+           "4", "--estimator", "imle", "--out", str(run), "--no-progress")  # fmt: skip
+    invoke("train", "l2x-xor", "--smoke", "--epochs", "2", "--resume", "--out", str(run),
+           "--no-progress")  # fmt: skip
+    state = json.loads((run / "last" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["config"]["batch_size"]) == (2, 64)
+    assert state["config"]["max_steps_per_epoch"] == 4
+    assert state["config"]["extra"]["estimator"] == "imle"
+    output = fails("train", "l2x-xor", "--epochs", "3", "--resume", "--out", str(run))
+    assert "smoke=True (now False)" in output and "--smoke" in output
+
+
+def test_evaluate_takes_run_folders_and_runs_stopped_early(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train_smoke_run(run)
+    output = invoke("evaluate", str(run))
+    assert f"l2x-xor, test split, {run / 'best'}" in output
+    assert "count                    256" in output  # the smoke test split, as trained
+    (run / "best" / "recipe.json").write_text("{")
+    assert "recipe.json is not valid JSON" in fails("evaluate", str(run))
+    (run / "best" / "recipe.json").unlink()  # as left by a run stopped before its end
+    assert "l2x-xor, test split" in invoke("evaluate", str(run / "best"))
+    assert "l2x-xor, test split" in invoke("evaluate", str(run / "last"))
+    assert "is for grid_shortest_path models" in fails("evaluate", str(run), "--task", "grid-12")
+    (run / "last" / "trainer_state.json").unlink()
+    assert "records no task" in fails("evaluate", str(run))
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "my model", ".."])
+def test_publish_refuses_names_that_are_not_hub_names(name: str, tmp_path: Path) -> None:
+    run, root = tmp_path / "run", tmp_path / "checkpoints" / "sub"
+    _train_smoke_run(run)
+    assert "cannot be a published name" in fails(
+        "publish", str(run), name, "--command", "c", "--root", str(root)
+    )
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_compare_checks_every_estimator_before_training_any(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    output = fails("compare", "grid-12", "--estimators", "ste,relaxed", "--smoke", "--out",
+                   str(out))  # fmt: skip
+    assert "has no 'relaxed' baseline" in output
+    assert not out.exists()
+    assert "no estimators to compare" in fails("compare", "l2x-xor", "--estimators", " , ")

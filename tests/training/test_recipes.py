@@ -147,21 +147,47 @@ def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:
         )
 
 
-def test_torchrun_two_processes_share_beta_and_weights(tmp_path: Path) -> None:
-    """DDP on gloo: gradients are averaged and the AIMLE statistics all-reduced, so both ranks
-    end with the same weights and the same β (which moved from its initial value)."""
+def _torchrun(out: Path, *arguments: str) -> None:
+    """The DDP worker under ``torchrun --nproc_per_node 2`` (gloo)."""
     worker = Path(__file__).with_name("_ddp_worker.py")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--standalone", str(worker), str(tmp_path)]
+    command += ["--standalone", str(worker), str(out), *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_torchrun_two_processes_share_beta_and_weights(tmp_path: Path) -> None:
+    """DDP on gloo: gradients are averaged and the AIMLE statistics all-reduced, so both ranks
+    end with the same weights and the same β (which moved from its initial value)."""
+    _torchrun(tmp_path)
+    ranks = [json.loads((tmp_path / f"run-rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["beta"] == ranks[1]["beta"]
     assert ranks[0]["beta"] != get_recipe("l2x-xor").reference_estimator()["target"]["initial_beta"]
     assert ranks[0]["weight_sum"] == pytest.approx(ranks[1]["weight_sum"], rel=1e-6)
+    assert ranks[0]["mean_rank"] == ranks[1]["mean_rank"] == 0.5  # epoch logs: mean of ranks
     assert (tmp_path / "run" / "best" / "config.json").exists()
+
+
+def test_torchrun_resume_continues_exactly_and_keeps_its_process_count(tmp_path: Path) -> None:
+    """Each rank draws its own noise; a resumed two-process run restores every rank's random
+    state, so it ends where an uninterrupted one does. One process cannot continue it."""
+    _torchrun(tmp_path, "straight", "2")
+    _torchrun(tmp_path, "split", "1")
+    _torchrun(tmp_path, "split", "2", "resume")
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match=r"processes=2 \(now 1\)"):
+        run_training(
+            "l2x-xor",
+            tmp_path / "split",
+            data_options=DataOptions(smoke=True, progress=False),
+            epochs=3,
+            resume=True,
+        )
 
 
 class _PowerCut(Dataset[tuple[torch.Tensor, ...]]):

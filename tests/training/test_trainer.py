@@ -4,6 +4,11 @@ gradient clipping reaches the optimizer."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +117,116 @@ def test_resume_refuses_settings_that_would_not_continue_the_run(tmp_path: Path)
             train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(**change), resume=True)
     assert (tmp_path / "last" / "model.safetensors").read_bytes() == saved
     train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"max_steps_per_epoch": -2}, "max_steps_per_epoch must be at least 1"),
+        ({"checkpoint_every": -1}, "checkpoint_every must be at least 1"),
+        ({"epochs": 2.5}, "epochs must be an integer"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"lr": float("inf")}, "lr must be a finite number > 0"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"grad_clip": -1.0}, "grad_clip must be a finite number > 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+        ({"select_mode": "best"}, "select_mode must be min, max or last"),
+    ],
+)
+def test_settings_no_run_can_use_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(**change)
+
+
+def test_a_failed_start_never_deletes_the_run_it_would_overwrite(tmp_path: Path) -> None:
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config())
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match="CUDA device"):
+        train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(device="cuda:99"),
+              overwrite=True)  # fmt: skip
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_resume_refuses_another_task_and_fewer_epochs(tmp_path: Path) -> None:
+    data = _dataset()
+    made = {"recipe": "l2x-xor", "estimator": "aimle", "smoke": True}
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2, extra=made))
+    for key, value in (("recipe", "l2x-switch"), ("estimator", "imle"), ("smoke", False)):
+        config = _config(epochs=3, extra={**made, key: value})
+        with pytest.raises(ValueError, match=f"cannot resume .*{key}="):
+            train(tiny_model("l2x_tabular"), data, None, tmp_path, config, resume=True)
+    with pytest.raises(ValueError, match="already trained 2 epochs"):
+        train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=1, extra=made),
+              resume=True)  # fmt: skip
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=3, extra=made),
+          resume=True)  # fmt: skip
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert epochs == [0, 1, 2]
+
+
+class _Slow(torch.utils.data.Dataset[tuple[torch.Tensor, ...]]):
+    """Every item read takes ``delay`` seconds; reads beyond ``budget`` fail (a crash)."""
+
+    def __init__(self, data: TensorDataset, delay: float, budget: int) -> None:
+        self.data, self.delay, self.budget = data, delay, budget
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.budget -= 1
+        if self.budget < 0:
+            raise RuntimeError("power cut")
+        time.sleep(self.delay)
+        return self.data[index]
+
+
+def test_an_epoch_cut_by_a_stop_logs_its_whole_training_time(tmp_path: Path) -> None:
+    data = _dataset(64)
+    config = _config(checkpoint_every=4)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tiny_model("l2x_tabular"), _Slow(data, 0.01, 8 * 5), None, tmp_path, config)
+    before = json.loads((tmp_path / "last" / "trainer_state.json").read_text())["seconds"]
+    assert before >= 4 * 8 * 0.01  # four slow steps before the checkpoint
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, config, resume=True)
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert record["seconds"] >= before
+
+
+def test_stale_staging_folders_of_a_killed_save_are_removed(tmp_path: Path) -> None:
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config())
+    for name in (".last.k2j3.tmp", ".best.x9.tmp", ".last.old-4242"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "last", "metrics.jsonl"]
+
+
+def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_staging_folder(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM mid-run: the save in progress cleans up, ``last/`` stays whole."""
+    script = (
+        "import sys, torch\n"
+        "from aimle_zoo.training import TrainConfig, train\n"
+        "from tests.training.test_trainer import _dataset\n"
+        "from tests.models._helpers import tiny_model\n"
+        "config = TrainConfig(epochs=10_000, batch_size=8, progress=False, checkpoint_every=1)\n"
+        "train(tiny_model('l2x_tabular'), _dataset(), None, sys.argv[1], config)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, cwd=Path(__file__).parents[2],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # a few epochs in, saving last/ after every step
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "last", "metrics.jsonl"]
+    state = json.loads((tmp_path / "last" / "trainer_state.json").read_text())
+    assert state["epoch"] >= 1

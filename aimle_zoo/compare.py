@@ -23,7 +23,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
-from .recipes import ESTIMATOR_VARIANTS, DataOptions, get_recipe, run_training, train_config
+from .recipes import (
+    DEFAULT_ESTIMATORS,
+    ESTIMATOR_VARIANTS,
+    DataOptions,
+    get_recipe,
+    run_training,
+    train_config,
+)
 from .training import (
     METRICS_LOG,
     RESUME_FIELDS,
@@ -32,8 +39,6 @@ from .training import (
     TrainConfig,
     changed_settings,
 )
-
-DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 
 
 def compare(

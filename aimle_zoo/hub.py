@@ -90,7 +90,9 @@ def list_bundled_checkpoints() -> list[str]:
     root = checkpoints_root()
     if not root.is_dir():
         return []
-    return sorted(entry.name for entry in root.iterdir() if (entry / "config.json").is_file())
+    return sorted(
+        entry.name for entry in root.iterdir() if (entry / constants.CONFIG_NAME).is_file()
+    )
 
 
 def resolve_checkpoint(

@@ -1,9 +1,10 @@
 """Training recipes: which model, data, estimator and schedule make each published task.
 
 A recipe names a task (``"dvae-mnist"``, ``"nri-t10"``, ...), the zoo model that solves it, how
-to build its train/valid/test splits, the reference hyper-parameters (spec §5–§6) and the
-estimator variants compared in the README. :func:`run_training` and :func:`run_evaluation` are
-what ``aimle-zoo train`` and ``aimle-zoo evaluate`` call.
+to build its train/valid/test splits, the reference hyper-parameters (those of the AIMLE
+authors' experiment scripts) and the estimator variants compared in the README.
+:func:`run_training` and :func:`run_evaluation` are what ``aimle-zoo train`` and
+``aimle-zoo evaluate`` call.
 
 Estimator variants (``--estimator``): ``aimle`` (the recipe's reference AIMLE setting),
 ``aimle-forward`` / ``aimle-central`` (the same with forward / central differences), ``imle``
@@ -28,12 +29,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from huggingface_hub.constants import CONFIG_NAME, SAFETENSORS_SINGLE_FILE
 from torch.utils.data import Dataset, Subset
 
 from . import data
+from ._devices import resolve_device
 from ._io import atomic_directory, atomic_file
 from .estimators import DifferentiableSolver
 from .models import ZooModel, create_model
+from .models._base import HUB_ORGANIZATION, default_repo_id
 from .training import (
     TEST_METRICS,
     TRAINER_STATE,
@@ -41,12 +45,13 @@ from .training import (
     TrainResult,
     evaluate,
     is_main_process,
-    resolve_device,
     seed_everything,
     train,
 )
 
 RECIPE_FILE = "recipe.json"
+#: The estimators ``compare`` trains when none are named.
+DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 #: Steps per epoch of a smoke run (``DataOptions.smoke``) unless ``max_steps_per_epoch`` is given.
 SMOKE_STEPS = 3
 ESTIMATOR_VARIANTS = (
@@ -300,7 +305,7 @@ def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
                 model.set_embeddings(embeddings)  # type: ignore[operator]
 
         def subset_precision(model: ZooModel) -> dict[str, float]:
-            """The selected tokens inside the annotated spans of the aspect (spec §6.1)."""
+            """The selected tokens inside the annotated spans of the aspect."""
             assert annotations is not None
             ids, in_span = annotations.tensors  # [M, L] each
             device = next(model.parameters()).device
@@ -353,8 +358,6 @@ def _l2x_tabular_aimle(k: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-_L2X_SYNTHETIC_K = {"xor": 2, "orange_skin": 4, "nonlinear_additive": 4, "switch": 5}
-
 #: Adam weight decay of the synthetic L2X recipes. Without it the selector's logits grow once
 #: the predictor saturates: λ = β‖θ‖/‖dy‖ climbs from ~1e3 to 1e5–1e8 within 10 epochs, the
 #: Adam-normalised AIMLE steps follow noise in dy, and the selection drifts away from the
@@ -381,7 +384,7 @@ def _add(recipe: Recipe) -> None:
     RECIPES[recipe.name] = recipe
 
 
-for _name, _k in _L2X_SYNTHETIC_K.items():
+for _name, _k in data.l2x_synthetic.NUM_RELEVANT.items():  # k = the relevant features
     _add(
         Recipe(
             name=f"l2x-{_name.replace('_', '-')}",
@@ -438,7 +441,7 @@ _add(
         model="discrete_vae",
         description=(
             "dvae-mnist as the reference runs it: KL weight 1/√S (its √S-inflated estimator "
-            "gradient, spec §1.4), all 60k training images, last epoch reported"
+            "gradient), all 60k training images, last epoch reported"
         ),
         build_data=_mnist_images(hold_out=False),
         model_kwargs={"kl_weight": 1 / math.sqrt(10)},
@@ -695,7 +698,7 @@ def evaluate_checkpoint(
     from .hub import resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
-    if not (folder / "config.json").exists() and (folder / "best" / "config.json").exists():
+    if not (folder / CONFIG_NAME).exists() and (folder / "best" / CONFIG_NAME).exists():
         folder = folder / "best"  # a run folder
     recorded = _recorded_recipe(folder) or {}
     task_name = task or recorded.get("recipe")
@@ -754,11 +757,12 @@ def publication_folder(name: str, root: str | os.PathLike[str] | None = None) ->
     try:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise HFValidationError("a name, not a path")
-        validate_repo_id(f"aimle-zoo/{name}")
+        validate_repo_id(f"{HUB_ORGANIZATION}/{name}")
     except HFValidationError as err:
         raise ValueError(
-            f"{name!r} cannot be a published name: it becomes the Hub id aimle-zoo/{name} and "
-            f"the folder checkpoints/{name} ({err}); use letters, digits, '-', '_' and '.'"
+            f"{name!r} cannot be a published name: it becomes the Hub id "
+            f"{HUB_ORGANIZATION}/{name} and the folder checkpoints/{name} ({err}); use letters, "
+            "digits, '-', '_' and '.'"
         ) from err
     return Path(root if root is not None else checkpoints_root()) / name
 
@@ -766,7 +770,7 @@ def publication_folder(name: str, root: str | os.PathLike[str] | None = None) ->
 def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:
     """The recipe record of a run stopped before its end, from ``last/``'s trainer state."""
     state = run / "last" / TRAINER_STATE
-    if not (run / "best" / "config.json").exists() or not state.exists():
+    if not (run / "best" / CONFIG_NAME).exists() or not state.exists():
         raise FileNotFoundError(
             f"{run} has no best/ checkpoint or last/{TRAINER_STATE}; train it with "
             "`aimle-zoo train` first"
@@ -822,7 +826,7 @@ def publish_run(
     metrics.update({HELDOUT_PREFIX + key: value for key, value in heldout.items()})
     metrics = {key: float(value) for key, value in metrics.items() if not key.endswith("count")}
     with atomic_directory(destination) as staging:
-        for name in ("config.json", "model.safetensors"):
+        for name in (CONFIG_NAME, SAFETENSORS_SINGLE_FILE):
             shutil.copyfile(run / "best" / name, staging / name)
         with atomic_file(staging / RECIPE_FILE, "w") as handle:
             json.dump(recorded, handle, indent=2)
@@ -831,6 +835,6 @@ def publish_run(
             metrics=metrics,
             command=command,
             dataset=recipe.description,
-            repo_id=f"aimle-zoo/{Path(destination).name}",
+            repo_id=default_repo_id(destination),
         )
     return metrics

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from ._devices import resolve_device
 from ._io import atomic_directory, atomic_file, remove_tree
 
 TRAINER_STATE = "trainer_state.json"
@@ -45,16 +46,6 @@ TRAINER_TENSORS = "trainer_state.safetensors"
 METRICS_LOG = "metrics.jsonl"
 #: The test metrics of a run's best checkpoint, written after training by ``run_training``.
 TEST_METRICS = "test_metrics.json"
-
-
-class TrainableModel(Protocol):
-    """What the loops need from a model (every ``aimle_zoo.models`` class provides it)."""
-
-    def training_loss(self, batch: Any) -> tuple[Tensor, Mapping[str, float]]: ...
-
-    def evaluate_batch(self, batch: Any) -> Mapping[str, Tensor]: ...
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Any: ...
 
 
 @dataclass
@@ -144,34 +135,11 @@ def _init_distributed(device_type: str) -> _DistInfo:
     return _DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a
-    device this machine has.
-
-    Raises:
-        ValueError: not a device name, or a CUDA device PyTorch cannot see.
-    """
-    return _resolve_device(str(device), _DistInfo())
-
-
 def _resolve_device(device: str, info: _DistInfo) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(
-            f"unknown device {device!r}; use cpu, cuda, cuda:N or auto ({err})"
-        ) from err
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (resolved.index is not None and resolved.index >= count):
-            raise ValueError(
-                f"device {device!r} requested but PyTorch sees {count} CUDA device(s) here; "
-                "use --device cpu (or auto)"
-            )
-        if info.world_size > 1 and resolved.index is None:
-            resolved = torch.device("cuda", info.local_rank)
+    """:func:`resolve_device`, with ``"cuda"`` meaning this process's GPU under ``torchrun``."""
+    resolved = resolve_device(device)
+    if resolved.type == "cuda" and info.world_size > 1 and resolved.index is None:
+        resolved = torch.device("cuda", info.local_rank)
     return resolved
 
 
@@ -464,31 +432,14 @@ def _check_resumable(
     if problems:
         raise ValueError(
             f"cannot resume {last_dir} with other settings: {'; '.join(problems)}. A resumed "
-            "run continues exactly as it was made: pass its values again (e.g. "
-            f"{_as_options(saved, saved_extra)}) and the same number of processes, or start a "
-            "new run"
+            "run continues exactly as it was made: give the saved values (settings left out "
+            "of a resumed recipe run are the run's), use as many processes, or start a new run"
         )
     if int(meta["epoch"]) > asked["epochs"]:
         raise ValueError(
             f"cannot resume {last_dir} with epochs={asked['epochs']}: it has already trained "
             f"{meta['epoch']} epochs; pass more epochs to continue it"
         )
-
-
-def _as_options(saved: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
-    """The command-line options that give a run's settings, e.g. ``--batch-size 64 --lr 0.001``."""
-    options = [
-        f"--batch-size {saved['batch_size']}",
-        f"--lr {saved['lr']}",
-        f"--seed {saved['seed']}",
-    ]
-    if saved.get("max_steps_per_epoch") is not None and not extra.get("smoke"):
-        options.append(f"--max-steps {saved['max_steps_per_epoch']}")
-    if extra.get("estimator"):
-        options.append(f"--estimator {extra['estimator']}")
-    if extra.get("smoke"):
-        options.append("--smoke")
-    return " ".join(options)
 
 
 def _load_last(
@@ -501,7 +452,8 @@ def _load_last(
 ) -> _Progress:
     from safetensors.torch import load_file
 
-    paths = [last_dir / name for name in ("model.safetensors", TRAINER_STATE, TRAINER_TENSORS)]
+    weights = "model.safetensors"  # what save_pretrained writes
+    paths = [last_dir / name for name in (weights, TRAINER_STATE, TRAINER_TENSORS)]
     missing = [path.name for path in paths if not path.exists()]
     if missing:
         raise FileNotFoundError(

@@ -12,7 +12,6 @@ import typer
 from ..export import (
     DEFAULT_OPSET,
     ExportError,
-    ModelFileError,
     RunnerInputError,
     SplitPipeline,
     load_exported,
@@ -23,8 +22,6 @@ from ..export import (
     write_outputs,
 )
 from ..export.quickstart import format_table, resolve_model, run_quickstart
-from ..hub import CheckpointError
-from ..models import UnknownModelError
 
 
 class ExportFormat(str, Enum):
@@ -33,11 +30,6 @@ class ExportFormat(str, Enum):
     torchscript = "torchscript"
     onnx = "onnx"
     all = "all"
-
-
-def _fail(err: Exception) -> typer.Exit:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=1)
 
 
 def export_command(
@@ -62,27 +54,22 @@ def export_command(
     ] = False,
 ) -> None:
     """Export a model to TorchScript (NAME.pt) and/or ONNX (NAME.onnx) in --out."""
-    try:
-        model, stem, source = resolve_model(name_or_path)
-        if source == "untrained":
-            typer.echo(f"{name_or_path}: freshly initialised default configuration (untrained)")
-        written = []  # ONNX first: its opset and exporter checks fail before anything is written
-        if file_format in (ExportFormat.onnx, ExportFormat.all):
-            written.append(
-                to_onnx(model, out / f"{stem}.onnx", opset=opset, split=split, name=stem)
-            )
-        if file_format in (ExportFormat.torchscript, ExportFormat.all):
-            written.append(to_torchscript(model, out / f"{stem}.pt", name=stem))
-        for result in written:
-            opset_text = f", opset {opset}" if result.file_format == "onnx" else ""
-            typer.echo(
-                f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, {result.file_format} "
-                f"via {result.exporter}{opset_text}, {result.seconds:.1f} s)"
-            )
-            if check:
-                typer.echo(verify(model, result.path).summary())
-    except (CheckpointError, UnknownModelError, ExportError, ValueError) as err:
-        raise _fail(err) from err
+    model, stem, source = resolve_model(name_or_path)
+    if source == "untrained":
+        typer.echo(f"{name_or_path}: freshly initialised default configuration (untrained)")
+    written = []  # ONNX first: its opset and exporter checks fail before anything is written
+    if file_format in (ExportFormat.onnx, ExportFormat.all):
+        written.append(to_onnx(model, out / f"{stem}.onnx", opset=opset, split=split, name=stem))
+    if file_format in (ExportFormat.torchscript, ExportFormat.all):
+        written.append(to_torchscript(model, out / f"{stem}.pt", name=stem))
+    for result in written:
+        opset_text = f", opset {opset}" if result.file_format == "onnx" else ""
+        typer.echo(
+            f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB, {result.file_format} "
+            f"via {result.exporter}{opset_text}, {result.seconds:.1f} s)"
+        )
+        if check:
+            typer.echo(verify(model, result.path).summary())
 
 
 def predict_command(
@@ -98,28 +85,18 @@ def predict_command(
 
     A split export runs its network in onnxruntime and then its solver, and writes both θ and
     the solution."""
+    runtime = load_exported(model_file)
+    inputs = read_inputs(input_file, [info.name for info in runtime.inputs])
+    after = runtime.metadata.get("solver_after")
+    pipeline = SplitPipeline(model_file, providers=runtime.providers) if after else runtime
     try:
-        runtime = load_exported(model_file)
-        inputs = read_inputs(input_file, [info.name for info in runtime.inputs])
-        after = runtime.metadata.get("solver_after")
-        pipeline = SplitPipeline(model_file, providers=runtime.providers) if after else runtime
-        try:
-            outputs = pipeline.run(inputs)
-        except (RunnerInputError, ExportError, ValueError):
-            raise
-        except Exception as err:  # onnxruntime's and TorchScript's own errors
-            raise RuntimeError(f"{model_file} failed on {input_file}: {err}") from err
-        target = output or input_file.with_name(f"{input_file.stem}.outputs.npz")
-        write_outputs(target, outputs)
-    except (
-        ModelFileError,
-        RunnerInputError,
-        ExportError,
-        FileNotFoundError,
-        ValueError,
-        RuntimeError,
-    ) as err:
-        raise _fail(err) from err
+        outputs = pipeline.run(inputs)
+    except (RunnerInputError, ExportError, ValueError):
+        raise
+    except Exception as err:  # onnxruntime's and TorchScript's own errors: name the files
+        raise RuntimeError(f"{model_file} failed on {input_file}: {err}") from err
+    target = output or input_file.with_name(f"{input_file.stem}.outputs.npz")
+    write_outputs(target, outputs)
     typer.echo(f"ran {model_file} on {', '.join(runtime.providers)}")
     if after:
         typer.echo(f"  then the solver {after['name']} on θ (split export)")
@@ -139,14 +116,11 @@ def quickstart_command(
     def progress(text: str) -> None:
         typer.echo(text, err=True)
 
-    try:
-        if out is not None:
-            rows = run_quickstart(out, progress=progress)
-        else:
-            with tempfile.TemporaryDirectory(prefix="aimle-zoo-quickstart-") as folder:
-                rows = run_quickstart(folder, progress=progress)
-    except (CheckpointError, ExportError) as err:
-        raise _fail(err) from err
+    if out is not None:
+        rows = run_quickstart(out, progress=progress)
+    else:
+        with tempfile.TemporaryDirectory(prefix="aimle-zoo-quickstart-") as folder:
+            rows = run_quickstart(folder, progress=progress)
     typer.echo(format_table(rows))
     if out is not None:
         typer.echo(f"exported files in {out}")

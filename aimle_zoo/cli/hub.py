@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..hub import CheckpointError, HubPushError, default_repo_id, format_size, push_to_hub
+from ..hub import default_repo_id, format_size, push_to_hub
 
 FolderArg = Annotated[
     Path,
@@ -48,20 +48,16 @@ def push_command(
     message: MessageOpt = None,
 ) -> None:
     """Upload a checkpoint (config.json, model.safetensors, README.md) to the Hub."""
-    try:
-        target = repo_id or default_repo_id(folder)
-        result = push_to_hub(
-            folder,
-            target,
-            revision=revision,
-            private=private,
-            token=token,
-            commit_message=message,
-            dry_run=dry_run,
-        )
-    except (CheckpointError, HubPushError, ValueError) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1) from err
+    target = repo_id or default_repo_id(folder)
+    result = push_to_hub(
+        folder,
+        target,
+        revision=revision,
+        private=private,
+        token=token,
+        commit_message=message,
+        dry_run=dry_run,
+    )
     if not isinstance(result, list):
         typer.echo(f"pushed {folder} to {result.commit_url}")
         return

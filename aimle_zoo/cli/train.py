@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..recipes import (
+    DEFAULT_ESTIMATORS,
     ESTIMATOR_VARIANTS,
     DataOptions,
     evaluate_checkpoint,
@@ -24,6 +25,20 @@ DataDirOpt = Annotated[
 ]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache for generated datasets.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+
+
+def _data_options(
+    data_dir: Path | None,
+    cache_dir: Path | None = None,
+    smoke: bool = False,
+    progress: bool = False,
+) -> DataOptions:
+    return DataOptions(
+        data_dir=str(data_dir) if data_dir else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        smoke=smoke,
+        progress=progress,
+    )
 
 
 def recipes_command() -> None:
@@ -71,18 +86,12 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a model; logs metrics.jsonl and keeps best/ and last/ checkpoints in --out."""
-    get_recipe(name)  # fail fast on an unknown name
     run_dir = out or Path("runs") / f"{name}-{estimator or 'aimle'}"
     result = run_training(
         name,
         run_dir,
         estimator=estimator,
-        data_options=DataOptions(
-            data_dir=str(data_dir) if data_dir else None,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            smoke=smoke,
-            progress=progress,
-        ),
+        data_options=_data_options(data_dir, cache_dir, smoke, progress),
         resume=resume,
         overwrite=overwrite,
         epochs=epochs,
@@ -122,11 +131,7 @@ def evaluate_command(
         task=task,
         split=split,
         limit=limit,
-        data_options=DataOptions(
-            data_dir=str(data_dir) if data_dir else None,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            progress=False,
-        ),
+        data_options=_data_options(data_dir, cache_dir),
         device=device,
         figure=figure,
     )
@@ -141,7 +146,7 @@ def compare_command(
     name: Annotated[str, typer.Argument(help="Task to train, e.g. l2x-xor (see `recipes`).")],
     estimators: Annotated[
         str, typer.Option(help="Comma-separated estimator variants to compare.")
-    ] = "aimle-forward,aimle-central,imle,ste",
+    ] = ",".join(DEFAULT_ESTIMATORS),
     out: Annotated[Path | None, typer.Option(help="Folder (default runs/compare/NAME).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
@@ -158,9 +163,7 @@ def compare_command(
         name,
         folder,
         estimators=[e.strip() for e in estimators.split(",") if e.strip()],
-        data_options=DataOptions(
-            data_dir=str(data_dir) if data_dir else None, smoke=smoke, progress=False
-        ),
+        data_options=_data_options(data_dir, smoke=smoke),
         epochs=epochs,
         max_steps_per_epoch=max_steps,
         seed=seed,
@@ -182,6 +185,6 @@ def publish_command(
     from ..recipes import publication_folder, publish_run
 
     destination = publication_folder(name, root)
-    options = DataOptions(data_dir=str(data_dir) if data_dir else None, progress=False)
+    options = _data_options(data_dir)
     metrics = publish_run(run, destination, command=command, data_options=options)
     typer.echo(f"published {destination}: {json.dumps(metrics)}")

@@ -1,4 +1,4 @@
-"""BeerAdvocate reviews for L2X (spec §6.1): reviews, word vectors, annotations, subset precision.
+"""BeerAdvocate reviews for L2X: reviews, word vectors, annotations, subset precision.
 
 Files (from the L2X data archive, originally Tao Lei's beer data), in one directory:
 
@@ -353,7 +353,7 @@ def subset_precision(
     in_span: Tensor | np.ndarray,
     k: int,
 ) -> float:
-    """Subset precision of token selections (spec §6.1), batched.
+    """Subset precision of token selections (Chen et al., 2018), batched.
 
     With S_b the selected non-``PAD`` slots of review b:
     ``sum_b |S_b ∩ annotated_b| / sum_b max(|S_b|, k)``.

@@ -1,6 +1,6 @@
 """The NRI "graph layout" data: spanning trees whose vertices move by force-directed layout.
 
-Generation (as the SST/AIMLE graph-layout script, spec §6.3), per graph:
+Generation (as the SST/AIMLE graph-layout script), per graph:
 
 1. A random spanning tree on n vertices: Kruskal *maximum* spanning tree on i.i.d. Gumbel(0, 1)
    weights of the n(n-1)/2 pairs ``(r, c), r < c`` in row-major order. (This is a zero-logit

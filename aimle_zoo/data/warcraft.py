@@ -1,6 +1,6 @@
 """Warcraft-style shortest-path data: terrain images, hidden vertex costs and optimal paths.
 
-Generated data (a stand-in for the Warcraft II maps of Vlastelica et al., spec §6.5): a square
+Generated data (a stand-in for the Warcraft II maps of Vlastelica et al., 2020): a square
 grid of ``G x G`` tiles, each of one of five terrain types with a hidden cost. The image draws
 every tile as a ``t x t`` block of its terrain's colour plus per-pixel Gaussian texture noise,
 so a model must infer the costs from appearance. Targets follow the Warcraft convention: the

@@ -145,7 +145,7 @@ class AIMLE(Estimator):
     Example::
 
         estimator = AIMLE(noise="gumbel", samples=10)
-        z = estimator(lambda theta: topk_mask(theta, 3), theta)  # [B·10, n]
+        z = estimator(TopK(3), theta)  # theta [B, n] -> z [B·10, n]
 
     References:
         Minervini, Franceschi, Niepert. Adaptive Perturbation-Based Gradient Estimation for

@@ -84,14 +84,8 @@ class DifferentiableSolver(nn.Module):
         """``theta [B, *S]`` -> ``z [B·samples, *S]``."""
         if torch.jit.is_scripting():
             return self.solver(theta)
-        if torch.onnx.is_in_onnx_export() or _is_exporting():
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
             return self.solver(theta)
         if self.training:
             return self.estimator(self.solver, theta)
         return call_solver(self.solver, theta)  # checked and cast like the training samples
-
-
-def _is_exporting() -> bool:
-    """``torch.compiler.is_exporting()`` (torch >= 2.6; ``False`` on older versions)."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(is_exporting()) if is_exporting is not None else False

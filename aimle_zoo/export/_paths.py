@@ -43,6 +43,7 @@ from ..models import (
     NRITree,
     ZooModel,
 )
+from ..models.nri import edge_endpoints, reverse_edge_index
 from ..solvers import (
     GraphShortestPath,
     GridShortestPath,
@@ -282,10 +283,9 @@ class _MapSpanningTree(nn.Module):
     def __init__(self, vertices: int) -> None:
         super().__init__()
         self.vertices = vertices
-        off_diagonal = ~torch.eye(vertices, dtype=torch.bool)
-        receivers, senders = off_diagonal.nonzero(as_tuple=True)  # receiver-major edge order
+        receivers, senders = edge_endpoints(vertices)  # [E] each, receiver-major
         edges = receivers.numel()
-        reverse = senders * (vertices - 1) + receivers - (receivers > senders).long()  # [E]
+        reverse = reverse_edge_index(vertices)  # [E]
         # score[u, v] = w of edge u-v offered by tree vertex u to v; index E holds -inf (no
         # self-loops, and no edge may enter the root 0)
         index = torch.full((vertices, vertices), edges, dtype=torch.long)
@@ -346,8 +346,7 @@ class _NRIPath(nn.Module):
         self.no_edge_first, self.no_edge_second = no_edge
         self.edge_first, self.edge_second = edge
         self.out1, self.out2, self.out3 = decoder.out1, decoder.out2, decoder.out3
-        off_diagonal = ~torch.eye(model.num_vertices, dtype=torch.bool)
-        receivers, senders = off_diagonal.nonzero(as_tuple=True)  # receiver-major edge order
+        receivers, senders = edge_endpoints(model.num_vertices)  # [E] each, receiver-major
         self.receivers = nn.Buffer(receivers, persistent=False)  # [E]
         self.senders = nn.Buffer(senders, persistent=False)  # [E]
         solver = model.latent_layer.solver

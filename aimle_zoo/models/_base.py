@@ -43,6 +43,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, constants
 from torch import Tensor, nn
 
+from .._devices import resolve_device
 from .._io import atomic_directory
 from ..estimators import DifferentiableSolver, Estimator, build_estimator
 from ..solvers import solver_spec
@@ -412,7 +413,10 @@ class ZooModel(
                 f"{model_file} does not exist: the checkpoint folder is incomplete. Download it "
                 "again (force_download=True) or re-save the model with save_pretrained"
             )
-        device = _load_device(map_location)
+        try:
+            device = resolve_device(map_location)
+        except ValueError as err:
+            raise ValueError(f"map_location={map_location!r}: {err}") from err
         try:
             model = cls(**model_kwargs)
         except (TypeError, ValueError, LookupError) as err:
@@ -712,29 +716,6 @@ def _is_newer(version: str) -> bool:
         return False
 
 
-def _load_device(map_location: str | torch.device) -> torch.device:
-    """``map_location`` as a device this machine has.
-
-    Raises:
-        ValueError: not a device name, or a CUDA device that is not available.
-    """
-    try:
-        device = torch.device(map_location)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"map_location={map_location!r} is not a torch device ({err}); use e.g. 'cpu', "
-            "'cuda' or 'cuda:1'"
-        ) from err
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (device.index is not None and device.index >= count):
-            raise ValueError(
-                f"map_location={map_location!r}: this machine has {count} CUDA device(s) "
-                "visible to PyTorch; load with map_location='cpu' (or another device)"
-            )
-    return device
-
-
 def _match_stored_dtypes(model: M, model_file: str, where: str) -> M:
     """``model`` in the floating dtype of the checkpoint's tensors, or an error naming the
     tensors whose dtype differs from the model's (no silent casts)."""
@@ -981,11 +962,6 @@ def unpack_batch(model: str, batch: Any, names: Sequence[str], required: int) ->
             f"{len(batch)} items"
         )
     return [*batch, *([None] * (len(names) - len(batch)))]
-
-
-def validating() -> bool:
-    """Whether data-dependent input checks may run (not while tracing or exporting)."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_exporting())
 
 
 def init_xavier_relu(module: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""Discrete VAE on MNIST with a k-of-n code per group (spec §6.2).
+"""Discrete VAE on MNIST with a k-of-n code per group (the AIMLE paper's experiment).
 
 Encoder 784 → 512 → 256 → m·n logits (ReLU), reshaped to m groups of n; the latent code is
 top-k (k = 10 of n = 20) in every group, made differentiable by the latent layer; decoder
@@ -11,7 +11,7 @@ encoder's categorical to the uniform one, as in the reference, although the code
 the training loss is its batch mean. ``kl_weight`` w scales the KL in the training loss only
 (Σ_s BCE_s + w·KL); evaluation always reports the unweighted terms. w = 1 is the ELBO. The
 reference code trains, in effect, with w = 1/√S: its adaptive target perturbs with a λ √S times
-larger than the one it divides the gradient by (spec §1.4), so the BCE gradient reaching the
+larger than the one it divides the gradient by, so the BCE gradient reaching the
 encoder through the estimator is √S times too large while the KL gradient is not. Recipe
 ``dvae-mnist-ref`` reproduces that weighting with a correct estimator.
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..estimators import AIMLE, AdaptiveTarget, Estimator, SumOfGamma
+from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
@@ -41,7 +42,6 @@ from ._base import (
     init_xavier_relu,
     mlp,
     unpack_batch,
-    validating,
 )
 from ._registry import register_model
 
@@ -119,7 +119,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
                 f"e.g. [B, 1, 28, 28]), got shape {tuple(checked.shape)}"
             )
         flat = checked.reshape(checked.shape[0], self.input_dim)
-        if validating() and flat.numel() and bool(((flat < 0) | (flat > 1)).any()):
+        if checks_enabled() and flat.numel() and bool(((flat < 0) | (flat > 1)).any()):
             raise ModelInputError(
                 f"{name}: intensities must lie in [0, 1] (they are the Bernoulli targets), got "
                 f"values in [{float(flat.min()):.3g}, {float(flat.max()):.3g}]; divide uint8 "
@@ -213,7 +213,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
 
 
 def _default_dvae_estimator(k: int) -> Estimator:
-    """The reference DVAE recipe (spec §5): central AIMLE with S = 10 samples,
+    """The AIMLE authors' DVAE recipe: central AIMLE with S = 10 samples,
     SoG(k, s = 10) noise, τ = 1, adaptive target β₀ = 0, η = 1e-3, c = 10."""
     return AIMLE(
         target=AdaptiveTarget(initial_beta=0.0, target_norm=10.0, update_step=1e-3),

@@ -1,4 +1,4 @@
-"""Shortest paths on Warcraft-style terrain maps (spec §6.5, I-MLE / blackbox-backprop task).
+"""Shortest paths on Warcraft-style terrain maps (the Warcraft task of blackbox-backprop and I-MLE).
 
 A CNN maps a map image ``[B, 3, H·t, W·t]`` to vertex costs θ ``[B, H, W]``; the latent is the
 minimum-cost top-left → bottom-right path on the 8-connected grid (solver ``"dijkstra"``, vertex
@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..estimators import AIMLE, AdaptiveTarget, Estimator, SumOfGamma, expand_samples
+from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
     check_tensor,
     example_generator,
     unpack_batch,
-    validating,
 )
 from ._registry import register_model
 
@@ -166,7 +166,7 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
         maps = self._check_maps(maps, where)
         costs = self._check_grid(costs, maps.shape[0], "true vertex costs", where)
         paths = self._check_grid(paths, maps.shape[0], "gold paths", where)
-        if validating() and bool((costs < 0).any()):
+        if checks_enabled() and bool((costs < 0).any()):
             raise ModelInputError(f"{type(self).__name__}.{where}: true vertex costs must be >= 0")
         return maps, costs, paths
 

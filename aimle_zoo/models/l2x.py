@@ -5,8 +5,8 @@ The selector produces one logit per feature θ ``[B, d]``; the latent is the top
 z = topk(θ) ``[B, d]`` made differentiable by the estimator of the latent layer; the predictor
 sees the input masked by z. Three variants:
 
-- :class:`L2XText`: BeerAdvocate reviews (spec §6.1), tokens as features, MSE on an aspect
-  score in [0, 1].
+- :class:`L2XText`: BeerAdvocate reviews (as in the I-MLE and AIMLE experiments), tokens as
+  features, MSE on an aspect score in [0, 1].
 - :class:`L2XTabular`: the synthetic 10-d benchmarks of Chen et al. (XOR, orange skin,
   nonlinear additive, switch), features as features, 2-class cross-entropy.
 - :class:`L2XImage`: MNIST, the 4×4 patches of a 28×28 image as features, cross-entropy.
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..estimators import AIMLE, AdaptiveTarget, Estimator, Gumbel, expand_samples
+from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
@@ -34,7 +35,6 @@ from ._base import (
     init_xavier_relu,
     mlp,
     unpack_batch,
-    validating,
 )
 from ._registry import register_model
 
@@ -42,7 +42,7 @@ _TIES = ("threshold", "exact")
 
 
 def _default_l2x_estimator() -> Estimator:
-    """The reference L2X recipe (spec §5): central AIMLE, adaptive β₀ = 0, η = 1e-4, c = 1,
+    """The AIMLE authors' L2X recipe: central AIMLE, adaptive β₀ = 0, η = 1e-4, c = 1,
     Gumbel noise, τ = 1, one sample."""
     return AIMLE(
         target=AdaptiveTarget(initial_beta=0.0, target_norm=1.0, update_step=1e-4),
@@ -87,7 +87,7 @@ def _labels(model: str, labels: Any, batch: int, classes: int) -> Tensor:
         )
         return labels.argmax(dim=1)
     check_tensor(model, "labels", labels, shape="[B]", ndim=1, dtype="int")
-    if validating() and labels.numel() and bool(((labels < 0) | (labels >= classes)).any()):
+    if checks_enabled() and labels.numel() and bool(((labels < 0) | (labels >= classes)).any()):
         raise ModelInputError(
             f"{model}: labels must lie in [0, {classes - 1}], got values in "
             f"[{int(labels.min())}, {int(labels.max())}]"
@@ -147,7 +147,7 @@ class _TokenSelector(nn.Module):
 
 @register_model("l2x_text")
 class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
-    """L2X on text (BeerAdvocate, spec §6.1): select k tokens, regress an aspect score.
+    """L2X on text (BeerAdvocate): select k tokens, regress an aspect score.
 
     Selector: the GumbelSelector CNN on frozen word embeddings → token logits θ ``[B, L]``.
     Latent: z = topk(θ) ``[B, L]``. Predictor: ŷ = σ(W₂ relu(W₁ (Σ_t z_t e_t) / k)) with the
@@ -234,7 +234,7 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
                 f"(pad them), got shape {tuple(ids.shape)}"
             )
         vocab = self.embedding.shape[0]
-        if validating() and ids.numel() and bool(((ids < 0) | (ids >= vocab)).any()):
+        if checks_enabled() and ids.numel() and bool(((ids < 0) | (ids >= vocab)).any()):
             raise ModelInputError(
                 f"{type(self).__name__}.{where}: token ids must lie in [0, {vocab - 1}] "
                 f"(vocab_size={vocab}), got values in [{int(ids.min())}, {int(ids.max())}]"

@@ -1,4 +1,4 @@
-"""Neural relational inference with a spanning-tree latent (spec §6.3, the graph-layout task).
+"""Neural relational inference with a spanning-tree latent (the AIMLE and SST graph layouts).
 
 Directed edges of an n-vertex graph are numbered e = i·(n−1) + j′ (receiver i, sender j, j′ =
 j with the diagonal removed), E = n(n−1) of them; every edge vector below is ``[B, E]`` in that
@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..estimators import AIMLE, AdaptiveTarget, Estimator, SumOfGamma, expand_samples
+from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
     check_tensor,
     example_generator,
     unpack_batch,
-    validating,
 )
 from ._registry import register_model
 
@@ -449,7 +449,7 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
             dtype="any",
             sizes={0: batch, 1: self.num_edges},
         )
-        if validating() and bool(((checked != 0) & (checked != 1)).any()):
+        if checks_enabled() and bool(((checked != 0) & (checked != 1)).any()):
             raise ModelInputError(f"{name}: ground-truth edges must be 0/1 indicators")
         return checked
 
@@ -541,7 +541,7 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
 
 
 def _default_nri_estimator(num_vertices: int) -> Estimator:
-    """The reference NRI T = 10 forward recipe (spec §5): forward-difference AIMLE,
+    """The AIMLE authors' NRI T = 10 forward recipe: forward-difference AIMLE,
     SoG(k = n, s = 10) noise with τ = 1, adaptive target β₀ = 0, η = 1e-3, c = 1, μ = 0."""
     return AIMLE(
         target=AdaptiveTarget(initial_beta=0.0, target_norm=1.0, update_step=1e-3, momentum=0.0),

@@ -13,6 +13,8 @@ from ._base import (
     SolverInputError as SolverInputError,
     SolverSpec as SolverSpec,
     check_theta as check_theta,
+    checks_enabled as checks_enabled,
+    format_instances as format_instances,
     solver_sense as solver_sense,
     solver_spec as solver_spec,
 )

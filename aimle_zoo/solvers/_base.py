@@ -6,7 +6,7 @@ entries in {0, 1}. It knows nothing of estimators: an estimator only ever calls 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -61,6 +61,16 @@ class SolverSpec:
     )
     objective: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, compare=False)
     source: str = "builtin"
+
+
+def checks_enabled() -> bool:
+    """``True`` in eager mode; ``False`` while tracing or exporting, where data-dependent input
+    checks (host syncs) cannot run.
+
+    TorchScript cannot compile it: call it from ``@torch.jit.unused`` methods or guard the call
+    with ``torch.jit.is_scripting()``.
+    """
+    return not (torch.jit.is_tracing() or torch.compiler.is_exporting())
 
 
 class Solver(nn.Module):
@@ -179,7 +189,7 @@ def check_theta(
             what = "NaN" if allow_inf else "NaN or inf"
             raise SolverInputError(
                 f"{solver}: input contains {what} values in instance(s) "
-                f"{_short_list(instances)}; check the network producing theta "
+                f"{format_instances(instances)}; check the network producing theta "
                 "(a diverged loss or a division by zero)."
             )
     return theta
@@ -196,6 +206,12 @@ def _may_hold_bad_values(theta: Tensor, allow_inf: bool) -> bool:
     return bool(torch.isnan(total)) if allow_inf else not bool(torch.isfinite(total))
 
 
-def _short_list(items: list[int], limit: int = 8) -> str:
-    shown = ", ".join(map(str, items[:limit]))
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+def format_instances(items: Sequence[int] | Tensor, limit: int = 8) -> str:
+    """Instance indices for an error message: ``"3, 7, 9"``, or the first ``limit`` and the
+    total (``"0, 1, ..., 7, ... (20 in all)"``). A ``[B]`` boolean tensor gives its true
+    entries."""
+    if isinstance(items, Tensor):
+        items = items.nonzero().flatten().tolist() if items.dtype == torch.bool else items.tolist()
+    listed = list(items)
+    shown = ", ".join(map(str, listed[:limit]))
+    return shown + (f", ... ({len(listed)} in all)" if len(listed) > limit else "")

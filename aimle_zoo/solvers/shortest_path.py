@@ -43,7 +43,11 @@ __all__ = [
 
 
 def _instances(mask: Tensor) -> list[int]:
-    """Indices of the true entries of a ``[B]`` mask, at most 8 of them (for messages)."""
+    """Indices of the true entries of a ``[B]`` mask, at most 8 of them (for messages).
+
+    A list, not :func:`format_instances`'s text: the scripted solvers raise with it, and string
+    building inside a scripted graph breaks its ONNX export.
+    """
     found: list[int] = mask.nonzero().flatten().tolist()
     return found[:8]
 

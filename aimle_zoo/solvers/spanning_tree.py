@@ -27,9 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Solver, SolverInputError, _short_list, check_theta, solver_spec
+from ._base import (
+    Solver,
+    SolverInputError,
+    check_theta,
+    checks_enabled,
+    format_instances,
+    solver_spec,
+)
 from ._registry import register_solver
-from .topk import _input_checks_enabled
 
 
 def _prim_parents(weights: Tensor, maximum: bool, mask: Tensor | None) -> Tensor:
@@ -203,7 +209,7 @@ def check_spanning_tree_input(
         gap = (theta[bad[0]] - theta[bad[0]].T).abs().max().item()
         raise SolverInputError(
             f"{solver}: weights must be symmetric (w[b, i, j] == w[b, j, i] within "
-            f"rtol = atol = {tol:.1e}), but instance(s) {_short_list(bad)} are not (instance "
+            f"rtol = atol = {tol:.1e}), but instance(s) {format_instances(bad)} are not (instance "
             f"{bad[0]} differs by up to {gap:.3g}). Symmetrise them, e.g. "
             "(w + w.transpose(1, 2)) / 2, build the solver with symmetrize=True (needed under "
             "i.i.d. perturbation noise), or use 'mst_edges' for directed-edge scores."
@@ -218,7 +224,7 @@ def check_connected(parent: Tensor, solver: str) -> None:
         bad = unreached.nonzero().flatten().tolist()
         raise SolverInputError(
             f"{solver}: the allowed edges (mask) do not connect all vertices in instance(s) "
-            f"{_short_list(bad)}, so no spanning tree exists; allow more edges in the mask."
+            f"{format_instances(bad)}, so no spanning tree exists; allow more edges in the mask."
         )
 
 
@@ -353,9 +359,10 @@ class SpanningTree(Solver):
     asymmetric input instead (a guard against passing directed scores by mistake).
 
     Args:
-        maximum: maximum (default) or minimum spanning tree. The solver's ``sense`` attribute
-            follows it; register-level sense is "max", so prefer the "minimum_spanning_tree"
-            solver (:class:`MinimumSpanningTree`) when a minimum tree feeds an estimator.
+        maximum: maximum (default) or minimum spanning tree. The instance's ``sense``
+            attribute follows it, and estimators read that (:func:`solver_sense`), so
+            ``SpanningTree(maximum=False)`` and the "minimum_spanning_tree" solver are
+            interchangeable.
         mask: boolean ``[n, n]`` or ``[B, n, n]`` of allowed edges (symmetric); ``None`` allows
             all. The allowed edges must connect all vertices.
         symmetrize: symmetrise θ (default) instead of rejecting asymmetric input.
@@ -400,13 +407,13 @@ class SpanningTree(Solver):
 
     @torch.jit.unused
     def _check_input(self, theta: Tensor) -> None:
-        if _input_checks_enabled():
+        if checks_enabled():
             name = self._solver_name()
             check_spanning_tree_input(theta, self.mask, name, symmetric=not self.symmetrize)
 
     @torch.jit.unused
     def _check_connected(self, parent: Tensor) -> None:
-        if _input_checks_enabled():
+        if checks_enabled():
             check_connected(parent, self._solver_name())
 
     @torch.jit.unused
@@ -482,7 +489,7 @@ class SpanningTreeEdges(Solver):
 
     @torch.jit.unused
     def _check_input(self, theta: Tensor) -> None:
-        if _input_checks_enabled():
+        if checks_enabled():
             hint = "[B, n(n-1)] directed-edge scores (squeeze a trailing edge-type dim)"
             check_theta(theta, solver="mst_edges", ndim=2, shape_hint=hint)
             try:

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _registry
-from ._base import Sense, solver_sense, solver_spec
+from ._base import Sense, format_instances, solver_sense, solver_spec
 from ._registry import get_solver, get_solver_spec
 
 MakeInput = Callable[[int, torch.Generator], tuple[dict[str, Any], Tensor]]
@@ -423,8 +423,8 @@ def _check_batch_independence(case: _Case) -> None:
     ]
     if differing:
         raise _CheckFailure(
-            f"solving instance(s) {_short(differing)} alone differs from the batched call; "
-            "instances must not influence each other"
+            f"solving instance(s) {format_instances(differing)} alone differs from the batched "
+            "call; instances must not influence each other"
         )
 
 
@@ -442,9 +442,10 @@ def _check_no_mutation(case: _Case) -> None:
     theta = case.theta.clone()
     case.solve(theta)
     if not torch.equal(theta, case.theta):
-        changed = (theta != case.theta).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        changed = (theta != case.theta).flatten(1).any(dim=1)
         raise _CheckFailure(
-            f"the solver modified its input in instance(s) {_short(changed)}; work on a copy"
+            f"the solver modified its input in instance(s) {format_instances(changed)}; work on "
+            "a copy"
         )
 
 
@@ -613,11 +614,6 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return f"{type(value).__name__} {value!r}"[:200]
-
-
-def _short(items: list[int], limit: int = 8) -> str:
-    shown = ", ".join(map(str, items[:limit]))
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
 def _callable_name(solver: object) -> str:

@@ -30,18 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Solver, SolverInputError, check_theta
+from ._base import Solver, SolverInputError, check_theta, checks_enabled
 from ._registry import register_solver
 
 TIE_RULES = ("exact", "threshold")
-
-
-def _input_checks_enabled() -> bool:
-    """``True`` in eager mode; ``False`` while tracing or exporting (checks need host syncs).
-
-    TorchScript cannot compile it: call it from ``@torch.jit.unused`` methods only.
-    """
-    return not (torch.jit.is_tracing() or torch.compiler.is_exporting())
 
 
 #: Eager CPU top-k uses the sorting network for rows of at most this many items ...
@@ -235,7 +227,7 @@ class TopK(Solver):
     @torch.jit.unused
     def _check(self, theta: Tensor) -> bool:
         """Validate θ; ``True`` when the forward may branch on the data (eager mode on CPU)."""
-        if not _input_checks_enabled():
+        if not checks_enabled():
             return False
         check_theta(
             theta, solver="topk", min_ndim=2, shape_hint="[B, *, n] (top-k over the last dim)"

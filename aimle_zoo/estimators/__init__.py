@@ -11,7 +11,8 @@
 
 Every estimator maps θ ``[B, *S]`` to ``[B·N, *S]`` solutions, sample-minor (see
 :func:`expand_samples`). :class:`DifferentiableSolver` composes a solver and an estimator into a
-layer that uses the plain solver in eval mode and for export; the decorators (:func:`aimle`,
+layer that uses the plain solver in eval mode and for export; :func:`gradient_fidelity` compares
+an estimator's gradient with the exact one on a tiny instance; the decorators (:func:`aimle`,
 :func:`imle`, :func:`ste`, :func:`perturbed`, :func:`blackbox`, :func:`relaxed`) wrap a bare
 function.
 """
@@ -40,6 +41,13 @@ from .decorators import (
     perturbed as perturbed,
     relaxed as relaxed,
     ste as ste,
+)
+from .fidelity import (
+    FidelityReport as FidelityReport,
+    exact_expected_gradient as exact_expected_gradient,
+    gradient_fidelity as gradient_fidelity,
+    solution_states as solution_states,
+    topk_states as topk_states,
 )
 from .layer import DifferentiableSolver as DifferentiableSolver
 from .noise import (

@@ -595,18 +595,7 @@ def _train(
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None
         )
-    sampler: DistributedSampler[Any] | None = (
-        DistributedSampler(train_set, shuffle=config.shuffle, seed=config.seed)
-        if info.world_size > 1
-        else None
-    )
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=config.shuffle and sampler is None,
-        sampler=sampler,
-        drop_last=False,
-    )
+    loader, sampler = _training_loader(train_set, config, info)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
 
@@ -644,21 +633,7 @@ def _train(
         }
         with _maybe_barrier(info):
             if info.is_main:
-                if valid_set is not None:
-                    record["valid"] = evaluate(
-                        model, valid_set, batch_size=config.eval_batch_size, device=device
-                    )
-                metrics = record.get("valid", epoch_logs)
-                selected = metrics.get(config.select_metric, math.nan)
-                if valid_set is None or _is_better(
-                    selected, progress.best_value, config.select_mode
-                ):
-                    progress.best_value, progress.best_epoch = selected, epoch
-                    progress.best_metrics = dict(metrics)
-                    save_checkpoint(model, best_dir)
-                progress.history.append(record)
-                with log_path.open("a") as log:
-                    log.write(json.dumps(record) + "\n")
+                _validate_and_log(model, valid_set, record, config, device, progress, out)
             progress.epoch, progress.step, progress.totals = epoch + 1, 0, {}
             progress.seconds, started = 0.0, time.perf_counter()
             save_last()
@@ -670,6 +645,51 @@ def _train(
         last_dir,
         progress.history,
     )
+
+
+def _training_loader(
+    train_set: Dataset[Any], config: TrainConfig, info: _DistInfo
+) -> tuple[DataLoader[Any], DistributedSampler[Any] | None]:
+    """The shuffled training batches: one loader, or this rank's share under ``torchrun``."""
+    sampler: DistributedSampler[Any] | None = (
+        DistributedSampler(train_set, shuffle=config.shuffle, seed=config.seed)
+        if info.world_size > 1
+        else None
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=config.shuffle and sampler is None,
+        sampler=sampler,
+        drop_last=False,
+    )
+    return loader, sampler
+
+
+def _validate_and_log(
+    model: nn.Module,
+    valid_set: Dataset[Any] | None,
+    record: dict[str, Any],
+    config: TrainConfig,
+    device: torch.device,
+    progress: _Progress,
+    out: Path,
+) -> None:
+    """End of an epoch on rank 0: validate, keep ``best/`` if the selected metric improved
+    (every epoch without a validation set), and append the epoch to the history and the log."""
+    if valid_set is not None:
+        record["valid"] = evaluate(
+            model, valid_set, batch_size=config.eval_batch_size, device=device
+        )
+    metrics = record.get("valid", record["train"])
+    selected = metrics.get(config.select_metric, math.nan)
+    if valid_set is None or _is_better(selected, progress.best_value, config.select_mode):
+        progress.best_value, progress.best_epoch = selected, record["epoch"]
+        progress.best_metrics = dict(metrics)
+        save_checkpoint(model, out / "best")
+    progress.history.append(record)
+    with (out / METRICS_LOG).open("a") as log:
+        log.write(json.dumps(record) + "\n")
 
 
 def _mean_over_ranks(logs: dict[str, float], info: _DistInfo) -> dict[str, float]:

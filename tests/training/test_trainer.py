@@ -223,7 +223,9 @@ def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_staging_folder(tmp_pat
     )  # fmt: skip
     deadline = time.monotonic() + 120
     log = tmp_path / "metrics.jsonl"
-    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+    while time.monotonic() < deadline and (
+        not log.exists() or len(log.read_text().splitlines()) < 2
+    ):
         time.sleep(0.1)  # two epochs in, saving last/ after every step
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)

@@ -9,6 +9,7 @@ Example::
     z = layer(torch.randn(8, 10, requires_grad=True))  # [8, 10] k-subset indicators
 """
 
+from ._names import UnknownNameError as UnknownNameError
 from .estimators import (
     AIMLE as AIMLE,
     IMLE as IMLE,

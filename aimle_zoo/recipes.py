@@ -17,7 +17,6 @@ spanning tree for NRI; shortest paths have none).
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 import math
@@ -35,6 +34,7 @@ from torch.utils.data import Dataset, Subset
 from . import data
 from ._devices import resolve_device
 from ._io import atomic_directory, atomic_file
+from ._names import UnknownNameError, did_you_mean
 from .estimators import DifferentiableSolver
 from .models import ZooModel, create_model
 from .models._base import HUB_ORGANIZATION, default_repo_id
@@ -80,11 +80,8 @@ class TaskData:
     test_extras: Callable[[ZooModel], dict[str, float]] | None = None
 
 
-class UnknownRecipeError(KeyError):
+class UnknownRecipeError(UnknownNameError):
     """No recipe has the requested name."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -116,10 +113,8 @@ class Recipe:
     def estimator_config(self, variant: str) -> dict[str, Any] | None:
         """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
         if variant not in ESTIMATOR_VARIANTS:
-            close = difflib.get_close_matches(variant, ESTIMATOR_VARIANTS, n=2)
-            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
             raise ValueError(
-                f"unknown estimator {variant!r}.{hint} "
+                f"unknown estimator {variant!r}.{did_you_mean(variant, ESTIMATOR_VARIANTS)} "
                 f"Choose one of {', '.join(ESTIMATOR_VARIANTS)}."
             )
         if variant == "aimle":
@@ -493,10 +488,9 @@ def get_recipe(name: str) -> Recipe:
     """The recipe called ``name``; the error lists close matches and every recipe."""
     if name in RECIPES:
         return RECIPES[name]
-    close = difflib.get_close_matches(name, RECIPES, n=3)
-    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise UnknownRecipeError(
-        f"unknown model/task {name!r}.{hint} Known: {', '.join(list_recipes())}."
+        f"unknown model/task {name!r}.{did_you_mean(name, RECIPES)} Known: "
+        f"{', '.join(list_recipes())}."
     )
 
 

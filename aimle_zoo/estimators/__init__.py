@@ -55,6 +55,7 @@ from .noise import (
     Gumbel as Gumbel,
     Noise as Noise,
     SumOfGamma as SumOfGamma,
+    UnknownNoiseError as UnknownNoiseError,
     list_noises as list_noises,
     make_noise as make_noise,
 )
@@ -67,5 +68,6 @@ from .targets import (
     AdaptiveTarget as AdaptiveTarget,
     FixedTarget as FixedTarget,
     Target as Target,
+    UnknownTargetError as UnknownTargetError,
     make_target as make_target,
 )

@@ -17,7 +17,6 @@ Differences from the reference implementation (torch-adaptive-imle ``imle/noise.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import math
@@ -27,6 +26,8 @@ from typing import Any, ClassVar, TypeAlias
 import numpy as np
 import torch
 from torch import Tensor
+
+from .._names import UnknownNameError, did_you_mean
 
 __all__ = [
     "Gaussian",
@@ -422,6 +423,10 @@ def list_noises() -> list[str]:
     return [*_NOISES, _NO_NOISE]
 
 
+class UnknownNoiseError(UnknownNameError, ValueError):
+    """No noise distribution has the requested name."""
+
+
 def make_noise(noise: NoiseLike, **params: Any) -> Noise | None:
     """Build a noise distribution from a name, a config dict, an instance or ``None``.
 
@@ -458,10 +463,9 @@ def make_noise(noise: NoiseLike, **params: Any) -> Noise | None:
     if key == _NO_NOISE:
         return make_noise(None, **params)
     if key not in _NOISES:
-        close = difflib.get_close_matches(key, list_noises(), n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown noise {noise!r}.{hint} Known noises: {', '.join(list_noises())}."
+        raise UnknownNoiseError(
+            f"unknown noise {noise!r}.{did_you_mean(key, list_noises())} Known noises: "
+            f"{', '.join(list_noises())}."
         )
     cls = _NOISES[key]
     try:

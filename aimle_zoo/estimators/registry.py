@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from .._names import UnknownNameError, did_you_mean
 from ._aimle import AIMLE
 from ._base import Estimator
 from ._blackbox import Blackbox
@@ -22,11 +22,8 @@ _ESTIMATORS: dict[str, type[Estimator]] = {
 }
 
 
-class UnknownEstimatorError(KeyError):
+class UnknownEstimatorError(UnknownNameError):
     """No estimator is known under the requested name."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 def list_estimators() -> list[str]:
@@ -61,8 +58,7 @@ def build_estimator(name_or_config: str | Mapping[str, Any], **overrides: Any) -
         )
     cls = _ESTIMATORS.get(str(name).lower())
     if cls is None:
-        close = difflib.get_close_matches(str(name).lower(), list(_ESTIMATORS), n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(str(name).lower(), _ESTIMATORS)
         raise UnknownEstimatorError(
             f"unknown estimator {name!r}.{hint} Known estimators: {', '.join(_ESTIMATORS)}."
         )

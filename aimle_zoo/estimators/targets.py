@@ -30,7 +30,6 @@ Differences from the reference implementation (torch-adaptive-imle ``imle/target
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -38,6 +37,8 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from .._names import UnknownNameError, did_you_mean
 
 __all__ = ["AdaptiveTarget", "FixedTarget", "Target", "TargetLike", "make_target", "times_step"]
 
@@ -234,6 +235,10 @@ class AdaptiveTarget(Target):
         return {"beta": float(self.beta), "grad_norm_avg": float(self.grad_norm)}
 
 
+class UnknownTargetError(UnknownNameError, ValueError):
+    """No target has the requested name."""
+
+
 _TARGETS: dict[str, type[Target]] = {"fixed": FixedTarget, "adaptive": AdaptiveTarget}
 
 #: What AIMLE accepts as ``target``: a :class:`Target`, a name, a config dict or ``None``.
@@ -263,11 +268,13 @@ def make_target(target: TargetLike, **params: Any) -> Target:
         raise TypeError(
             f"target must be a Target, a name, a config dict or None, got {type(target).__name__}"
         )
-    if target not in _TARGETS:
-        close = difflib.get_close_matches(target, list(_TARGETS), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown target {target!r}.{hint} Known targets: {', '.join(_TARGETS)}.")
-    cls = _TARGETS[target]
+    key = target.lower()
+    if key not in _TARGETS:
+        raise UnknownTargetError(
+            f"unknown target {target!r}.{did_you_mean(key, _TARGETS)} Known targets: "
+            f"{', '.join(_TARGETS)}."
+        )
+    cls = _TARGETS[key]
     try:
         inspect.signature(cls).bind(**params)
     except TypeError as err:

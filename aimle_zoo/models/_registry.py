@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from .._names import UnknownNameError, did_you_mean
 from ._base import ZooModel
 
 M = TypeVar("M", bound=type[ZooModel])
@@ -18,11 +18,8 @@ _models: dict[str, type[ZooModel]] = {}  # name -> class (written only by regist
 model_registry: Mapping[str, type[ZooModel]] = MappingProxyType(_models)
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(UnknownNameError):
     """No model is registered under the requested name."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 def register_model(name: str) -> Callable[[M], M]:
@@ -61,10 +58,8 @@ def get_model_class(name: str) -> type[ZooModel]:
     if name in _models:
         return _models[name]
     known = sorted(_models)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    suggestion = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise UnknownModelError(
-        f"unknown model {name!r}.{suggestion} Known models: {', '.join(known)}."
+        f"unknown model {name!r}.{did_you_mean(name, known)} Known models: {', '.join(known)}."
     )
 
 

@@ -12,7 +12,6 @@ breaks the built-ins: its failure is remembered and raised when its name is requ
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import sys
 import warnings
@@ -25,6 +24,7 @@ from typing import Any, TypeVar, cast
 
 from torch import Tensor
 
+from .._names import UnknownNameError, did_you_mean
 from ._base import _SPEC_ATTR, FunctionSolver, Sense, Solver, SolverSpec
 
 ENTRY_POINT_GROUP = "aimle_zoo.solvers"
@@ -41,11 +41,8 @@ _loading_source: str | None = None  # the distribution whose entry point is bein
 solver_registry: Mapping[str, SolverSpec] = MappingProxyType(_specs)
 
 
-class UnknownSolverError(KeyError):
+class UnknownSolverError(UnknownNameError):
     """No solver is registered under the requested name."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 class SolverPluginError(ImportError):
@@ -254,9 +251,7 @@ def _resolve(name: str) -> SolverSpec:
         if attempt == 0:
             load_plugins()
     known = sorted([*_specs, *_aliases])
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    suggestion = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise UnknownSolverError(
-        f"unknown solver {name!r}.{suggestion} Known solvers: {', '.join(known)}. "
+        f"unknown solver {name!r}.{did_you_mean(name, known)} Known solvers: {', '.join(known)}. "
         "Register your own with @aimle_zoo.solvers.register_solver."
     )

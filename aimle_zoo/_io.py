@@ -103,8 +103,8 @@ def _exchange(first: Path, second: Path) -> bool:
     if status == 0:
         return True
     error = ctypes.get_errno()
-    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False  # unsupported here, or blocked by a sandbox: the fallback decides
     raise OSError(error, os.strerror(error), os.fspath(second))
 
 
@@ -135,11 +135,13 @@ def remove_tree(path: Path) -> None:
     about what cannot be deleted."""
 
     def make_writable_and_retry(function: Any, failed: str, _info: Any) -> None:
-        parent = os.path.dirname(failed)
         try:
+            if function not in (os.unlink, os.remove, os.rmdir):
+                raise PermissionError(f"{function.__name__} failed")  # cannot list or open it
+            parent = os.path.dirname(failed)
             os.chmod(parent, stat.S_IMODE(os.stat(parent).st_mode) | stat.S_IRWXU)
             function(failed)
-        except OSError as err:
+        except Exception as err:
             warnings.warn(f"could not delete {failed}: {err}", RuntimeWarning, stacklevel=4)
 
     if path.is_symlink() or path.is_file():

@@ -72,7 +72,7 @@ def compare(
                 data_options=data_options,
                 resume=done is not None,
                 overwrite=done is None,
-                **overrides,
+                **{**overrides, "epochs": wanted.epochs},  # not the resumed run's own count
             )
         history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
         results[name] = {

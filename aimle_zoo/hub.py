@@ -172,7 +172,12 @@ def _cached_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path | None:
         )
     except LocalEntryNotFoundError:  # not cached, or only partly
         return None
-    return Path(snapshot)
+    folder = Path(snapshot)
+    # huggingface_hub checks completeness only against a cached file list; a snapshot filled
+    # by single-file downloads (e.g. the card alone) has none
+    if not all((folder / name).is_file() for name in CHECKPOINT_FILES):
+        return None
+    return folder
 
 
 def _looks_like_path(text: str) -> bool:
@@ -295,10 +300,10 @@ def _card_metrics(path: Path) -> dict[str, float]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise CheckpointConfigError(f"the model card {path} is not UTF-8 text; {rewrite}") from err
-    if not text.startswith("---"):
+    if not text.startswith("---") or "\n---" not in text[3:]:
         raise CheckpointConfigError(
-            f"the model card {path} has no YAML header (metadata between '---' lines: "
-            f"library, license, tags, metrics); {rewrite}"
+            f"the model card {path} has no complete YAML header (metadata between two '---' "
+            f"lines: library, license, tags, metrics); {rewrite}"
         )
     try:
         results = getattr(ModelCard(text).data, "eval_results", None) or []

@@ -694,7 +694,12 @@ def evaluate_checkpoint(
     folder = resolve_checkpoint(checkpoint)
     if not (folder / CONFIG_NAME).exists() and (folder / "best" / CONFIG_NAME).exists():
         folder = folder / "best"  # a run folder
-    recorded = _recorded_recipe(folder) or {}
+    try:
+        recorded = _recorded_recipe(folder) or {}
+    except ValueError:
+        if task is None:
+            raise
+        recorded = {}  # a broken recipe.json does not matter when the task is given
     task_name = task or recorded.get("recipe")
     if task_name is None:
         raise ValueError(

@@ -548,16 +548,19 @@ def _terminate_as_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # a handler installed outside Python reads as None: restore the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _remove_stale_staging(out: Path) -> None:
     """Delete the staging folders of checkpoint saves a kill cut short (``.best.*.tmp``,
     ``.last.old-*``, ...): ``atomic_directory`` names them after their target."""
     for target in ("best", "last"):
-        for stale in (*out.glob(f".{target}.*.tmp"), *out.glob(f".{target}.old-*")):
-            remove_tree(stale)
+        # .last.X.tmp (the staging folder), ..last.X.tmp.Y.tmp (the model's own staging inside
+        # save_checkpoint's), .last.old-PID (the retired folder of the fallback swap)
+        for pattern in (f".{target}.*.tmp", f"..{target}.*.tmp", f".{target}.old-*"):
+            for stale in out.glob(pattern):
+                remove_tree(stale)
 
 
 def _train(
@@ -571,6 +574,8 @@ def _train(
 ) -> TrainResult:
     info = _init_distributed(resolve_device(config.device).type)  # nccl on CUDA, else gloo
     device = _resolve_device(config.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives use the current device of each rank
     seed_everything(config.seed + info.rank)
     best_dir, last_dir, log_path = out / "best", out / "last", out / METRICS_LOG
     found = [] if resume else _previous_run(out, overwrite)  # every rank checks: all stop

@@ -10,11 +10,23 @@ from typing import Any, TypeVar
 
 import click
 import typer
+import typer.exceptions
 
 #: Set to show the full traceback of a failing command.
 DEBUG_ENV = "AIMLE_ZOO_DEBUG"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exits and usage errors that typer reports itself (typer ships its own copy of click's
+#: exception classes, so click's alone do not catch them).
+_CLI_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    click.exceptions.ClickException,
+    click.exceptions.Exit,
+    click.exceptions.Abort,
+    typer.Exit,
+    typer.Abort,
+    typer.exceptions.TyperException,
+)
 
 
 def guarded(command: F) -> F:
@@ -28,7 +40,7 @@ def guarded(command: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except _CLI_EXCEPTIONS:
             raise
         except Exception as err:
             if os.environ.get(DEBUG_ENV):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,13 @@ def test_the_hub_cache_comes_before_a_bundled_checkpoint_without_a_revision(
     assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny", revision=COMMIT_B), cached)
 
     (snapshot / "model.safetensors").unlink()  # an incomplete snapshot is not used
+    assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"
+    card_only = hub_cache / "models--aimle-zoo--dvae-tiny"  # as a lone card download leaves it
+    shutil.rmtree(card_only)
+    (card_only / "snapshots" / COMMIT_A).mkdir(parents=True)
+    (card_only / "snapshots" / COMMIT_A / "README.md").write_text("---\n---\n")
+    (card_only / "refs").mkdir()
+    (card_only / "refs" / "main").write_text(COMMIT_A)
     assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"
 
     local = trained_tiny_model("discrete_vae", seed=3)

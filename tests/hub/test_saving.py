@@ -257,3 +257,20 @@ def test_the_saved_config_rebuilds_the_model(tmp_path: Path) -> None:
     rebuilt = aimle_zoo.models.create_model(config["architecture"], **arguments)
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     assert rebuilt.latent_layer.estimator.config() == model.latent_layer.estimator.config()
+
+
+def test_a_tree_that_cannot_be_deleted_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "old"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "file").write_text("x")
+
+    def refuse(path: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(f"cannot delete {path}")
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.warns(RuntimeWarning, match="could not delete"):
+        _io.remove_tree(folder)
+    monkeypatch.undo()
+    assert (folder / "sub" / "file").exists()

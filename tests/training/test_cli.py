@@ -314,6 +314,21 @@ def test_publish_refuses_names_that_are_not_hub_names(name: str, tmp_path: Path)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "escaped").exists()
 
 
+def test_compare_trains_to_the_asked_epochs_when_resuming(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    invoke("compare", "l2x-switch", "--epochs", "1", "--smoke", "--estimators", "ste",
+           "--out", str(out))  # fmt: skip
+    invoke("compare", "l2x-switch", "--smoke", "--estimators", "ste", "--out", str(out))
+    epochs = [json.loads(line)["epoch"] for line in (out / "ste" / "metrics.jsonl").open()]
+    assert epochs == list(range(get_recipe("l2x-switch").train.epochs))
+
+
+def test_usage_errors_keep_their_exit_status(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["check-solver", "topk", "--param", "bad"])
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
+    assert "error: " not in result.output
+
+
 def test_compare_checks_every_estimator_before_training_any(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     output = fails("compare", "grid-12", "--estimators", "ste,relaxed", "--smoke", "--out",

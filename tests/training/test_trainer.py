@@ -199,7 +199,7 @@ def test_an_epoch_cut_by_a_stop_logs_its_whole_training_time(tmp_path: Path) -> 
 def test_stale_staging_folders_of_a_killed_save_are_removed(tmp_path: Path) -> None:
     data = _dataset()
     train(tiny_model("l2x_tabular"), data, None, tmp_path, _config())
-    for name in (".last.k2j3.tmp", ".best.x9.tmp", ".last.old-4242"):
+    for name in (".last.k2j3.tmp", ".best.x9.tmp", ".last.old-4242", "..best.x9.tmp.q1.tmp"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.safetensors").write_bytes(b"half")
     train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)

@@ -38,9 +38,7 @@ from torch.autograd.function import once_differentiable
 from ._base import (
     Estimator,
     SolverFunction,
-    call_solver,
     check_positive,
-    expand_samples,
 )
 from .noise import Noise, NoiseLike, make_noise
 
@@ -56,15 +54,8 @@ class _PerturbedFunction(torch.autograd.Function):
         solver: SolverFunction,
         minimize: bool,
     ) -> Tensor:
-        theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
-        eps = estimator.noise.sample(
-            theta_tiled.shape,
-            device=theta.device,
-            dtype=theta.dtype,
-            generator=estimator.generator,
-        )  # Z
-        z = call_solver(solver, theta_tiled + estimator.sigma * eps)  # MAP(θ + σZ)
-        ctx.estimator = estimator
+        _, eps, z = estimator._perturb_and_map(solver, theta, estimator.noise, estimator.sigma)
+        ctx.estimator = estimator  # eps: Z [B·N, *S]; z = MAP(θ + σZ)
         ctx.save_for_backward(eps, z)
         return z
 

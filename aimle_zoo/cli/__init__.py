@@ -19,6 +19,7 @@ app = typer.Typer(
 COMMANDS: dict[str, Callable[..., Any]] = {
     "solvers": _solvers.list_command,
     "check-solver": _solvers.check_command,
+    "check-gradient": _solvers.check_gradient_command,
     "recipes": _train.recipes_command,
     "train": _train.train_command,
     "evaluate": _train.evaluate_command,

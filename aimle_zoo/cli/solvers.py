@@ -1,4 +1,4 @@
-"""``aimle-zoo solvers`` and ``aimle-zoo check-solver``."""
+"""``aimle-zoo solvers``, ``aimle-zoo check-solver`` and ``aimle-zoo check-gradient``."""
 
 from __future__ import annotations
 
@@ -45,3 +45,27 @@ def check_command(name: str, param: ParamOpt = None, batch_size: int = 8, seed: 
     typer.echo(str(report))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def check_gradient_command(
+    name: str,
+    param: ParamOpt = None,
+    estimator: Annotated[
+        str, typer.Option(help="Estimator name, e.g. aimle, imle, ste.")
+    ] = "aimle",
+    seeds: Annotated[int, typer.Option(min=2, help="Noisy copies of the instance.")] = 64,
+    warmup: Annotated[int, typer.Option(min=0, help="Backward passes before measuring.")] = 100,
+    seed: int = 0,
+) -> None:
+    """Cosine of an estimator's gradient to the exact one on the solver's example instance."""
+    from ..estimators.fidelity import solver_gradient_fidelity
+
+    report = solver_gradient_fidelity(
+        name,
+        parse_params(param) or None,
+        estimator=estimator,
+        seeds=seeds,
+        warmup=warmup,
+        seed=seed,
+    )
+    typer.echo(f"{name} with {estimator}: {report}")

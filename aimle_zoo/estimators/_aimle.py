@@ -60,7 +60,7 @@ class _AIMLEFunction(torch.autograd.Function):
         ctx: Any, theta: Tensor, estimator: AIMLE, solver: SolverFunction, minimize: bool
     ) -> Tensor:
         theta_tiled, eps, z = estimator._perturb_and_map(
-            solver, theta, estimator.noise, estimator.input_temperature
+            solver, theta, estimator.noise, estimator.input_temperature, minimize
         )  # [B·N, *S] each
         ctx.estimator, ctx.solver, ctx.minimize = estimator, solver, minimize
         ctx.batch = theta.shape[0]

@@ -218,14 +218,25 @@ class Estimator(nn.Module):
         )
 
     def _perturb_and_map(
-        self, solver: SolverFunction, theta: Tensor, noise: Noise | None, temperature: float
+        self,
+        solver: SolverFunction,
+        theta: Tensor,
+        noise: Noise | None,
+        temperature: float,
+        minimize: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """The forward sample: θ tiled N times, its noise ε and z = MAP(θ + τ·ε).
+
+        For a minimiser ε is the negated draw: argmin⟨θ − τε′, z⟩ = argmax⟨−θ + τε′, z⟩, so
+        perturb-and-MAP samples p(z) ∝ exp(−⟨θ, z⟩/τ), the maximiser's distribution on −θ,
+        whether or not the noise is symmetric (Gumbel and Sum-of-Gamma are not).
 
         ``theta [B, *S]`` → ``(θ [B·N, *S], ε [B·N, *S] or None, z [B·N, *S])``.
         """
         theta_tiled = expand_samples(theta, self.samples)  # [B·N, *S]
         eps = self._sample_noise(noise, theta_tiled)  # [B·N, *S]
+        if minimize and eps is not None:
+            eps = eps.neg_()
         return theta_tiled, eps, call_solver(solver, perturb(theta_tiled, eps, temperature))
 
     def _record(self, gradient: Tensor, step: Tensor | None) -> None:

@@ -52,7 +52,7 @@ class _IMLEFunction(torch.autograd.Function):
         ctx: Any, theta: Tensor, estimator: IMLE, solver: SolverFunction, minimize: bool
     ) -> Tensor:
         _, eps, z = estimator._perturb_and_map(
-            solver, theta, estimator.noise, estimator.input_temperature
+            solver, theta, estimator.noise, estimator.input_temperature, minimize
         )  # [B·N, *S] each
         ctx.estimator, ctx.solver, ctx.minimize = estimator, solver, minimize
         ctx.save_for_backward(theta, eps, z)

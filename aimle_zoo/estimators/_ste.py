@@ -31,7 +31,9 @@ class _STEFunction(torch.autograd.Function):
         ctx: Any, theta: Tensor, estimator: STE, solver: SolverFunction, minimize: bool
     ) -> Tensor:
         ctx.estimator, ctx.minimize = estimator, minimize
-        _, _, z = estimator._perturb_and_map(solver, theta, estimator.noise, estimator.temperature)
+        _, _, z = estimator._perturb_and_map(
+            solver, theta, estimator.noise, estimator.temperature, minimize
+        )
         return z  # [B·N, *S]
 
     @staticmethod

@@ -22,13 +22,14 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from ..solvers import TopK, solver_sense
+from ..solvers import TopK, get_solver, get_solver_spec, solver_sense
 from ._base import Estimator, SolverFunction
+from .registry import build_estimator
 
 #: ``z [R, *S] -> [R]``: the loss of each solution.
 LossFunction = Callable[[Tensor], Tensor]
@@ -179,3 +180,61 @@ def gradient_fidelity(
     cosines = torch.nn.functional.cosine_similarity(estimated, exact[None], dim=1)
     norm_ratio = float((estimated.norm(dim=1) / exact.norm()).mean())
     return FidelityReport(cosines, norm_ratio, int(states.shape[0]))
+
+
+#: Rounds of :func:`solution_states` draws that may still find new solutions before the listing
+#: is given up as too large.
+_LISTING_ROUNDS = 8
+
+
+def solver_gradient_fidelity(
+    name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    estimator: str | dict[str, Any] = "aimle",
+    seeds: int = 64,
+    warmup: int = 100,
+    seed: int = 0,
+) -> FidelityReport:
+    """:func:`gradient_fidelity` of an estimator on a registered solver's example instance.
+
+    The instance is the first of the solver's registered ``example`` (its parameters updated by
+    ``params``), the loss ``‖z − b‖²`` with b uniform in [0, 1] of θ's shape, and the solutions
+    are collected by :func:`solution_states` until another round of draws finds no new one.
+
+    Raises:
+        UnknownNameError: no such solver or estimator.
+        ValueError: the solver registers no example, or its solutions on the example could not
+            all be found (too many to list).
+    """
+    spec = get_solver_spec(name)
+    if spec.example is None:
+        raise ValueError(
+            f"solver {name!r} registers no example instance; call gradient_fidelity with a "
+            "theta and its states instead"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    example_params, example_theta = spec.example(1, generator)
+    solver = get_solver(name, **{**example_params, **(params or {})})
+    theta = example_theta[0].to(torch.float64)
+    states = solution_states(solver, tuple(theta.shape), generator=generator)
+    for _ in range(_LISTING_ROUNDS):  # until a round of draws adds nothing
+        draws = max(4096, 8 * states.shape[0])
+        more = solution_states(solver, tuple(theta.shape), draws=draws, generator=generator)
+        merged = torch.unique(torch.cat([states, more]).flatten(1), dim=0).view(-1, *theta.shape)
+        if merged.shape[0] == states.shape[0]:
+            break
+        states = merged
+    else:
+        raise ValueError(
+            f"solver {name!r} has too many solutions on its example to list ({states.shape[0]} "
+            "found and still growing); call gradient_fidelity on a smaller instance"
+        )
+    target = torch.rand(theta.shape, generator=generator, dtype=torch.float64)
+
+    def loss(z: Tensor) -> Tensor:
+        return ((z - target) ** 2).flatten(1).sum(dim=1)
+
+    built = build_estimator(estimator)
+    built.generator = torch.Generator().manual_seed(seed + 1)
+    return gradient_fidelity(built, solver, theta, loss, states=states, seeds=seeds, warmup=warmup)

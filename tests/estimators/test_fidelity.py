@@ -12,13 +12,21 @@ from torch import Tensor
 from aimle_zoo.estimators import (
     AIMLE,
     IMLE,
+    build_estimator,
     exact_expected_gradient,
     gradient_fidelity,
     solution_states,
     topk_states,
 )
+from aimle_zoo.estimators.fidelity import solver_gradient_fidelity
 from aimle_zoo.estimators.targets import AdaptiveTarget
-from aimle_zoo.solvers import MinimumSpanningTree, SpanningTree, TopK
+from aimle_zoo.solvers import (
+    MinimumSpanningTree,
+    SpanningTree,
+    TopK,
+    get_solver,
+    get_solver_spec,
+)
 
 F64 = torch.float64
 
@@ -118,3 +126,51 @@ def test_a_minimising_solver_is_compared_with_its_own_distribution() -> None:
     assert minimum.cosine_mean > 0.3 and maximum.cosine_mean > 0.3
     assert abs(minimum.cosine_mean - maximum.cosine_mean) < 0.1
     assert "cosine to the exact gradient" in str(minimum)
+
+
+class _MaximiseNegated(torch.nn.Module):
+    """The maximiser equivalent to a minimiser: z = argmin⟨θ, z⟩ = argmax⟨−θ, z⟩ at −θ."""
+
+    sense = "max"
+
+    def __init__(self, minimiser: torch.nn.Module) -> None:
+        super().__init__()
+        self.minimiser = minimiser
+
+    def forward(self, theta: Tensor) -> Tensor:
+        return self.minimiser(-theta)
+
+
+@pytest.mark.parametrize("name", ["aimle", "imle", "ste"])
+@pytest.mark.parametrize("noise", ["gumbel", "sog"])
+def test_a_minimiser_gives_the_maximisers_gradient_on_the_negated_costs(
+    name: str, noise: str
+) -> None:
+    """Noise included: perturb-and-MAP of a minimiser samples exp(−⟨θ, z⟩), the maximiser's
+    distribution on −θ, so the two gradients are exact negatives (Gumbel and Sum-of-Gamma noise
+    are not symmetric, so adding the noise to a minimiser's costs would sample another one)."""
+    spec = get_solver_spec("graph_shortest_path")
+    params, theta = spec.example(6, torch.Generator().manual_seed(0))
+    minimiser = get_solver("graph_shortest_path", **params)
+    noise_config = {"name": "sog", "k": 3.0} if noise == "sog" else noise
+    target = torch.rand(theta.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    gradients = []
+    for solver, costs in ((minimiser, theta), (_MaximiseNegated(minimiser), -theta)):
+        config = {"name": name, "noise": noise_config, "samples": 4}
+        estimator = build_estimator(config)
+        estimator.generator = torch.Generator().manual_seed(2)
+        leaf = costs.to(F64).clone().requires_grad_()
+        z = estimator(solver, leaf)
+        ((z - target.repeat_interleave(4, dim=0)) ** 2).sum().backward()
+        gradients.append(leaf.grad)
+    assert gradients[0] is not None and bool(gradients[0].abs().sum() > 0)
+    torch.testing.assert_close(gradients[0], -gradients[1])
+
+
+def test_shortest_path_gradients_point_the_right_way() -> None:
+    """On the graph-path example AIMLE's and I-MLE's gradients align with the exact one: mean
+    cosines 0.20 and 0.10. With the noise added to the minimiser's costs (the reference
+    convention) they were −0.16 and −0.40, pointing away from it."""
+    for name in ("aimle", "imle"):
+        report = solver_gradient_fidelity("graph_shortest_path", estimator=name, warmup=20)
+        assert report.cosine_mean > 0.05, (name, str(report))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,10 @@ def test_compare_checks_every_estimator_before_training_any(tmp_path: Path) -> N
     assert "has no 'relaxed' baseline" in output
     assert not out.exists()
     assert "no estimators to compare" in fails("compare", "l2x-xor", "--estimators", " , ")
+
+
+def test_check_gradient_reports_the_cosine_on_the_solvers_example() -> None:
+    output = invoke("check-gradient", "topk", "-p", "k=4", "--seeds", "8", "--warmup", "5")
+    assert "topk with aimle: cosine to the exact gradient" in output
+    assert f"({math.comb(10, 4)} solutions)" in output  # every 4-subset of the 10 scores
+    assert "too many solutions" in fails("check-gradient", "grid_shortest_path", "--seeds", "4")

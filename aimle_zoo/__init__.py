@@ -48,4 +48,4 @@ from .solvers import (
     register_solver as register_solver,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

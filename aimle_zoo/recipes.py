@@ -123,6 +123,7 @@ class Recipe:
         noise, samples = reference.get("noise"), int(reference.get("samples", 1))
         if variant in ("aimle-forward", "aimle-central"):
             return {**reference, "symmetric": variant == "aimle-central"}
+        minimizer_noise = reference.get("minimizer_noise", "negate")
         if variant == "imle":
             return {
                 "name": "imle",
@@ -131,9 +132,15 @@ class Recipe:
                 "samples": samples,
                 "input_temperature": reference.get("input_temperature", 1.0),
                 "target_temperature": reference.get("target_temperature", 1.0),
+                "minimizer_noise": minimizer_noise,
             }
         if variant == "ste":
-            return {"name": "ste", "noise": noise, "samples": samples}
+            return {
+                "name": "ste",
+                "noise": noise,
+                "samples": samples,
+                "minimizer_noise": minimizer_noise,
+            }
         if variant == "relaxed":
             if not self.has_relaxation():
                 raise ValueError(

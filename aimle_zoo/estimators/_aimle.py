@@ -140,6 +140,9 @@ class AIMLE(Estimator):
         input_temperature: τ_in, noise scale of the forward sample.
         target_temperature: τ_t, noise scale of the backward solutions.
         symmetric: central instead of forward difference.
+        minimizer_noise: for a minimising solver, ``"negate"`` (perturb θ − τε: the
+            maximiser's distribution on −θ; default) or ``"add"`` (θ + τε, the reference code's
+            convention, which the grid recipe keeps: it trains better there).
         generator: optional ``torch.Generator`` for the noise.
 
     Example::
@@ -163,12 +166,17 @@ class AIMLE(Estimator):
         input_temperature: float = 1.0,
         target_temperature: float = 1.0,
         symmetric: bool = False,
+        minimizer_noise: str = "negate",
         *,
         generator: torch.Generator | None = None,
     ) -> None:
         groups = check_count("samples", samples)
         self.marginal_samples = check_count("marginal_samples", marginal_samples)
-        super().__init__(samples=groups * self.marginal_samples, generator=generator)
+        super().__init__(
+            samples=groups * self.marginal_samples,
+            generator=generator,
+            minimizer_noise=minimizer_noise,
+        )
         self.target = make_target(target)
         self.noise = make_noise(noise)
         self.input_temperature = check_temperature("input_temperature", input_temperature)
@@ -199,6 +207,7 @@ class AIMLE(Estimator):
             "input_temperature": self.input_temperature,
             "target_temperature": self.target_temperature,
             "symmetric": self.symmetric,
+            "minimizer_noise": self.minimizer_noise,
         }
 
     def diagnostics(self) -> dict[str, float]:

@@ -122,6 +122,11 @@ def scaled_noise(noise: Tensor | None, temperature: float) -> Tensor | None:
     return noise if temperature == 1 else temperature * noise
 
 
+#: How a minimising solver's costs are perturbed: ``"negate"`` (θ − τε, perturb-and-MAP of
+#: exp(−⟨θ, z⟩/τ)) or ``"add"`` (θ + τε, the reference code's convention).
+MINIMIZER_NOISE = ("negate", "add")
+
+
 def perturb(theta: Tensor, noise: Tensor | None, temperature: float) -> Tensor:
     """θ + τ·ε (θ itself when there is no noise or τ = 0)."""
     scaled = scaled_noise(noise, temperature)
@@ -164,10 +169,21 @@ class Estimator(nn.Module):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, *, samples: int = 1, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        minimizer_noise: str = "negate",
+    ) -> None:
         super().__init__()
         self.samples = check_count("samples", samples)
         self.generator = generator
+        if minimizer_noise not in MINIMIZER_NOISE:
+            raise ValueError(
+                f"minimizer_noise must be one of {list(MINIMIZER_NOISE)}, got {minimizer_noise!r}"
+            )
+        self.minimizer_noise = minimizer_noise
         self.last_lambda: Tensor | None = None
         self.last_grad_sparsity: Tensor | None = None
 
@@ -227,15 +243,17 @@ class Estimator(nn.Module):
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """The forward sample: θ tiled N times, its noise ε and z = MAP(θ + τ·ε).
 
-        For a minimiser ε is the negated draw: argmin⟨θ − τε′, z⟩ = argmax⟨−θ + τε′, z⟩, so
-        perturb-and-MAP samples p(z) ∝ exp(−⟨θ, z⟩/τ), the maximiser's distribution on −θ,
-        whether or not the noise is symmetric (Gumbel and Sum-of-Gamma are not).
+        For a minimiser with ``minimizer_noise="negate"`` (the default) ε is the negated draw:
+        argmin⟨θ − τε′, z⟩ = argmax⟨−θ + τε′, z⟩, so perturb-and-MAP samples
+        p(z) ∝ exp(−⟨θ, z⟩/τ), the maximiser's distribution on −θ, whether or not the noise is
+        symmetric (Gumbel and Sum-of-Gamma are not). ``"add"`` perturbs as θ + τε′, the
+        reference code's convention.
 
         ``theta [B, *S]`` → ``(θ [B·N, *S], ε [B·N, *S] or None, z [B·N, *S])``.
         """
         theta_tiled = expand_samples(theta, self.samples)  # [B·N, *S]
         eps = self._sample_noise(noise, theta_tiled)  # [B·N, *S]
-        if minimize and eps is not None:
+        if minimize and eps is not None and self.minimizer_noise == "negate":
             eps = eps.neg_()
         return theta_tiled, eps, call_solver(solver, perturb(theta_tiled, eps, temperature))
 

@@ -96,6 +96,9 @@ class IMLE(Estimator):
         marginal_samples: M, samples averaged inside each group (N = S·M outputs per instance).
         input_temperature: τ_in, noise scale of the forward sample.
         target_temperature: τ_t, noise scale of the target solution.
+        minimizer_noise: for a minimising solver, ``"negate"`` (perturb θ − τε: the
+            maximiser's distribution on −θ; default) or ``"add"`` (θ + τε, the reference code's
+            convention, which the grid recipe keeps: it trains better there).
         generator: optional ``torch.Generator`` for the noise.
 
     References:
@@ -114,12 +117,17 @@ class IMLE(Estimator):
         marginal_samples: int = 1,
         input_temperature: float = 1.0,
         target_temperature: float = 1.0,
+        minimizer_noise: str = "negate",
         *,
         generator: torch.Generator | None = None,
     ) -> None:
         groups = check_count("samples", samples)
         self.marginal_samples = check_count("marginal_samples", marginal_samples)
-        super().__init__(samples=groups * self.marginal_samples, generator=generator)
+        super().__init__(
+            samples=groups * self.marginal_samples,
+            generator=generator,
+            minimizer_noise=minimizer_noise,
+        )
         self.target = FixedTarget(check_positive("IMLE: lambda_", lambda_), scale_gradient)
         self.noise = make_noise(noise)
         self.input_temperature = check_temperature("input_temperature", input_temperature)
@@ -138,4 +146,5 @@ class IMLE(Estimator):
             "marginal_samples": self.marginal_samples,
             "input_temperature": self.input_temperature,
             "target_temperature": self.target_temperature,
+            "minimizer_noise": self.minimizer_noise,
         }

@@ -54,6 +54,9 @@ class STE(Estimator):
         noise: perturbation noise (default none: plain MAP).
         temperature: τ, the noise scale.
         samples: N, samples per instance.
+        minimizer_noise: for a minimising solver, ``"negate"`` (perturb θ − τε: the
+            maximiser's distribution on −θ; default) or ``"add"`` (θ + τε, the reference code's
+            convention, which the grid recipe keeps: it trains better there).
         generator: optional ``torch.Generator`` for the noise.
     """
 
@@ -64,10 +67,11 @@ class STE(Estimator):
         noise: NoiseLike = None,
         temperature: float = 1.0,
         samples: int = 1,
+        minimizer_noise: str = "negate",
         *,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__(samples=samples, generator=generator)
+        super().__init__(samples=samples, generator=generator, minimizer_noise=minimizer_noise)
         self.noise = make_noise(noise)
         self.temperature = check_temperature("temperature", temperature)
 
@@ -80,4 +84,5 @@ class STE(Estimator):
             "noise": None if self.noise is None else self.noise.config(),
             "temperature": self.temperature,
             "samples": self.samples,
+            "minimizer_noise": self.minimizer_noise,
         }

@@ -318,7 +318,10 @@ class ZooModel(
             "estimator" in model_class._hub_mixin_init_parameters
             and "estimator" not in model_kwargs
         ):
-            _check_estimator_config(config.get("estimator"), config_path)
+            upgraded = _upgraded_estimator_config(config)
+            if upgraded is not None:  # built as the version that saved it behaved
+                model_kwargs = {**model_kwargs, "estimator": upgraded}
+            _check_estimator_config(upgraded or config.get("estimator"), config_path)
         loaded = super(ZooModel, model_class).from_pretrained(os.fspath(folder), **model_kwargs)
         return cast(M, loaded)
 
@@ -689,6 +692,31 @@ def _check_estimator_config(saved: object, config_path: Path) -> None:
             "to defaults; restore them (re-save the model with save_pretrained), or pass "
             "estimator=... to from_pretrained"
         )
+
+
+#: Estimator config keys added after the first release: name -> (the version that added it,
+#: the value that reproduces older versions, the estimators that take it).
+_ADDED_ESTIMATOR_KEYS = {"minimizer_noise": ("0.2.0", "add", ("aimle", "imle", "ste"))}
+
+
+def _upgraded_estimator_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The saved estimator config with the keys added since its version, set to the values
+    that reproduce that version (``None`` if nothing is added)."""
+    from packaging.version import InvalidVersion, Version
+
+    saved = config.get("estimator")
+    if not isinstance(saved, dict):
+        return None
+    try:
+        saved_version = Version(str(config.get("aimle_zoo_version")))
+    except InvalidVersion:
+        return None
+    added = {
+        key: old_value
+        for key, (version, old_value, estimators) in _ADDED_ESTIMATOR_KEYS.items()
+        if saved_version < Version(version) and key not in saved and saved.get("name") in estimators
+    }
+    return {**saved, **added} if added else None
 
 
 def _missing_keys(

@@ -174,3 +174,23 @@ def test_shortest_path_gradients_point_the_right_way() -> None:
     for name in ("aimle", "imle"):
         report = solver_gradient_fidelity("graph_shortest_path", estimator=name, warmup=20)
         assert report.cosine_mean > 0.05, (name, str(report))
+
+
+@pytest.mark.parametrize(("convention", "sign"), [("negate", -1.0), ("add", 1.0)])
+def test_minimizer_noise_sets_how_a_minimisers_costs_are_perturbed(
+    convention: str, sign: float
+) -> None:
+    spec = get_solver_spec("graph_shortest_path")
+    params, theta = spec.example(5, torch.Generator().manual_seed(0))
+    solver = get_solver("graph_shortest_path", **params)
+    noise = {"name": "gumbel"}
+    estimator = build_estimator({"name": "ste", "noise": noise, "minimizer_noise": convention})
+    estimator.generator = torch.Generator().manual_seed(3)
+    z = estimator(solver, theta)
+    eps = build_estimator({"name": "ste", "noise": noise}).noise.sample(
+        theta.shape, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(z, solver(theta + sign * eps))
+    assert estimator.config()["minimizer_noise"] == convention
+    with pytest.raises(ValueError, match="minimizer_noise must be one of"):
+        build_estimator({"name": "aimle", "minimizer_noise": "flip"})

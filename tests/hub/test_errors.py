@@ -365,3 +365,24 @@ def test_an_unreachable_hub_with_an_empty_cache(monkeypatch: pytest.MonkeyPatch)
     go_online(monkeypatch, "http://127.0.0.1:9")  # the discard port: connections are refused
     with pytest.raises(CheckpointNotFoundError, match="the Hub could not be reached"):
         aimle_zoo.from_pretrained("aimle-zoo/no-such-model")
+
+
+def test_a_checkpoint_from_before_an_estimator_key_loads_as_that_version_behaved(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints of aimle-zoo 0.1 lack ``minimizer_noise``; they perturbed minimisers as
+    θ + ε, so they load with ``"add"``. A current checkpoint without the key is refused."""
+    model = tiny_model("grid_shortest_path").eval()
+    model.save_pretrained(tmp_path / "grid")
+    path = tmp_path / "grid" / "config.json"
+    config = json.loads(path.read_text())
+    config["estimator"] = {
+        key: value for key, value in config["estimator"].items() if key != "minimizer_noise"
+    }
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointConfigError, match=r"lacks \['minimizer_noise'\]"):
+        aimle_zoo.from_pretrained(tmp_path / "grid")
+    path.write_text(json.dumps({**config, "aimle_zoo_version": "0.1.0"}))
+    loaded = aimle_zoo.from_pretrained(tmp_path / "grid")
+    assert loaded.latent_layer.estimator.minimizer_noise == "add"
+    assert_same_model(loaded, model)

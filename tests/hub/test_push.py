@@ -69,16 +69,17 @@ def test_a_broken_folder_is_never_uploaded(folder: Path) -> None:
 @pytest.mark.parametrize(
     ("card", "message"),
     [
-        ("", "has no YAML header"),
-        ("# A model\n\nNo metadata.\n", "has no YAML header"),
+        ("", "has no complete YAML header"),
+        ("# A model\n\nNo metadata.\n", "has no complete YAML header"),
         ("---\ntags: [\n---\n", "YAML header that does not parse"),
         (
             "---\nmodel-index:\n- name: a\n  results:\n  - task: {type: other}\n"
             "    dataset: {name: d, type: d}\n    metrics:\n    - {type: acc, value: N/A}\n---\n",
             "records metric 'acc' as 'N/A', not a number",
         ),
+        ("---\nlibrary_name: aimle_zoo\n# no closing line\n", "has no complete YAML header"),
     ],
-    ids=["empty", "no-header", "broken-yaml", "non-numeric-metric"],
+    ids=["empty", "no-header", "broken-yaml", "non-numeric-metric", "unclosed-header"],
 )
 def test_a_broken_model_card_is_never_uploaded(folder: Path, card: str, message: str) -> None:
     (folder / "README.md").write_text(card)

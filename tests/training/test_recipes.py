@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import Dataset, TensorDataset
 
 from aimle_zoo.data import CACHE_ENV, PAD, l2x_synthetic_dataset, load_beer_advocate
 from aimle_zoo.models import ZooModel, create_model
@@ -29,6 +28,8 @@ from aimle_zoo.recipes import (
 from aimle_zoo.training import TrainConfig, seed_everything, train
 from tests.conftest import SHARED_DATA
 from tests.data.test_beer import write_beer
+
+from ._helpers import PowerCut
 
 MNIST = str(Path(SHARED_DATA) / "mnist")
 ONE_PER_MODEL = ("l2x-xor", "l2x-mnist", "l2x-beer-aroma", "dvae-mnist", "nri-t10", "grid-12")
@@ -190,22 +191,6 @@ def test_torchrun_resume_continues_exactly_and_keeps_its_process_count(tmp_path:
         )
 
 
-class _PowerCut(Dataset[tuple[torch.Tensor, ...]]):
-    """A dataset that fails after ``budget`` item reads (a crash in the middle of an epoch)."""
-
-    def __init__(self, data: TensorDataset, budget: int) -> None:
-        self.data, self.budget = data, budget
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        self.budget -= 1
-        if self.budget < 0:
-            raise RuntimeError("power cut")
-        return self.data[index]
-
-
 def test_resume_from_the_middle_of_an_epoch(tmp_path: Path) -> None:
     """A crash after step 6 of epoch 0 resumes from the step-4 checkpoint and ends exactly
     where an uninterrupted run ends (same shuffle, noise, optimizer and adaptive state)."""
@@ -218,7 +203,7 @@ def test_resume_from_the_middle_of_an_epoch(tmp_path: Path) -> None:
 
     train(fresh(), data, None, tmp_path / "straight", config)
     with pytest.raises(RuntimeError, match="power cut"):
-        train(fresh(), _PowerCut(data, 8 * 6 + 3), None, tmp_path / "crash", config)
+        train(fresh(), PowerCut(data, 8 * 6 + 3), None, tmp_path / "crash", config)
     meta = json.loads((tmp_path / "crash" / "last" / "trainer_state.json").read_text())
     assert (meta["epoch"], meta["step"]) == (0, 4)
     train(fresh(), data, None, tmp_path / "crash", config, resume=True)

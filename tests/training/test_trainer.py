@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 from aimle_zoo.training import TrainConfig, train
 
 from ..models._helpers import make_batch, tiny_model
+from ._helpers import PowerCut
 
 
 def _dataset(size: int = 32) -> TensorDataset:
@@ -167,28 +168,11 @@ def test_resume_refuses_another_task_and_fewer_epochs(tmp_path: Path) -> None:
     assert epochs == [0, 1, 2]
 
 
-class _Slow(torch.utils.data.Dataset[tuple[torch.Tensor, ...]]):
-    """Every item read takes ``delay`` seconds; reads beyond ``budget`` fail (a crash)."""
-
-    def __init__(self, data: TensorDataset, delay: float, budget: int) -> None:
-        self.data, self.delay, self.budget = data, delay, budget
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        self.budget -= 1
-        if self.budget < 0:
-            raise RuntimeError("power cut")
-        time.sleep(self.delay)
-        return self.data[index]
-
-
 def test_an_epoch_cut_by_a_stop_logs_its_whole_training_time(tmp_path: Path) -> None:
     data = _dataset(64)
     config = _config(checkpoint_every=4)
     with pytest.raises(RuntimeError, match="power cut"):
-        train(tiny_model("l2x_tabular"), _Slow(data, 0.01, 8 * 5), None, tmp_path, config)
+        train(tiny_model("l2x_tabular"), PowerCut(data, 8 * 5, delay=0.01), None, tmp_path, config)
     before = json.loads((tmp_path / "last" / "trainer_state.json").read_text())["seconds"]
     assert before >= 4 * 8 * 0.01  # four slow steps before the checkpoint
     train(tiny_model("l2x_tabular"), data, None, tmp_path, config, resume=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -87,16 +88,9 @@ def _exchange(first: Path, second: Path) -> bool:
     Returns ``False`` where the call is unavailable (other systems, old kernels or libc, file
     systems without support); raises ``OSError`` for other failures.
     """
-    if not sys.platform.startswith("linux"):
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    path_arguments = (ctypes.c_int, ctypes.c_char_p)
-    renameat2.argtypes = [*path_arguments, *path_arguments, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
     status = renameat2(
         _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
     )
@@ -110,6 +104,21 @@ def _exchange(first: Path, second: Path) -> bool:
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` with its argument types (Linux), or ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    path_arguments = (ctypes.c_int, ctypes.c_char_p)
+    renameat2.argtypes = [*path_arguments, *path_arguments, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    return renameat2
 
 
 def _replace_with_rollback(staging: Path, target: Path) -> None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, PyTorchModelHubMixin, constants
+from packaging.version import InvalidVersion, Version
 from torch import Tensor, nn
 
 from .._devices import resolve_device
@@ -702,14 +703,9 @@ _ADDED_ESTIMATOR_KEYS = {"minimizer_noise": ("0.2.0", "add", ("aimle", "imle", "
 def _upgraded_estimator_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The saved estimator config with the keys added since its version, set to the values
     that reproduce that version (``None`` if nothing is added)."""
-    from packaging.version import InvalidVersion, Version
-
     saved = config.get("estimator")
-    if not isinstance(saved, dict):
-        return None
-    try:
-        saved_version = Version(str(config.get("aimle_zoo_version")))
-    except InvalidVersion:
+    saved_version = _parse_version(config.get("aimle_zoo_version"))
+    if not isinstance(saved, dict) or saved_version is None:
         return None
     added = {
         key: old_value
@@ -732,16 +728,20 @@ def _missing_keys(
     return missing
 
 
+def _parse_version(text: object) -> Version | None:
+    """``text`` as a version, or ``None`` if it is not one."""
+    try:
+        return Version(str(text))
+    except InvalidVersion:
+        return None
+
+
 def _is_newer(version: str) -> bool:
     """Whether aimle-zoo ``version`` is newer than the running one (``False`` if unparsable)."""
-    from packaging.version import InvalidVersion, Version
-
     from .. import __version__
 
-    try:
-        return Version(version) > Version(__version__)
-    except InvalidVersion:
-        return False
+    parsed = _parse_version(version)
+    return parsed is not None and parsed > Version(__version__)
 
 
 def _match_stored_dtypes(model: M, model_file: str, where: str) -> M:

@@ -17,6 +17,7 @@ Run layout (``out_dir``)::
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -132,7 +133,15 @@ def _init_distributed(device_type: str) -> _DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # A group left to the interpreter's teardown can abort the process (gloo's threads
+        # still hold tensors): the group we made is destroyed while Python is still whole.
+        atexit.register(_destroy_process_group)
     return _DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _resolve_device(device: str, info: _DistInfo) -> torch.device:
@@ -307,7 +316,7 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    with atomic_directory(directory) as staging:
+    with _STOP_SIGNALS.writes(), atomic_directory(directory) as staging:
         model.save_pretrained(staging)  # type: ignore[operator]
         if trainer_state is not None:
             meta, tensors = trainer_state
@@ -530,26 +539,54 @@ def train(
     """
     if resume and overwrite:
         raise ValueError("resume=True continues the run in out_dir, overwrite=True deletes it")
-    with _terminate_as_interrupt():
+    with _STOP_SIGNALS.installed():
         return _train(model, train_set, valid_set, Path(out_dir), config, resume, overwrite)
 
 
-@contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's or ``timeout``'s stop) raises ``KeyboardInterrupt`` as Ctrl-C
-    does, so atomic writes in progress clean up; a no-op off the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _StopSignals:
+    """SIGTERM (a scheduler's or ``timeout``'s stop) and SIGINT (Ctrl-C) raise
+    ``KeyboardInterrupt`` during training, but never inside a checkpoint or log write: a signal
+    that arrives there is held and raised as soon as the write is complete, so a stop never
+    leaves a half-written folder or a torn log line behind."""
 
-    def interrupt(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.writing = 0  # depth of nested writes in progress
+        self.held: int | None = None  # the signal that arrived during a write
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.writing:
+            self.held = signum
+            return
         raise KeyboardInterrupt(f"stopped by signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:  # a handler installed outside Python reads as None: restore the default then
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    @contextmanager
+    def writes(self) -> Iterator[None]:
+        """Hold stop signals until the block is done."""
+        self.writing += 1
+        try:
+            yield
+        finally:
+            self.writing -= 1
+            if not self.writing and self.held is not None:
+                signum, self.held = self.held, None
+                raise KeyboardInterrupt(f"stopped by signal {signum} (after finishing a save)")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route SIGTERM and SIGINT here for the block; a no-op off the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stops = (signal.SIGTERM, signal.SIGINT)
+        previous = {signum: signal.signal(signum, self.handle) for signum in stops}
+        try:
+            yield
+        finally:  # a handler installed outside Python reads as None: restore the default then
+            for signum, handler in previous.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+_STOP_SIGNALS = _StopSignals()
 
 
 def _remove_stale_staging(out: Path) -> None:
@@ -693,7 +730,7 @@ def _validate_and_log(
         progress.best_metrics = dict(metrics)
         save_checkpoint(model, out / "best")
     progress.history.append(record)
-    with (out / METRICS_LOG).open("a") as log:
+    with _STOP_SIGNALS.writes(), (out / METRICS_LOG).open("a") as log:
         log.write(json.dumps(record) + "\n")
 
 

@@ -36,6 +36,7 @@ def main(out: Path, name: str = "run", epochs: int = 2, resume: bool = False) ->
         "mean_rank": _mean_over_ranks({"rank": float(rank)}, _DistInfo(rank, 2))["rank"],
     }
     (out / f"{name}-rank{rank}.json").write_text(json.dumps(state))
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 

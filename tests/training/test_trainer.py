@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from aimle_zoo.training import TrainConfig, train
+from aimle_zoo.training import _STOP_SIGNALS, TrainConfig, save_checkpoint, train
 
 from ..models._helpers import make_batch, tiny_model
 from ._helpers import PowerCut
@@ -188,6 +188,30 @@ def test_stale_staging_folders_of_a_killed_save_are_removed(tmp_path: Path) -> N
         (tmp_path / name / "model.safetensors").write_bytes(b"half")
     train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "last", "metrics.jsonl"]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_a_save_waits_for_the_save_to_finish(stop: int, tmp_path: Path) -> None:
+    """The signal arrives while ``model.safetensors`` is being written: the checkpoint is
+    completed, then the stop is raised; no staging folder is left."""
+    model = tiny_model("l2x_tabular")
+    save_pretrained = model.save_pretrained
+    finished: list[Path] = []
+
+    def save_and_get_stopped(folder: Path) -> None:
+        os.kill(os.getpid(), stop)  # handled at the next bytecode: held, not raised
+        save_pretrained(folder)
+        finished.append(folder)
+
+    model.save_pretrained = save_and_get_stopped  # type: ignore[method-assign]
+    with _STOP_SIGNALS.installed(), pytest.raises(KeyboardInterrupt, match="after finishing"):
+        save_checkpoint(model, tmp_path / "last")
+    assert finished and (tmp_path / "last" / "model.safetensors").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last"]
+    with _STOP_SIGNALS.installed(), pytest.raises(KeyboardInterrupt, match=f"signal {stop}$"):
+        os.kill(os.getpid(), stop)  # outside a save: raised at once
+        time.sleep(5)
+    assert signal.getsignal(stop) != _STOP_SIGNALS.handle  # restored afterwards
 
 
 def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_staging_folder(tmp_path: Path) -> None:

@@ -526,7 +526,7 @@ class _QuantileTensors(NamedTuple):
 def _interpolate_quantiles(table: _QuantileTensors, uniform: Tensor) -> Tensor:
     """ε = Q(logit U) for uniforms U in [0, 1) ``[count]``, consumed; U = 0 gives the table's
     first value (logit −∞ clamps to the start)."""
-    position = uniform.div_(torch.rsub(uniform, 1.0)).log_()  # [count], logit U
+    position = uniform.logit_()  # [count], log(U / (1 − U))
     position.sub_(table.start).mul_(table.inverse_step).clamp_(0.0, table.cells)
     cell = position.int()  # [count], ⌊position⌋
     fraction = position.sub_(cell)  # [count], in [0, 1]

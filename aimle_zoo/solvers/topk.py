@@ -97,18 +97,34 @@ def selection_network(n: int, k: int) -> tuple[tuple[int, int, bool, bool], ...]
 
 
 def _kth_largest_by_network(theta: Tensor, k: int) -> Tensor:
-    """θ_(k) ``[*, 1]`` from :func:`selection_network` run over the transposed rows.
+    """θ_(k) ``[*, 1]`` from :func:`selection_network` run over the columns of the rows.
 
-    Exact: the network only moves values, so the result equals :func:`_kth_largest`'s.
+    Exact: the network only moves values, so the result equals :func:`_kth_largest`'s. The
+    first comparators read θ's columns in place (strided); a transposed copy first costs more
+    than it saves once θ no longer fits in the cache (2× the time at 40,000 rows of 20).
     """
     items = theta.shape[-1]
-    wires = list(theta.reshape(-1, items).t().contiguous().unbind(0))  # n × [rows]
+    wires = list(theta.reshape(-1, items).unbind(1))  # n × [rows], strided views
     for low, high, keep_min, keep_max in selection_network(items, k):
         smaller = torch.minimum(wires[low], wires[high]) if keep_min else wires[low]
         if keep_max:
             wires[high] = torch.maximum(wires[low], wires[high])
         wires[low] = smaller
     return wires[items - k].reshape(*theta.shape[:-1], 1)  # the k-th largest
+
+
+def _untied_topk(theta: Tensor, kth: Tensor, k: int) -> Tensor | None:
+    """Eager-CPU fast path of :func:`_topk_lowest_index` for finite float32/float64 θ: the mask
+    ``[θ_i >= θ_(k)]`` when no row has surplus ties, else ``None``.
+
+    The mask is min(sign(θ_i − θ_(k)) + 1, 1) in float arithmetic, a third of the time of a
+    comparison and a cast on a CPU; its sum (below 2^24) is exact.
+    """
+    if theta.dtype not in (torch.float32, torch.float64) or theta.numel() >= 2**24:
+        return None
+    at_least = (theta - kth).sign_().add_(1.0).clamp_(max=1.0)  # [*, n]
+    chosen = theta.numel() // theta.shape[-1] * k
+    return at_least if int(at_least.sum()) == chosen else None
 
 
 def _topk_lowest_index(theta: Tensor, kth: Tensor, k: int, branch_on_ties: bool = False) -> Tensor:
@@ -212,6 +228,9 @@ class TopK(Solver):
                 kth = _kth_largest_by_network(theta, self.k)  # [*, 1]
             else:
                 kth = _kth_largest(theta, self.k)
+            untied = _untied_topk(theta, kth, self.k) if eager_cpu else None
+            if untied is not None:  # no ties to break: both rules give this mask
+                return untied
         else:
             kth = _kth_largest(theta, self.k)
         if self.ties == "exact":

@@ -7,10 +7,11 @@ directly on the caller's device (no host-to-device copy), optionally from a
 
 Differences from the reference implementation (torch-adaptive-imle ``imle/noise.py``):
 
-* Sum-of-Gamma draws one Gamma variate per entry from an exact mixture representation of the
-  sum (:class:`SumOfGamma`, ``method="mixture"``), instead of ``s`` separate Gamma draws and
-  tensor additions; ``method="terms"`` keeps the term-by-term definition, vectorised into one
-  call.
+* Sum-of-Gamma is drawn by inverse CDF from a quantile table computed from the distribution's
+  exact CDF (:class:`SumOfGamma`, ``method="quantile"``), or one Gamma variate per entry from
+  an exact mixture representation of the sum (``method="mixture"``), instead of ``s`` separate
+  Gamma draws and tensor additions; ``method="terms"`` keeps the term-by-term definition,
+  vectorised into one call.
 * Noise is sampled on the device and in the floating dtype of ``theta`` (the original torch-imle
   sampled on the CPU, which fails for CUDA inputs).
 """

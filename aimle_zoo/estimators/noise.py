@@ -300,14 +300,17 @@ def _mixing_probabilities(k: float, terms: int) -> np.ndarray:
     q_i = 1 − p_i and α = 1/k, so log P(y) = log P(0) + Σ_{r≥1} c_r y^r with
     c_r = (α/r) Σ_i q_i^r, and the probabilities follow from the recursion
     P_n = (1/n) Σ_{r=1..n} r·c_r·P_{n−r} (positive terms only: no cancellation). It runs from
-    P_0 = 1 (rescaled when large) and is normalised at the end. The tail decays like q_1^n,
-    q_1 = 1 − 1/s, so the support is cut at q_1^m < 1e-20.
+    P_0 = 1 (rescaled when large) and is normalised at the end. The tail decays like
+    n^{α−1}·q_1^n, q_1 = 1 − 1/s: the support is cut 12 standard deviations above K's mean
+    (α·Σ q_i/p_i) and then as far again as q_1^m < 1e-20.
     """
     if terms == 1:
         return np.ones(1)
     alpha = 1.0 / k
     failure = 1.0 - np.arange(1, terms) / terms  # [s − 1], q_i
-    length = math.ceil(math.log(1e-20) / math.log(failure[0])) + 1
+    odds = failure / (1.0 - failure)  # q_i / p_i
+    mean, variance = alpha * odds.sum(), alpha * (odds / (1.0 - failure)).sum()  # of K
+    length = math.ceil(mean + 12.0 * math.sqrt(variance) - 46.0 / math.log(failure[0])) + 1
     orders = np.arange(1, length)  # r
     weighted = alpha * (failure[None, :] ** orders[:, None]).sum(axis=1)  # [m − 1], r·c_r
     probabilities = np.zeros(length)
@@ -441,7 +444,6 @@ class _SumOfGammaLaw:
         self.rate = float(terms)
         self.shape = terms / k  # a
         self.support = len(probabilities)  # m
-        self.probabilities = probabilities
         self.below = torch.cumsum(probabilities, 0).clamp_(max=1.0)  # [m], P(K ≤ j)
         tail = torch.flip(torch.cumsum(torch.flip(probabilities, [0]), 0), [0])  # P(K ≥ j)
         self.above = torch.cat([tail[1:], tail.new_zeros(1)])  # [m], P(K > j)
@@ -449,40 +451,61 @@ class _SumOfGammaLaw:
 
     def logit(self, log_x: Tensor) -> tuple[Tensor, Tensor]:
         """logit F(x) = log F − log S and its derivative in log x, at log x ``[N]``."""
+        parts = [self._logit(chunk) for chunk in log_x.split(1024)]
+        return torch.cat([value for value, _ in parts]), torch.cat([slope for _, slope in parts])
+
+    def _logit(self, log_x: Tensor) -> tuple[Tensor, Tensor]:
         log_y = log_x + math.log(self.rate)  # [N]
         y = log_y.exp()
-        # Terms j beyond the Poisson weight's reach (y + 12·√y + 40) are below e^{-70}.
-        reach = float(y.max()) if len(y) else 0.0
-        count = max(self.support, math.ceil(reach + 12.0 * math.sqrt(reach) + 40.0))
-        shifted = self.shape + torch.arange(count, dtype=torch.float64)  # [J], a + j
+        # The weights d_j of one y are the Poisson(y) pmf at a + j, a bump at j ≈ y − a: the
+        # terms further than 12·√y + 40 from it add up to less than e^{-70}, far below the
+        # 1e-16 of F or S that the quantile table reaches, so each chunk sums over that band.
+        low, high = float(y.min()), float(y.max())
+        first = max(0, math.floor(low - self.shape - 12.0 * math.sqrt(low) - 40.0))
+        stop = max(first + 1, math.ceil(high - self.shape + 12.0 * math.sqrt(high) + 40.0))
+        shifted = self.shape + torch.arange(first, stop, dtype=torch.float64)  # [J], a + j
         log_weights = shifted[None, :] * log_y[:, None] - y[:, None]
         weights = log_weights.sub_(torch.lgamma(shifted + 1.0)).exp_()  # [N, J], d_j
-        below = torch.cat([self.below, self.below.new_ones(count - self.support)])  # [J]
-        cdf = weights @ below  # [N]
-        head = weights[:, : self.support]  # [N, m]
-        survival = torch.special.gammaincc(torch.full_like(y, self.shape), y) + head @ self.above
+        cdf = weights @ self._band(self.below, first, stop, 1.0)  # [N]
+        survival = torch.special.gammaincc(torch.full_like(y, self.shape), y)
+        survival += weights @ self._band(self.above, first, stop, 0.0)
         log_cdf = torch.where(survival >= 0.5, cdf.log(), torch.log1p(-survival))
         log_survival = torch.where(survival < 0.5, survival.log(), torch.log1p(-cdf))
-        x_density = head @ self.weighted  # [N], x·f(x)
+        x_density = weights @ self._band(self.weighted, first, stop, 0.0)  # [N], x·f(x)
         slope = x_density * (torch.exp(-log_cdf) + torch.exp(-log_survival))
         return log_cdf - log_survival, slope
 
+    def _band(self, values: Tensor, first: int, stop: int, beyond: float) -> Tensor:
+        """``values[first:stop]`` of a ``[m]`` table, continued by ``beyond`` past its end."""
+        kept = values[first:stop]
+        return torch.cat([kept, kept.new_full((stop - first - len(kept),), beyond)])
+
     def log_quantiles(self, logits: Tensor) -> Tensor:
-        """log x with logit F(x) = ``logits`` ``[N]`` (ascending): Newton from a coarse grid."""
+        """log x with logit F(x) = ``logits`` ``[N]``: Newton's method, safeguarded by
+        bisection inside the cell of a coarse grid that brackets each root."""
         low, high = -4.0, 4.0
-        while self.logit(torch.tensor([low], dtype=torch.float64))[0].item() > logits[0]:
+        while self.logit(torch.tensor([low], dtype=torch.float64))[0].item() > logits.min():
             low = 2.0 * low
-        while self.logit(torch.tensor([high], dtype=torch.float64))[0].item() < logits[-1]:
+        while self.logit(torch.tensor([high], dtype=torch.float64))[0].item() < logits.max():
             high += 1.0
         grid = torch.linspace(low, high, 4097, dtype=torch.float64)  # log x
-        grid_logits, _ = self.logit(grid)
+        grid_logits, _ = self.logit(grid)  # ascending (−inf where F underflows)
+        cell = torch.searchsorted(grid_logits, logits, right=True).clamp_(1, len(grid) - 1)
+        lower, upper = grid[cell - 1], grid[cell]  # [N] brackets
         log_x = torch.from_numpy(np.interp(logits.numpy(), grid_logits.numpy(), grid.numpy()))
-        for _ in range(50):
+        log_x = torch.where(torch.isfinite(log_x), log_x, (lower + upper) / 2)
+        for _ in range(100):
             value, slope = self.logit(log_x)
             residual = value - logits
-            if residual.abs().max() <= 1e-11:
+            converged = (residual.abs() <= 1e-11) | (upper - lower <= 1e-13)
+            if converged.all():
                 return log_x
-            log_x = log_x - residual / slope
+            lower = torch.where(residual < 0, log_x, lower)
+            upper = torch.where(residual > 0, log_x, upper)
+            newton = log_x - residual / slope
+            outside = ~((newton > lower) & (newton < upper))  # also NaN
+            step = torch.where(outside, (lower + upper) / 2, newton)
+            log_x = torch.where(converged, log_x, step)
         raise RuntimeError(
             f"SumOfGamma: the quantile table did not converge (largest logit residual "
             f"{residual.abs().max().item():.3g}); use method='mixture'"

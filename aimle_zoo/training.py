@@ -133,9 +133,11 @@ def _init_distributed(device_type: str) -> _DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-        # A group left to the interpreter's teardown can abort the process (gloo's threads
-        # still hold tensors): the group we made is destroyed while Python is still whole.
-        atexit.register(_destroy_process_group)
+        if backend == "gloo":
+            # A gloo group left to the interpreter's teardown can abort the process (its
+            # threads still hold tensors): the group we made is destroyed while Python is still
+            # whole. (Not NCCL: its shutdown may wait on peers stuck in a collective.)
+            atexit.register(_destroy_process_group)
     return _DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
@@ -545,12 +547,13 @@ def train(
 
 class _StopSignals:
     """SIGTERM (a scheduler's or ``timeout``'s stop) and SIGINT (Ctrl-C) raise
-    ``KeyboardInterrupt`` during training, but never inside a checkpoint or log write: a signal
-    that arrives there is held and raised as soon as the write is complete, so a stop never
-    leaves a half-written folder or a torn log line behind."""
+    ``KeyboardInterrupt`` during training, but never inside a checkpoint or log write of the
+    main thread: a signal that arrives there is held and raised as soon as the write is
+    complete, so a stop never leaves a half-written folder or a torn log line behind. A write
+    that fails keeps its own error, and the held stop is raised at the next write's end."""
 
     def __init__(self) -> None:
-        self.writing = 0  # depth of nested writes in progress
+        self.writing = 0  # depth of nested writes in progress on the main thread
         self.held: int | None = None  # the signal that arrived during a write
 
     def handle(self, signum: int, frame: Any) -> None:
@@ -561,29 +564,36 @@ class _StopSignals:
 
     @contextmanager
     def writes(self) -> Iterator[None]:
-        """Hold stop signals until the block is done."""
+        """Hold stop signals until the block is done (main thread only: signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         self.writing += 1
         try:
             yield
         finally:
             self.writing -= 1
-            if not self.writing and self.held is not None:
-                signum, self.held = self.held, None
-                raise KeyboardInterrupt(f"stopped by signal {signum} (after finishing a save)")
+        if not self.writing and self.held is not None:  # the block succeeded
+            signum, self.held = self.held, None
+            raise KeyboardInterrupt(f"stopped by signal {signum} (after finishing a save)")
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Route SIGTERM and SIGINT here for the block; a no-op off the main thread."""
+        """Route SIGTERM and SIGINT here for the block, except a signal the process ignores
+        (``nohup``, a background job's SIGINT); a no-op off the main thread."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        stops = (signal.SIGTERM, signal.SIGINT)
+        stops = [
+            s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN
+        ]
         previous = {signum: signal.signal(signum, self.handle) for signum in stops}
         try:
             yield
         finally:  # a handler installed outside Python reads as None: restore the default then
             for signum, handler in previous.items():
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            self.held = None
 
 
 _STOP_SIGNALS = _StopSignals()

@@ -301,25 +301,29 @@ def _mixing_probabilities(k: float, terms: int) -> np.ndarray:
     c_r = (α/r) Σ_i q_i^r, and the probabilities follow from the recursion
     P_n = (1/n) Σ_{r=1..n} r·c_r·P_{n−r} (positive terms only: no cancellation). It runs from
     P_0 = 1 (rescaled when large) and is normalised at the end. The tail decays like
-    n^{α−1}·q_1^n, q_1 = 1 − 1/s: the support is cut 12 standard deviations above K's mean
-    (α·Σ q_i/p_i) and then as far again as q_1^m < 1e-20.
+    n^{α−1}·q_1^n, q_1 = 1 − 1/s, so the support is cut at q_1^m < 1e-20, and doubled until
+    the last probability is below 1e-22 of the largest and falling (for k < 1, K's mass lies
+    beyond that first cut). The first cut is kept whenever it suffices, so that tables, and
+    the random streams drawn from them, stay those of earlier versions.
     """
     if terms == 1:
         return np.ones(1)
     alpha = 1.0 / k
     failure = 1.0 - np.arange(1, terms) / terms  # [s − 1], q_i
-    odds = failure / (1.0 - failure)  # q_i / p_i
-    mean, variance = alpha * odds.sum(), alpha * (odds / (1.0 - failure)).sum()  # of K
-    length = math.ceil(mean + 12.0 * math.sqrt(variance) - 46.0 / math.log(failure[0])) + 1
-    orders = np.arange(1, length)  # r
-    weighted = alpha * (failure[None, :] ** orders[:, None]).sum(axis=1)  # [m − 1], r·c_r
-    probabilities = np.zeros(length)
-    probabilities[0] = 1.0
-    for n in range(1, length):
-        probabilities[n] = weighted[:n] @ probabilities[n - 1 :: -1] / n
-        if probabilities[n] > 1e200:  # P_0 = 1 is far too large a start: rescale
-            probabilities[: n + 1] *= 1e-200
-    return probabilities / probabilities.sum()
+    length = math.ceil(math.log(1e-20) / math.log(failure[0])) + 1
+    while True:
+        orders = np.arange(1, length)  # r
+        weighted = alpha * (failure[None, :] ** orders[:, None]).sum(axis=1)  # [m − 1], r·c_r
+        probabilities = np.zeros(length)
+        probabilities[0] = 1.0
+        for n in range(1, length):
+            probabilities[n] = weighted[:n] @ probabilities[n - 1 :: -1] / n
+            if probabilities[n] > 1e200:  # P_0 = 1 is far too large a start: rescale
+                probabilities[: n + 1] *= 1e-200
+        last, before = probabilities[-1], probabilities[-2]
+        if last <= 1e-22 * probabilities.max() and last <= before:
+            return probabilities / probabilities.sum()
+        length *= 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -423,6 +427,8 @@ def _marsaglia_tsang_round(
 _LOGIT_RANGE = {torch.float32: 17.0, torch.float64: 37.5}
 #: Interpolation error the quantile table allows, in standard deviations of ε.
 _QUANTILE_TOLERANCE = 1e-6
+#: The tables are computed on the CPU whatever ``torch.set_default_device`` says.
+_CPU = torch.device("cpu")
 
 
 class _SumOfGammaLaw:
@@ -447,7 +453,8 @@ class _SumOfGammaLaw:
         self.below = torch.cumsum(probabilities, 0).clamp_(max=1.0)  # [m], P(K ≤ j)
         tail = torch.flip(torch.cumsum(torch.flip(probabilities, [0]), 0), [0])  # P(K ≥ j)
         self.above = torch.cat([tail[1:], tail.new_zeros(1)])  # [m], P(K > j)
-        self.weighted = probabilities * (self.shape + torch.arange(self.support))  # P(K)·(a+K)
+        orders = torch.arange(self.support, device=_CPU)
+        self.weighted = probabilities * (self.shape + orders)  # [m], P(K)·(a + K)
 
     def logit(self, log_x: Tensor) -> tuple[Tensor, Tensor]:
         """logit F(x) = log F − log S and its derivative in log x, at log x ``[N]``."""
@@ -463,11 +470,19 @@ class _SumOfGammaLaw:
         low, high = float(y.min()), float(y.max())
         first = max(0, math.floor(low - self.shape - 12.0 * math.sqrt(low) - 40.0))
         stop = max(first + 1, math.ceil(high - self.shape + 12.0 * math.sqrt(high) + 40.0))
-        shifted = self.shape + torch.arange(first, stop, dtype=torch.float64)  # [J], a + j
+        if len(log_x) > 1 and len(log_x) * (stop - first) > 2**22:  # keep [N, J] below 32 MB
+            halves = [self._logit(half) for half in log_x.tensor_split(2)]
+            return torch.cat([v for v, _ in halves]), torch.cat([slope for _, slope in halves])
+        shifted = self.shape + torch.arange(first, stop, dtype=torch.float64, device=_CPU)
         log_weights = shifted[None, :] * log_y[:, None] - y[:, None]
         weights = log_weights.sub_(torch.lgamma(shifted + 1.0)).exp_()  # [N, J], d_j
         cdf = weights @ self._band(self.below, first, stop, 1.0)  # [N]
-        survival = torch.special.gammaincc(torch.full_like(y, self.shape), y)
+        # Q(a, y) = 1 − y^a/Γ(a + 1)·(1 + O(y)): from log y where y is subnormal (gammaincc
+        # would see y with a few bits left, which matters when a is tiny and S(x) < 1/2 there)
+        tiny_y = -torch.expm1(self.shape * log_y - math.lgamma(self.shape + 1.0))
+        survival = torch.where(
+            log_y < -700.0, tiny_y, torch.special.gammaincc(torch.full_like(y, self.shape), y)
+        )
         survival += weights @ self._band(self.above, first, stop, 0.0)
         log_cdf = torch.where(survival >= 0.5, cdf.log(), torch.log1p(-survival))
         log_survival = torch.where(survival < 0.5, survival.log(), torch.log1p(-cdf))
@@ -484,11 +499,11 @@ class _SumOfGammaLaw:
         """log x with logit F(x) = ``logits`` ``[N]``: Newton's method, safeguarded by
         bisection inside the cell of a coarse grid that brackets each root."""
         low, high = -4.0, 4.0
-        while self.logit(torch.tensor([low], dtype=torch.float64))[0].item() > logits.min():
+        while self.logit(torch.tensor([low], dtype=torch.float64, device=_CPU))[0] > logits.min():
             low = 2.0 * low
-        while self.logit(torch.tensor([high], dtype=torch.float64))[0].item() < logits.max():
+        while self.logit(torch.tensor([high], dtype=torch.float64, device=_CPU))[0] < logits.max():
             high += 1.0
-        grid = torch.linspace(low, high, 4097, dtype=torch.float64)  # log x
+        grid = torch.linspace(low, high, 4097, dtype=torch.float64, device=_CPU)  # log x
         grid_logits, _ = self.logit(grid)  # ascending (−inf where F underflows)
         cell = torch.searchsorted(grid_logits, logits, right=True).clamp_(1, len(grid) - 1)
         lower, upper = grid[cell - 1], grid[cell]  # [N] brackets
@@ -497,7 +512,8 @@ class _SumOfGammaLaw:
         for _ in range(100):
             value, slope = self.logit(log_x)
             residual = value - logits
-            converged = (residual.abs() <= 1e-11) | (upper - lower <= 1e-13)
+            width = upper - lower  # at most a few ulps once the logit stops resolving
+            converged = (residual.abs() <= 1e-11) | (width <= 1e-14 * log_x.abs().clamp(min=1))
             if converged.all():
                 return log_x
             lower = torch.where(residual < 0, log_x, lower)
@@ -522,7 +538,7 @@ def _quantile_table(k: float, terms: int, half_width: float) -> tuple[float, flo
     tolerance = _QUANTILE_TOLERANCE * math.sqrt(sum(1.0 / (k * i * i) for i in range(1, terms + 1)))
 
     def table_and_error(cells: int) -> tuple[np.ndarray, float]:
-        nodes = torch.linspace(-half_width, half_width, cells + 1, dtype=torch.float64)
+        nodes = torch.linspace(-half_width, half_width, cells + 1, dtype=torch.float64, device=_CPU)
         values = law.log_quantiles(nodes).exp()  # [M + 1], x
         midpoints = law.log_quantiles((nodes[1:] + nodes[:-1]) / 2).exp()  # [M]
         error = ((values[1:] + values[:-1]) / 2 - midpoints).abs().max().item()

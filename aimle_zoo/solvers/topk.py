@@ -122,7 +122,7 @@ def _untied_topk(theta: Tensor, kth: Tensor, k: int) -> Tensor | None:
     """
     if theta.dtype not in (torch.float32, torch.float64) or theta.numel() >= 2**24:
         return None
-    at_least = (theta - kth).sign_().add_(1.0).clamp_(max=1.0)  # [*, n]
+    at_least = (theta.detach() - kth.detach()).sign_().add_(1.0).clamp_(max=1.0)  # [*, n]
     chosen = theta.numel() // theta.shape[-1] * k
     return at_least if int(at_least.sum()) == chosen else None
 

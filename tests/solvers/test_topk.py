@@ -253,3 +253,13 @@ def test_sorting_network_path_matches_the_argsort_oracle(n: int, k: int, ties: s
     grouped = theta.reshape(-1, 8, n)  # [B, 8, n]: top-k over the last dim of a 3-d batch
     assert torch.equal(TopK(k, ties)(grouped), expected.reshape(-1, 8, n))
     assert torch.equal(_kth_largest_by_network(theta, k), _kth_largest(theta, k))
+
+
+@pytest.mark.parametrize("rows", [3, NETWORK_MIN_ROWS])
+def test_solutions_are_constants_even_when_theta_requires_grad(rows: int) -> None:
+    """The solver's output carries no autograd history (so a missing estimator fails loudly
+    instead of giving zero gradients), untied rows included."""
+    theta = torch.randn(rows, 20, requires_grad=True)
+    z = TopK(10)(theta)
+    assert not z.requires_grad and z.grad_fn is None
+    assert torch.equal(z, topk_argsort(theta.detach(), 10, "exact"))

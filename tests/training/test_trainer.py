@@ -214,6 +214,65 @@ def test_a_stop_during_a_save_waits_for_the_save_to_finish(stop: int, tmp_path: 
     assert signal.getsignal(stop) != _STOP_SIGNALS.handle  # restored afterwards
 
 
+def test_a_failed_save_keeps_its_error_and_the_stop_comes_at_the_next_save(
+    tmp_path: Path,
+) -> None:
+    """A stop held during a save that then fails: the save's own error propagates (nothing is
+    left behind), and the stop is raised when the next save completes."""
+    model = tiny_model("l2x_tabular")
+
+    def stopped_then_full(folder: Path) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise OSError(28, "No space left on device")
+
+    with _STOP_SIGNALS.installed():
+        broken = tiny_model("l2x_tabular")
+        broken.save_pretrained = stopped_then_full  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="No space left"):
+            save_checkpoint(broken, tmp_path / "last")
+        assert list(tmp_path.iterdir()) == []
+        with pytest.raises(KeyboardInterrupt, match="after finishing a save"):
+            save_checkpoint(model, tmp_path / "last")
+    assert (tmp_path / "last" / "model.safetensors").exists()
+    assert _STOP_SIGNALS.held is None
+
+
+def test_an_ignored_sigint_stays_ignored_during_training() -> None:
+    """A background job started with SIGINT ignored (``cmd &`` in a script) keeps ignoring it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _STOP_SIGNALS.installed():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == _STOP_SIGNALS.handle
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_saves_on_other_threads_do_not_hold_the_main_threads_stop(tmp_path: Path) -> None:
+    """Signals go to the main thread: a save on another thread must not swallow them."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_save() -> None:
+        with _STOP_SIGNALS.writes():
+            entered.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=slow_save)
+    with _STOP_SIGNALS.installed():
+        worker.start()
+        entered.wait(10)
+        try:
+            with pytest.raises(KeyboardInterrupt, match=r"signal \d+$"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+        finally:
+            release.set()
+            worker.join()
+
+
 def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_staging_folder(tmp_path: Path) -> None:
     """A scheduler's SIGTERM mid-run: the save in progress cleans up, ``last/`` stays whole."""
     script = (

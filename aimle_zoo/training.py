@@ -635,7 +635,8 @@ def _train(
     )
     with _maybe_barrier(info):  # deleted only once the new run is known to start
         if info.is_main:
-            _delete(out, found)
+            with _STOP_SIGNALS.writes():  # an old run is deleted whole or not at all
+                _delete(out, found)
             if out.is_dir():
                 _remove_stale_staging(out)
     if resume and info.is_main:  # the log of the epochs the saved state has seen, no more

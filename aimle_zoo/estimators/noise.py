@@ -179,7 +179,7 @@ class SumOfGamma(Noise):
       F(x) = Σ_K P(K)·P(s·α + K, s·x) with P the regularised incomplete gamma, and is refined
       until the interpolation error, checked at every cell's midpoint, is below 1e-6 standard
       deviations of ε (the rounding of a float32 noise value is of the same order). It spans the
-      logits a uniform of the dtype can take (|logit U| ≤ 17 in float32, 37.5 in float64), so
+      logits a uniform of the dtype can take (|logit U| ≤ 23 in float32, 37.5 in float64), so
       the only approximations are that interpolation error and the uniform's resolution. One
       uniform draw and a table lookup per entry: about 4× faster than ``"mixture"``.
     * ``"mixture"``: draws K from an alias table, then Gamma(s·α + K, rate s) with Marsaglia and
@@ -422,9 +422,10 @@ def _marsaglia_tsang_round(
     return candidate, log_uniform < bound
 
 
-#: Largest |logit U| a uniform of each dtype reaches: torch.rand's values are multiples of
-#: 2^-24 (float32) or 2^-53 (float64), so |logit U| ≤ 24·ln 2 ≈ 16.6 or 53·ln 2 ≈ 36.7.
-_LOGIT_RANGE = {torch.float32: 17.0, torch.float64: 37.5}
+#: Largest |logit U| a uniform of each dtype reaches: torch.rand's float32 values are multiples
+#: of 2^-24 on the CPU and of 2^-32 on CUDA, its float64 values multiples of 2^-53, so
+#: |logit U| ≤ 32·ln 2 ≈ 22.2 or 53·ln 2 ≈ 36.7.
+_LOGIT_RANGE = {torch.float32: 23.0, torch.float64: 37.5}
 #: Interpolation error the quantile table allows, in standard deviations of ε.
 _QUANTILE_TOLERANCE = 1e-6
 #: The tables are computed on the CPU whatever ``torch.set_default_device`` says.

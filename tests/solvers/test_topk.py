@@ -21,7 +21,7 @@ from aimle_zoo.solvers import (
 from aimle_zoo.solvers.reference.topk import topk_argsort
 from aimle_zoo.solvers.testing import solver_conformance_test
 from aimle_zoo.solvers.topk import (
-    NETWORK_MIN_ROWS,
+    NETWORK_MAX_ITEMS,
     _kth_largest,
     _kth_largest_by_network,
     _network_pays,
@@ -246,8 +246,8 @@ def test_selection_network_finds_the_kth_largest_of_every_binary_input(n: int) -
 def test_sorting_network_path_matches_the_argsort_oracle(n: int, k: int, ties: str) -> None:
     """Eager CPU batches of many short rows take the sorting-network path; same solutions."""
     torch.manual_seed(n * 100 + k)
-    theta = torch.cat([tied_scores(NETWORK_MIN_ROWS, n, high=4), torch.randn(64, n)])  # [R, n]
-    assert _network_pays(theta)
+    theta = torch.cat([tied_scores(4096, n, high=4), torch.randn(64, n)])  # [R, n]
+    assert _network_pays(theta, k)
     expected = topk_argsort(theta, k, ties)
     assert torch.equal(TopK(k, ties)(theta), expected)
     grouped = theta.reshape(-1, 8, n)  # [B, 8, n]: top-k over the last dim of a 3-d batch
@@ -255,7 +255,7 @@ def test_sorting_network_path_matches_the_argsort_oracle(n: int, k: int, ties: s
     assert torch.equal(_kth_largest_by_network(theta, k), _kth_largest(theta, k))
 
 
-@pytest.mark.parametrize("rows", [3, NETWORK_MIN_ROWS])
+@pytest.mark.parametrize("rows", [3, 4096])
 def test_solutions_are_constants_even_when_theta_requires_grad(rows: int) -> None:
     """The solver's output carries no autograd history (so a missing estimator fails loudly
     instead of giving zero gradients), untied rows included."""
@@ -263,3 +263,14 @@ def test_solutions_are_constants_even_when_theta_requires_grad(rows: int) -> Non
     z = TopK(10)(theta)
     assert not z.requires_grad and z.grad_fn is None
     assert torch.equal(z, topk_argsort(theta.detach(), 10, "exact"))
+
+
+@pytest.mark.parametrize(("n", "k", "few", "many"), [(10, 4, 256, 1000), (20, 10, 512, 2000)])
+def test_the_network_is_chosen_for_many_rows_of_few_items(
+    n: int, k: int, few: int, many: int
+) -> None:
+    """Dispatch by the cost model: ``torch.topk`` for a few rows, the network for many, and
+    never for rows longer than ``NETWORK_MAX_ITEMS``."""
+    assert not _network_pays(torch.zeros(few, n), k)
+    assert _network_pays(torch.zeros(many, n), k)
+    assert not _network_pays(torch.zeros(100_000, NETWORK_MAX_ITEMS + 1), k)

@@ -460,7 +460,11 @@ class _SumOfGammaLaw:
         self.weighted = probabilities * (self.shape + orders)  # [m], P(K)·(a + K)
 
     def logit(self, log_x: Tensor) -> tuple[Tensor, Tensor]:
-        """logit F(x) = log F − log S and its derivative in log x, at log x ``[N]``."""
+        """logit F(x) = log F − log S and its derivative in log x, at log x ``[N]``.
+
+        In chunks of 1,024 points, each summing over the band of terms its own y needs (about
+        3× faster than one band for all); :meth:`_logit` halves a chunk further only to bound
+        its memory."""
         parts = [self._logit(chunk) for chunk in log_x.split(1024)]
         return torch.cat([value for value, _ in parts]), torch.cat([slope for _, slope in parts])
 

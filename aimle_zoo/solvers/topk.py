@@ -120,18 +120,19 @@ def _kth_largest_by_network(theta: Tensor, k: int) -> Tensor:
     return wires[items - k].reshape(*theta.shape[:-1], 1)  # the k-th largest
 
 
-def _untied_topk(theta: Tensor, kth: Tensor, k: int) -> Tensor | None:
-    """Eager-CPU fast path of :func:`_topk_lowest_index` for finite float32/float64 θ: the mask
-    ``[θ_i >= θ_(k)]`` when no row has surplus ties, else ``None``.
+def _untied_topk(theta: Tensor, kth: Tensor, chosen: int) -> Tensor | None:
+    """The mask ``[θ_i >= θ_(k)]`` when it has exactly ``chosen`` ones (no row has surplus
+    ties), else ``None``.
 
-    The mask is min(sign(θ_i − θ_(k)) + 1, 1) in float arithmetic, a third of the time of a
-    comparison and a cast on a CPU; its sum (below 2^24) is exact.
+    For float32/float64 θ (checked finite) the mask is min(sign(θ_i − θ_(k)) + 1, 1) in float
+    arithmetic, a third of the time of a comparison and a cast on a CPU; its sum (below 2^24)
+    is exact.
     """
-    if theta.dtype not in (torch.float32, torch.float64) or theta.numel() >= 2**24:
-        return None
-    at_least = (theta.detach() - kth.detach()).sign_().add_(1.0).clamp_(max=1.0)  # [*, n]
-    chosen = theta.numel() // theta.shape[-1] * k
-    return at_least if int(at_least.sum()) == chosen else None
+    if (theta.dtype == torch.float32 or theta.dtype == torch.float64) and theta.numel() < 2**24:
+        values = (theta.detach() - kth.detach()).sign_().add_(1.0).clamp_(max=1.0)  # [*, n]
+        return values if int(values.sum()) == chosen else None
+    at_least = theta >= kth  # [*, n]
+    return at_least.to(theta.dtype) if int(torch.count_nonzero(at_least)) == chosen else None
 
 
 def _topk_lowest_index(theta: Tensor, kth: Tensor, k: int, branch_on_ties: bool = False) -> Tensor:
@@ -141,13 +142,14 @@ def _topk_lowest_index(theta: Tensor, kth: Tensor, k: int, branch_on_ties: bool 
     With ``a_i = [θ_i >= θ_(k)]``, ``t_i = [θ_i = θ_(k)]`` and ``m = k − #{θ_i > θ_(k)}`` the
     number of tied entries inside the top k, ``z_i = a_i ∧ ¬(t_i ∧ Σ_{j<=i} t_j > m)``. When no
     row has more than k entries ``>= θ_(k)`` this is ``z = a``; with ``branch_on_ties`` (eager
-    CPU only, where reading that flag costs no device synchronisation) the tie rule is then
-    skipped.
+    CPU only, where reading that count costs no device synchronisation, and θ is checked
+    finite) the tie rule is then skipped (:func:`_untied_topk`).
     """
+    if branch_on_ties:
+        untied = _untied_topk(theta, kth, theta.numel() // theta.shape[-1] * k)
+        if untied is not None:
+            return untied
     at_least = theta >= kth  # [*, n]
-    chosen = at_least.numel() // theta.shape[-1] * k  # k per row when no row has surplus ties
-    if branch_on_ties and int(torch.count_nonzero(at_least)) == chosen:
-        return at_least.to(theta.dtype)
     tied_needed = k - (theta > kth).sum(dim=-1, keepdim=True)  # [*, 1]
     tied = theta == kth  # [*, n]
     surplus = torch.logical_and(tied, tied.cumsum(dim=-1, dtype=torch.int64) > tied_needed)
@@ -235,9 +237,6 @@ class TopK(Solver):
                 kth = _kth_largest_by_network(theta, self.k)  # [*, 1]
             else:
                 kth = _kth_largest(theta, self.k)
-            untied = _untied_topk(theta, kth, self.k) if eager_cpu else None
-            if untied is not None:  # no ties to break: both rules give this mask
-                return untied
         else:
             kth = _kth_largest(theta, self.k)
         if self.ties == "exact":

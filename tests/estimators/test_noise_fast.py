@@ -219,6 +219,7 @@ def test_quantile_sampler_handles_a_large_k(k: float, terms: int) -> None:
 
 def test_quantile_tables_ignore_the_default_device() -> None:
     """The tables are computed on the CPU even under ``torch.set_default_device``."""
+    _quantile_tensors.cache_clear()  # so that the table is built here, not found cached
     _quantile_table.cache_clear()
     torch.set_default_device("meta")
     try:

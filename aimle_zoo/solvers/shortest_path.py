@@ -80,31 +80,60 @@ def _grid_neighbour_min(padded: Tensor, neighbourhood: int) -> Tensor:
     return torch.minimum(torch.minimum(rows[:-2], rows[1:-1]), rows[2:])  # [H, W, B]
 
 
+def _grid_box_min(dist: Tensor, neighbourhood: int) -> Tensor:
+    """``min`` over each cell's neighbours of ``dist [B, 1, H, W]`` (+inf outside the grid).
+
+    The 8-neighbourhood is a 3×3 box minimum, ``-maxpool(-d)`` (one pooling node in ONNX; the
+    box also covers the cell itself, which never improves a distance: costs are >= 0).
+    """
+    if neighbourhood == 8:
+        return -F.max_pool2d(-dist, 3, stride=1, padding=1)
+    padded = F.pad(dist, (1, 1, 1, 1), value=float("inf"))  # [B, 1, H+2, W+2]
+    vertical = torch.minimum(padded[:, :, :-2, 1:-1], padded[:, :, 2:, 1:-1])
+    return torch.minimum(vertical, torch.minimum(padded[:, :, 1:-1, :-2], padded[:, :, 1:-1, 2:]))
+
+
+def _grid_relax(
+    dist: Tensor, settle_round: Tensor, cost: Tensor, round_index: int, neighbourhood: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One synchronous round on ``[B, 1, H, W]``: new ``d``, new ``r``, and whether any
+    distance fell (a 0-d bool tensor)."""
+    candidate = _grid_box_min(dist, neighbourhood) + cost
+    improved = candidate < dist
+    settle_round = torch.maximum(settle_round, improved.to(cost.dtype) * round_index)
+    return torch.minimum(dist, candidate), settle_round, improved.any()
+
+
 def _grid_distances(cost: Tensor, neighbourhood: int) -> tuple[Tensor, Tensor, int]:
-    """Functional form of :func:`_grid_distances_inplace`: same rounds, same results.
+    """Functional form of :func:`_grid_distances_inplace`: the same rounds and results.
 
     It allocates new tensors every round, but exporters (TorchScript -> ONNX) translate it
-    faithfully, which they do not do for in-place writes through views.
+    faithfully, which they do not do for in-place writes through views. It works on images
+    ``[B, 1, H, W]`` and tests for convergence after every 4 rounds, written out, so an
+    exported ``Loop`` runs a quarter of the iterations and holds no ``If``. Rounds after
+    convergence change nothing (once a round lowers no distance, no later round does); the
+    number of rounds that did, max r, is returned.
     """
     height, width = cost.shape[0], cost.shape[1]
     inf = float("inf")
-    dist = F.pad(cost[:1, :1], (0, 0, 0, width - 1, 0, height - 1), value=inf)  # d_0 [H, W, B]
-    settle_round = torch.zeros_like(cost)  # r
-    rounds = 0
-    while True:
-        padded = F.pad(dist, (0, 0, 1, 1, 1, 1), value=inf)  # [H+2, W+2, B]
-        candidate = _grid_neighbour_min(padded, neighbourhood) + cost  # [H, W, B]
-        improved = (candidate < dist).to(cost.dtype)  # [H, W, B], 0/1
-        if float(improved.sum()) == 0.0:
-            break
-        rounds += 1
-        dist = torch.minimum(dist, candidate)
-        settle_round = torch.maximum(settle_round, improved * rounds)  # r = t where improved
-    return (
-        F.pad(dist, (0, 0, 1, 1, 1, 1), value=inf),
-        F.pad(settle_round, (0, 0, 1, 1, 1, 1), value=0.0),
-        rounds,
-    )
+    image = cost.permute(2, 0, 1).unsqueeze(1)  # [B, 1, H, W]
+    dist = F.pad(image[:, :, :1, :1], (0, width - 1, 0, height - 1), value=inf)  # d_0
+    settle = torch.zeros_like(image)  # r
+    done = 0
+    improving = True
+    while improving:
+        dist, settle, _ = _grid_relax(dist, settle, image, done + 1, neighbourhood)
+        dist, settle, _ = _grid_relax(dist, settle, image, done + 2, neighbourhood)
+        dist, settle, _ = _grid_relax(dist, settle, image, done + 3, neighbourhood)
+        dist, settle, improved = _grid_relax(dist, settle, image, done + 4, neighbourhood)
+        done += 4
+        improving = bool(improved)
+    # back to batch-last [H+2, W+2, B]; the casts keep the dtype known to the ONNX exporter
+    pad = (0, 0, 1, 1, 1, 1)
+    dist = dist.view(-1, height, width).permute(1, 2, 0).to(cost.dtype)
+    settle = settle.view(-1, height, width).permute(1, 2, 0).to(cost.dtype)
+    rounds = int(settle.max().to(torch.long))
+    return F.pad(dist, pad, value=inf), F.pad(settle, pad, value=0.0), rounds
 
 
 def _grid_distances_inplace(cost: Tensor, neighbourhood: int) -> tuple[Tensor, Tensor, int]:

@@ -34,7 +34,11 @@ from aimle_zoo.solvers.reference.shortest_path import (
     grid_shortest_path_networkx,
     grid_shortest_path_scipy,
 )
-from aimle_zoo.solvers.shortest_path import graph_path_cost
+from aimle_zoo.solvers.shortest_path import (
+    _grid_distances,
+    _grid_distances_inplace,
+    graph_path_cost,
+)
 
 GRID_VALUES = torch.tensor([-1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 2.0, 5.0])
 DAG_VALUES = torch.tensor([-2.0, -1.0, 0.0, 0.0, 1.0, 2.0, 3.0])
@@ -648,6 +652,24 @@ def test_grid_torchscript_round_trip_on_new_shapes(neighbourhood: int) -> None:
     for batch, height, width in [(4, 12, 12), (3, 7, 9), (2, 30, 30), (1, 1, 5)]:
         theta = random_grids(batch, height, width, seed=height * width)
         assert torch.equal(scripted(theta), eager(theta))
+
+
+@pytest.mark.parametrize("neighbourhood", [8, 4])
+def test_functional_relaxation_matches_the_in_place_one(neighbourhood: int) -> None:
+    """The exported (functional, 4 rounds per convergence test) relaxation gives the same
+    distances, settling rounds and round count as the eager in-place one, whatever the round
+    count is modulo 4."""
+    counts = set()
+    for size in range(2, 20):
+        theta = random_grids(3, size, size + 1, seed=100 + size).clamp(min=0)
+        cost = theta.permute(1, 2, 0).contiguous()  # [H, W, B]
+        dist, settle, rounds = _grid_distances_inplace(cost, neighbourhood)
+        functional = _grid_distances(cost, neighbourhood)
+        assert torch.equal(functional[0], dist)
+        assert torch.equal(functional[1], settle)
+        assert functional[2] == rounds == int(settle.max())
+        counts.add(rounds % 4)
+    assert counts == {0, 1, 2, 3}
 
 
 @ignore_jit_deprecation

@@ -270,6 +270,109 @@ def _edge_messages(
     return torch.bmm(to_vertex, messages)  # [B, n, T'·H]
 
 
+def _folded_norm(norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """An eval-mode BatchNorm as ``y = u·s + t``: ``(s, t)``, ``[F]`` each."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ExportError(
+            "the NRI encoder's BatchNorm keeps no running statistics, so its eval-mode output "
+            "depends on the batch; build the model with track_running_stats=True"
+        )
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_var)
+    scale = weight / torch.sqrt(norm.running_var + norm.eps)
+    return scale, bias - norm.running_mean * scale
+
+
+def _constant(value: Tensor) -> nn.Buffer:
+    """A detached copy of ``value`` as a non-persistent buffer (a constant of the graph)."""
+    return nn.Buffer(value.detach().clone(), persistent=False)
+
+
+class _NRIEncoderPath(nn.Module):
+    """:class:`~aimle_zoo.models.nri.MLPEncoder` (with the model's logit symmetrisation) in
+    eval mode, trajectories ``[B, n, T, d]`` -> edge logits ``[B, E]``, in fewer graph nodes.
+
+    Every BatchNorm, ``y = u·s + t`` in eval mode, is folded into the linear layers that read
+    ``y``: ``W y + b = (W diag s) u + (W t + b)``. Through the edge -> vertex mean (a vertex
+    sums n - 1 incoming edges and divides by n) the shift becomes ``t (n - 1) / n``. The
+    layers run on 2-D row matrices (vertex rows ``b·n + i``, edge rows ``b·E + e``), which
+    onnxruntime fuses with their bias (``Gemm``); the first layers of mlp2 and mlp4 run on
+    vertices, as in :func:`~aimle_zoo.models.nri.pair_linear`.
+    """
+
+    def __init__(self, model: NRITree) -> None:
+        super().__init__()
+        encoder = model.encoder
+        vertices, hidden = model.num_vertices, encoder.mlp1.fc2.out_features
+        self.vertices = vertices
+        self.symmetrize = model.symmetrize_logits
+        receivers, senders = edge_endpoints(vertices)  # [E] each, receiver-major
+        self.receivers = nn.Buffer(receivers, persistent=False)  # [E]
+        self.senders = nn.Buffer(senders, persistent=False)  # [E]
+        self.reverse = nn.Buffer(reverse_edge_index(vertices), persistent=False)  # [E]
+        with torch.no_grad():
+            scale1, shift1 = _folded_norm(encoder.mlp1.norm)
+            scale2, shift2 = _folded_norm(encoder.mlp2.norm)
+            scale3, shift3 = _folded_norm(encoder.mlp3.norm)
+            scale4, shift4 = _folded_norm(encoder.mlp4.norm)
+            pair2 = encoder.mlp2.fc1.weight  # [H, 2H] on [y1_sender; y1_receiver]
+            sender2, receiver2 = pair2[:, :hidden], pair2[:, hidden:]
+            mean3 = encoder.mlp3.fc1.weight  # [H, H] on the mean of incoming y2
+            pair4 = encoder.mlp4.fc1.weight  # [H, 3H] on [y3_sender; y3_receiver; y2_edge]
+            sender4, receiver4 = pair4[:, :hidden], pair4[:, hidden : 2 * hidden]
+            skip4 = pair4[:, 2 * hidden :]
+            out = encoder.out.weight  # [1, H] on y4
+            self.w1a = _constant(encoder.mlp1.fc1.weight)
+            self.b1a = _constant(encoder.mlp1.fc1.bias)
+            self.w1b = _constant(encoder.mlp1.fc2.weight)
+            self.b1b = _constant(encoder.mlp1.fc2.bias)
+            self.w2_sender = _constant(sender2 * scale1)
+            self.w2_receiver = _constant(receiver2 * scale1)
+            self.b2a = _constant(encoder.mlp2.fc1.bias + (sender2 + receiver2) @ shift1)
+            self.w2b = _constant(encoder.mlp2.fc2.weight)
+            self.b2b = _constant(encoder.mlp2.fc2.bias)
+            self.w3a = _constant(mean3 * scale2)
+            self.b3a = _constant(
+                encoder.mlp3.fc1.bias + mean3 @ shift2 * ((vertices - 1) / vertices)
+            )
+            self.w3b = _constant(encoder.mlp3.fc2.weight)
+            self.b3b = _constant(encoder.mlp3.fc2.bias)
+            self.w4_sender = _constant(sender4 * scale3)
+            self.w4_receiver = _constant(receiver4 * scale3)
+            self.w4_skip = _constant(skip4 * scale2)
+            self.b4a = _constant(
+                encoder.mlp4.fc1.bias + (sender4 + receiver4) @ shift3 + skip4 @ shift2
+            )
+            self.w4b = _constant(encoder.mlp4.fc2.weight)
+            self.b4b = _constant(encoder.mlp4.fc2.bias)
+            self.w_out = _constant(out * scale4)
+            self.b_out = _constant(encoder.out.bias + out @ shift4)
+
+    def forward(self, trajectories: Tensor) -> Tensor:
+        batch, n = trajectories.shape[0], self.vertices
+        rows = trajectories.reshape(batch * n, -1)  # [B·n, T·d]
+        offsets = torch.arange(batch, device=rows.device).unsqueeze(1) * n  # [B, 1]
+        sender_rows = (offsets + self.senders).flatten()  # [B·E]
+        receiver_rows = (offsets + self.receivers).flatten()  # [B·E]
+        x = F.elu(F.linear(F.elu(F.linear(rows, self.w1a, self.b1a)), self.w1b, self.b1b))
+        pre = F.linear(x, self.w2_sender).index_select(0, sender_rows) + F.linear(
+            x, self.w2_receiver, self.b2a
+        ).index_select(0, receiver_rows)  # [B·E, H]
+        skip = F.elu(F.linear(F.elu(pre), self.w2b, self.b2b))  # [B·E, H] (mlp2 before its norm)
+        incoming = skip.view(batch * n, n - 1, -1).sum(dim=1) / n  # [B·n, H]
+        x = F.elu(F.linear(F.elu(F.linear(incoming, self.w3a, self.b3a)), self.w3b, self.b3b))
+        pre = (
+            F.linear(x, self.w4_sender).index_select(0, sender_rows)
+            + F.linear(x, self.w4_receiver, self.b4a).index_select(0, receiver_rows)
+            + F.linear(skip, self.w4_skip)
+        )  # [B·E, H]
+        x = F.elu(F.linear(F.elu(pre), self.w4b, self.b4b))  # [B·E, H]
+        logits = F.linear(x, self.w_out, self.b_out).view(batch, -1)  # [B, E]
+        if self.symmetrize:
+            logits = (logits + logits.index_select(1, self.reverse)) / 2
+        return logits
+
+
 class _MapSpanningTree(nn.Module):
     """The MAP tree of ``mst_edges`` on NRI edge logits ``[B, E] -> [B, E]``, in fewer graph
     nodes than the solver's own code (no scatters, no shape-dependent expands per step).
@@ -329,14 +432,15 @@ class _NRIPath(nn.Module):
     The decoder step of :class:`~aimle_zoo.models.nri.MLPDecoder` with edge weights
     ``(1 - z, z)``: every edge sends exactly one message, of type 1 on the 2(n-1) tree edges
     and of type 0 on the others, so the edges are split by ``topk`` of z instead of computing
-    both message types on every edge. The MAP tree of the built-in ``mst_edges`` latent comes
-    from :class:`_MapSpanningTree` (the same tree in fewer graph nodes); the linear layers run
-    on 2-D row matrices (onnxruntime ``Gemm`` with bias and ReLU fused).
+    both message types on every edge. The encoder is :class:`_NRIEncoderPath` (BatchNorms
+    folded away) and the MAP tree of the built-in ``mst_edges`` latent comes from
+    :class:`_MapSpanningTree` (the same tree in fewer graph nodes); the linear layers run on
+    2-D row matrices (onnxruntime ``Gemm`` with bias and ReLU fused).
     """
 
     def __init__(self, model: NRITree) -> None:
         super().__init__()
-        self.model = model
+        self.encoder = _NRIEncoderPath(model)
         self.dims = model.dims
         self.vertices = model.num_vertices
         self.tree_edges = 2 * (model.num_vertices - 1)
@@ -355,7 +459,7 @@ class _NRIPath(nn.Module):
             self.latent = _MapSpanningTree(model.num_vertices)
 
     def forward(self, trajectories: Tensor) -> tuple[Tensor, Tensor]:
-        tree = self.latent(self.model.edge_logits(trajectories))  # [B, E]
+        tree = self.latent(self.encoder(trajectories))  # [B, E]
         states = trajectories[:, :, :-1]  # [B, n, T-1, d]
         by_vertex = states.flatten(0, 1)  # [B·n, T-1, d]
         tree_edges = torch.topk(tree, self.tree_edges, dim=1).indices  # [B, 2(n-1)]

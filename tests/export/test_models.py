@@ -204,3 +204,31 @@ def test_export_spanning_tree_path_equals_the_solver_under_ties(vertices: int) -
     logits = torch.randint(-2, 3, (64, vertices * (vertices - 1)), generator=generator).float()
     expected = get_solver("mst_edges")(logits)
     assert torch.equal(_MapSpanningTree(vertices)(logits), expected)
+
+
+def test_nri_export_encoder_folds_trained_batch_norms() -> None:
+    """The export path's encoder, with every BatchNorm folded into the next linear layers,
+    gives the model's own logits once the norms hold non-trivial running statistics and
+    affine parameters (a fresh model's norms are close to the identity and would hide a
+    wrongly folded shift or scale)."""
+    from aimle_zoo.export._paths import _NRIEncoderPath
+
+    torch.manual_seed(3)
+    model = build_tiny("nri_tree")
+    norms = [
+        module for module in model.encoder.modules() if isinstance(module, torch.nn.BatchNorm1d)
+    ]
+    assert len(norms) == 4
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+        model.train()
+        for _ in range(3):  # running statistics of shifted, scaled inputs
+            model.edge_logits(3.0 * torch.randn(8, *model.example_inputs(1)[0].shape[1:]) + 1.0)
+        model.eval()
+        assert all(norm.running_mean.abs().max() > 0.05 for norm in norms)
+        (inputs,) = model.example_inputs(6)
+        expected = model.edge_logits(inputs)
+        folded = _NRIEncoderPath(model)(inputs)
+    torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)

@@ -10,17 +10,28 @@ onnxruntime is timed on ``InferenceSession.run`` (the runner's input checks add 
 microseconds per call). ``ORT up to θ`` times the split export (the network before the solver);
 for a model whose solver is its last step (the grid model), eager / that time is the largest
 speed-up onnxruntime could reach with a free solver.
+
+The arithmetic floor bounds every speed-up: the matrix-product and convolution FLOPs of the
+path (``torch.utils.flop_counter``), divided by the best single-thread float32 rate measured
+in the same run (onnxruntime ``MatMul`` on square matrices). No float32 runtime doing that
+arithmetic can beat the floor on this core, so "eager / floor" is the largest speed-up over
+eager that any exporter could give.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import onnx
 import torch
 from _timing import best_time, print_table
-from onnxruntime import InferenceSession
+from onnx import TensorProto, helper
+from onnxruntime import InferenceSession, SessionOptions
+from torch.utils.flop_counter import FlopCounterMode
 
 from aimle_zoo.export import (
     InferencePath,
@@ -34,9 +45,45 @@ from aimle_zoo.export._paths import as_tuple
 from aimle_zoo.models import ZooModel, create_model, list_models
 
 BATCH_SIZES = (1, 64)
+PEAK_SIZES = (256, 512)
 
 
-def bench_model(name: str, folder: Path, repeats: int) -> tuple[list[object], list[list[object]]]:
+def peak_flops(repeats: int) -> float:
+    """The best float32 FLOP/s of one onnxruntime thread on ``n×n @ n×n`` products."""
+    rates = []
+    for size in PEAK_SIZES:
+        spec = [TensorProto.FLOAT, [size, size]]
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["a", "b"], ["c"])],
+            "peak",
+            [helper.make_tensor_value_info("a", *spec), helper.make_tensor_value_info("b", *spec)],
+            [helper.make_tensor_value_info("c", *spec)],
+        )
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        onnx.checker.check_model(proto)
+        options = SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        session = InferenceSession(
+            proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        matrix = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+        product = functools.partial(session.run, None, {"a": matrix, "b": matrix})
+        seconds = best_time(product, repeats=repeats)
+        rates.append(2 * size**3 / seconds)
+    return max(rates)
+
+
+def path_flops(path: InferencePath, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Matrix-product and convolution FLOPs of one call of the path (multiply-add = 2)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        path.module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def bench_model(
+    name: str, folder: Path, repeats: int, peak: float
+) -> tuple[list[object], list[list[object]]]:
     """One export row and one latency row per batch size for model ``name``."""
     torch.manual_seed(0)
     model = create_model(name).eval()
@@ -58,7 +105,7 @@ def bench_model(name: str, folder: Path, repeats: int) -> tuple[list[object], li
         scripted.size_bytes / 1e6,
     ]
     rows = [
-        _latency_row(name, batch, model, path, loaded, (session, theta_session), repeats)
+        _latency_row(name, batch, model, path, loaded, (session, theta_session), repeats, peak)
         for batch in BATCH_SIZES
     ]
     return export_row, rows
@@ -72,9 +119,11 @@ def _latency_row(
     loaded: torch.jit.ScriptModule,
     sessions: tuple[InferenceSession, InferenceSession],
     repeats: int,
+    peak: float,
 ) -> list[object]:
-    """Eager, TorchScript and onnxruntime milliseconds per call at one batch size, and
-    onnxruntime up to θ (the split export: the network before the solver)."""
+    """Eager, TorchScript and onnxruntime milliseconds per call at one batch size,
+    onnxruntime up to θ (the split export: the network before the solver), and the
+    arithmetic floor at ``peak`` FLOP/s with the speed-up over eager it allows."""
     inputs = tuple(model.example_inputs(batch))
     feed = {spec.name: value.numpy() for spec, value in zip(path.inputs, inputs, strict=True)}
     session, theta_session = sessions
@@ -87,7 +136,18 @@ def _latency_row(
             timings[3].append(best_time(lambda: theta_session.run(None, feed), repeats=1))
     eager_s, script_s, ort_s, theta_s = (min(rounds) for rounds in timings)
     speed_ups = [f"{eager_s / script_s:.2f}x", f"{eager_s / ort_s:.2f}x"]
-    return [name, batch, eager_s * 1e3, script_s * 1e3, ort_s * 1e3, *speed_ups, theta_s * 1e3]
+    floor_s = path_flops(path, inputs) / peak
+    bound = [floor_s * 1e3, f"{eager_s / floor_s:.2f}x"]
+    return [
+        name,
+        batch,
+        eager_s * 1e3,
+        script_s * 1e3,
+        ort_s * 1e3,
+        *speed_ups,
+        theta_s * 1e3,
+        *bound,
+    ]
 
 
 def main() -> None:
@@ -96,13 +156,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list_models(), help="models to run")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
+    peak = peak_flops(repeats)
     export_rows, latency_rows = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
-            export_row, rows = bench_model(name, Path(folder), repeats)
+            export_row, rows = bench_model(name, Path(folder), repeats, peak)
             export_rows.append(export_row)
             latency_rows.extend(rows)
-    print("Latency (ms per call, 1 thread; speed-up over eager PyTorch in the same run)\n")
+    print("Latency (ms per call, 1 thread; speed-up over eager PyTorch in the same run)")
+    print(f"Arithmetic floor at {peak / 1e9:.0f} GFLOP/s, the best measured float32 rate\n")
     header = [
         "model",
         "batch",
@@ -112,6 +174,8 @@ def main() -> None:
         "TS speed-up",
         "ORT speed-up",
         "ORT up to θ",
+        "floor",
+        "eager / floor",
     ]
     print_table(header, latency_rows)
     print("\nExport (seconds, including the check against eager PyTorch) and file size (MB)\n")

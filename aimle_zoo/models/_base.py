@@ -401,7 +401,8 @@ class ZooModel(
         Raises:
             CheckpointNotFoundError: the folder has no ``model.safetensors``.
             CheckpointConfigError: the constructor rejects the config values.
-            CheckpointCorruptError: ``model.safetensors`` is truncated or not safetensors.
+            CheckpointCorruptError: ``model.safetensors`` is truncated or not safetensors, or
+                holds NaN or infinite weights (a diverged run).
             CheckpointMismatchError: the checkpoint has missing or unexpected tensors, or
                 tensors of the wrong shape or dtype (``strict=False`` tolerates
                 missing/unexpected ones). A checkpoint whose floating-point tensors all have
@@ -451,6 +452,7 @@ class ZooModel(
                 "Re-save the model with save_pretrained, or pass strict=False to load the "
                 "matching tensors only"
             )
+        _check_finite(model, where)
         model.eval()
         return model
 
@@ -786,6 +788,22 @@ def _match_stored_dtypes(model: M, model_file: str, where: str) -> M:
             f"{shown}{', ...' if len(wrong) > 5 else ''}. Re-save the model with save_pretrained"
         )
     return model
+
+
+def _check_finite(model: nn.Module, where: str) -> None:
+    """Raise :class:`CheckpointCorruptError` naming the tensors that hold NaN or ±inf."""
+    bad = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointCorruptError(
+            f"{where} holds NaN or infinite values in {shown}: it was saved from a run that "
+            "diverged, or the file was altered. Load an earlier checkpoint or retrain (to "
+            "inspect the values, read the file with safetensors.torch.load_file)"
+        )
 
 
 #: safetensors dtype codes -> torch dtypes.

@@ -386,3 +386,19 @@ def test_a_checkpoint_from_before_an_estimator_key_loads_as_that_version_behaved
     loaded = aimle_zoo.from_pretrained(tmp_path / "grid")
     assert loaded.latent_layer.estimator.minimizer_noise == "add"
     assert_same_model(loaded, model)
+
+
+def test_non_finite_weights_are_refused_by_name(saved: tuple[Path, ZooModel]) -> None:
+    """A checkpoint of a diverged run (NaN or inf weights) does not load as a model that
+    silently outputs NaN: the error names the tensors."""
+    folder, _ = saved
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    floating = sorted(name for name, value in tensors.items() if value.is_floating_point())
+    nan_name, inf_name = floating[0], floating[-1]
+    tensors[nan_name].view(-1)[0] = float("nan")
+    tensors[inf_name].view(-1)[-1] = float("-inf")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(CheckpointCorruptError, match="NaN or infinite values") as caught:
+        aimle_zoo.from_pretrained(folder)
+    assert nan_name in str(caught.value) and inf_name in str(caught.value)

@@ -545,12 +545,22 @@ def train(
         return _train(model, train_set, valid_set, Path(out_dir), config, resume, overwrite)
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Training was stopped by a signal (``signum``: SIGTERM or SIGINT); ``last/`` holds the
+    last complete save, from which ``resume=True`` continues."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class _StopSignals:
     """SIGTERM (a scheduler's or ``timeout``'s stop) and SIGINT (Ctrl-C) raise
-    ``KeyboardInterrupt`` during training, but never inside a checkpoint or log write of the
-    main thread: a signal that arrives there is held and raised as soon as the write is
-    complete, so a stop never leaves a half-written folder or a torn log line behind. A write
-    that fails keeps its own error, and the held stop is raised at the next write's end."""
+    :class:`TrainingStopped` (a ``KeyboardInterrupt``) during training, but never inside a
+    checkpoint or log write of the main thread: a signal that arrives there is held and raised
+    as soon as the write is complete, so a stop never leaves a half-written folder or a torn
+    log line behind. A write that fails keeps its own error, and the held stop is raised at
+    the next write's end."""
 
     def __init__(self) -> None:
         self.writing = 0  # depth of nested writes in progress on the main thread
@@ -560,7 +570,7 @@ class _StopSignals:
         if self.writing:
             self.held = signum
             return
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
+        raise TrainingStopped(signum, f"stopped by signal {signum}")
 
     @contextmanager
     def writes(self) -> Iterator[None]:
@@ -575,7 +585,7 @@ class _StopSignals:
             self.writing -= 1
         if not self.writing and self.held is not None:  # the block succeeded
             signum, self.held = self.held, None
-            raise KeyboardInterrupt(f"stopped by signal {signum} (after finishing a save)")
+            raise TrainingStopped(signum, f"stopped by signal {signum} (after finishing a save)")
 
     @contextmanager
     def installed(self) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ from ..recipes import (
     list_recipes,
     run_training,
 )
-from ..training import is_main_process
+from ..training import TrainingStopped, is_main_process
 
 DataDirOpt = Annotated[
     Path | None,
@@ -87,22 +88,32 @@ def train_command(
 ) -> None:
     """Train a model; logs metrics.jsonl and keeps best/ and last/ checkpoints in --out."""
     run_dir = out or Path("runs") / f"{name}-{estimator or 'aimle'}"
-    result = run_training(
-        name,
-        run_dir,
-        estimator=estimator,
-        data_options=_data_options(data_dir, cache_dir, smoke, progress),
-        resume=resume,
-        overwrite=overwrite,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        max_steps_per_epoch=max_steps,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-    )
+    try:
+        result = run_training(
+            name,
+            run_dir,
+            estimator=estimator,
+            data_options=_data_options(data_dir, cache_dir, smoke, progress),
+            resume=resume,
+            overwrite=overwrite,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            max_steps_per_epoch=max_steps,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+        )
+    except TrainingStopped as stop:  # exit as the signal's default action would (128 + n)
+        last = run_dir / "last"
+        saved = (
+            f"{last} holds the last complete save; add --resume to the same command to continue"
+            if last.is_dir()
+            else "nothing was saved yet"
+        )
+        typer.echo(f"stopped by {signal.Signals(stop.signum).name}: {saved}", err=True)
+        raise typer.Exit(code=128 + stop.signum) from None
     if is_main_process():  # under torchrun, rank 0 speaks for all
         typer.echo(f"best epoch {result.best_epoch}: {json.dumps(result.best_metrics)}")
         typer.echo(f"checkpoint: {result.best_dir}")

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +349,29 @@ def test_check_gradient_reports_the_cosine_on_the_solvers_example() -> None:
     assert "topk with aimle: cosine to the exact gradient" in output
     assert f"({math.comb(10, 4)} solutions)" in output  # every 4-subset of the 10 scores
     assert "too many solutions" in fails("check-gradient", "grid_shortest_path", "--seeds", "4")
+
+
+def test_sigterm_stops_the_train_command_with_status_143_and_says_how_to_resume(
+    tmp_path: Path,
+) -> None:
+    """A scheduler's SIGTERM ends ``aimle-zoo train`` as SIGTERM's default action would
+    (128 + 15), with a line naming the complete save to resume from, not a traceback."""
+    out = tmp_path / "run"
+    launch = "import sys; from aimle_zoo.cli import app; sys.argv[0] = 'aimle-zoo'; app()"
+    command = [sys.executable, "-c", launch, "train", "l2x-xor", "--smoke", "--epochs", "100000"]
+    command += ["--checkpoint-every", "1", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", CACHE_ENV: str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True
+    )
+    log = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not log.exists() or len(log.read_text().splitlines()) < 2
+    ):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert f"stopped by SIGTERM: {out / 'last'} holds the last complete save" in stderr
+    assert "--resume" in stderr and "Traceback" not in stderr

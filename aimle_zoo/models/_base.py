@@ -407,7 +407,8 @@ class ZooModel(
                 tensors of the wrong shape or dtype (``strict=False`` tolerates
                 missing/unexpected ones). A checkpoint whose floating-point tensors all have
                 another floating dtype (a float64 model) loads into a model of that dtype.
-            ValueError: ``map_location`` is not a device, or one this machine lacks.
+            ValueError: ``map_location`` is not a device, is one this machine lacks, or is
+                ``"meta"`` (which holds no values).
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_model
@@ -422,6 +423,11 @@ class ZooModel(
             device = resolve_device(map_location)
         except ValueError as err:
             raise ValueError(f"map_location={map_location!r}: {err}") from err
+        if device.type == "meta":
+            raise ValueError(
+                f"map_location={map_location!r} would load no weights: load on the cpu, or "
+                "build the model class under `with torch.device('meta'):` for its shapes alone"
+            )
         try:
             model = cls(**model_kwargs)
         except (TypeError, ValueError, LookupError) as err:

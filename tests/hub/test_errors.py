@@ -285,6 +285,8 @@ def test_map_location_takes_devices_and_refuses_missing_ones(
         assert_same_model(aimle_zoo.from_pretrained(folder, map_location=device), model)
     with pytest.raises(ValueError, match="map_location='gpu': unknown device 'gpu'"):
         aimle_zoo.from_pretrained(folder, map_location="gpu")
+    with pytest.raises(ValueError, match="map_location='meta' would load no weights"):
+        aimle_zoo.from_pretrained(folder, map_location="meta")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"map_location='cuda'.* 0 CUDA device\(s\)"):
             aimle_zoo.from_pretrained(folder, map_location="cuda")

@@ -553,6 +553,9 @@ class TrainingStopped(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self) -> tuple[type[TrainingStopped], tuple[int, str]]:
+        return type(self), (self.signum, str(self))
+
 
 class _StopSignals:
     """SIGTERM (a scheduler's or ``timeout``'s stop) and SIGINT (Ctrl-C) raise

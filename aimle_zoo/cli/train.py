@@ -107,8 +107,9 @@ def train_command(
         )
     except TrainingStopped as stop:  # exit as the signal's default action would (128 + n)
         last = run_dir / "last"
+        how = "replace --overwrite by --resume" if overwrite else "add --resume"
         saved = (
-            f"{last} holds the last complete save; add --resume to the same command to continue"
+            f"{last} holds the last complete save; {how} in the same command to continue"
             if last.is_dir()
             else "nothing was saved yet"
         )

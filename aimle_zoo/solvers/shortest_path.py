@@ -132,7 +132,7 @@ def _grid_distances(cost: Tensor, neighbourhood: int) -> tuple[Tensor, Tensor, i
     pad = (0, 0, 1, 1, 1, 1)
     dist = dist.view(-1, height, width).permute(1, 2, 0).to(cost.dtype)
     settle = settle.view(-1, height, width).permute(1, 2, 0).to(cost.dtype)
-    rounds = int(settle.max().to(torch.long))
+    rounds = int(torch.cat([settle.flatten(), settle.new_zeros(1)]).max().to(torch.long))  # B=0: 0
     return F.pad(dist, pad, value=inf), F.pad(settle, pad, value=0.0), rounds
 
 

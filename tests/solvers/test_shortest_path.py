@@ -649,7 +649,7 @@ def script_round_trip(module: torch.nn.Module) -> torch.jit.ScriptModule:
 def test_grid_torchscript_round_trip_on_new_shapes(neighbourhood: int) -> None:
     eager = GridShortestPath(neighbourhood)
     scripted = script_round_trip(eager)
-    for batch, height, width in [(4, 12, 12), (3, 7, 9), (2, 30, 30), (1, 1, 5)]:
+    for batch, height, width in [(4, 12, 12), (3, 7, 9), (2, 30, 30), (1, 1, 5), (0, 5, 5)]:
         theta = random_grids(batch, height, width, seed=height * width)
         assert torch.equal(scripted(theta), eager(theta))
 

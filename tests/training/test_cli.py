@@ -374,4 +374,4 @@ def test_sigterm_stops_the_train_command_with_status_143_and_says_how_to_resume(
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert f"stopped by SIGTERM: {out / 'last'} holds the last complete save" in stderr
-    assert "--resume" in stderr and "Traceback" not in stderr
+    assert "add --resume in the same command" in stderr and "Traceback" not in stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from aimle_zoo.training import _STOP_SIGNALS, TrainConfig, save_checkpoint, train
+from aimle_zoo.training import _STOP_SIGNALS, TrainConfig, TrainingStopped, save_checkpoint, train
 
 from ..models._helpers import make_batch, tiny_model
 from ._helpers import PowerCut
@@ -301,3 +302,10 @@ def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_staging_folder(tmp_pat
     state = json.loads((tmp_path / "last" / "trainer_state.json").read_text())
     assert state["epoch"] >= 1  # a step of epoch 1 or later was saved whole
     assert load_file(str(tmp_path / "last" / "model.safetensors"))
+
+
+def test_training_stopped_survives_pickling_with_its_signal() -> None:
+    """A stop raised in a worker process reaches the parent with its signal number."""
+    stop = pickle.loads(pickle.dumps(TrainingStopped(signal.SIGTERM, "stopped by signal 15")))
+    assert isinstance(stop, KeyboardInterrupt)
+    assert stop.signum == signal.SIGTERM and str(stop) == "stopped by signal 15"

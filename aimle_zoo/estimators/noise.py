@@ -182,8 +182,8 @@ class SumOfGamma(Noise):
       float32, 37.5 in float64). The approximations are that interpolation error, the
       uniform's resolution and the rounding of the lookup in θ's dtype (in float32 up to 1e-5
       standard deviations in the far tails, a few units in the last place of the value; 2e-7
-      at the median). One uniform draw and a table lookup per entry: about 4× faster than
-      ``"mixture"``.
+      at the median). One uniform draw and a table lookup per entry: 3.5–3.7× faster than
+      ``"mixture"`` (400,000 draws of SoG(10, 10) on one CPU thread).
     * ``"mixture"``: draws K from an alias table, then Gamma(s·α + K, rate s) with Marsaglia and
       Tsang's rejection sampler (Gamma(a) = Gamma(a + 1)·U^{1/a} for a < 1). About three
       uniform or normal draws per entry; exact up to the 1e-20 tail cut and rounding (K's alias

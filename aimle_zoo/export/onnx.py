@@ -128,9 +128,19 @@ def to_onnx(
         return ExportResult(
             target, "onnx", candidate, time.perf_counter() - started, len(data), metadata
         )
+    hint = ""
+    if any("NOT_IMPLEMENTED" in failure for failure in failures) and any(
+        spec.dtype == "float64" for spec in (*route.inputs, *route.outputs)
+    ):
+        hint = (
+            "\nonnxruntime has no float64 kernel for an operation of this model (on CPU: "
+            "Conv); export a float32 copy (`model.float()`), or use to_torchscript, which "
+            "keeps float64"
+        )
     raise ExportError(
         f"could not export {route.name} to ONNX; nothing was written. Tried:\n  "
         + "\n  ".join(failures)
+        + hint
     ) from last_error
 
 

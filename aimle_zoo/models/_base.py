@@ -197,8 +197,15 @@ class ZooModel(
         raise NotImplementedError  # pragma: no cover - abstract
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:
-        """A deterministic tuple of valid inputs for ``forward``."""
+        """A deterministic tuple of valid inputs for ``forward``, on the model's device (and,
+        if floating, in its parameters' dtype)."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def _as_input(self, value: Tensor) -> Tensor:
+        """``value`` on the model's device; a floating ``value`` in the parameters' dtype."""
+        parameter = next(self.parameters())
+        dtype = parameter.dtype if value.is_floating_point() else value.dtype
+        return value.to(device=parameter.device, dtype=dtype)
 
     # ------------------------------------------------------------------------- latent layer
 

@@ -209,7 +209,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:
         """Uniform random intensities ``[batch_size, input_dim]`` in [0, 1]."""
         images = torch.rand(batch_size, self.input_dim, generator=example_generator())
-        return (images.to(next(self.parameters()).device),)
+        return (self._as_input(images),)
 
 
 def _default_dvae_estimator(k: int) -> Estimator:

@@ -205,7 +205,7 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
         """Uniform random map images ``[batch_size, 3, 8·H, 8·W]`` (8-pixel tiles)."""
         side = 8 * self.grid_size
         maps = torch.rand(batch_size, self.in_channels, side, side, generator=example_generator())
-        return (maps.to(next(self.parameters()).device),)
+        return (self._as_input(maps),)
 
 
 def _default_grid_estimator(grid_size: int) -> Estimator:

@@ -312,7 +312,7 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
         generator = example_generator()
         vocab = self.embedding.shape[0]
         ids = torch.randint(0, vocab, (batch_size, self.max_length), generator=generator)
-        return (ids.to(self.embedding.device),)
+        return (self._as_input(ids),)
 
 
 @register_model("l2x_tabular")
@@ -441,7 +441,7 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:
         """Standard-normal features ``[batch_size, d]``."""
         x = torch.randn(batch_size, self.input_dim, generator=example_generator())
-        return (x.to(next(self.parameters()).device),)
+        return (self._as_input(x),)
 
 
 def median_rank(scores: Tensor, relevant: Tensor) -> Tensor:
@@ -657,4 +657,4 @@ class L2XImage(ZooModel, tags=["l2x", "image-classification", "mnist"]):
         """Uniform random images ``[batch_size, 1, S, S]`` in [0, 1]."""
         size = self.image_size
         images = torch.rand(batch_size, 1, size, size, generator=example_generator())
-        return (images.to(next(self.parameters()).device),)
+        return (self._as_input(images),)

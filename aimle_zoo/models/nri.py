@@ -537,7 +537,7 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
         """Uniform random trajectories ``[batch_size, n, T, d]`` in [−1, 1]."""
         shape = (batch_size, self.num_vertices, self.timesteps, self.dims)
         trajectories = torch.rand(shape, generator=example_generator()) * 2 - 1
-        return (trajectories.to(self.reverse_edges.device),)
+        return (self._as_input(trajectories),)
 
 
 def _default_nri_estimator(num_vertices: int) -> Estimator:

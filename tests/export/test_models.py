@@ -12,11 +12,13 @@ import torch
 
 import aimle_zoo
 from aimle_zoo.export import (
+    ExportError,
     SplitPipeline,
     inference_path,
     load_exported,
     read_metadata,
     to_onnx,
+    to_torchscript,
     verify,
 )
 from aimle_zoo.export.choice import MODEL_EXPORTERS, choose_exporter
@@ -232,3 +234,28 @@ def test_nri_export_encoder_folds_trained_batch_norms() -> None:
         expected = model.edge_logits(inputs)
         folded = _NRIEncoderPath(model)(inputs)
     torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript and its exporter
+@pytest.mark.parametrize("name", MODELS)
+def test_a_float64_model_exports_without_example_inputs(name: str, tmp_path: Path) -> None:
+    """A model converted with ``.double()`` gets float64 example inputs, so it exports with
+    no inputs given. TorchScript keeps float64 for every model; onnxruntime has no float64
+    ``Conv`` on CPU, so the convolutional models say so instead of failing obscurely."""
+    model = build_tiny(name).double().eval()
+    (inputs,) = model.example_inputs(3)
+    assert inputs.dtype == (torch.int64 if name == "l2x_text" else torch.float64)
+    with torch.no_grad():
+        model(inputs)  # the model takes its own examples
+    scripted = to_torchscript(model, tmp_path / f"{name}.pt")
+    assert verify(model, scripted.path).passed
+    convolutional = any(isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d) for m in model.modules())
+    if convolutional:
+        with pytest.raises(ExportError, match="no float64 kernel") as caught:
+            to_onnx(model, tmp_path / f"{name}.onnx")
+        assert "model.float()" in str(caught.value)
+        assert not (tmp_path / f"{name}.onnx").exists()
+    else:
+        exported = to_onnx(model, tmp_path / f"{name}.onnx")
+        assert verify(model, exported.path).passed
+        assert read_metadata(exported.path)["inputs"][0]["dtype"] == str(inputs.dtype)[6:]

@@ -43,7 +43,7 @@ from ..models import (
     NRITree,
     ZooModel,
 )
-from ..models.nri import edge_endpoints, reverse_edge_index
+from ..models.nri import MLPEncoder, edge_endpoints, reverse_edge_index
 from ..solvers import (
     GraphShortestPath,
     GridShortestPath,
@@ -288,6 +288,17 @@ def _constant(value: Tensor) -> nn.Buffer:
     return nn.Buffer(value.detach().clone(), persistent=False)
 
 
+class _EdgeLogits(nn.Module):
+    """``model.edge_logits`` as it is: trajectories ``[B, n, T, d]`` -> logits ``[B, E]``."""
+
+    def __init__(self, model: NRITree) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, trajectories: Tensor) -> Tensor:
+        return self.model.edge_logits(trajectories)
+
+
 class _NRIEncoderPath(nn.Module):
     """:class:`~aimle_zoo.models.nri.MLPEncoder` (with the model's logit symmetrisation) in
     eval mode, trajectories ``[B, n, T, d]`` -> edge logits ``[B, E]``, in fewer graph nodes.
@@ -432,15 +443,18 @@ class _NRIPath(nn.Module):
     The decoder step of :class:`~aimle_zoo.models.nri.MLPDecoder` with edge weights
     ``(1 - z, z)``: every edge sends exactly one message, of type 1 on the 2(n-1) tree edges
     and of type 0 on the others, so the edges are split by ``topk`` of z instead of computing
-    both message types on every edge. The encoder is :class:`_NRIEncoderPath` (BatchNorms
-    folded away) and the MAP tree of the built-in ``mst_edges`` latent comes from
+    both message types on every edge. The built-in encoder runs as :class:`_NRIEncoderPath`
+    (BatchNorms folded away; a subclass's own encoder or ``edge_logits`` runs as it is), and
+    the MAP tree of the built-in ``mst_edges`` latent comes from
     :class:`_MapSpanningTree` (the same tree in fewer graph nodes); the linear layers run on
     2-D row matrices (onnxruntime ``Gemm`` with bias and ReLU fused).
     """
 
     def __init__(self, model: NRITree) -> None:
         super().__init__()
-        self.encoder = _NRIEncoderPath(model)
+        self.encoder: nn.Module = _EdgeLogits(model)  # a subclass's own encoder or logits
+        if type(model.encoder) is MLPEncoder and type(model).edge_logits is NRITree.edge_logits:
+            self.encoder = _NRIEncoderPath(model)
         self.dims = model.dims
         self.vertices = model.num_vertices
         self.tree_edges = 2 * (model.num_vertices - 1)

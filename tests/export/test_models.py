@@ -259,3 +259,26 @@ def test_a_float64_model_exports_without_example_inputs(name: str, tmp_path: Pat
         exported = to_onnx(model, tmp_path / f"{name}.onnx")
         assert verify(model, exported.path).passed
         assert read_metadata(exported.path)["inputs"][0]["dtype"] == str(inputs.dtype)[6:]
+
+
+def test_nri_export_path_runs_a_subclass_encoder_as_it_is() -> None:
+    """The folded encoder stands in only for the built-in one: a subclass that changes the
+    logits (or its encoder) is exported with its own computation."""
+    from aimle_zoo.models import NRITree
+
+    class NegatedLogits(NRITree):
+        def edge_logits(self, trajectories: torch.Tensor) -> torch.Tensor:
+            return -super().edge_logits(trajectories)
+
+    torch.manual_seed(4)
+    plain = build_tiny("nri_tree")
+    negated = NegatedLogits(**plain._hub_mixin_config).eval()
+    negated.load_state_dict(plain.state_dict())
+    (inputs,) = negated.example_inputs(4)
+    with torch.no_grad():
+        tree, prediction = inference_path(negated).module(inputs)
+        expected_tree = negated(inputs)
+        expected_prediction = negated.reconstruct(inputs, expected_tree, 1)
+        assert not torch.equal(expected_tree, plain(inputs))  # the subclass changes the tree
+    assert torch.equal(tree, expected_tree)
+    torch.testing.assert_close(prediction, expected_prediction, rtol=1e-4, atol=1e-5)

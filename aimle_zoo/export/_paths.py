@@ -43,7 +43,7 @@ from ..models import (
     NRITree,
     ZooModel,
 )
-from ..models.nri import MLPEncoder, edge_endpoints, reverse_edge_index
+from ..models.nri import MLPDecoder, MLPEncoder, edge_endpoints, reverse_edge_index
 from ..solvers import (
     GraphShortestPath,
     GridShortestPath,
@@ -452,6 +452,15 @@ class _NRIPath(nn.Module):
 
     def __init__(self, model: NRITree) -> None:
         super().__init__()
+        if (
+            type(model.decoder) is not MLPDecoder
+            or type(model).reconstruct is not NRITree.reconstruct
+        ):
+            raise ExportError(
+                f"{type(model).__name__} replaces the NRI decoder (or reconstruct), which the "
+                "export path computes itself from MLPDecoder's layers; export the network up "
+                "to the edge logits with split=True (`--split`), or export your own module"
+            )
         self.encoder: nn.Module = _EdgeLogits(model)  # a subclass's own encoder or logits
         if type(model.encoder) is MLPEncoder and type(model).edge_logits is NRITree.edge_logits:
             self.encoder = _NRIEncoderPath(model)

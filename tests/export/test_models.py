@@ -282,3 +282,23 @@ def test_nri_export_path_runs_a_subclass_encoder_as_it_is() -> None:
         assert not torch.equal(expected_tree, plain(inputs))  # the subclass changes the tree
     assert torch.equal(tree, expected_tree)
     torch.testing.assert_close(prediction, expected_prediction, rtol=1e-4, atol=1e-5)
+
+
+def test_nri_with_its_own_decoder_step_is_refused_with_the_split_way_out(tmp_path: Path) -> None:
+    """The export path computes the decoder step itself, so a subclass that replaces
+    ``reconstruct`` cannot be exported end to end; the split export (up to the edge logits)
+    still works."""
+    from aimle_zoo.models import NRITree
+
+    class DampedDecoder(NRITree):
+        def reconstruct(
+            self, trajectories: torch.Tensor, tree: torch.Tensor, steps: int
+        ) -> torch.Tensor:
+            return 0.5 * super().reconstruct(trajectories, tree, steps)
+
+    model = DampedDecoder(**build_tiny("nri_tree")._hub_mixin_config).eval()
+    with pytest.raises(ExportError, match=r"replaces the NRI decoder .*split=True"):
+        to_onnx(model, tmp_path / "damped.onnx")
+    assert not (tmp_path / "damped.onnx").exists()
+    exported = to_onnx(model, tmp_path / "damped-theta.onnx", split=True)
+    assert verify(model, exported.path).passed

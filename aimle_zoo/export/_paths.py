@@ -342,7 +342,7 @@ class _NRIEncoderPath(nn.Module):
             self.b2a = _constant(encoder.mlp2.fc1.bias + (sender2 + receiver2) @ shift1)
             self.w2b = _constant(encoder.mlp2.fc2.weight)
             self.b2b = _constant(encoder.mlp2.fc2.bias)
-            self.w3a = _constant(mean3 * scale2)
+            self.w3a = _constant(mean3 * scale2 / vertices)  # the mean's 1/n folded in too
             self.b3a = _constant(
                 encoder.mlp3.fc1.bias + mean3 @ shift2 * ((vertices - 1) / vertices)
             )
@@ -370,7 +370,7 @@ class _NRIEncoderPath(nn.Module):
             x, self.w2_receiver, self.b2a
         ).index_select(0, receiver_rows)  # [B·E, H]
         skip = F.elu(F.linear(F.elu(pre), self.w2b, self.b2b))  # [B·E, H] (mlp2 before its norm)
-        incoming = skip.view(batch * n, n - 1, -1).sum(dim=1) / n  # [B·n, H]
+        incoming = skip.view(batch * n, n - 1, -1).sum(dim=1)  # [B·n, H], n × the mean
         x = F.elu(F.linear(F.elu(F.linear(incoming, self.w3a, self.b3a)), self.w3b, self.b3b))
         pre = (
             F.linear(x, self.w4_sender).index_select(0, sender_rows)

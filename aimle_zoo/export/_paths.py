@@ -317,10 +317,10 @@ class _NRIEncoderPath(nn.Module):
         vertices, hidden = model.num_vertices, encoder.mlp1.fc2.out_features
         self.vertices = vertices
         self.symmetrize = model.symmetrize_logits
-        receivers, senders = edge_endpoints(vertices)  # [E] each, receiver-major
-        self.receivers = nn.Buffer(receivers, persistent=False)  # [E]
-        self.senders = nn.Buffer(senders, persistent=False)  # [E]
-        self.reverse = nn.Buffer(reverse_edge_index(vertices), persistent=False)  # [E]
+        # the model's own edge index buffers, [E] each (receiver-major)
+        self.receivers = nn.Buffer(encoder.receiver_index, persistent=False)
+        self.senders = nn.Buffer(encoder.sender_index, persistent=False)
+        self.reverse = nn.Buffer(model.reverse_edges, persistent=False)
         with torch.no_grad():
             scale1, shift1 = _folded_norm(encoder.mlp1.norm)
             scale2, shift2 = _folded_norm(encoder.mlp2.norm)

@@ -147,10 +147,12 @@ def _destroy_process_group() -> None:
 
 
 def _resolve_device(device: str, info: _DistInfo) -> torch.device:
-    """:func:`resolve_device`, with ``"cuda"`` meaning this process's GPU under ``torchrun``."""
+    """:func:`resolve_device` with an index: ``"cuda"`` is this process's GPU under ``torchrun``
+    (its local rank), else the current CUDA device."""
     resolved = resolve_device(device)
-    if resolved.type == "cuda" and info.world_size > 1 and resolved.index is None:
-        resolved = torch.device("cuda", info.local_rank)
+    if resolved.type == "cuda" and resolved.index is None:
+        index = info.local_rank if info.world_size > 1 else torch.cuda.current_device()
+        resolved = torch.device("cuda", index)
     return resolved
 
 

@@ -18,7 +18,15 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
-from aimle_zoo.training import _STOP_SIGNALS, TrainConfig, TrainingStopped, save_checkpoint, train
+from aimle_zoo.training import (
+    _STOP_SIGNALS,
+    TrainConfig,
+    TrainingStopped,
+    _DistInfo,
+    _resolve_device,
+    save_checkpoint,
+    train,
+)
 
 from ..models._helpers import make_batch, tiny_model
 from ._helpers import PowerCut
@@ -150,6 +158,24 @@ def test_a_failed_start_never_deletes_the_run_it_would_overwrite(tmp_path: Path)
         train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(device="cuda:99"),
               overwrite=True)  # fmt: skip
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("world_size", "local_rank", "expected"), [(1, 0, "cuda:2"), (4, 1, "cuda:1")]
+)
+def test_cuda_without_an_index_names_this_process_gpu(
+    world_size: int, local_rank: int, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``torch.cuda.set_device`` needs an index: plain "cuda" becomes the current GPU, or the
+    local rank's under torchrun. (The CUDA queries are stood in for: this machine has no GPU;
+    tests/gpu trains on a real one.)"""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    info = _DistInfo(rank=local_rank, world_size=world_size, local_rank=local_rank)
+    assert _resolve_device("cuda", info) == torch.device(expected)
+    assert _resolve_device("cuda:3", info) == torch.device("cuda:3")
+    assert _resolve_device("cpu", info) == torch.device("cpu")
 
 
 def test_resume_refuses_another_task_and_fewer_epochs(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ on the exported network's output (see :class:`aimle_zoo.export.SplitPipeline`).
 
 from __future__ import annotations
 
+import copy
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -986,6 +988,9 @@ def inference_path(
         input_names, output_names, dynamic_dims: for modules other than zoo models and
             solvers (``dynamic_dims``: ``{input name: {axis: dim name}}``).
     """
+    model = on_cpu(model)
+    if example_inputs is not None:
+        example_inputs = [value.cpu() for value in example_inputs]
     if isinstance(model, DifferentiableSolver) and isinstance(model.solver, nn.Module):
         model = model.solver
     if _is_zoo_model(model):
@@ -999,8 +1004,22 @@ def inference_path(
     return _module_path(model, example_inputs, input_names, output_names, dynamic_dims)
 
 
+def on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself if its parameters and buffers are on the CPU, else a CPU copy.
+
+    Artefacts are built and checked on the CPU: an ONNX file runs on any onnxruntime provider
+    and a TorchScript file loads on any device (``torch.jit.load(path, map_location=...)``), so
+    a model trained on a GPU exports as it is, and the user's model stays where it was.
+    """
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    if all(tensor.device.type == "cpu" for tensor in tensors):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
 def path_module(model: nn.Module, split: bool = False) -> nn.Module:
     """The eager module an artefact of ``model`` holds (see :func:`inference_path`)."""
+    model = on_cpu(model)
     if isinstance(model, DifferentiableSolver) and isinstance(model.solver, nn.Module):
         model = model.solver
     if _is_zoo_model(model):

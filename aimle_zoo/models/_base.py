@@ -90,8 +90,8 @@ relatives).
 | estimator | `{{ estimator }}` |
 
 The full estimator configuration (noise, target, samples, temperatures) is the `estimator`
-entry of `config.json`; its adaptive state (λ, β) is stored with the weights in
-`model.safetensors`.
+entry of `config.json`; its adaptive state (β, the running non-zero count and the last
+update; λ is derived from them per batch) is stored with the weights in `model.safetensors`.
 
 ## Training data
 

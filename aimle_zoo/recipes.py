@@ -22,7 +22,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -182,13 +182,24 @@ class Recipe:
         return cast(DifferentiableSolver, probe.latent_layer)
 
     def build_model(
-        self, variant: str = "aimle", *, smoke: bool = False, task: TaskData | None = None
+        self,
+        variant: str = "aimle",
+        *,
+        smoke: bool = False,
+        task: TaskData | None = None,
+        estimator_config: Mapping[str, Any] | None = None,
     ) -> ZooModel:
-        """A fresh model with the estimator ``variant`` (sized and set up for ``task``)."""
+        """A fresh model with the estimator ``variant`` (sized and set up for ``task``);
+        ``estimator_config``, a full config, replaces the variant's (a resumed run's own)."""
         kwargs = {**self.model_kwargs, **(self.smoke_model_kwargs if smoke else {})}
         if task is not None:
             kwargs.update(task.model_kwargs)
-        model = create_model(self.model, **kwargs, estimator=self.estimator_config(variant))
+        config = (
+            dict(estimator_config)
+            if estimator_config is not None
+            else self.estimator_config(variant)
+        )
+        model = create_model(self.model, **kwargs, estimator=config)
         if task is not None and task.setup is not None:
             task.setup(model)
         return model
@@ -552,7 +563,10 @@ def run_training(
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     task = recipe.build_data(options)
-    model = recipe.build_model(estimator, smoke=options.smoke, task=task)
+    saved_estimator = _saved_estimator(Path(out_dir)) if resume else None
+    model = recipe.build_model(
+        estimator, smoke=options.smoke, task=task, estimator_config=saved_estimator
+    )
     result = train(
         model, task.train, task.valid, out_dir, config, resume=resume, overwrite=overwrite
     )
@@ -591,6 +605,20 @@ def _saved_settings(
         if filled.get(key) is None and key in saved:
             filled[key] = saved[key]
     return estimator or saved.get("extra", {}).get("estimator"), filled
+
+
+def _saved_estimator(out: Path) -> dict[str, Any] | None:
+    """The estimator config the run in ``out`` trains with (``last/config.json``).
+
+    A resumed run keeps it even when the recipe's default has changed since (a new sampler, a
+    new step size), so that it continues the run it was. ``None`` when there is no readable
+    config: :func:`~aimle_zoo.training.train` then says what is wrong.
+    """
+    try:
+        saved = json.loads((out / "last" / CONFIG_NAME).read_text(encoding="utf-8"))["estimator"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def run_evaluation(

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.recipes import (
     ESTIMATOR_VARIANTS,
     DataOptions,
+    Recipe,
     UnknownRecipeError,
     get_recipe,
     list_recipes,
@@ -139,6 +141,40 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     lines = (split / "metrics.jsonl").read_text().splitlines()
     epochs = [json.loads(line)["epoch"] for line in lines]
     assert epochs == [0, 1]
+
+
+def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed after the recipe's estimator changed (here a 10× AIMLE step size)
+    continues with the estimator it was started with, exactly as if nothing had changed."""
+    options = _options("l2x-xor", tmp_path)
+    settings = {"data_options": options, "max_steps_per_epoch": 4}
+    kept, changed = tmp_path / "kept", tmp_path / "changed"
+    for out in (kept, changed):
+        run_training("l2x-xor", out, epochs=1, **settings)  # type: ignore[arg-type]
+    run_training("l2x-xor", kept, epochs=2, resume=True, **settings)  # type: ignore[arg-type]
+
+    original = Recipe.estimator_config
+
+    def new_default(self: Recipe, variant: str) -> dict[str, Any] | None:
+        config = original(self, variant)
+        if config is not None and "target" in config:
+            config["target"] = {**config["target"], "update_step": 0.01}
+        return config
+
+    monkeypatch.setattr(Recipe, "estimator_config", new_default)
+    fresh = get_recipe("l2x-xor").build_model()
+    assert fresh.latent_layer.estimator.config()["target"]["update_step"] == 0.01
+    run_training("l2x-xor", changed, epochs=2, resume=True, **settings)  # type: ignore[arg-type]
+    for folder in ("last", "best"):
+        a = json.loads((kept / folder / "config.json").read_text())["estimator"]
+        b = json.loads((changed / folder / "config.json").read_text())["estimator"]
+        assert a == b and b["target"]["update_step"] == 0.001
+    a = load_file(str(kept / "last" / "model.safetensors"))
+    b = load_file(str(changed / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:

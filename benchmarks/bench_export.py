@@ -15,7 +15,8 @@ The arithmetic floor bounds every speed-up: the matrix-product and convolution F
 path (``torch.utils.flop_counter``), divided by the best single-thread float32 rate measured
 in the same run (onnxruntime ``MatMul`` on square matrices and ``Conv`` on 64 channels). A
 float32 runtime doing that arithmetic cannot beat the floor by more than the measurement's
-noise, so "eager / floor" is about the largest speed-up over eager that an exporter could give.
+noise, so "eager / floor" is about the largest speed-up over eager that an exporter could give
+("none" for a path without matrix products or convolutions: no floor bounds it).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def _latency_row(
     eager_s, script_s, ort_s, theta_s = (min(rounds) for rounds in timings)
     speed_ups = [f"{eager_s / script_s:.2f}x", f"{eager_s / ort_s:.2f}x"]
     floor_s = path_flops(path, inputs) / peak
-    bound = [floor_s * 1e3, f"{eager_s / floor_s:.2f}x"]
+    bound = [floor_s * 1e3, f"{eager_s / floor_s:.2f}x" if floor_s > 0 else "none"]
     return [
         name,
         batch,

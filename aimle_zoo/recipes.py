@@ -37,7 +37,12 @@ from ._io import atomic_directory, atomic_file
 from ._names import UnknownNameError, did_you_mean
 from .estimators import DifferentiableSolver
 from .models import ZooModel, create_model
-from .models._base import HUB_ORGANIZATION, default_repo_id
+from .models._base import (
+    HUB_ORGANIZATION,
+    CheckpointError,
+    default_repo_id,
+    saved_estimator_config,
+)
 from .training import (
     TEST_METRICS,
     TRAINER_STATE,
@@ -551,8 +556,9 @@ def run_training(
     The best checkpoint is then evaluated on the test split (``out_dir/test_metrics.json``),
     and ``best/recipe.json`` records how it was made. ``resume`` and ``overwrite`` are those
     of :func:`~aimle_zoo.training.train` (a folder holding a run is refused without either).
-    ``estimator`` defaults to ``"aimle"``; on ``resume`` the estimator, batch size, learning
-    rate, seed, steps per epoch and epochs not given (``None``) are the saved run's.
+    ``estimator`` defaults to ``"aimle"``; on ``resume`` the estimator (its full saved
+    configuration), batch size, learning rate, seed, steps per epoch, epochs and device not given
+    (``None``) are the saved run's.
     """
     recipe = get_recipe(name)
     options = data_options or DataOptions()
@@ -588,7 +594,7 @@ def run_training(
 
 
 #: Settings ``run_training(resume=True)`` takes from the saved run when not given.
-RESUMED_SETTINGS = ("epochs", "batch_size", "lr", "seed", "max_steps_per_epoch")
+RESUMED_SETTINGS = ("epochs", "batch_size", "lr", "seed", "max_steps_per_epoch", "device")
 
 
 def _saved_settings(
@@ -604,21 +610,39 @@ def _saved_settings(
     for key in RESUMED_SETTINGS:
         if filled.get(key) is None and key in saved:
             filled[key] = saved[key]
+    if overrides.get("device") is None and "device" in saved:
+        try:
+            resolve_device(saved["device"])
+        except ValueError as err:
+            raise ValueError(
+                f"cannot resume the run in {out} on {saved['device']!r}, the device it trained "
+                f"on: {err}. Name another device (--device cpu) to continue it there; its "
+                "noise then follows that device's random stream"
+            ) from err
     return estimator or saved.get("extra", {}).get("estimator"), filled
 
 
 def _saved_estimator(out: Path) -> dict[str, Any] | None:
-    """The estimator config the run in ``out`` trains with (``last/config.json``).
+    """The estimator config the run in ``out`` trains with (``last/config.json``, upgraded as
+    :meth:`~aimle_zoo.models.ZooModel.from_pretrained` upgrades it).
 
     A resumed run keeps it even when the recipe's default has changed since (a new sampler, a
-    new step size), so that it continues the run it was. ``None`` when there is no readable
-    config: :func:`~aimle_zoo.training.train` then says what is wrong.
+    new step size), so that it continues the run it was. ``None`` when ``out`` holds no
+    ``last/`` (:func:`~aimle_zoo.training.train` then says there is nothing to resume).
+
+    Raises:
+        CheckpointError: ``last/config.json`` is missing, unreadable or incomplete.
     """
-    try:
-        saved = json.loads((out / "last" / CONFIG_NAME).read_text(encoding="utf-8"))["estimator"]
-    except (OSError, ValueError, KeyError, TypeError):
+    last = out / "last"
+    if not last.is_dir():
         return None
-    return saved if isinstance(saved, dict) else None
+    try:
+        return saved_estimator_config(last)
+    except CheckpointError as err:
+        raise type(err)(
+            f"cannot resume the run in {out}: {err}. Its estimator configuration is needed to "
+            "continue it; restore last/ from a copy, or start over with --overwrite"
+        ) from err
 
 
 def run_evaluation(

@@ -72,7 +72,10 @@ def train_command(
         float | None, typer.Option(help="Adam learning rate (default: the recipe's, or the run's).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0, or the run's).")] = None,
-    device: DeviceOpt = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N or auto (default: cpu; with --resume, the run's)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last/.")] = False,

@@ -683,6 +683,20 @@ def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def saved_estimator_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The full estimator config a checkpoint folder was saved with, with the keys added since
+    its version set to the values that reproduce it (as :meth:`from_pretrained` builds it).
+
+    Raises:
+        CheckpointNotFoundError: the folder has no ``config.json``.
+        CheckpointConfigError: the config is invalid or its estimator config incomplete.
+    """
+    config = read_checkpoint_config(folder)
+    saved = _upgraded_estimator_config(config) or config.get("estimator")
+    _check_estimator_config(saved, Path(folder) / constants.CONFIG_NAME)
+    return dict(cast(dict[str, Any], saved))
+
+
 def _check_estimator_config(saved: object, config_path: Path) -> None:
     """The saved estimator config is a complete ``Estimator.config()`` dict.
 

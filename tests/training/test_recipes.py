@@ -148,12 +148,12 @@ def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
 ) -> None:
     """A run resumed after the recipe's estimator changed (here a 10× AIMLE step size)
     continues with the estimator it was started with, exactly as if nothing had changed."""
-    options = _options("l2x-xor", tmp_path)
-    settings = {"data_options": options, "max_steps_per_epoch": 4}
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 4
     kept, changed = tmp_path / "kept", tmp_path / "changed"
     for out in (kept, changed):
-        run_training("l2x-xor", out, epochs=1, **settings)  # type: ignore[arg-type]
-    run_training("l2x-xor", kept, epochs=2, resume=True, **settings)  # type: ignore[arg-type]
+        run_training("l2x-xor", out, epochs=1, **settings)
+    run_training("l2x-xor", kept, epochs=2, resume=True, **settings)
 
     original = Recipe.estimator_config
 
@@ -166,7 +166,7 @@ def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
     monkeypatch.setattr(Recipe, "estimator_config", new_default)
     fresh = get_recipe("l2x-xor").build_model()
     assert fresh.latent_layer.estimator.config()["target"]["update_step"] == 0.01
-    run_training("l2x-xor", changed, epochs=2, resume=True, **settings)  # type: ignore[arg-type]
+    run_training("l2x-xor", changed, epochs=2, resume=True, **settings)
     for folder in ("last", "best"):
         a = json.loads((kept / folder / "config.json").read_text())["estimator"]
         b = json.loads((changed / folder / "config.json").read_text())["estimator"]
@@ -175,6 +175,69 @@ def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
     b = load_file(str(changed / "last" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _edit_json(path: Path, edit: Any) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_resume_upgrades_an_older_runs_estimator_config_as_loading_does(tmp_path: Path) -> None:
+    """A run saved by 0.1.0 lacks ``minimizer_noise``; it resumes with the value that
+    reproduces 0.1.0 (``add``), not today's default (``negate``)."""
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 2
+    run_training("l2x-xor", tmp_path / "run", epochs=1, **settings)
+
+    def as_written_by_0_1_0(config: dict[str, Any]) -> None:
+        config["aimle_zoo_version"] = "0.1.0"
+        del config["estimator"]["minimizer_noise"]
+
+    _edit_json(tmp_path / "run" / "last" / "config.json", as_written_by_0_1_0)
+    result = run_training("l2x-xor", tmp_path / "run", epochs=2, resume=True, **settings)
+    assert result.model.latent_layer.estimator.config()["minimizer_noise"] == "add"
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [
+        ("delete", FileNotFoundError, r"cannot resume the run in .*config\.json does not exist"),
+        ("cut", ValueError, r"cannot resume the run in .*lacks \['samples'\]"),
+    ],
+)
+def test_resume_refuses_a_run_whose_estimator_config_is_lost(
+    damage: str, error: type[Exception], message: str, tmp_path: Path
+) -> None:
+    """Without its estimator config a run cannot continue as it was: no silent fallback to
+    the recipe's current default, and nothing is touched."""
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 2
+    run_training("l2x-xor", tmp_path / "run", epochs=1, **settings)
+    config = tmp_path / "run" / "last" / "config.json"
+    if damage == "delete":
+        config.unlink()
+    else:
+        _edit_json(config, lambda data: data["estimator"].pop("samples"))
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(error, match=message):
+        run_training("l2x-xor", tmp_path / "run", epochs=2, resume=True, **settings)
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_resume_continues_on_the_runs_device_unless_told_otherwise(tmp_path: Path) -> None:
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 2
+    run = tmp_path / "run"
+    run_training("l2x-xor", run, epochs=1, **settings)
+    state = run / "last" / "trainer_state.json"
+    assert json.loads(state.read_text())["config"]["device"] == "cpu"
+    _edit_json(state, lambda data: data["config"].update(device="cuda:7"))
+    with pytest.raises(ValueError, match=r"on 'cuda:7', the device it trained on: .*--device cpu"):
+        run_training("l2x-xor", run, epochs=2, resume=True, **settings)
+    run_training("l2x-xor", run, epochs=2, resume=True, device="cpu", **settings)
+    assert json.loads(state.read_text())["config"]["device"] == "cpu"
 
 
 def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:

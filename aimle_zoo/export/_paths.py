@@ -29,7 +29,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,8 @@ from ..solvers import (
 )
 
 BATCH = "batch"
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 _DTYPE_NAMES = {
     torch.float32: "float32",
@@ -978,7 +980,8 @@ def inference_path(
     """The :class:`InferencePath` of a zoo model, a solver, or any other module.
 
     Args:
-        model: a zoo model, a registered solver (or a ``DifferentiableSolver``), or a module.
+        model: a zoo model, a registered solver (or a ``DifferentiableSolver``), or a module,
+            on any device (the path holds it, or a CPU copy: :func:`cpu_model`).
         example_inputs: inputs for ``forward``; zoo models and built-in solvers have defaults
             (sizes a zoo model fixes at export time, such as the map image size of
             ``grid_shortest_path``, are taken from them).
@@ -988,9 +991,11 @@ def inference_path(
         input_names, output_names, dynamic_dims: for modules other than zoo models and
             solvers (``dynamic_dims``: ``{input name: {axis: dim name}}``).
     """
-    model = on_cpu(model)
+    model = cpu_model(model)
     if example_inputs is not None:
-        example_inputs = [value.cpu() for value in example_inputs]
+        example_inputs = [
+            value.cpu() if isinstance(value, Tensor) else value for value in example_inputs
+        ]
     if isinstance(model, DifferentiableSolver) and isinstance(model.solver, nn.Module):
         model = model.solver
     if _is_zoo_model(model):
@@ -1004,22 +1009,34 @@ def inference_path(
     return _module_path(model, example_inputs, input_names, output_names, dynamic_dims)
 
 
-def on_cpu(model: nn.Module) -> nn.Module:
-    """``model`` itself if its parameters and buffers are on the CPU, else a CPU copy.
+def cpu_model(model: ModuleT) -> ModuleT:
+    """``model`` itself if its parameters and buffers are on the CPU, else a CPU copy of it.
 
     Artefacts are built and checked on the CPU: an ONNX file runs on any onnxruntime provider
     and a TorchScript file loads on any device (``torch.jit.load(path, map_location=...)``), so
-    a model trained on a GPU exports as it is, and the user's model stays where it was.
+    a model trained on a GPU exports as it is, and stays where it was. (Tensors held in plain
+    attributes, not parameters or buffers, are not moved.)
+
+    Raises:
+        ExportError: the model is on another device and cannot be copied.
     """
     tensors = itertools.chain(model.parameters(), model.buffers())
     if all(tensor.device.type == "cpu" for tensor in tensors):
         return model
-    return copy.deepcopy(model).cpu()
+    try:
+        return copy.deepcopy(model).cpu()
+    except Exception as err:  # deepcopy fails in as many ways as modules hold state
+        raise ExportError(
+            f"{type(model).__name__} lives on another device and cannot be copied to the CPU "
+            f"for export ({type(err).__name__}: {err}); move it there yourself (model.cpu()) "
+            "and export again"
+        ) from err
 
 
 def path_module(model: nn.Module, split: bool = False) -> nn.Module:
-    """The eager module an artefact of ``model`` holds (see :func:`inference_path`)."""
-    model = on_cpu(model)
+    """The eager module an artefact of ``model`` holds (see :func:`inference_path`), on the
+    CPU (:func:`cpu_model`)."""
+    model = cpu_model(model)
     if isinstance(model, DifferentiableSolver) and isinstance(model.solver, nn.Module):
         model = model.solver
     if _is_zoo_model(model):
@@ -1057,6 +1074,8 @@ def _split_module_path(
             "name (with solver_params) or the solver object that runs on the network's output θ"
         )
     built = get_solver(solver, **(solver_params or {})) if isinstance(solver, str) else solver
+    if isinstance(built, nn.Module):
+        built = cpu_model(built)
     path = _module_path(network, example_inputs, input_names, ["theta"], dynamic_dims)
     if len(path.outputs) != 1:
         raise ExportError(
@@ -1330,6 +1349,7 @@ __all__ = [
     "check_eval_mode",
     "check_exportable",
     "check_rebuilds",
+    "cpu_model",
     "dims_of",
     "find_solvers",
     "from_jsonable",

@@ -71,7 +71,8 @@ def to_onnx(
 
     Args:
         model: a zoo model, a registered solver, or any module (see
-            :func:`~aimle_zoo.export.inference_path`); in eval mode.
+            :func:`~aimle_zoo.export.inference_path`); in eval mode, on any device (a CPU
+            copy is exported).
         path: the ``.onnx`` file to write (its folder is created).
         example_inputs: inputs for ``forward`` (zoo models and built-in solvers have defaults).
         opset: ONNX opset (18..20 for loop solvers, 18..23 otherwise).

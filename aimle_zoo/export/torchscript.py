@@ -52,7 +52,8 @@ def to_torchscript(
     The file returns the outputs as a tuple (for zoo models, e.g. ``(mask, prediction)``).
 
     Args:
-        model: a zoo model, a registered solver, or any module; in eval mode.
+        model: a zoo model, a registered solver, or any module; in eval mode, on any device
+            (a CPU copy is exported; the file loads onto any device with ``map_location``).
         path: the file to write (conventionally ``.pt``; its folder is created).
         example_inputs: inputs for ``forward`` (zoo models and built-in solvers have defaults).
         method: ``"auto"``, ``"script"`` or ``"trace"``.

@@ -117,7 +117,8 @@ def verify(
     """Compare an exported file with ``model`` in eager PyTorch on fresh random inputs.
 
     Args:
-        model: the eval-mode model (or solver, or module) that was exported.
+        model: the eval-mode model (or solver, or module) that was exported, on any device
+            (a CPU copy runs as the reference).
         artefact: the ``.onnx`` or TorchScript file.
         batch_sizes: batch sizes to check at the export's problem sizes.
         problem_sizes: also check the other problem sizes recorded in the metadata.
@@ -142,7 +143,7 @@ def verify(
         return [produced[name] for name in output_names]
 
     if inputs is not None:
-        cases = [tuple(value.detach() for value in case) for case in inputs]
+        cases = [tuple(value.detach().cpu() for value in case) for case in inputs]
     else:
         cases = list(_random_cases(specs, metadata, batch_sizes, problem_sizes, seed))
     report = VerifyReport(

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .._devices import resolve_device
 from .._io import atomic_directory
-from ..estimators import DifferentiableSolver, Estimator, build_estimator
+from ..estimators import AdaptiveTarget, DifferentiableSolver, Estimator, build_estimator
 from ..solvers import solver_spec
 
 if TYPE_CHECKING:
@@ -90,8 +90,9 @@ relatives).
 | estimator | `{{ estimator }}` |
 
 The full estimator configuration (noise, target, samples, temperatures) is the `estimator`
-entry of `config.json`; its adaptive state (β, the running non-zero count and the last
-update; λ is derived from them per batch) is stored with the weights in `model.safetensors`.
+entry of `config.json`; {% if adaptive_state %}its adaptive state ({{ adaptive_state }}) is
+stored with the weights in `model.safetensors`.{% else %}the estimator keeps no state between
+batches.{% endif %}
 
 ## Training data
 
@@ -586,6 +587,12 @@ class ZooModel(
         solver_params = getattr(layer.solver, "params", None) or {}
         params_text = ", ".join(f"`{key}={value!r}`" for key, value in solver_params.items())
         estimator = layer.estimator.config()["name"]
+        adaptive_state = ", ".join(f"`{key}`" for key in layer.estimator.state_dict())
+        if isinstance(getattr(layer.estimator, "target", None), AdaptiveTarget):
+            adaptive_state = (
+                "β, the running average of non-zero gradient entries per sample and the last "
+                "update of β; λ is derived from them per batch"
+            )
 
         info = self._hub_mixin_info
         card_data = ModelCardData(**info.model_card_data.to_dict())
@@ -612,6 +619,7 @@ class ZooModel(
             "solver": solver,
             "solver_params": params_text or "none",
             "estimator": estimator,
+            "adaptive_state": adaptive_state,
             "dataset": dataset,
             "metrics": metrics,
             "command": command,

@@ -18,6 +18,7 @@ from aimle_zoo import _io
 from aimle_zoo.hub import default_repo_id, read_card_metrics, write_model_card
 from aimle_zoo.models import ZooModel
 
+from ..models._helpers import tiny_model
 from ._helpers import assert_same_model, trained_tiny_model
 
 METRICS = {"nelbo": 61.234567890123, "bce": 55.5, "count": 1000}
@@ -197,6 +198,24 @@ def test_a_card_without_metrics(tmp_path: Path) -> None:
     assert card.data.eval_results is None
     assert "No metrics recorded." in card.text and "Not recorded." in card.text
     assert read_card_metrics(tmp_path / "nri") == {}
+
+
+@pytest.mark.parametrize(
+    ("estimator", "expected"),
+    [
+        ({"name": "aimle"}, "its adaptive state (β, the running average"),
+        ({"name": "aimle", "target": {"name": "fixed", "lambda_": 1.0}}, "keeps no state"),
+        ({"name": "imle"}, "keeps no state"),
+    ],
+)
+def test_the_card_describes_the_estimator_state_the_checkpoint_holds(
+    estimator: dict[str, Any], expected: str
+) -> None:
+    model = tiny_model("l2x_tabular", estimator=estimator)
+    text = str(model.generate_model_card())
+    assert expected in text
+    holds_state = any(key.startswith("latent_layer.estimator") for key in model.state_dict())
+    assert holds_state == ("adaptive state" in text)
 
 
 def test_write_model_card_adds_metrics_to_an_existing_checkpoint(tmp_path: Path) -> None:

@@ -24,10 +24,13 @@ def main(out: Path) -> None:
         device="cuda",
         progress=False,
     )
+    target = result.model.latent_layer.estimator.target
     state = {
         "backend": dist.get_backend(),
         "world_size": dist.get_world_size(),
-        "beta": float(result.model.latent_layer.estimator.beta),
+        "beta": float(target.beta),
+        "grad_norm": float(target.grad_norm),
+        "weight_sum": float(sum(p.double().sum() for p in result.model.parameters())),
     }
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(state))
     dist.barrier()  # no rank tears the group down while another still uses it

@@ -1,9 +1,9 @@
 """The library on a GPU: solvers, estimators, models, bundled checkpoints, training, export.
 
-Each test runs on ``DEVICE`` (``cuda``, or the device named by ``AIMLE_ZOO_TEST_DEVICE``, e.g.
-``cpu`` to check the tests themselves) and compares with the same computation on the CPU. Where
-PyTorch sees no GPU the module is skipped; the rest of the suite covers the CPU. Run it on a GPU
-machine with ``python -m pytest tests/gpu``.
+Each test runs on ``DEVICE`` and compares with the same computation on the CPU. ``DEVICE`` is
+the device named by ``AIMLE_ZOO_TEST_DEVICE``, else CUDA where PyTorch sees a GPU, else the CPU:
+there the comparisons are trivial, but the code paths and the tests themselves stay checked.
+On a GPU machine: ``python -m pytest tests/gpu``.
 
 float32 matrix products and convolutions run without TF32 here, so that the GPU computes what the
 CPU computes up to float32 rounding.
@@ -30,7 +30,7 @@ from torch import Tensor
 import aimle_zoo
 from aimle_zoo import DifferentiableSolver, build_estimator, list_estimators
 from aimle_zoo.data import CACHE_ENV
-from aimle_zoo.export import load_exported, to_onnx, to_torchscript, verify
+from aimle_zoo.export import SplitPipeline, load_exported, to_onnx, to_torchscript, verify
 from aimle_zoo.export._paths import path_module
 from aimle_zoo.hub import read_card_metrics
 from aimle_zoo.recipes import (
@@ -45,15 +45,12 @@ from aimle_zoo.solvers import get_solver, get_solver_spec, list_solvers, solver_
 from aimle_zoo.solvers.testing import check_solver, linear_objective
 from aimle_zoo.training import move_to
 from tests.conftest import SHARED_DATA
+from tests.data.test_beer import write_beer
 
 from ..models._helpers import TINY, make_batch, tiny_model
 
-DEVICE = torch.device(os.environ.get("AIMLE_ZOO_TEST_DEVICE", "cuda"))
-
-pytestmark = pytest.mark.skipif(
-    DEVICE.type == "cuda" and not torch.cuda.is_available(),
-    reason="needs a GPU (PyTorch sees no CUDA device); AIMLE_ZOO_TEST_DEVICE=cpu runs the "
-    "checks on the CPU",
+DEVICE = torch.device(
+    os.environ.get("AIMLE_ZOO_TEST_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
 )
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -246,7 +243,7 @@ def test_bundled_checkpoint_loads_on_the_device_and_reproduces_its_card(
 
 # --- training --------------------------------------------------------------------------------
 
-SMOKE_RECIPES = ["l2x-xor", "nri-t10", "grid-12", "dvae-mnist", "l2x-mnist"]
+SMOKE_RECIPES = ["l2x-xor", "l2x-beer-aroma", "nri-t10", "grid-12", "dvae-mnist", "l2x-mnist"]
 
 
 @pytest.mark.parametrize("recipe", SMOKE_RECIPES)
@@ -256,7 +253,10 @@ def test_smoke_training_on_the_device(
     if "mnist" in recipe and not MNIST.is_dir():
         pytest.skip(f"{recipe} needs MNIST in {MNIST}")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    options = DataOptions(data_dir=str(MNIST) if "mnist" in recipe else None, smoke=True)
+    data_dir = str(MNIST) if "mnist" in recipe else None
+    if recipe == "l2x-beer-aroma":
+        data_dir = str(write_beer(tmp_path / "beer"))
+    options = DataOptions(data_dir=data_dir, smoke=True)
     result = run_training(
         recipe, tmp_path / "run", data_options=options, epochs=1, max_steps_per_epoch=3,
         device=str(DEVICE), progress=False,
@@ -310,7 +310,8 @@ def test_torchrun_trains_on_nccl_with_one_process_per_gpu(tmp_path: Path) -> Non
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(processes)]
     assert {rank["backend"] for rank in ranks} == {"nccl"}
     assert {rank["world_size"] for rank in ranks} == {processes}
-    assert len({rank["beta"] for rank in ranks}) == 1  # the adaptive state is shared
+    for key in ("beta", "grad_norm", "weight_sum"):  # all-reduced state, averaged gradients
+        assert len({rank[key] for rank in ranks}) == 1, key
     assert (tmp_path / "run" / "best" / "config.json").is_file()
 
 
@@ -342,7 +343,7 @@ def test_the_runner_takes_cuda_when_onnxruntime_offers_it(tmp_path: Path) -> Non
     to_onnx(model, tmp_path / "model.onnx")
     runner = load_exported(tmp_path / "model.onnx")
     offered = onnxruntime.get_available_providers()
-    cuda = "CUDAExecutionProvider" in offered and DEVICE.type == "cuda"
+    cuda = "CUDAExecutionProvider" in offered
     assert runner.providers[0] == ("CUDAExecutionProvider" if cuda else "CPUExecutionProvider")
     inputs = model.example_inputs(4)
     outputs = runner.run([value.numpy() for value in inputs])
@@ -350,3 +351,23 @@ def test_the_runner_takes_cuda_when_onnxruntime_offers_it(tmp_path: Path) -> Non
         expected = path_module(model)(*inputs)
     for got, want in zip(outputs.values(), expected, strict=True):
         torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
+
+
+def test_split_exports_and_explicit_inputs_on_the_device(tmp_path: Path) -> None:
+    """A split export of a θ network on the device (its solver a module there too), example
+    inputs on the device, and verify with inputs on the device."""
+    network = torch.nn.Sequential(torch.nn.Linear(6, 10)).eval().to(DEVICE)
+    solver = get_solver("topk", k=3).to(DEVICE)
+    example = (torch.randn(4, 6, device=DEVICE),)
+    to_onnx(network, tmp_path / "theta.onnx", split=True, solver=solver, example_inputs=example)
+    assert _on_device(next(network.parameters()))
+    produced = SplitPipeline(tmp_path / "theta.onnx").run([example[0].cpu().numpy()])
+    with torch.no_grad():
+        expected = solver(network(example[0]))
+    torch.testing.assert_close(torch.from_numpy(produced["solution"]), expected.cpu())
+
+    model = tiny_model("l2x_tabular").eval().to(DEVICE)
+    to_onnx(model, tmp_path / "model.onnx", example_inputs=model.example_inputs(3))
+    cases = [model.example_inputs(batch) for batch in (1, 7)]
+    assert all(_on_device(value) for case in cases for value in case)
+    assert verify(model, tmp_path / "model.onnx", inputs=cases).passed

@@ -148,10 +148,14 @@ def _destroy_process_group() -> None:
 
 def _resolve_device(device: str, info: _DistInfo) -> torch.device:
     """:func:`resolve_device` with an index: ``"cuda"`` is this process's GPU under ``torchrun``
-    (its local rank), else the current CUDA device."""
+    (its local rank among the GPUs it sees: one each where a launcher hides the others), else
+    the current CUDA device."""
     resolved = resolve_device(device)
     if resolved.type == "cuda" and resolved.index is None:
-        index = info.local_rank if info.world_size > 1 else torch.cuda.current_device()
+        if info.world_size > 1:
+            index = info.local_rank % torch.cuda.device_count()
+        else:
+            index = torch.cuda.current_device()
         resolved = torch.device("cuda", index)
     return resolved
 

@@ -161,20 +161,21 @@ def test_a_failed_start_never_deletes_the_run_it_would_overwrite(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    ("world_size", "local_rank", "expected"), [(1, 0, "cuda:2"), (4, 1, "cuda:1")]
+    ("world_size", "local_rank", "visible", "expected"),
+    [(1, 0, 4, "cuda:2"), (4, 1, 4, "cuda:1"), (4, 3, 1, "cuda:0")],
 )
 def test_cuda_without_an_index_names_this_process_gpu(
-    world_size: int, local_rank: int, expected: str, monkeypatch: pytest.MonkeyPatch
+    world_size: int, local_rank: int, visible: int, expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``torch.cuda.set_device`` needs an index: plain "cuda" becomes the current GPU, or the
-    local rank's under torchrun. (The CUDA queries are stood in for: this machine has no GPU;
-    tests/gpu trains on a real one.)"""
+    local rank's under torchrun (the only one where the launcher shows each rank one GPU).
+    (The CUDA queries are stood in for: this machine has no GPU; tests/gpu trains on one.)"""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
     info = _DistInfo(rank=local_rank, world_size=world_size, local_rank=local_rank)
     assert _resolve_device("cuda", info) == torch.device(expected)
-    assert _resolve_device("cuda:3", info) == torch.device("cuda:3")
+    assert _resolve_device(f"cuda:{visible - 1}", info) == torch.device("cuda", visible - 1)
     assert _resolve_device("cpu", info) == torch.device("cpu")
 
 

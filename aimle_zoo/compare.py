@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
+from .models._base import saved_estimator_config
 from .recipes import (
     DEFAULT_ESTIMATORS,
     ESTIMATOR_VARIANTS,
@@ -63,7 +64,7 @@ def compare(
     for name in estimators:
         run_dir = out / name
         wanted = train_config(task, estimator=name, data_options=data_options, **overrides)
-        done = _epochs_done(run_dir, wanted)
+        done = _epochs_done(run_dir, wanted, recipe.full_estimator_config(name))
         if done is None or done < wanted.epochs or not (run_dir / TEST_METRICS).exists():
             run_training(
                 task,
@@ -89,12 +90,14 @@ def compare(
     return results
 
 
-def _epochs_done(run_dir: Path, wanted: TrainConfig) -> int | None:
-    """Epochs of the run in ``run_dir`` made with ``wanted``'s settings (``None``: no run yet).
+def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: dict[str, Any]) -> int | None:
+    """Epochs of the run in ``run_dir`` made with ``wanted``'s settings and the ``estimator``
+    configuration (``None``: no run yet).
 
     A run with other settings (those a resume must keep, and the recipe, estimator and smoke
-    flag in ``extra``), or with more epochs than ``wanted``, raises: reusing it would put a
-    different budget in the comparison.
+    flag in ``extra``), another estimator configuration (the recipe's default changed since),
+    or more epochs than ``wanted``, raises: reusing it would put a different budget or method
+    in the comparison.
     """
     state = run_dir / "last" / TRAINER_STATE
     if not state.exists():
@@ -103,12 +106,31 @@ def _epochs_done(run_dir: Path, wanted: TrainConfig) -> int | None:
     saved, asked = meta["config"], asdict(wanted)
     fewer = ("epochs",) if saved["epochs"] > asked["epochs"] else ()
     settings = changed_settings(saved, asked, (*fewer, *RESUME_FIELDS, "extra"))
+    if not settings:
+        settings = ", ".join(
+            f"estimator {key}={old!r} (now {new!r})"
+            for key, old, new in _differences(saved_estimator_config(run_dir / "last"), estimator)
+        )
     if settings:
         raise ValueError(
             f"{run_dir} holds a run trained with {settings}; compare into another --out, or "
             "delete that folder to train it again"
         )
     return int(meta["epoch"])
+
+
+def _differences(
+    saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, value now)`` wherever two nested configs differ."""
+    found = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append((f"{prefix}{key}", old, new))
+    return found
 
 
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:

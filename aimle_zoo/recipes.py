@@ -35,7 +35,7 @@ from . import data
 from ._devices import resolve_device
 from ._io import atomic_directory, atomic_file
 from ._names import UnknownNameError, did_you_mean
-from .estimators import DifferentiableSolver
+from .estimators import DifferentiableSolver, build_estimator
 from .models import ZooModel, create_model
 from .models._base import (
     HUB_ORGANIZATION,
@@ -167,6 +167,14 @@ class Recipe:
                 "samples": max(2, samples),
             }
         return {"name": "blackbox", "lambda_": self.imle_lambda}
+
+    def full_estimator_config(self, variant: str) -> dict[str, Any]:
+        """The complete config (as ``Estimator.config()`` gives it) that ``variant`` trains
+        with now: the recipe's, filled in with the estimator's defaults."""
+        config = self.estimator_config(variant)
+        if config is None:
+            return copy.deepcopy(self._probe_layer.estimator.config())
+        return build_estimator(config).config()
 
     def reference_estimator(self) -> dict[str, Any]:
         """The task's AIMLE config: ``aimle`` if set, else the model's default."""

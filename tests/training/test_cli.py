@@ -22,9 +22,11 @@ from aimle_zoo.cli import app
 from aimle_zoo.compare import plot_curves
 from aimle_zoo.data import CACHE_ENV
 from aimle_zoo.recipes import (
+    ESTIMATOR_VARIANTS,
     HELDOUT_PREFIX,
     HELDOUT_SIZE,
     DataOptions,
+    Recipe,
     get_recipe,
     list_recipes,
     read_recipe,
@@ -257,6 +259,33 @@ def test_compare_reuses_extends_or_refuses_the_runs_already_there(tmp_path: Path
     for other in (["--epochs", "1"], ["--epochs", "2", "--seed", "1"]):
         assert "holds a run trained with" in fails("compare", "l2x-xor", *other, *options)
     assert [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()] == [0, 1]
+
+
+def test_compare_refuses_a_run_made_with_an_older_estimator_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every variant's saved configuration is what the recipe gives now, so a second compare
+    reuses them all; once the recipe's default changes, the old run is refused by name."""
+    variants = ",".join(name for name in ESTIMATOR_VARIANTS if name != "aimle")
+    options = ["--smoke", "--epochs", "1", "--out", str(tmp_path / "cmp")]
+    invoke("compare", "l2x-xor", "--estimators", variants, *options)
+    logs = {path: path.read_text() for path in (tmp_path / "cmp").glob("*/metrics.jsonl")}
+    invoke("compare", "l2x-xor", "--estimators", variants, *options)
+    assert {path: path.read_text() for path in logs} == logs  # all reused, none retrained
+
+    original = Recipe.estimator_config
+
+    def new_default(self: Recipe, variant: str) -> dict[str, Any] | None:
+        config = original(self, variant)
+        if config is not None and "target" in config:
+            config["target"] = {**config["target"], "update_step": 0.01}
+        return config
+
+    monkeypatch.setattr(Recipe, "estimator_config", new_default)
+    output = fails("compare", "l2x-xor", "--estimators", "aimle-central", *options)
+    assert "estimator target.update_step=0.001 (now 0.01)" in output
+    invoke("compare", "l2x-xor", "--estimators", "imle,ste", *options)  # unchanged: reused
+    assert {path: path.read_text() for path in logs} == logs
 
 
 @pytest.mark.parametrize(

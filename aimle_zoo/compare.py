@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
-from .models._base import saved_estimator_config
+from .models._base import CheckpointError, saved_estimator_config
 from .recipes import (
     DEFAULT_ESTIMATORS,
     ESTIMATOR_VARIANTS,
@@ -57,23 +57,24 @@ def compare(
     unknown = [name for name in estimators if name not in ESTIMATOR_VARIANTS]
     if unknown:
         raise ValueError(f"unknown estimators {unknown}; choose from {ESTIMATOR_VARIANTS}")
-    for name in estimators:  # every variant must fit the task before any training starts
-        recipe.estimator_config(name)
     out = Path(out_dir)
+    wanted: dict[str, TrainConfig] = {}
+    done: dict[str, int | None] = {}
+    for name in estimators:  # every variant and every run already there is checked first
+        wanted[name] = train_config(task, estimator=name, data_options=data_options, **overrides)
+        done[name] = _epochs_done(out / name, wanted[name], recipe.full_estimator_config(name))
     results: dict[str, dict[str, Any]] = {}
     for name in estimators:
-        run_dir = out / name
-        wanted = train_config(task, estimator=name, data_options=data_options, **overrides)
-        done = _epochs_done(run_dir, wanted, recipe.full_estimator_config(name))
-        if done is None or done < wanted.epochs or not (run_dir / TEST_METRICS).exists():
+        run_dir, epochs, epochs_done = out / name, wanted[name].epochs, done[name]
+        if epochs_done is None or epochs_done < epochs or not (run_dir / TEST_METRICS).exists():
             run_training(
                 task,
                 run_dir,
                 estimator=name,
                 data_options=data_options,
-                resume=done is not None,
-                overwrite=done is None,
-                **{**overrides, "epochs": wanted.epochs},  # not the resumed run's own count
+                resume=epochs_done is not None,
+                overwrite=epochs_done is None,
+                **{**overrides, "epochs": epochs},  # not the resumed run's own count
             )
         history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
         results[name] = {
@@ -90,7 +91,7 @@ def compare(
     return results
 
 
-def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: dict[str, Any]) -> int | None:
+def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: Mapping[str, Any]) -> int | None:
     """Epochs of the run in ``run_dir`` made with ``wanted``'s settings and the ``estimator``
     configuration (``None``: no run yet).
 
@@ -107,9 +108,16 @@ def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: dict[str, Any]) 
     fewer = ("epochs",) if saved["epochs"] > asked["epochs"] else ()
     settings = changed_settings(saved, asked, (*fewer, *RESUME_FIELDS, "extra"))
     if not settings:
+        try:
+            saved_estimator = saved_estimator_config(run_dir / "last")
+        except CheckpointError as err:
+            raise ValueError(
+                f"{run_dir} holds a run whose estimator configuration cannot be read ({err}); "
+                "compare into another --out, or delete that folder to train it again"
+            ) from err
         settings = ", ".join(
-            f"estimator {key}={old!r} (now {new!r})"
-            for key, old, new in _differences(saved_estimator_config(run_dir / "last"), estimator)
+            f"estimator {key}={old} (now {new})"
+            for key, old, new in _differences(saved_estimator, estimator)
         )
     if settings:
         raise ValueError(
@@ -121,16 +129,24 @@ def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: dict[str, Any]) 
 
 def _differences(
     saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = ""
-) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, saved value, value now)`` wherever two nested configs differ."""
+) -> list[tuple[str, str, str]]:
+    """``(dotted key, saved value, value now)``, as text, wherever two nested configs differ
+    (``<absent>`` for a key one side lacks)."""
     found = []
     for key in sorted(set(saved) | set(now)):
-        old, new = saved.get(key), now.get(key)
+        old, new = saved.get(key, _ABSENT), now.get(key, _ABSENT)
         if isinstance(old, Mapping) and isinstance(new, Mapping):
             found += _differences(old, new, f"{prefix}{key}.")
         elif old != new:
-            found.append((f"{prefix}{key}", old, new))
+            found.append((f"{prefix}{key}", _shown(old), _shown(new)))
     return found
+
+
+_ABSENT = object()
+
+
+def _shown(value: object) -> str:
+    return "<absent>" if value is _ABSENT else repr(value)
 
 
 def comparison_table(results: dict[str, dict[str, Any]]) -> str:

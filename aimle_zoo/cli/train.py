@@ -166,7 +166,10 @@ def compare_command(
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (the same for every estimator).")] = 0,
-    device: DeviceOpt = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N or auto (default: cpu; a run resumed: its own)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
 ) -> None:

@@ -284,8 +284,16 @@ def test_compare_refuses_a_run_made_with_an_older_estimator_default(
     monkeypatch.setattr(Recipe, "estimator_config", new_default)
     output = fails("compare", "l2x-xor", "--estimators", "aimle-central", *options)
     assert "estimator target.update_step=0.001 (now 0.01)" in output
+    # every run is checked before any trains: imle, asked for a second epoch, is left alone
+    longer = ["--smoke", "--epochs", "2", "--out", str(tmp_path / "cmp")]
+    assert "holds a run trained with" in fails(
+        "compare", "l2x-xor", "--estimators", "imle,aimle-central", *longer
+    )
     invoke("compare", "l2x-xor", "--estimators", "imle,ste", *options)  # unchanged: reused
     assert {path: path.read_text() for path in logs} == logs
+    (tmp_path / "cmp" / "ste" / "last" / "config.json").unlink()
+    output = fails("compare", "l2x-xor", "--estimators", "ste", *options)
+    assert "estimator configuration cannot be read" in output and "another --out" in output
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(
             f"unknown device {device!r}; use cpu, cuda, cuda:N or auto ({err})"
         ) from err
+    if resolved.type == "cpu":
+        return torch.device("cpu")  # one CPU device; "cpu:0" would upset safetensors
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (resolved.index is not None and resolved.index >= count):

@@ -40,6 +40,8 @@ from .models import ZooModel, create_model
 from .models._base import (
     HUB_ORGANIZATION,
     CheckpointError,
+    CheckpointNotFoundError,
+    CheckpointVersionError,
     default_repo_id,
     saved_estimator_config,
 )
@@ -576,8 +578,8 @@ def run_training(
     recipe.estimator_config(estimator)  # an unknown or unsupported variant fails here
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
     seed_everything(config.seed)  # the initial weights depend on the seed alone
+    saved_estimator = _saved_estimator(Path(out_dir)) if resume else None  # before the data
     task = recipe.build_data(options)
-    saved_estimator = _saved_estimator(Path(out_dir)) if resume else None
     model = recipe.build_model(
         estimator, smoke=options.smoke, task=task, estimator_config=saved_estimator
     )
@@ -639,18 +641,20 @@ def _saved_estimator(out: Path) -> dict[str, Any] | None:
     ``last/`` (:func:`~aimle_zoo.training.train` then says there is nothing to resume).
 
     Raises:
-        CheckpointError: ``last/config.json`` is missing, unreadable or incomplete.
+        CheckpointError: ``last/config.json`` is missing, unreadable, incomplete or newer.
     """
     last = out / "last"
     if not last.is_dir():
         return None
+    advice = "restore last/ from a copy, or start over with --overwrite"
     try:
-        return saved_estimator_config(last)
+        return saved_estimator_config(last, advice=advice)
+    except CheckpointVersionError as err:  # its own advice (upgrade aimle-zoo) holds
+        raise CheckpointVersionError(f"cannot resume the run in {out}: {err}") from err
+    except CheckpointNotFoundError as err:
+        raise CheckpointNotFoundError(f"cannot resume the run in {out}: {err}; {advice}") from err
     except CheckpointError as err:
-        raise type(err)(
-            f"cannot resume the run in {out}: {err}. Its estimator configuration is needed to "
-            "continue it; restore last/ from a copy, or start over with --overwrite"
-        ) from err
+        raise type(err)(f"cannot resume the run in {out}: {err}") from err
 
 
 def run_evaluation(

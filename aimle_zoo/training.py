@@ -151,13 +151,20 @@ def _resolve_device(device: str, info: _DistInfo) -> torch.device:
     (its local rank among the GPUs it sees: one each where a launcher hides the others), else
     the current CUDA device."""
     resolved = resolve_device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        if info.world_size > 1:
-            index = info.local_rank % torch.cuda.device_count()
-        else:
-            index = torch.cuda.current_device()
-        resolved = torch.device("cuda", index)
-    return resolved
+    if resolved.type != "cuda" or resolved.index is not None:
+        return resolved
+    if info.world_size == 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if info.local_rank >= visible:
+        raise ValueError(
+            f"this process has local rank {info.local_rank} but sees {visible} GPUs: NCCL needs "
+            f"a GPU per process; run at most {visible} processes per node (torchrun "
+            f"--nproc_per_node {visible})"
+        )
+    return torch.device("cuda", info.local_rank)
 
 
 class _LossModule(nn.Module):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from aimle_zoo import recipes as recipes_module
 from aimle_zoo.data import CACHE_ENV, PAD, l2x_synthetic_dataset, load_beer_advocate
 from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.recipes import (
@@ -238,6 +239,42 @@ def test_resume_continues_on_the_runs_device_unless_told_otherwise(tmp_path: Pat
         run_training("l2x-xor", run, epochs=2, resume=True, **settings)
     run_training("l2x-xor", run, epochs=2, resume=True, device="cpu", **settings)
     assert json.loads(state.read_text())["config"]["device"] == "cpu"
+
+
+def test_resume_without_a_device_takes_the_runs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Saved as "cpu:0" (not the default "cpu"), the device comes back on resume, and loads."""
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 2
+    run = tmp_path / "run"
+    run_training("l2x-xor", run, epochs=1, device="cpu:0", **settings)
+    devices: list[str] = []
+    original = recipes_module.train
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        devices.append(args[4].device)  # train(model, train_set, valid_set, out, config, ...)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(recipes_module, "train", spy)
+    run_training("l2x-xor", run, epochs=2, resume=True, **settings)
+    assert devices == ["cpu:0"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_full_estimator_config_is_what_the_model_trains_with(name: str) -> None:
+    """``compare`` reuses a run only if its saved estimator config equals this one, so the two
+    must agree for every variant, at the full and at the smoke size."""
+    recipe = get_recipe(name)
+    for variant in ESTIMATOR_VARIANTS:
+        if variant == "relaxed" and not recipe.has_relaxation():
+            continue
+        expected = recipe.full_estimator_config(variant)
+        for smoke in (False, True):
+            model = recipe.build_model(variant, smoke=smoke)
+            assert model.latent_layer.estimator.config() == expected, (variant, smoke)
 
 
 def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:

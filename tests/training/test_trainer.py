@@ -162,7 +162,7 @@ def test_a_failed_start_never_deletes_the_run_it_would_overwrite(tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("world_size", "local_rank", "visible", "expected"),
-    [(1, 0, 4, "cuda:2"), (4, 1, 4, "cuda:1"), (4, 3, 1, "cuda:0")],
+    [(1, 0, 4, "cuda:2"), (4, 1, 4, "cuda:1"), (4, 3, 1, "cuda:0"), (4, 2, 2, "error")],
 )
 def test_cuda_without_an_index_names_this_process_gpu(
     world_size: int, local_rank: int, visible: int, expected: str, monkeypatch: pytest.MonkeyPatch
@@ -174,6 +174,10 @@ def test_cuda_without_an_index_names_this_process_gpu(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
     info = _DistInfo(rank=local_rank, world_size=world_size, local_rank=local_rank)
+    if expected == "error":  # more processes than GPUs: NCCL would fail later, less clearly
+        with pytest.raises(ValueError, match=r"local rank 2 but sees 2 GPUs.*--nproc_per_node 2"):
+            _resolve_device("cuda", info)
+        return
     assert _resolve_device("cuda", info) == torch.device(expected)
     assert _resolve_device(f"cuda:{visible - 1}", info) == torch.device("cuda", visible - 1)
     assert _resolve_device("cpu", info) == torch.device("cpu")

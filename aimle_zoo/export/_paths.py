@@ -852,6 +852,12 @@ def _module_path(
             f"exporting a {type(module).__name__} needs example_inputs: a tuple of tensors "
             "that forward accepts (the batch dimension first)"
         )
+    for index, value in enumerate(example_inputs):
+        if not isinstance(value, Tensor):
+            raise ExportError(
+                f"example input {index} of {type(module).__name__} is a {type(value).__name__}, "
+                "not a tensor; an exported graph takes tensors only (torch.as_tensor(value))"
+            )
     inputs = tuple(value.detach() for value in example_inputs)
     names = list(input_names or _forward_names(module, len(inputs)))
     if len(names) != len(inputs):
@@ -1028,8 +1034,8 @@ def cpu_model(model: ModuleT) -> ModuleT:
     except Exception as err:  # deepcopy fails in as many ways as modules hold state
         raise ExportError(
             f"{type(model).__name__} lives on another device and cannot be copied to the CPU "
-            f"for export ({type(err).__name__}: {err}); move it there yourself (model.cpu()) "
-            "and export again"
+            f"for export ({type(err).__name__}: {err}); put a copy of it on the CPU yourself "
+            "(with its weights) and export that"
         ) from err
 
 

@@ -328,3 +328,20 @@ def test_output_shapes_of_a_module_with_a_dynamic_size_are_measured(
         for dim in onnx.load(str(tmp_path / "m.onnx")).graph.output[0].type.tensor_type.shape.dim
     ]
     assert graph_shape == shape
+
+
+@pytest.mark.parametrize("value", [2.0, np.ones((3, 4), dtype=np.float32), None])
+def test_an_example_input_that_is_not_a_tensor_is_named(value: object, tmp_path: Path) -> None:
+    module = nn.Linear(4, 2).eval()
+    with pytest.raises(ExportError, match=r"example input 1 of Linear is a \w+, not a tensor"):
+        to_onnx(module, tmp_path / "m.onnx", example_inputs=(torch.randn(3, 4), value))  # type: ignore[arg-type]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_model_elsewhere_that_cannot_be_copied_to_the_cpu_is_refused(tmp_path: Path) -> None:
+    """A model off the CPU is exported from a CPU copy; one without data (the meta device)
+    cannot be copied, and the error says so instead of failing inside the exporter."""
+    module = nn.Linear(4, 2, device="meta").eval()
+    with pytest.raises(ExportError, match="cannot be copied to the CPU for export"):
+        to_onnx(module, tmp_path / "m.onnx", example_inputs=(torch.randn(3, 4),))
+    assert not (tmp_path / "m.onnx").exists()

@@ -71,7 +71,7 @@ def inference_rows(device: torch.device, repeats: int, folder: Path) -> list[lis
         to_torchscript(model, folder / f"{name}.pt")
         scripted = torch.jit.load(str(folder / f"{name}.pt"), map_location=device)
         eager_cpu = path_module(model)
-        eager_device = path_module(copy.deepcopy(model).to(device)).to(device)
+        eager_device = path_module(copy.deepcopy(model)).to(device)
         for batch in (1, 64):
             inputs = model.example_inputs(batch)
             on_device = move_to(inputs, device)

@@ -90,8 +90,8 @@ relatives).
 | estimator | `{{ estimator }}` |
 
 The full estimator configuration (noise, target, samples, temperatures) is the `estimator`
-entry of `config.json`; {% if adaptive_state %}its adaptive state ({{ adaptive_state }}) is
-stored with the weights in `model.safetensors`.{% else %}the estimator keeps no state between
+entry of `config.json`. {% if adaptive_state %}Its adaptive state is stored with the weights
+in `model.safetensors`: {{ adaptive_state }}.{% else %}The estimator keeps no state between
 batches.{% endif %}
 
 ## Training data
@@ -587,12 +587,13 @@ class ZooModel(
         solver_params = getattr(layer.solver, "params", None) or {}
         params_text = ", ".join(f"`{key}={value!r}`" for key, value in solver_params.items())
         estimator = layer.estimator.config()["name"]
-        adaptive_state = ", ".join(f"`{key}`" for key in layer.estimator.state_dict())
         if isinstance(getattr(layer.estimator, "target", None), AdaptiveTarget):
             adaptive_state = (
-                "β, the running average of non-zero gradient entries per sample and the last "
-                "update of β; λ is derived from them per batch"
+                "β, the running average of non-zero\ngradient entries per sample and the last "
+                "update of β (λ is derived from them per batch)"
             )
+        else:
+            adaptive_state = ", ".join(f"`{key}`" for key in layer.estimator.state_dict())
 
         info = self._hub_mixin_info
         card_data = ModelCardData(**info.model_card_data.to_dict())
@@ -631,6 +632,12 @@ class ZooModel(
         return ModelCard.from_template(
             card_data, template_str=info.model_card_template, **{**kwargs, **values}
         )
+
+
+#: What to do about an invalid estimator config when loading a checkpoint.
+_LOAD_ADVICE = (
+    "restore it (re-save the model with save_pretrained), or pass estimator=... to from_pretrained"
+)
 
 
 def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -691,44 +698,47 @@ def read_checkpoint_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def saved_estimator_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+def saved_estimator_config(
+    folder: str | os.PathLike[str], *, advice: str = _LOAD_ADVICE
+) -> dict[str, Any]:
     """The full estimator config a checkpoint folder was saved with, with the keys added since
     its version set to the values that reproduce it (as :meth:`from_pretrained` builds it).
+    ``advice`` ends the message of an invalid estimator config (what to do about it).
 
     Raises:
         CheckpointNotFoundError: the folder has no ``config.json``.
+        CheckpointVersionError: the folder was written in a newer checkpoint format.
         CheckpointConfigError: the config is invalid or its estimator config incomplete.
     """
     config = read_checkpoint_config(folder)
     saved = _upgraded_estimator_config(config) or config.get("estimator")
-    _check_estimator_config(saved, Path(folder) / constants.CONFIG_NAME)
+    _check_estimator_config(saved, Path(folder) / constants.CONFIG_NAME, advice)
     return dict(cast(dict[str, Any], saved))
 
 
-def _check_estimator_config(saved: object, config_path: Path) -> None:
+def _check_estimator_config(saved: object, config_path: Path, advice: str = _LOAD_ADVICE) -> None:
     """The saved estimator config is a complete ``Estimator.config()`` dict.
 
     Checkpoints record the resolved estimator config in full, so loading never depends on
-    defaults; a ``null`` or a dict missing keys (hand-edited, or cut) is refused.
+    defaults; a ``null`` or a dict missing keys (hand-edited, or cut) is refused, the message
+    ending with ``advice``.
     """
     if not isinstance(saved, dict):
         raise CheckpointConfigError(
             f"{config_path}: estimator must be the estimator's full config dict (as "
-            f"Estimator.config() gives it), got {saved!r}; re-save the model with "
-            "save_pretrained, or pass estimator=... to from_pretrained"
+            f"Estimator.config() gives it), got {saved!r}; {advice}"
         )
     try:
         complete = build_estimator(saved).config()
     except (TypeError, ValueError, LookupError) as err:
         raise CheckpointConfigError(
-            f"{config_path}: the estimator config does not build an estimator: {err}"
+            f"{config_path}: the estimator config does not build an estimator: {err}; {advice}"
         ) from err
     missing = _missing_keys(complete, saved)
     if missing:
         raise CheckpointConfigError(
             f"{config_path}: the estimator config lacks {missing}, so loading would fall back "
-            "to defaults; restore them (re-save the model with save_pretrained), or pass "
-            "estimator=... to from_pretrained"
+            f"to defaults; {advice}"
         )
 
 

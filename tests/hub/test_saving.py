@@ -203,7 +203,7 @@ def test_a_card_without_metrics(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("estimator", "expected"),
     [
-        ({"name": "aimle"}, "its adaptive state (β, the running average"),
+        ({"name": "aimle"}, "model.safetensors`: β, the running average"),
         ({"name": "aimle", "target": {"name": "fixed", "lambda_": 1.0}}, "keeps no state"),
         ({"name": "imle"}, "keeps no state"),
     ],
@@ -215,7 +215,7 @@ def test_the_card_describes_the_estimator_state_the_checkpoint_holds(
     text = str(model.generate_model_card())
     assert expected in text
     holds_state = any(key.startswith("latent_layer.estimator") for key in model.state_dict())
-    assert holds_state == ("adaptive state" in text)
+    assert holds_state == ("Its adaptive state" in text)
 
 
 def test_write_model_card_adds_metrics_to_an_existing_checkpoint(tmp_path: Path) -> None:

@@ -1,11 +1,16 @@
-"""A dataset that crashes part-way through an epoch, for the resume tests."""
+"""Test helpers: a dataset that crashes part-way through an epoch, for the resume tests, and
+a recipe whose AIMLE default changes, for the tests of runs made under an older one."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+from aimle_zoo.recipes import Recipe
 
 
 class PowerCut(Dataset[tuple[torch.Tensor, ...]]):
@@ -25,3 +30,16 @@ class PowerCut(Dataset[tuple[torch.Tensor, ...]]):
         if self.delay:
             time.sleep(self.delay)
         return self.data[index]
+
+
+def change_aimle_step_size(monkeypatch: pytest.MonkeyPatch, update_step: float) -> None:
+    """Make every recipe's AIMLE target use ``update_step`` from now on (a changed default)."""
+    original = Recipe.estimator_config
+
+    def new_default(self: Recipe, variant: str) -> dict[str, Any] | None:
+        config = original(self, variant)
+        if config is not None and "target" in config:
+            config["target"] = {**config["target"], "update_step": update_step}
+        return config
+
+    monkeypatch.setattr(Recipe, "estimator_config", new_default)

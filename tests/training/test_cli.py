@@ -26,7 +26,6 @@ from aimle_zoo.recipes import (
     HELDOUT_PREFIX,
     HELDOUT_SIZE,
     DataOptions,
-    Recipe,
     get_recipe,
     list_recipes,
     read_recipe,
@@ -34,6 +33,8 @@ from aimle_zoo.recipes import (
 )
 from aimle_zoo.solvers import register_solver
 from aimle_zoo.solvers.testing import isolated_registry
+
+from ._helpers import change_aimle_step_size
 
 
 @pytest.fixture(autouse=True)
@@ -273,15 +274,7 @@ def test_compare_refuses_a_run_made_with_an_older_estimator_default(
     invoke("compare", "l2x-xor", "--estimators", variants, *options)
     assert {path: path.read_text() for path in logs} == logs  # all reused, none retrained
 
-    original = Recipe.estimator_config
-
-    def new_default(self: Recipe, variant: str) -> dict[str, Any] | None:
-        config = original(self, variant)
-        if config is not None and "target" in config:
-            config["target"] = {**config["target"], "update_step": 0.01}
-        return config
-
-    monkeypatch.setattr(Recipe, "estimator_config", new_default)
+    change_aimle_step_size(monkeypatch, 0.01)
     output = fails("compare", "l2x-xor", "--estimators", "aimle-central", *options)
     assert "estimator target.update_step=0.001 (now 0.01)" in output
     # every run is checked before any trains: imle, asked for a second epoch, is left alone

@@ -20,7 +20,6 @@ from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.recipes import (
     ESTIMATOR_VARIANTS,
     DataOptions,
-    Recipe,
     UnknownRecipeError,
     get_recipe,
     list_recipes,
@@ -32,7 +31,7 @@ from aimle_zoo.training import TrainConfig, seed_everything, train
 from tests.conftest import SHARED_DATA
 from tests.data.test_beer import write_beer
 
-from ._helpers import PowerCut
+from ._helpers import PowerCut, change_aimle_step_size
 
 MNIST = str(Path(SHARED_DATA) / "mnist")
 ONE_PER_MODEL = ("l2x-xor", "l2x-mnist", "l2x-beer-aroma", "dvae-mnist", "nri-t10", "grid-12")
@@ -156,15 +155,7 @@ def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
         run_training("l2x-xor", out, epochs=1, **settings)
     run_training("l2x-xor", kept, epochs=2, resume=True, **settings)
 
-    original = Recipe.estimator_config
-
-    def new_default(self: Recipe, variant: str) -> dict[str, Any] | None:
-        config = original(self, variant)
-        if config is not None and "target" in config:
-            config["target"] = {**config["target"], "update_step": 0.01}
-        return config
-
-    monkeypatch.setattr(Recipe, "estimator_config", new_default)
+    change_aimle_step_size(monkeypatch, 0.01)
     fresh = get_recipe("l2x-xor").build_model()
     assert fresh.latent_layer.estimator.config()["target"]["update_step"] == 0.01
     run_training("l2x-xor", changed, epochs=2, resume=True, **settings)

@@ -26,6 +26,10 @@ DataDirOpt = Annotated[
 ]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache for generated datasets.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+RunDeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="cpu, cuda, cuda:N or auto (default: cpu; a resumed run: its own)."),
+]
 
 
 def _data_options(
@@ -72,10 +76,7 @@ def train_command(
         float | None, typer.Option(help="Adam learning rate (default: the recipe's, or the run's).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0, or the run's).")] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="cpu, cuda, cuda:N or auto (default: cpu; with --resume, the run's)."),
-    ] = None,
+    device: RunDeviceOpt = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last/.")] = False,
@@ -166,10 +167,7 @@ def compare_command(
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the recipe's).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (the same for every estimator).")] = 0,
-    device: Annotated[
-        str | None,
-        typer.Option(help="cpu, cuda, cuda:N or auto (default: cpu; a run resumed: its own)."),
-    ] = None,
+    device: RunDeviceOpt = None,
     data_dir: DataDirOpt = None,
     smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
 ) -> None:

@@ -83,7 +83,7 @@ class _AIMLEFunction(torch.autograd.Function):
             difference = z - call_solver(ctx.solver, right)
         else:
             difference = _paired_difference(
-                ctx.solver, theta_tiled, move, noise, estimator.symmetric
+                ctx.solver, theta_tiled, move, noise, estimator.symmetric, estimator.samples
             )
         gradient = combine_differences(
             difference,
@@ -103,26 +103,33 @@ def _paired_difference(
     move: Tensor,
     noise: Tensor | None,
     symmetric: bool,
+    samples: int,
 ) -> Tensor:
-    """MAP(left) − MAP(right) from one solver call on the ``[2·B·N, *S]`` batch of both targets.
+    """MAP(left) − MAP(right) from one solver call on a ``[2·B·N, *S]`` batch of both targets.
 
     ``right = θ + move + τ_t·ε`` and ``left = θ − move + τ_t·ε`` (central, then halved) or
-    ``left = θ + τ_t·ε`` (forward difference with τ_in ≠ τ_t). Both halves are written in place
-    into one buffer, in the same order of operations as :func:`perturb`.
+    ``left = θ + τ_t·ε`` (forward difference with τ_in ≠ τ_t). The solver batch is laid out
+    ``[B, 2, N, *S]``: every instance's rows stay together, so a solver holding per-instance
+    data (sources, targets, masks for B instances, repeated per row) reads the right ones. Both
+    halves are written in place into one buffer, in the same order of operations as
+    :func:`perturb`.
     """
-    rows = theta_tiled.shape[0]
+    rows, shape = theta_tiled.shape[0], theta_tiled.shape[1:]
+    batch = rows // samples
     dtype = torch.promote_types(theta_tiled.dtype, move.dtype)
-    both = torch.empty((2 * rows, *theta_tiled.shape[1:]), dtype=dtype, device=theta_tiled.device)
-    left, right = both[:rows], both[rows:]  # [B·N, *S] views
+    both = torch.empty((batch, 2, samples, *shape), dtype=dtype, device=theta_tiled.device)
+    left, right = both[:, 0], both[:, 1]  # [B, N, *S] views
+    theta_rows = theta_tiled.reshape(batch, samples, *shape)  # [B, N, *S]
+    move_rows = move.reshape(batch, samples, *shape)  # [B, N, *S]
     if symmetric:
-        torch.sub(theta_tiled, move, out=left)
+        torch.sub(theta_rows, move_rows, out=left)
     else:
-        left.copy_(theta_tiled)
-    torch.add(theta_tiled, move, out=right)
+        left.copy_(theta_rows)
+    torch.add(theta_rows, move_rows, out=right)
     if noise is not None:
-        both.unflatten(0, (2, rows)).add_(noise)  # [2, B·N, *S] += [B·N, *S]
-    z_left, z_right = call_solver(solver, both).chunk(2)
-    difference = z_left - z_right
+        both.add_(noise.reshape(batch, 1, samples, *shape))  # [B, 2, N, *S] += [B, 1, N, *S]
+    solutions = call_solver(solver, both.view(2 * rows, *shape)).view(batch, 2, samples, *shape)
+    difference = (solutions[:, 0] - solutions[:, 1]).reshape(rows, *shape)  # [B·N, *S]
     return difference.div_(2) if symmetric else difference
 
 

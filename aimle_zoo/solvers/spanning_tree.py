@@ -190,12 +190,14 @@ def check_spanning_tree_input(
             f"{tuple(theta.shape)}."
         )
     if mask is not None and (
-        mask.shape[-1] != rows or (mask.dim() == 3 and mask.shape[0] != batch)
+        mask.shape[-1] != rows or (mask.dim() == 3 and batch % mask.shape[0] != 0)
     ):
         raise SolverInputError(
             f"{solver}: the mask has shape {tuple(mask.shape)} but the weights have shape "
-            f"{tuple(theta.shape)}; pass a mask [n, n] or [B, n, n] matching them."
+            f"{tuple(theta.shape)}; pass a mask [n, n], or [B', n, n] for weights [m·B', n, n] "
+            "(each instance's mask repeated for its m samples)."
         )
+    mask = mask_for_batch(mask, batch)
     if not symmetric or torch.equal(theta, theta.transpose(1, 2)):  # exact: one cheap pass
         return theta
     allowed = ~torch.eye(rows, dtype=torch.bool, device=theta.device)  # [n, n]
@@ -215,6 +217,14 @@ def check_spanning_tree_input(
             "i.i.d. perturbation noise), or use 'mst_edges' for directed-edge scores."
         )
     return theta
+
+
+def mask_for_batch(mask: Tensor | None, batch: int) -> Tensor | None:
+    """A per-instance mask ``[B', n, n]`` repeated for a batch of ``m·B'`` weights (row b·m + s
+    belongs to instance b, the estimators' sample layout); ``[n, n]`` and ``None`` as they are."""
+    if mask is None or mask.dim() == 2 or mask.shape[0] == batch:
+        return mask
+    return mask.repeat_interleave(batch // mask.shape[0], dim=0)
 
 
 def check_connected(parent: Tensor, solver: str) -> None:
@@ -237,9 +247,9 @@ def _validate_mask(mask: object, solver: str) -> Tensor | None:
             f"{solver}: mask must be a boolean tensor [n, n] or [B, n, n] of allowed edges, "
             f"got {what}; build it with e.g. weights != 0."
         )
-    if mask.dim() not in (2, 3) or mask.shape[-1] != mask.shape[-2]:
+    if mask.dim() not in (2, 3) or mask.shape[-1] != mask.shape[-2] or mask.shape[0] == 0:
         raise SolverInputError(
-            f"{solver}: mask must have shape [n, n] or [B, n, n], got {tuple(mask.shape)}."
+            f"{solver}: mask must have shape [n, n] or [B, n, n], got {tuple(mask.shape)} (B >= 1)."
         )
     if not torch.equal(mask, mask.transpose(-1, -2)):
         raise SolverInputError(
@@ -389,9 +399,9 @@ class SpanningTree(Solver):
             self._check_input(theta)
         if self.symmetrize:
             theta = symmetric_part(theta)  # [B, n, n]
-        parent = _prim_parents(theta, self.maximum, self.mask)  # [B, n]
+        parent = _prim_parents(theta, self.maximum, mask_for_batch(self.mask, theta.shape[0]))
         if not torch.jit.is_scripting():
-            self._check_connected(parent)
+            self._check_connected(parent)  # parent [B, n]
         return _parents_to_adjacency(parent, theta.dtype)
 
     @torch.jit.unused
@@ -400,10 +410,15 @@ class SpanningTree(Solver):
         self._check_input(theta)
         if self.symmetrize:
             theta = symmetric_part(theta)  # [B, n, n]
-        if self.mask is not None:
-            self._check_connected(_prim_parents(theta.detach(), self.maximum, self.mask))
+        mask = mask_for_batch(self.mask, theta.shape[0])
+        if mask is not None:
+            self._check_connected(_prim_parents(theta.detach(), self.maximum, mask))
         signed = theta if self.maximum else -theta
-        return spanning_tree_marginals(signed, temperature, self.mask)
+        return spanning_tree_marginals(signed, temperature, mask)
+
+    def batch_multiple(self) -> int:
+        """θ's batch must hold every per-instance mask the same number of times."""
+        return 1 if self.mask is None or self.mask.dim() == 2 else self.mask.shape[0]
 
     @torch.jit.unused
     def _check_input(self, theta: Tensor) -> None:

@@ -62,7 +62,9 @@ class FixedNoise(Noise):
         generator: torch.Generator | None,
     ) -> Tensor:
         assert tuple(shape) == tuple(self.values.shape), (shape, self.values.shape)
-        return self.values.to(device=device, dtype=dtype)
+        return self.values.to(
+            device=device, dtype=dtype, copy=True
+        )  # estimators may negate it in place
 
 
 def tile(x: np.ndarray, samples: int) -> np.ndarray:

@@ -57,7 +57,8 @@ def _instance_masks(weights: Tensor, mask: Tensor | None) -> list[np.ndarray | N
     masks = mask.detach().cpu().numpy().astype(bool)
     if masks.ndim == 2:
         return [masks] * weights.shape[0]
-    return list(masks)
+    # [B', n, n] for a batch of m·B': row b·m + s belongs to instance b
+    return list(np.repeat(masks, weights.shape[0] // masks.shape[0], axis=0))
 
 
 def _disconnected(instance: int) -> SolverInputError:
@@ -186,3 +187,7 @@ class SpanningTreeScipy(Solver):
             return spanning_tree_scipy(theta, self.maximum, self.mask)
         except SolverInputError as err:
             raise SolverInputError(f"mst_scipy: {err}") from None
+
+    def batch_multiple(self) -> int:
+        """θ's batch must hold every per-instance mask the same number of times."""
+        return 1 if self.mask is None or self.mask.dim() == 2 else self.mask.shape[0]

@@ -133,7 +133,9 @@ class AdaptiveTarget(Target):
         β ← max(β + Δ, 0)
 
     and the gradient returned is g/λ (g when λ = 0). The β used for λ is the value before the
-    update. β, c̄ and Δ_prev are buffers (``beta``, ``grad_norm``, ``last_update``).
+    update. β, c̄ and Δ_prev are buffers (``beta``, ``grad_norm``, ``last_update``) kept in
+    float32 at least: ``model.half()`` or ``.bfloat16()`` moves them but keeps their
+    precision (in bfloat16, β + η with η = 1e-3 rounds back to β; in float16 it moves by 2η).
 
     Args:
         initial_beta: β₀ ≥ 0 (default 1, the reference class default, so the first backward
@@ -186,6 +188,20 @@ class AdaptiveTarget(Target):
         self.register_buffer("grad_norm", torch.tensor(self.initial_grad_norm))
         self.register_buffer("last_update", torch.tensor(0.0))
 
+    def _apply(self, fn: Any, recurse: bool = True) -> AdaptiveTarget:
+        """``Module._apply`` (``.to``, ``.cuda``, ``.half``, ...) that never lowers the state's
+        precision below float32: a half-precision cast only moves the buffers."""
+        before = {name: self._buffers[name] for name in _ADAPTIVE_STATE}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            moved = self._buffers[name]
+            if old is None or moved is None:
+                continue
+            if torch.promote_types(moved.dtype, torch.float32) != moved.dtype:  # below float32
+                kept = torch.promote_types(old.dtype, torch.float32)
+                self._buffers[name] = old.to(device=moved.device, dtype=kept)
+        return self
+
     def step_size(self, theta: Tensor, dy: Tensor) -> Tensor:
         """λ = β·‖θ‖/‖dy‖ over the whole batch (0 when dy = 0)."""
         dtype = step_dtype(theta.dtype)
@@ -233,6 +249,9 @@ class AdaptiveTarget(Target):
 
     def diagnostics(self) -> dict[str, float]:
         return {"beta": float(self.beta), "grad_norm_avg": float(self.grad_norm)}
+
+
+_ADAPTIVE_STATE = ("beta", "grad_norm", "last_update")
 
 
 class UnknownTargetError(UnknownNameError, ValueError):

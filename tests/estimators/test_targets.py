@@ -233,3 +233,25 @@ def test_aimle_in_half_precision_with_a_loss_scaled_gradient() -> None:
     estimator(lambda t: topk_mask(t, 5), theta).backward(dy)
     assert theta.grad is not None and torch.isfinite(theta.grad).all()
     assert int(theta.grad.count_nonzero()) > 0
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_keeps_the_adaptive_state_in_single_precision(low) -> None:
+    """``module.half()`` moves β, c̄ and Δ but does not round them: 50 steps of +η from β = 2
+    end at 2 + 50η, as in a float32 model (bfloat16 rounded every step back to 2, float16
+    moved by 2η)."""
+    layer = torch.nn.Module()
+    layer.target = AdaptiveTarget(initial_beta=2.0, target_norm=100.0, update_step=1e-3)
+    layer.to(low)
+    assert {buffer.dtype for buffer in layer.target.buffers()} == {torch.float32}
+    reference = AdaptiveTarget(initial_beta=2.0, target_norm=100.0, update_step=1e-3)
+    step = torch.tensor(1.0)
+    for _ in range(50):
+        for target in (layer.target, reference):
+            target.process(_gradient_with_nonzeros(3).to(low), step)
+    assert torch.equal(layer.target.beta, reference.beta)
+    torch.testing.assert_close(layer.target.beta, torch.tensor(2.05), rtol=0, atol=1e-5)
+    layer.double()  # a wider dtype is taken
+    assert {buffer.dtype for buffer in layer.target.buffers()} == {torch.float64}
+    layer.half()  # and kept
+    assert {buffer.dtype for buffer in layer.target.buffers()} == {torch.float64}

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..solvers import FunctionSolver
 from ._base import (
     Estimator,
     SolverFunction,
@@ -115,6 +116,8 @@ class Relaxed(Estimator):
         if self.relaxation is not None:
             return self.relaxation
         relax = getattr(solver, "relax", None)
+        if relax is None and isinstance(solver, FunctionSolver):
+            relax = getattr(solver.fn, "relax", None)  # a registered plain class's instance
         if callable(relax):
             return relax
         raise RelaxationError(

@@ -31,6 +31,9 @@ class DifferentiableSolver(nn.Module):
             registered solver (built with ``get_solver(name, **solver_params)``).
         estimator: an :class:`Estimator`, an estimator name (built with defaults), or ``None``
             for ``AIMLE()`` (adaptive target, Gumbel noise, one sample).
+        minimize: treat the solver as a minimiser (``True``) or maximiser (``False``); ``None``
+            reads its sense (:func:`~aimle_zoo.solvers.solver_sense`). Needed for a wrapper
+            such as ``nn.Sequential(preprocess, get_solver("dijkstra"))``, which has none.
         **solver_params: parameters of a named solver, e.g. ``k=5`` for ``"topk"``.
 
     Example::
@@ -39,16 +42,20 @@ class DifferentiableSolver(nn.Module):
         z = layer(logits)          # training: [B·10, n]; eval: [B, n]
     """
 
-    __jit_ignored_attributes__: ClassVar[list[str]] = ["estimator"]
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["estimator", "minimize"]
     __jit_unused_properties__: ClassVar[list[str]] = ["samples"]
 
     def __init__(
         self,
         solver: nn.Module | SolverFunction | str,
         estimator: Estimator | str | None = None,
+        *,
+        minimize: bool | None = None,
         **solver_params: Any,
     ) -> None:
         super().__init__()
+        if minimize is not None and not isinstance(minimize, bool):
+            raise TypeError(f"minimize must be True, False or None, got {minimize!r}")
         if isinstance(solver, str):
             solver = get_solver(solver, **solver_params)
         elif solver_params:
@@ -74,6 +81,7 @@ class DifferentiableSolver(nn.Module):
             estimator.relaxation_of(solver)  # fail now, not at the first training step
         self.solver = solver
         self.estimator = estimator
+        self.minimize = minimize
 
     @property
     def samples(self) -> int:
@@ -87,5 +95,5 @@ class DifferentiableSolver(nn.Module):
         if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
             return self.solver(theta)
         if self.training:
-            return self.estimator(self.solver, theta)
+            return self.estimator(self.solver, theta, minimize=self.minimize)
         return call_solver(self.solver, theta)  # checked and cast like the training samples

@@ -131,16 +131,26 @@ def _own_spec(obj: object) -> SolverSpec | None:
     return spec if isinstance(spec, SolverSpec) else None
 
 
+def _own_sense(solver: object) -> object:
+    """The ``sense`` set on the instance itself, or ``None``."""
+    return vars(solver).get("sense") if hasattr(solver, "__dict__") else None
+
+
 def solver_sense(solver: object) -> Sense:
     """``"max"`` or ``"min"``: an instance's own ``sense`` attribute, else its registry spec.
 
     The instance attribute comes first so that one class can solve both senses (e.g. a
-    spanning tree built with ``maximum=False``); unregistered callables default to ``"max"``.
+    spanning tree built with ``maximum=False``), also on the object a :class:`FunctionSolver`
+    wraps; then the registry; then a class attribute ``sense`` (registered classes get one, so
+    their subclasses inherit it); other callables default to ``"max"``.
     """
-    sense = vars(solver).get("sense") if hasattr(solver, "__dict__") else None
+    sense = _own_sense(solver)
+    if sense is None and isinstance(solver, FunctionSolver):
+        sense = _own_sense(solver.fn)  # a registered plain class's instance, as built by name
     if sense is None:
         spec = solver_spec(solver)
-        sense = spec.sense if spec is not None else getattr(solver, "sense", "max")
+        inner = solver.fn if isinstance(solver, FunctionSolver) else solver
+        sense = spec.sense if spec is not None else getattr(inner, "sense", "max")
     if sense not in ("max", "min"):
         raise ValueError(f"solver sense must be 'max' or 'min', got {sense!r}")
     return "min" if sense == "min" else "max"

@@ -65,7 +65,9 @@ def register_solver(
 
     A class must build a callable ``theta -> z`` from keyword parameters (subclass
     :class:`Solver` to make it exportable); a function has the signature
-    ``fn(theta, **params) -> z``. ``get_solver(name, **params)`` builds it.
+    ``fn(theta, **params) -> z``. ``get_solver(name, **params)`` builds it. A class without
+    its own ``sense`` attribute gets ``sense`` as one, so a subclass solves in the same sense
+    unless it sets another (an instance attribute ``self.sense`` lets one class do both).
 
     Raises:
         ValueError: ``name`` or one of ``aliases`` is already taken, or ``sense`` is invalid.
@@ -107,6 +109,8 @@ def register_solver(
         for alias in aliases:
             _aliases[alias] = name
         setattr(obj, _SPEC_ATTR, spec)
+        if inspect.isclass(obj) and "sense" not in vars(obj):
+            obj.sense = sense  # inherited by subclasses
         return obj
 
     return decorator

@@ -105,6 +105,29 @@ def test_registered_minimiser_sense_is_read_from_the_registry() -> None:
     assert declared.abs().sum() > 0 and not torch.equal(declared, as_max)
 
 
+def test_the_layer_takes_the_sense_of_a_wrapped_solver_from_minimize() -> None:
+    """A wrapper such as nn.Sequential has no sense of its own: ``minimize=True`` gives the
+    minimiser's gradient, as the bare registered solver does by itself."""
+    spec = get_solver_spec("grid_shortest_path")
+    params, theta = spec.example(2, torch.Generator().manual_seed(0))
+    solver = get_solver("grid_shortest_path", **params)
+    wrapped = nn.Sequential(nn.Identity(), solver)
+    cost = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1))
+
+    def gradient(layer: DifferentiableSolver) -> Tensor:
+        t = theta.clone().requires_grad_()
+        (layer(t) * cost).sum().backward()
+        return t.grad
+
+    bare = gradient(DifferentiableSolver(solver, Blackbox(lambda_=5.0)))
+    told = gradient(DifferentiableSolver(wrapped, Blackbox(lambda_=5.0), minimize=True))
+    untold = gradient(DifferentiableSolver(wrapped, Blackbox(lambda_=5.0)))
+    assert bare.abs().sum() > 0
+    assert torch.equal(told, bare) and not torch.equal(untold, bare)
+    with pytest.raises(TypeError, match="minimize must be True, False or None"):
+        DifferentiableSolver(solver, minimize="yes")
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_scripted_eval_layer_gives_the_eval_output() -> None:
     layer = DifferentiableSolver(ScriptableTopK(2), AIMLE(samples=3)).eval()

@@ -35,7 +35,8 @@ def test_ste_passes_the_mean_of_dy(sense: str) -> None:
     estimator = STE(noise=FixedNoise(eps), temperature=tau, samples=samples)
     z, grad = _run(estimator, CountingSolver(2, sense), theta, cost)
 
-    perturbed = tile(theta.numpy(), samples) + tau * eps.numpy()
+    drawn = -eps.numpy() if sense == "min" else eps.numpy()  # a minimiser's θ − τε
+    perturbed = tile(theta.numpy(), samples) + tau * drawn
     expected_z = numpy_topk(-perturbed if sense == "min" else perturbed, 2)
     mean_dy = cost.numpy().reshape(batch, samples, n).mean(axis=1)
     np.testing.assert_array_equal(z.numpy(), expected_z)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from aimle_zoo.estimators import Relaxed
 from aimle_zoo.solvers import (
     FunctionSolver,
+    GridShortestPath,
     Solver,
     SolverSpec,
     UnknownSolverError,
@@ -270,3 +272,49 @@ def test_a_subclass_of_a_registered_solver_is_not_that_solver() -> None:
     assert solver_spec(TopK) is solver_spec(TopK(2)) is solver_registry["reg_top_k_class"]
     assert solver_spec(BottomK) is None and solver_spec(BottomK(2)) is None
     assert solver_sense(TopK(2)) == "max" and solver_sense(BottomK(2)) == "min"
+
+
+def test_a_subclass_of_a_registered_minimiser_inherits_its_sense() -> None:
+    """The registered sense is a class attribute: a subclass that only preprocesses θ (here of
+    the built-in grid solver) stays a minimiser instead of falling back to "max"."""
+
+    class ScaledGrid(GridShortestPath):
+        def forward(self, theta: Tensor) -> Tensor:
+            return super().forward(2 * theta)
+
+    @register_solver("reg_bottom_k_class", sense="min")
+    class BottomK(Solver):
+        def forward(self, theta: Tensor) -> Tensor:
+            return top_k(-theta, 1)
+
+    class Shifted(BottomK):
+        def forward(self, theta: Tensor) -> Tensor:
+            return super().forward(theta + 1)
+
+    assert solver_sense(GridShortestPath()) == solver_sense(ScaledGrid()) == "min"
+    assert solver_sense(BottomK()) == solver_sense(Shifted()) == "min"
+    assert solver_spec(ScaledGrid()) is None  # still not the registered solver itself
+
+
+def test_a_registered_plain_class_keeps_its_instance_sense_and_relaxation() -> None:
+    """``get_solver`` wraps an instance of a class that is not a Solver in a FunctionSolver;
+    the instance's own ``sense`` and ``relax`` are still found through the wrapper."""
+
+    @register_solver("reg_plain_argext", sense="max")
+    class ArgExtreme:
+        def __init__(self, maximum: bool = True) -> None:
+            self.sense = "max" if maximum else "min"
+
+        def __call__(self, theta: Tensor) -> Tensor:
+            return top_k(theta if self.sense == "max" else -theta, 1)
+
+        def relax(self, theta: Tensor, temperature: float) -> Tensor:
+            signed = theta if self.sense == "max" else -theta
+            return torch.softmax(signed / temperature, dim=-1)
+
+    built = get_solver("reg_plain_argext", maximum=False)
+    assert isinstance(built, FunctionSolver)
+    assert solver_sense(built) == "min" and solver_sense(get_solver("reg_plain_argext")) == "max"
+    theta = torch.tensor([[0.3, -1.0, 2.0]], requires_grad=True)
+    z = Relaxed(noise=None, temperature=0.5)(built, theta)
+    torch.testing.assert_close(z.detach(), torch.softmax(-theta.detach() / 0.5, dim=-1))

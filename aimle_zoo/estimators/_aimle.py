@@ -44,6 +44,7 @@ from ._base import (
     SolverFunction,
     call_solver,
     check_count,
+    check_incoming_gradient,
     check_temperature,
     combine_differences,
     scaled_noise,
@@ -72,6 +73,7 @@ class _AIMLEFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: AIMLE = ctx.estimator
+        check_incoming_gradient(dy, "aimle")
         theta_tiled, eps, z = ctx.saved_tensors  # [B·N, *S] each
         step = estimator.target.step_size(theta_tiled, dy)  # λ
         move = times_step(step if ctx.minimize else -step, dy)  # θ_R − θ = ∓λ·dy

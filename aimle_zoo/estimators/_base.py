@@ -14,6 +14,7 @@ the ``minimize`` override of :meth:`Estimator.forward`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -140,18 +141,40 @@ def check_count(label: str, value: object) -> int:
     return value
 
 
+def _finite_number(value: object) -> float | None:
+    """``value`` as a float if it is a finite int or float (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def check_temperature(label: str, value: object) -> float:
-    """A noise temperature: a number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{label} must be a number >= 0, got {value!r}")
-    return float(value)
+    """A noise temperature: a finite number >= 0."""
+    number = _finite_number(value)
+    if number is None or number < 0:
+        raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+    return number
 
 
 def check_positive(label: str, value: object) -> float:
-    """A step or scale such as λ or σ: a number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{label} must be a number > 0, got {value!r}")
-    return float(value)
+    """A step or scale such as λ or σ: a finite number > 0."""
+    number = _finite_number(value)
+    if number is None or number <= 0:
+        raise ValueError(f"{label} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def check_incoming_gradient(dy: Tensor, estimator: str) -> None:
+    """Refuse a NaN or ±inf ∂L/∂z before the backward solver call blames θ for it.
+
+    One reduction screens the common case (a finite sum proves every entry finite)."""
+    if bool(torch.isfinite(dy.sum())) or bool(torch.isfinite(dy).all()):
+        return
+    raise ValueError(
+        f"{estimator}: the incoming gradient ∂L/∂z contains NaN or inf values (θ itself is "
+        "finite); check the loss downstream of the solver, e.g. a log of 0 or a division by "
+        "zero, or enable torch.autograd.detect_anomaly() to find the operation."
+    )
 
 
 class Estimator(nn.Module):

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._base import Estimator, SolverFunction, call_solver, check_positive
+from ._base import (
+    Estimator,
+    SolverFunction,
+    call_solver,
+    check_incoming_gradient,
+    check_positive,
+)
 
 __all__ = ["Blackbox"]
 
@@ -47,6 +53,7 @@ class _BlackboxFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: Blackbox = ctx.estimator
+        check_incoming_gradient(dy, "blackbox")
         theta, z = ctx.saved_tensors
         step = torch.full((), estimator.lambda_, device=theta.device, dtype=theta.dtype)  # λ
         move = step * dy if ctx.minimize else -step * dy  # ∓λ·dy

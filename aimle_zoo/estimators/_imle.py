@@ -34,6 +34,7 @@ from ._base import (
     SolverFunction,
     call_solver,
     check_count,
+    check_incoming_gradient,
     check_positive,
     check_temperature,
     combine_differences,
@@ -62,6 +63,7 @@ class _IMLEFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: IMLE = ctx.estimator
+        check_incoming_gradient(dy, "imle")
         theta, eps, z = ctx.saved_tensors
         theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
         step = estimator.target.step_size(theta_tiled, dy)  # λ

@@ -127,8 +127,10 @@ class Gumbel(Noise):
     has_density_gradient = True
 
     def __init__(self, loc: float = 0.0, scale: float = 1.0) -> None:
-        if not scale > 0:
-            raise ValueError(f"Gumbel: scale must be > 0, got {scale}")
+        if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"Gumbel: loc must be finite and scale finite and > 0, got loc={loc}, scale={scale}"
+            )
         self.loc = float(loc)
         self.scale = float(scale)
 
@@ -204,8 +206,8 @@ class SumOfGamma(Noise):
     methods: ClassVar[tuple[str, ...]] = ("quantile", "mixture", "terms")
 
     def __init__(self, k: float, iterations: int = 10, method: str = "quantile") -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
-            raise ValueError(f"SumOfGamma: k must be a positive number, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k < math.inf:
+            raise ValueError(f"SumOfGamma: k must be a finite positive number, got {k!r}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"SumOfGamma: iterations must be an integer >= 1, got {iterations!r}")
         if method not in self.methods:
@@ -603,8 +605,8 @@ class Gaussian(Noise):
     has_density_gradient = True
 
     def __init__(self, scale: float = 1.0) -> None:
-        if not scale > 0:
-            raise ValueError(f"Gaussian: scale must be > 0, got {scale}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"Gaussian: scale must be finite and > 0, got {scale}")
         self.scale = float(scale)
 
     def _draw(

@@ -31,6 +31,7 @@ Differences from the reference implementation (torch-adaptive-imle ``imle/target
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -102,9 +103,13 @@ class FixedTarget(Target):
 
     def __init__(self, lambda_: float = 10.0, scale_gradient: bool = True) -> None:
         super().__init__()
-        if isinstance(lambda_, bool) or not isinstance(lambda_, (int, float)) or not lambda_ > 0:
+        if (
+            isinstance(lambda_, bool)
+            or not isinstance(lambda_, (int, float))
+            or not (0 < lambda_ < math.inf)
+        ):
             raise ValueError(
-                f"FixedTarget: lambda_ must be a number > 0, got {lambda_!r}; "
+                f"FixedTarget: lambda_ must be a finite number > 0, got {lambda_!r}; "
                 "use AdaptiveTarget to let λ adapt from 0"
             )
         self.lambda_ = float(lambda_)
@@ -305,8 +310,8 @@ def make_target(target: TargetLike, **params: Any) -> Target:
 
 
 def _check_non_negative(label: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"AdaptiveTarget: {label} must be a number >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"AdaptiveTarget: {label} must be a finite number >= 0, got {value!r}")
 
 
 def _distributed_world_size() -> int:

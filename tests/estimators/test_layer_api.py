@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -288,9 +289,14 @@ def test_build_estimator_by_name_with_overrides() -> None:
         (lambda: AIMLE(input_temperature=-0.1), ValueError, "input_temperature must be"),
         (lambda: IMLE(target_temperature=-1), ValueError, "target_temperature must be"),
         (lambda: STE(temperature=-1), ValueError, "temperature must be"),
-        (lambda: IMLE(lambda_=0.0), ValueError, "lambda_ must be a number > 0"),
-        (lambda: Blackbox(lambda_=-2.0), ValueError, "lambda_ must be a number > 0"),
-        (lambda: PerturbedOptimizer(sigma=0.0), ValueError, "sigma must be a number > 0"),
+        (lambda: IMLE(lambda_=0.0), ValueError, "lambda_ must be a finite number > 0"),
+        (lambda: Blackbox(lambda_=-2.0), ValueError, "lambda_ must be a finite number > 0"),
+        (lambda: PerturbedOptimizer(sigma=0.0), ValueError, "sigma must be a finite number > 0"),
+        (lambda: IMLE(lambda_=math.inf), ValueError, "lambda_ must be a finite number > 0"),
+        (lambda: AIMLE(input_temperature=math.inf), ValueError, "finite number >= 0"),
+        (lambda: STE(temperature=math.nan), ValueError, "finite number >= 0"),
+        (lambda: AIMLE(target={"name": "adaptive", "update_step": math.inf}), ValueError, "finite"),
+        (lambda: AIMLE(target={"name": "fixed", "lambda_": math.inf}), ValueError, "finite"),
         (lambda: PerturbedOptimizer(noise=SumOfGamma(3)), ValueError, "density gradient"),
         (lambda: PerturbedOptimizer(noise=None), ValueError, "density gradient"),
         (lambda: PerturbedOptimizer(samples=1), ValueError, "baseline=True needs samples >= 2"),
@@ -339,3 +345,15 @@ def test_sample_layout_helpers() -> None:
         mean_over_samples(values, 4)
     with pytest.raises(ValueError, match="samples must be an integer >= 1"):
         expand_samples(x, 0)
+
+
+@pytest.mark.parametrize("name", ["aimle", "imle", "blackbox"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_incoming_gradient_is_named_as_such(name: str, bad: float) -> None:
+    """θ is finite: the error must blame ∂L/∂z, not the network producing θ."""
+    theta = torch.randn(3, 6, requires_grad=True)
+    z = build_estimator(name)(get_solver("topk", k=2), theta)
+    dy = torch.ones_like(z)
+    dy[1, 4] = bad
+    with pytest.raises(ValueError, match=r"incoming gradient ∂L/∂z contains NaN or inf"):
+        z.backward(dy)

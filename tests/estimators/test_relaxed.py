@@ -97,7 +97,7 @@ def test_a_relaxation_of_the_wrong_shape_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
 def test_the_temperature_must_be_positive(temperature: float) -> None:
-    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         Relaxed(temperature=temperature)
 
 

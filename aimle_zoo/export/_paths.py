@@ -845,8 +845,9 @@ def _module_path(
     dynamic_dims: Mapping[str, Mapping[int, str]] | None,
 ) -> InferencePath:
     """Any module: axis 0 of every input and output is the dynamic batch, the rest fixed
-    unless ``dynamic_dims`` names them (``{input name: {axis: dim name}}``; each such size is
-    also checked at its example size + 1)."""
+    unless ``dynamic_dims`` names them (``{input name: {axis: dim name}}``; the sizes are also
+    checked at other values, distinct for distinct names, so a graph that ties two of them
+    fails the check)."""
     if not example_inputs:
         raise ExportError(
             f"exporting a {type(module).__name__} needs example_inputs: a tuple of tensors "
@@ -870,7 +871,6 @@ def _module_path(
     multiple = batch_multiple(*(solver for _, solver in solvers))
     dims = {BATCH: multiple}
     input_specs = []
-    dim_sizes: dict[int, str] = {}
     declared: dict[str, int] = {}
     for name, value in zip(names, inputs, strict=True):
         if value.dim() == 0:
@@ -881,7 +881,6 @@ def _module_path(
                 raise ExportError(f"input {name!r} has no axis {axis} to make dynamic")
             shape[axis] = dim
             dims[dim] = 1
-            dim_sizes[int(value.shape[axis])] = dim
             declared[dim] = int(value.shape[axis])
         low, high = _value_range(value)
         input_specs.append(TensorSpec(name, dtype_name(value.dtype), tuple(shape), "", low, high))
@@ -890,7 +889,9 @@ def _module_path(
     out_names = list(output_names or [f"output_{index}" for index in range(len(produced))])
     if len(out_names) != len(produced):
         raise ExportError(f"{len(out_names)} output names given for {len(produced)} outputs")
-    grown = _grown_outputs(module, inputs, names, extra, multiple)
+    growth = {dim: 2**index for index, dim in enumerate(declared)}  # distinct, and their sums
+    grown = _grown_outputs(module, inputs, names, extra, growth, multiple)
+    grown_dim = {step: dim for dim, step in growth.items()}
     output_specs = []
     for name, value, larger in zip(out_names, produced, grown, strict=True):
         shape = [BATCH]
@@ -898,8 +899,8 @@ def _module_path(
             size, grown_size = int(value.shape[axis]), int(larger.shape[axis])
             if size == grown_size:
                 shape.append(size)  # does not follow any dynamic size
-            elif dim_sizes.get(size) is not None and grown_size == size + 1:
-                shape.append(dim_sizes[size])  # follows a declared dimension
+            elif declared.get(grown_dim.get(grown_size - size, ""), -1) == size:
+                shape.append(grown_dim[grown_size - size])  # follows one declared dimension
             else:
                 shape.append(f"{name}_axis{axis}")  # dynamic, some other function of them
         output_specs.append(TensorSpec(name, dtype_name(value.dtype), tuple(shape)))
@@ -911,10 +912,22 @@ def _module_path(
         outputs=tuple(output_specs),
         example_inputs=inputs,
         dynamic_dims=dims,
-        size_cases=({dim: size + 1 for dim, size in declared.items()},) if declared else (),
+        size_cases=(_distinct_sizes(declared),) if declared else (),
         solvers=tuple(solver_info(obj, where) for where, obj in solvers),
         batch_multiple=multiple,
     )
+
+
+def _distinct_sizes(declared: Mapping[str, int]) -> dict[str, int]:
+    """A size case for the declared dimensions: each one larger than its example size, and no
+    two alike (equal example sizes would hide a graph that ties two dimensions)."""
+    case: dict[str, int] = {}
+    for dim, size in declared.items():
+        value = size + 1
+        while value in case.values():
+            value += 1
+        case[dim] = value
+    return case
 
 
 def _grown_outputs(
@@ -922,17 +935,19 @@ def _grown_outputs(
     inputs: tuple[Tensor, ...],
     names: list[str],
     dynamic: Mapping[str, Mapping[int, str]],
+    growth: Mapping[str, int],
     multiple: int = 1,
 ) -> tuple[Tensor, ...]:
-    """The outputs at ``multiple`` more rows (the batch step) and one more entry along every
-    declared dynamic axis (the last slices repeated), so that each output axis shows whether
-    it follows those sizes."""
+    """The outputs at ``multiple`` more rows (the batch step) and ``growth[dim]`` more entries
+    along every axis declared as ``dim`` (the last slice repeated). The growths are distinct
+    powers of two, so an output axis that grows by one of them follows that dimension."""
     grown = []
     for name, value in zip(names, inputs, strict=True):
-        for axis in (0, *dynamic.get(name, {})):
-            step = multiple if axis == 0 else 1
-            last = value.narrow(axis, value.shape[axis] - step, step)
-            value = torch.cat([value, last], dim=axis)
+        rows = value.narrow(0, value.shape[0] - multiple, multiple)  # keeps whole instances
+        value = torch.cat([value, rows])
+        for axis, dim in dynamic.get(name, {}).items():
+            last = value.narrow(axis, value.shape[axis] - 1, 1)
+            value = torch.cat([value, last.repeat_interleave(growth[dim], dim=axis)], dim=axis)
         grown.append(value)
     try:
         with torch.no_grad():
@@ -940,7 +955,7 @@ def _grown_outputs(
     except Exception as err:
         raise ExportError(
             f"{type(module).__name__} failed on inputs {multiple} larger along the batch and "
-            f"one larger along the declared dynamic axes {dict(dynamic)} ({err}); declare only "
+            f"larger along the declared dynamic axes {dict(dynamic)} ({err}); declare only "
             "sizes the module accepts any value of"
         ) from err
 
@@ -1012,6 +1027,8 @@ def inference_path(
         )
     if _is_solver(model):
         return _solver_path(model, example_inputs)
+    if example_inputs is None and isinstance(model, ZooModel):  # a subclass's own forward
+        example_inputs = model.example_inputs(2)
     return _module_path(model, example_inputs, input_names, output_names, dynamic_dims)
 
 
@@ -1056,9 +1073,15 @@ def path_module(model: nn.Module, split: bool = False) -> nn.Module:
 
 
 def _is_zoo_model(model: nn.Module) -> bool:
-    """A zoo model with a known export path (its registered class, not a subclass' own)."""
+    """A zoo model whose export path is known: an instance of its registered class or of a
+    subclass that keeps its ``forward``. A subclass with a ``forward`` of its own exports as a
+    plain module, so the artefact computes that ``forward`` (the path would skip it)."""
     expected = _ZOO_CLASSES.get(getattr(model, "model_name", ""))
-    return expected is not None and isinstance(model, expected)
+    return (
+        expected is not None
+        and isinstance(model, expected)
+        and type(model).forward is expected.forward
+    )
 
 
 def _is_solver(model: nn.Module) -> bool:

@@ -17,6 +17,7 @@ from aimle_zoo.export import (
     SplitPipeline,
     UnsupportedOpsetError,
     VerificationError,
+    load_exported,
     read_metadata,
     to_onnx,
     to_torchscript,
@@ -328,6 +329,37 @@ def test_output_shapes_of_a_module_with_a_dynamic_size_are_measured(
         for dim in onnx.load(str(tmp_path / "m.onnx")).graph.output[0].type.tensor_type.shape.dim
     ]
     assert graph_shape == shape
+
+
+class _RowSums(nn.Module):
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        both = torch.cat([x, y], dim=1).sum(-1)  # [B, n + m]
+        return x.sum(-1), y.sum(-1), both  # [B, n], [B, m], [B, n + m]
+
+
+class _TiedRows(nn.Module):
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return (x + y).sum(-1)  # only runs when m = n
+
+
+def test_two_dynamic_sizes_equal_at_the_example_are_told_apart(tmp_path: Path) -> None:
+    """n = m = 5 in the example: each output axis is named after the size it follows, and the
+    export checks the sizes at different values, so a graph that ties them fails."""
+    examples = (torch.randn(2, 5, 4), torch.randn(2, 5, 4))
+    options = {"example_inputs": examples, "dynamic_dims": {"x": {1: "n"}, "y": {1: "m"}}}
+    for export, suffix in ((to_onnx, "onnx"), (to_torchscript, "pt")):
+        result = export(_RowSums().eval(), tmp_path / f"rows.{suffix}", **options)
+        shapes = [output["shape"] for output in read_metadata(result.path)["outputs"]]
+        assert shapes == [["batch", "n"], ["batch", "m"], ["batch", "output_2_axis1"]]
+        sizes = read_metadata(result.path)["verified_sizes"]
+        assert any(case.get("n") != case.get("m") for case in sizes)
+        outputs = load_exported(result.path).run(
+            {"x": np.ones((3, 7, 4), np.float32), "y": np.ones((3, 2, 4), np.float32)}
+        )
+        assert [value.shape for value in outputs.values()] == [(3, 7), (3, 2), (3, 9)]
+    with pytest.raises(ExportError):
+        to_onnx(_TiedRows().eval(), tmp_path / "tied.onnx", **options)
+    assert not (tmp_path / "tied.onnx").exists()
 
 
 @pytest.mark.parametrize("value", [2.0, np.ones((3, 4), dtype=np.float32), None])

@@ -302,3 +302,38 @@ def test_nri_with_its_own_decoder_step_is_refused_with_the_split_way_out(tmp_pat
     assert not (tmp_path / "damped.onnx").exists()
     exported = to_onnx(model, tmp_path / "damped-theta.onnx", split=True)
     assert verify(model, exported.path).passed
+
+
+def test_a_subclass_with_its_own_forward_exports_that_forward(tmp_path: Path) -> None:
+    """The zoo path computes (mask, prediction) from the class's own methods and would skip a
+    subclass's forward; such a subclass exports as a plain module, so the artefacts compute
+    ``model(x)``. A subclass that keeps forward still gets the zoo path."""
+    from aimle_zoo.models import L2XTabular
+
+    class Calibrated(L2XTabular):
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return super().forward(features) / 10.0
+
+    class Renamed(L2XTabular):
+        def training_loss(self, batch):  # type: ignore[no-untyped-def]
+            return super().training_loss(batch)
+
+    torch.manual_seed(0)
+    plain = L2XTabular(input_dim=10).eval()
+    calibrated = Calibrated(input_dim=10).eval()
+    calibrated.load_state_dict(plain.state_dict())
+    onnx_file = to_onnx(calibrated, tmp_path / "calibrated.onnx")
+    script_file = to_torchscript(calibrated, tmp_path / "calibrated.pt")
+    features = torch.randn(5, 10)
+    with torch.no_grad():
+        expected = calibrated(features).numpy()
+        assert not np.allclose(expected, plain(features).numpy())
+    for artefact in (onnx_file.path, script_file.path):
+        (output,) = load_exported(artefact).run({"features": features.numpy()}).values()
+        np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
+        assert verify(calibrated, artefact).passed
+    renamed = Renamed(input_dim=10).eval()
+    assert (
+        read_metadata(to_onnx(renamed, tmp_path / "renamed.onnx").path)["outputs"]
+        == (read_metadata(to_onnx(plain, tmp_path / "plain.onnx").path)["outputs"])
+    )

@@ -96,11 +96,15 @@ class InputLimits:
             exclusive (token ids below the vocabulary size).
         batch_multiple: the batch must be a multiple of it (a solver with per-instance data
             for that many instances).
+        finite: ``"finite"`` (no NaN or ±inf in floating inputs), ``"no_nan"`` (±inf allowed:
+            a graph shortest path reads an infinite cost as a missing edge) or ``None`` (no
+            check: a module of the user's, whose contract the metadata does not know).
     """
 
     minimums: Mapping[str, int] = field(default_factory=dict)
     ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     batch_multiple: int = 1
+    finite: str | None = None
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> InputLimits:
@@ -113,7 +117,11 @@ class InputLimits:
                 integer = np.issubdtype(np.dtype(spec.get("dtype", "float32")), np.integer)
                 if integer and spec.get("low") is not None and spec.get("high") is not None:
                     ranges[str(spec["name"])] = (int(spec["low"]), int(spec["high"]))
-        return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1))
+        finite = None
+        if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
+            solvers = {str(info.get("name")) for info in metadata.get("solvers") or []}
+            finite = "no_nan" if "graph_shortest_path" in solvers else "finite"
+        return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1), finite)
 
 
 def check_inputs(
@@ -129,7 +137,8 @@ def check_inputs(
     Raises:
         RunnerInputError: a missing or unexpected name, a wrong number of arrays, a non-array,
             a wrong dtype, rank or fixed size, one dynamic dimension with two sizes, or (with
-            ``limits``) a dimension below its minimum or an integer outside its range.
+            ``limits``) a dimension below its minimum, an integer outside its range, or a
+            NaN or inf value.
     """
     expected = "; ".join(spec.describe() for spec in specs)
     names = [spec.name for spec in specs]
@@ -207,6 +216,8 @@ def _check_one(
                     f"multiples of {limits.batch_multiple} (its solver holds per-instance data "
                     f"for {limits.batch_multiple} instances); pad or split the batch"
                 )
+    if limits.finite is not None and value.size and np.issubdtype(value.dtype, np.floating):
+        _check_finite(spec.name, value, allow_inf=limits.finite == "no_nan")
     bounds = limits.ranges.get(spec.name)
     if bounds is not None and value.size:
         low, high = bounds
@@ -217,6 +228,25 @@ def _check_one(
                 f"[{low}, {high - 1}] (e.g. token ids below the vocabulary size)"
             )
     return value
+
+
+def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
+    """Refuse NaN (and ±inf unless ``allow_inf``), naming the instances (rows) that hold them.
+
+    One sum screens the common case: a finite sum proves every entry finite."""
+    total = value.sum(dtype=np.float64)
+    if np.isfinite(total) or (allow_inf and not np.isnan(total)):
+        return
+    bad = np.isnan(value) if allow_inf else ~np.isfinite(value)
+    rows = np.flatnonzero(bad.reshape(value.shape[0], -1).any(axis=1)) if value.ndim else []
+    if len(rows) == 0:
+        return  # an overflowing sum of finite values
+    shown = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    what = "NaN" if allow_inf else "NaN or inf"
+    raise RunnerInputError(
+        f"input {name!r} holds {what} values in instance(s) {shown}; the model needs finite "
+        "values (eager PyTorch refuses them too)"
+    )
 
 
 class OnnxRunner:

@@ -30,6 +30,7 @@ from ._paths import (
     path_module,
     random_inputs,
 )
+from .metadata import read_metadata
 from .predict import load_exported
 
 #: Default batch sizes of :func:`verify` (the exports use batch 2 as their example).
@@ -131,6 +132,7 @@ def verify(
         The :class:`VerifyReport` (every case, the maximum difference).
     """
     check_eval_mode(model)
+    read_metadata(artefact)  # refuses a file not written by aimle_zoo.export, by name
     runtime = load_exported(artefact, threads=1)
     metadata = runtime.metadata
     specs = [TensorSpec.from_json(spec) for spec in metadata.get("inputs", [])]

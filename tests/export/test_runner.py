@@ -18,6 +18,7 @@ from aimle_zoo.export import (
     select_providers,
     to_onnx,
     to_torchscript,
+    verify,
 )
 from aimle_zoo.export.predict import read_inputs, write_outputs
 from aimle_zoo.export.runner import TensorInfo, check_inputs
@@ -193,3 +194,44 @@ def test_token_ids_outside_the_vocabulary_are_refused(exported: dict[str, Export
             with pytest.raises(RunnerInputError, match=rf"takes \[0, {vocabulary - 1}\]"):
                 model.run({name: wrong})
         assert model.run({name: ids.numpy()})
+
+
+def test_non_finite_inputs_are_refused_as_eager_pytorch_refuses_them(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    """The solvers' NaN/inf checks do not run inside an exported graph; the runner does them
+    (for zoo models and solvers, whose contracts it knows). A graph shortest path takes +inf
+    as a missing edge, so only NaN is refused there."""
+    item = exported["grid_shortest_path"]
+    (maps,) = item.model.example_inputs(3)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        item.model(maps.index_fill(0, torch.tensor([1]), float("nan")))  # eager refuses
+    for model in (OnnxRunner(item.onnx), TorchScriptModel(item.torchscript)):
+        name = model.inputs[0].name
+        for bad in (np.nan, np.inf, -np.inf):
+            wrong = maps.numpy().copy()
+            wrong[1, 0, 2, 3] = bad
+            with pytest.raises(RunnerInputError, match=r"NaN or inf values in instance\(s\) 1;"):
+                model.run({name: wrong})
+        assert model.run({name: maps.numpy()})
+    graph = get_solver("graph_shortest_path", adjacency=torch.ones(4, 4, dtype=torch.bool))
+    runner = OnnxRunner(to_onnx(graph, tmp_path / "graph.onnx").path)
+    costs = np.ones((2, 4, 4), np.float32)
+    costs[0, 1, 2] = np.inf  # no edge 1 -> 2
+    assert runner.run({"theta": costs})
+    costs[1, 0, 3] = np.nan
+    with pytest.raises(RunnerInputError, match=r"holds NaN values in instance\(s\) 1;"):
+        runner.run({"theta": costs})
+
+
+def test_verify_refuses_a_file_without_the_metadata(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    import onnx
+
+    item = exported["l2x_tabular"]
+    proto = onnx.load(str(item.onnx))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ValueError, match="without aimle_zoo metadata"):
+        verify(item.model, tmp_path / "foreign.onnx")

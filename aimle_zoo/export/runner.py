@@ -238,7 +238,7 @@ def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
     if np.isfinite(total) or (allow_inf and not np.isnan(total)):
         return
     bad = np.isnan(value) if allow_inf else ~np.isfinite(value)
-    rows = np.flatnonzero(bad.reshape(value.shape[0], -1).any(axis=1)) if value.ndim else []
+    rows = np.flatnonzero(bad.reshape(value.shape[0], -1).any(axis=1))  # axis 0: the batch
     if len(rows) == 0:
         return  # an overflowing sum of finite values
     shown = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")

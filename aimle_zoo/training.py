@@ -283,6 +283,12 @@ def _previous_run(out: Path, overwrite: bool) -> list[str]:
     return found
 
 
+def _stale_results(out: Path) -> list[str]:
+    """What a resumed run makes stale: the test metrics of the best checkpoint so far (the
+    resumed epochs may replace ``best/``; the run writes them again when it finishes)."""
+    return [TEST_METRICS] if (out / TEST_METRICS).exists() else []
+
+
 def _delete(out: Path, names: list[str]) -> None:
     for name in names:
         target = out / name
@@ -651,7 +657,7 @@ def _train(
         torch.cuda.set_device(device)  # NCCL collectives use the current device of each rank
     seed_everything(config.seed + info.rank)
     best_dir, last_dir, log_path = out / "best", out / "last", out / METRICS_LOG
-    found = [] if resume else _previous_run(out, overwrite)  # every rank checks: all stop
+    found = _previous_run(out, overwrite) if not resume else _stale_results(out)
     model.to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,32 @@ def test_resume_from_the_middle_of_an_epoch(tmp_path: Path) -> None:
     b = load_file(str(tmp_path / "crash" / "last" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_resumed_run_drops_its_stale_test_metrics(tmp_path: Path) -> None:
+    """The resumed epochs may replace best/, so the old best's test metrics must not survive a
+    resume that stops before the run writes new ones (publish and compare read that file);
+    a resume that is refused leaves them."""
+    data = l2x_synthetic_dataset("xor", 96, seed=0)
+    valid = l2x_synthetic_dataset("xor", 32, seed=1)
+    config = TrainConfig(epochs=1, batch_size=8, progress=False, checkpoint_every=4)
+
+    def fresh() -> torch.nn.Module:
+        seed_everything(0)
+        return create_model("l2x_tabular", k=2, selector_hidden=(16,), predictor_hidden=(16,))
+
+    out = tmp_path / "run"
+    train(fresh(), data, valid, out, config)
+    stale = out / "test_metrics.json"
+    stale.write_text(json.dumps({"accuracy": 0.5}))
+    with pytest.raises(ValueError, match="other settings"):
+        train(fresh(), data, valid, out, replace(config, epochs=2, lr=0.5), resume=True)
+    assert stale.exists()
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(
+            fresh(), PowerCut(data, 8 * 6 + 3), valid, out, replace(config, epochs=2), resume=True
+        )
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize("mode", ["min", "last"])

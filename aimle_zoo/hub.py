@@ -43,6 +43,7 @@ from .models._base import (
     CHECKPOINT_FILES as CHECKPOINT_FILES,
     FORMAT_VERSION as FORMAT_VERSION,
     HUB_ORGANIZATION as HUB_ORGANIZATION,
+    RECIPE_FILE as RECIPE_FILE,
     CheckpointConfigError as CheckpointConfigError,
     CheckpointCorruptError as CheckpointCorruptError,
     CheckpointError as CheckpointError,
@@ -168,7 +169,7 @@ def _cached_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path | None:
             repo_id,
             cache_dir=cache_dir,
             local_files_only=True,
-            allow_patterns=list(CHECKPOINT_FILES),
+            allow_patterns=[*CHECKPOINT_FILES, RECIPE_FILE],
         )
     except LocalEntryNotFoundError:  # not cached, or only partly
         return None
@@ -205,7 +206,7 @@ def _download(
             local_files_only=local_files_only,
             token=token,
             force_download=force_download,
-            allow_patterns=list(CHECKPOINT_FILES),
+            allow_patterns=[*CHECKPOINT_FILES, RECIPE_FILE],
             library_name="aimle_zoo",
             library_version=__version__,
         )
@@ -357,7 +358,8 @@ def upload_plan(folder: str | os.PathLike[str]) -> list[UploadFile]:
     """The files :func:`push_to_hub` uploads from a checkpoint folder, with their sizes.
 
     The folder is checked first: it must load strictly and have its model card. Only
-    :data:`CHECKPOINT_FILES` are uploaded; other files (e.g. a trainer state) stay local.
+    :data:`CHECKPOINT_FILES` are uploaded, and :data:`RECIPE_FILE` when the folder has one;
+    other files (e.g. a trainer state) stay local.
 
     Raises:
         CheckpointError: the folder is not a complete, loadable checkpoint, or its model card
@@ -366,7 +368,8 @@ def upload_plan(folder: str | os.PathLike[str]) -> list[UploadFile]:
     folder = Path(folder)
     ZooModel.from_pretrained(folder)
     _card_metrics(folder / _CARD)
-    return [UploadFile(name, (folder / name).stat().st_size) for name in CHECKPOINT_FILES]
+    names = [*CHECKPOINT_FILES, *([RECIPE_FILE] if (folder / RECIPE_FILE).is_file() else [])]
+    return [UploadFile(name, (folder / name).stat().st_size) for name in names]
 
 
 def push_to_hub(

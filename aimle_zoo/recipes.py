@@ -39,6 +39,7 @@ from .estimators import DifferentiableSolver, build_estimator
 from .models import ZooModel, create_model
 from .models._base import (
     HUB_ORGANIZATION,
+    RECIPE_FILE,
     CheckpointError,
     CheckpointNotFoundError,
     CheckpointVersionError,
@@ -56,7 +57,6 @@ from .training import (
     train,
 )
 
-RECIPE_FILE = "recipe.json"
 #: The estimators ``compare`` trains when none are named.
 DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 #: Steps per epoch of a smoke run (``DataOptions.smoke``) unless ``max_steps_per_epoch`` is given.
@@ -771,7 +771,7 @@ def evaluate_checkpoint(
         if task is None:
             raise
         recorded = {}  # a broken recipe.json does not matter when the task is given
-    task_name = task or recorded.get("recipe")
+    task_name = task or recorded.get("recipe") or _published_task(checkpoint)
     if task_name is None:
         raise ValueError(
             f"{checkpoint} records no task (no recipe.json or trainer state); pass the task "
@@ -795,6 +795,16 @@ def evaluate_checkpoint(
         save_figure(model, task_name, figure, data_options=options, split=split)
         written = Path(figure)
     return CheckpointEvaluation(task_name, folder, metrics, written)
+
+
+def _published_task(checkpoint: str | os.PathLike[str]) -> str | None:
+    """The task of a published checkpoint named by its short name or ``aimle-zoo/`` Hub id
+    (published names are recipe names), for a copy without ``recipe.json`` (one downloaded
+    before the file was published with it)."""
+    if isinstance(checkpoint, os.PathLike) or Path(checkpoint).exists():
+        return None
+    name = checkpoint.removeprefix(f"{HUB_ORGANIZATION}/")
+    return name if name in RECIPES else None
 
 
 def _recorded_recipe(folder: Path) -> dict[str, Any] | None:

@@ -63,6 +63,10 @@ CHECKPOINT_METADATA_KEYS = ("architecture", "format_version", "aimle_zoo_version
 #: The files of a checkpoint folder (the Hugging Face Hub layout).
 CHECKPOINT_FILES = (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE, "README.md")
 
+#: How a trained checkpoint was made (its task and smoke flag; ``aimle-zoo evaluate`` reads
+#: it). Published and downloaded with the checkpoint when present, never required.
+RECIPE_FILE = "recipe.json"
+
 #: The Hub organisation of the published zoo checkpoints: ``aimle-zoo/<name>``.
 HUB_ORGANIZATION = "aimle-zoo"
 

@@ -32,17 +32,25 @@ def trained_tiny_model(name: str, seed: int = 0) -> ZooModel:
 
 
 def add_to_hub_cache(
-    cache: Path, repo_id: str, model: ZooModel, commit: str, refs: tuple[str, ...] = ("main",)
+    cache: Path,
+    repo_id: str,
+    model: ZooModel,
+    commit: str,
+    refs: tuple[str, ...] = ("main",),
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Put ``model`` into the Hub cache as commit ``commit`` of ``repo_id``, reachable by
-    ``refs``, the way a real download leaves it: huggingface_hub's ``snapshot_download`` fetches
-    it from a :class:`FakeHub` on localhost (blobs, snapshot links, refs, file lists).
+    """Put ``model`` (and ``extra_files``, name -> text) into the Hub cache as commit
+    ``commit`` of ``repo_id``, reachable by ``refs``, the way a real download leaves it:
+    huggingface_hub's ``snapshot_download`` fetches it from a :class:`FakeHub` on localhost
+    (blobs, snapshot links, refs, file lists).
 
     Returns the snapshot folder.
     """
     served = Path(tempfile.mkdtemp(prefix="served-"))
     try:
         model.save_pretrained(served / "checkpoint", repo_id=repo_id)
+        for name, text in (extra_files or {}).items():
+            (served / "checkpoint" / name).write_text(text)
         hub = FakeHub({repo_id: Repository(served / "checkpoint", commit, refs)})
         server = hub.start()
         offline = constants.HF_HUB_OFFLINE

@@ -35,6 +35,19 @@ def test_push_dry_run_lists_files_and_sizes(folder: Path) -> None:
     for name, size in sizes.items():
         assert any(line.split() == [name, *format_size(size).split()] for line in lines), name
     assert f"3 files, {format_size(sum(sizes.values()))} in total" in result.output
+    assert "recipe.json" not in result.output
+
+
+def test_push_uploads_the_recipe_record_when_the_folder_has_one(folder: Path) -> None:
+    """``recipe.json`` says which task the checkpoint was trained on (``evaluate`` reads it),
+    so it travels with a published checkpoint; a trainer state does not."""
+    (folder / "recipe.json").write_text('{"recipe": "dvae-mnist", "smoke": false}')
+    (folder / "trainer_state.json").write_text("{}")
+    result = runner.invoke(app, ["push", str(folder), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert any(line.split()[:1] == ["recipe.json"] for line in result.output.splitlines())
+    assert "trainer_state.json" not in result.output
+    assert "4 files" in result.output
 
 
 def test_push_passes_every_option_to_the_library(

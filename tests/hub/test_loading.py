@@ -187,3 +187,30 @@ def test_a_download_fills_the_hub_cache_for_later_offline_use(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/served", revision="v1"), model)
     assert_same_model(aimle_zoo.from_pretrained("served", revision=COMMIT_B), model)
+
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("with_recipe", [True, False])
+def test_evaluate_finds_the_task_of_a_checkpoint_from_the_hub_cache(
+    with_recipe: bool, hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached copy of a published checkpoint is evaluated like the bundled folder: from its
+    recipe.json (downloaded with it) or, for a copy without one, from its published name."""
+    from aimle_zoo.data import CACHE_ENV
+    from aimle_zoo.recipes import evaluate_checkpoint
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "data-cache"))
+    bundled = REPOSITORY_ROOT / "checkpoints" / "l2x-xor"
+    recipe = {"recipe.json": (bundled / "recipe.json").read_text()} if with_recipe else {}
+    snapshot = add_to_hub_cache(
+        hub_cache, "aimle-zoo/l2x-xor", ZooModel.from_pretrained(bundled), COMMIT_B,
+        extra_files=recipe,
+    )  # fmt: skip
+    assert (snapshot / "recipe.json").is_file() == with_recipe
+    expected = evaluate_checkpoint(bundled, limit=64).metrics
+    for name in ("l2x-xor", "aimle-zoo/l2x-xor"):
+        evaluated = evaluate_checkpoint(name, limit=64)
+        assert evaluated.folder == snapshot and evaluated.task == "l2x-xor"
+        assert evaluated.metrics == expected

@@ -39,6 +39,7 @@ from .training import (
     TRAINER_STATE,
     TrainConfig,
     changed_settings,
+    read_trainer_state,
 )
 
 
@@ -103,7 +104,8 @@ def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: Mapping[str, Any
     state = run_dir / "last" / TRAINER_STATE
     if not state.exists():
         return None
-    meta = json.loads(state.read_text())
+    advice = "compare into another --out, or delete that folder to train it again"
+    meta = read_trainer_state(state, f"cannot reuse the run in {run_dir}", advice)
     saved, asked = meta["config"], asdict(wanted)
     fewer = ("epochs",) if saved["epochs"] > asked["epochs"] else ()
     settings = changed_settings(saved, asked, (*fewer, *RESUME_FIELDS, "extra"))

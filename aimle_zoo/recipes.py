@@ -53,6 +53,7 @@ from .training import (
     TrainResult,
     evaluate,
     is_main_process,
+    read_trainer_state,
     seed_everything,
     train,
 )
@@ -855,8 +856,13 @@ def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:
             f"{run} has no best/ checkpoint or last/{TRAINER_STATE}; train it with "
             "`aimle-zoo train` first"
         )
-    extra = json.loads(state.read_text())["config"]["extra"]
-    return {key: extra[key] for key in ("recipe", "estimator", "smoke")}
+    advice = "publish a run whose best/ has its recipe.json, or retrain it"
+    config = read_trainer_state(state, f"cannot tell how {run} was trained", advice)["config"]
+    extra = config.get("extra", {})
+    recorded = {key: extra.get(key) for key in ("recipe", "estimator", "smoke")}
+    if recorded["recipe"] is None:
+        raise ValueError(f"cannot tell how {run} was trained: {state} names no recipe; {advice}")
+    return recorded
 
 
 def _write_recipe(folder: Path, name: str, estimator: str, options: DataOptions) -> None:

@@ -480,8 +480,6 @@ def _load_last(
     config: TrainConfig,
     info: _DistInfo,
 ) -> _Progress:
-    from safetensors.torch import load_file
-
     weights = "model.safetensors"  # what save_pretrained writes
     paths = [last_dir / name for name in (weights, TRAINER_STATE, TRAINER_TENSORS)]
     missing = [path.name for path in paths if not path.exists()]
@@ -490,18 +488,67 @@ def _load_last(
             f"cannot resume: {last_dir} lacks {', '.join(missing)}; start without --resume or "
             "point --out at the run to continue"
         )
-    try:
-        meta = json.loads(paths[1].read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        meta = None
-    if not isinstance(meta, dict) or not {"config", "epoch", "step"} <= meta.keys():
-        raise ValueError(
-            f"cannot resume: {paths[1]} is not a trainer state written by aimle-zoo; restore "
-            "it, or start a new run"
-        )
+    meta = read_trainer_state(paths[1], "cannot resume", "restore it, or start a new run")
     _check_resumable(meta, asdict(config), last_dir, info.world_size)
-    model.load_state_dict(load_file(str(paths[0]), device=str(device)), strict=True)
-    tensors = load_file(str(paths[2]))
+    advice = "restore last/ from a copy of the run, or start over with --overwrite"
+    weights_state = _read_tensors(paths[0], device, advice)
+    try:
+        model.load_state_dict(weights_state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(
+            f"cannot resume: {paths[0]} does not fit the model ({first}); {advice}"
+        ) from err
+    tensors = _read_tensors(paths[2], torch.device("cpu"), advice)
+    try:
+        return _restore_progress(meta, tensors, optimizer, device, info)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"cannot resume: the trainer state in {last_dir} is incomplete or inconsistent "
+            f"({type(err).__name__}: {err}); {advice}"
+        ) from err
+
+
+def read_trainer_state(path: Path, what: str, advice: str) -> dict[str, Any]:
+    """The trainer state ``last/trainer_state.json`` of a run.
+
+    Raises:
+        ValueError: ``"{what}: {path} is not a trainer state ...; {advice}"`` when the file is
+            unreadable, not JSON, or lacks the run's config, epoch and step.
+    """
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if (
+        not isinstance(meta, dict)
+        or not {"config", "epoch", "step"} <= meta.keys()
+        or not isinstance(meta["config"], dict)
+        or not isinstance(meta["config"].get("extra", {}), dict)
+    ):
+        raise ValueError(f"{what}: {path} is not a trainer state written by aimle-zoo; {advice}")
+    return meta
+
+
+def _read_tensors(path: Path, device: torch.device, advice: str) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, or a ValueError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(f"cannot resume: {path} cannot be read ({err}); {advice}") from err
+
+
+def _restore_progress(
+    meta: dict[str, Any],
+    tensors: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    info: _DistInfo,
+) -> _Progress:
+    """Optimizer state, random states and the position in the run, from a trainer state."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):

@@ -374,6 +374,24 @@ def test_compare_checks_every_estimator_before_training_any(tmp_path: Path) -> N
     assert "no estimators to compare" in fails("compare", "l2x-xor", "--estimators", " , ")
 
 
+def test_an_unreadable_trainer_state_is_named_by_compare_and_publish(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    (out / "imle" / "last").mkdir(parents=True)
+    state = out / "imle" / "last" / "trainer_state.json"
+    state.write_text('{"config": ')
+    output = fails("compare", "l2x-xor", "--estimators", "imle", "--smoke", "--out", str(out))
+    assert f"cannot reuse the run in {out / 'imle'}: {state} is not a trainer state" in output
+    assert state.read_text() == '{"config": '  # left as it was
+    run = tmp_path / "run"
+    _train_smoke_run(run)
+    (run / "test_metrics.json").unlink()
+    (run / "best" / "recipe.json").unlink()
+    (run / "last" / "trainer_state.json").write_text("[]")
+    output = fails("publish", str(run), "x", "--command", "c", "--root", str(tmp_path / "pub"))
+    assert f"cannot tell how {run} was trained" in output
+    assert not (tmp_path / "pub" / "x").exists()
+
+
 def test_check_gradient_reports_the_cosine_on_the_solvers_example() -> None:
     output = invoke("check-gradient", "topk", "-p", "k=4", "--seeds", "8", "--warmup", "5")
     assert "topk with aimle: cosine to the exact gradient" in output

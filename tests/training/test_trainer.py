@@ -200,6 +200,47 @@ def test_resume_refuses_another_task_and_fewer_epochs(tmp_path: Path) -> None:
     assert epochs == [0, 1, 2]
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def _drop_optimizer_groups(path: Path) -> None:
+    state = json.loads(path.read_text())
+    del state["optimizer_groups"]
+    path.write_text(json.dumps(state))
+
+
+def _drop_a_buffer(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = load_file(str(path))
+    del tensors[next(name for name in tensors if name.endswith("target.beta"))]
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("model.safetensors", _truncate, r"model.safetensors cannot be read"),
+        ("trainer_state.safetensors", _truncate, r"trainer_state.safetensors cannot be read"),
+        ("trainer_state.json", _drop_optimizer_groups, r"incomplete .*optimizer_groups"),
+        ("model.safetensors", _drop_a_buffer, r"model.safetensors does not fit the model"),
+    ],
+)
+def test_a_damaged_last_checkpoint_is_named_on_resume(
+    name: str, damage: Any, message: str, tmp_path: Path
+) -> None:
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=1))
+    damage(tmp_path / "last" / name)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "last").iterdir()}
+    with pytest.raises(ValueError, match=message) as err:
+        train(tiny_model("l2x_tabular"), data, None, tmp_path, _config(epochs=2), resume=True)
+    assert "restore last/ from a copy of the run, or start over with --overwrite" in str(err.value)
+    after = {path.name: path.read_bytes() for path in (tmp_path / "last").iterdir()}
+    assert after == before  # nothing touched
+
+
 def test_an_epoch_cut_by_a_stop_logs_its_whole_training_time(tmp_path: Path) -> None:
     data = _dataset(64)
     config = _config(checkpoint_every=4)

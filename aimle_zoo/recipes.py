@@ -38,12 +38,14 @@ from ._names import UnknownNameError, did_you_mean
 from .estimators import DifferentiableSolver, build_estimator
 from .models import ZooModel, create_model
 from .models._base import (
+    CHECKPOINT_METADATA_KEYS,
     HUB_ORGANIZATION,
     RECIPE_FILE,
     CheckpointError,
     CheckpointNotFoundError,
     CheckpointVersionError,
     default_repo_id,
+    read_checkpoint_config,
     saved_estimator_config,
 )
 from .training import (
@@ -204,12 +206,16 @@ class Recipe:
         smoke: bool = False,
         task: TaskData | None = None,
         estimator_config: Mapping[str, Any] | None = None,
+        model_config: Mapping[str, Any] | None = None,
     ) -> ZooModel:
         """A fresh model with the estimator ``variant`` (sized and set up for ``task``);
-        ``estimator_config``, a full config, replaces the variant's (a resumed run's own)."""
+        ``estimator_config``, a full config, replaces the variant's, and ``model_config``
+        the model arguments (both a resumed run's own)."""
         kwargs = {**self.model_kwargs, **(self.smoke_model_kwargs if smoke else {})}
         if task is not None:
             kwargs.update(task.model_kwargs)
+        if model_config is not None:
+            kwargs = dict(model_config)
         config = (
             dict(estimator_config)
             if estimator_config is not None
@@ -579,10 +585,14 @@ def run_training(
     recipe.estimator_config(estimator)  # an unknown or unsupported variant fails here
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
     seed_everything(config.seed)  # the initial weights depend on the seed alone
-    saved_estimator = _saved_estimator(Path(out_dir)) if resume else None  # before the data
+    saved = _saved_model(Path(out_dir)) if resume else None  # read before the data is built
     task = recipe.build_data(options)
     model = recipe.build_model(
-        estimator, smoke=options.smoke, task=task, estimator_config=saved_estimator
+        estimator,
+        smoke=options.smoke,
+        task=task,
+        model_config=None if saved is None else saved[0],
+        estimator_config=None if saved is None else saved[1],
     )
     result = train(
         model, task.train, task.valid, out_dir, config, resume=resume, overwrite=overwrite
@@ -633,13 +643,15 @@ def _saved_settings(
     return estimator or saved.get("extra", {}).get("estimator"), filled
 
 
-def _saved_estimator(out: Path) -> dict[str, Any] | None:
-    """The estimator config the run in ``out`` trains with (``last/config.json``, upgraded as
+def _saved_model(out: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The model arguments and estimator config the run in ``out`` trains with
+    (``last/config.json``; the estimator config upgraded as
     :meth:`~aimle_zoo.models.ZooModel.from_pretrained` upgrades it).
 
-    A resumed run keeps it even when the recipe's default has changed since (a new sampler, a
-    new step size), so that it continues the run it was. ``None`` when ``out`` holds no
-    ``last/`` (:func:`~aimle_zoo.training.train` then says there is nothing to resume).
+    A resumed run keeps them even when the recipe's defaults have changed since (a new
+    sampler, a new step size, another KL weight), so that it continues the run it was.
+    ``None`` when ``out`` holds no ``last/`` (:func:`~aimle_zoo.training.train` then says
+    there is nothing to resume).
 
     Raises:
         CheckpointError: ``last/config.json`` is missing, unreadable, incomplete or newer.
@@ -649,13 +661,16 @@ def _saved_estimator(out: Path) -> dict[str, Any] | None:
         return None
     advice = "restore last/ from a copy, or start over with --overwrite"
     try:
-        return saved_estimator_config(last, advice=advice)
+        estimator = saved_estimator_config(last, advice=advice)
+        config = read_checkpoint_config(last)
     except CheckpointVersionError as err:  # its own advice (upgrade aimle-zoo) holds
         raise CheckpointVersionError(f"cannot resume the run in {out}: {err}") from err
     except CheckpointNotFoundError as err:
         raise CheckpointNotFoundError(f"cannot resume the run in {out}: {err}; {advice}") from err
     except CheckpointError as err:
         raise type(err)(f"cannot resume the run in {out}: {err}") from err
+    skipped = {*CHECKPOINT_METADATA_KEYS, "estimator"}
+    return {key: value for key, value in config.items() if key not in skipped}, estimator
 
 
 def run_evaluation(

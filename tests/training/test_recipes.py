@@ -170,6 +170,27 @@ def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_keeps_the_runs_model_arguments_when_the_recipe_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model arguments too (here k, which changes no weight shape): a resumed run
+    continues the model it was, not one built from the recipe's current arguments."""
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 4
+    kept, changed = tmp_path / "kept", tmp_path / "changed"
+    for out in (kept, changed):
+        run_training("l2x-xor", out, epochs=1, **settings)
+    run_training("l2x-xor", kept, epochs=2, resume=True, **settings)
+    monkeypatch.setitem(get_recipe("l2x-xor").model_kwargs, "k", 3)
+    assert get_recipe("l2x-xor").build_model().k == 3
+    run_training("l2x-xor", changed, epochs=2, resume=True, **settings)
+    assert json.loads((changed / "last" / "config.json").read_text())["k"] == 2
+    a = load_file(str(kept / "last" / "model.safetensors"))
+    b = load_file(str(changed / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def _edit_json(path: Path, edit: Any) -> None:
     data = json.loads(path.read_text())
     edit(data)

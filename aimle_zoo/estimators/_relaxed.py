@@ -54,6 +54,9 @@ class RelaxationError(TypeError):
 class Relaxed(Estimator):
     """Relaxation estimator: backpropagate through ``relax(θ + ε, τ)``.
 
+    With N samples the gradient reaching θ is the mean over them, as for every estimator
+    (autograd through the N copies of θ alone would sum them).
+
     Args:
         noise: perturbation noise (default ``"gumbel"``; ``None`` for a deterministic
             relaxation).
@@ -92,6 +95,9 @@ class Relaxed(Estimator):
     def _estimate(self, solver: SolverFunction, theta: Tensor, minimize: bool) -> Tensor:
         relax = self.relaxation_of(solver)
         theta_tiled = expand_samples(theta, self.samples)  # [B·N, *S]
+        if self.samples > 1 and theta_tiled.requires_grad:
+            samples = self.samples
+            theta_tiled.register_hook(lambda grad: grad / samples)  # the mean over samples
         eps = self._sample_noise(self.noise, theta_tiled)
         perturbed = theta_tiled if eps is None else theta_tiled + (-eps if minimize else eps)
         relaxed = relax(perturbed, self.temperature)  # [B·N, *S]

@@ -38,6 +38,26 @@ def test_the_noise_is_gumbel_added_to_each_tiled_sample() -> None:
     torch.testing.assert_close(z.detach(), expected)
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_the_gradient_is_the_mean_over_samples_like_every_estimators(hard: bool) -> None:
+    """N noise-free samples are N copies of one: their mean gradient is the single sample's,
+    as STE's (the straight-through mean of dy) is, not N times it."""
+    theta = torch.randn(3, 7, dtype=torch.float64)
+    weights = torch.randn(3, 7, dtype=torch.float64)
+    gradients = {}
+    for samples in (1, 5):
+        for name, estimator in (
+            ("relaxed", Relaxed(noise=None, temperature=0.4, samples=samples, hard=hard)),
+            ("ste", build_estimator({"name": "ste", "samples": samples})),
+        ):
+            leaf = theta.clone().requires_grad_(True)
+            z = estimator(TopK(k=2), leaf)
+            (z * weights.repeat_interleave(samples, dim=0)).sum().backward()
+            gradients[name, samples] = leaf.grad
+    torch.testing.assert_close(gradients["relaxed", 5], gradients["relaxed", 1])
+    torch.testing.assert_close(gradients["ste", 5], gradients["ste", 1])
+
+
 def test_hard_forwards_the_discrete_solution_and_backpropagates_the_relaxation() -> None:
     theta = torch.randn(5, 20, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(5, 20, dtype=torch.float64)

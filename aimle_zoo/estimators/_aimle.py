@@ -44,6 +44,7 @@ from ._base import (
     SolverFunction,
     call_solver,
     check_count,
+    check_flag,
     check_incoming_gradient,
     check_temperature,
     combine_differences,
@@ -190,7 +191,7 @@ class AIMLE(Estimator):
         self.noise = make_noise(noise)
         self.input_temperature = check_temperature("input_temperature", input_temperature)
         self.target_temperature = check_temperature("target_temperature", target_temperature)
-        self.symmetric = bool(symmetric)
+        self.symmetric = check_flag("AIMLE: symmetric", symmetric)
 
     @property
     def reuses_forward_sample(self) -> bool:

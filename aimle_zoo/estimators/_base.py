@@ -164,6 +164,14 @@ def check_positive(label: str, value: object) -> float:
     return number
 
 
+def check_flag(label: str, value: object) -> bool:
+    """A switch: ``True`` or ``False`` (not a string such as ``"no"``, which ``bool`` reads as
+    true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{label} must be True or False, got {value!r}")
+    return value
+
+
 def check_incoming_gradient(dy: Tensor, estimator: str) -> None:
     """Refuse a NaN or ±inf ∂L/∂z before the backward solver call blames θ for it.
 

@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from ._base import (
     Estimator,
     SolverFunction,
+    check_flag,
     check_positive,
 )
 from .noise import Noise, NoiseLike, make_noise
@@ -111,7 +112,7 @@ class PerturbedOptimizer(Estimator):
             )
         self.noise = built
         self.sigma = check_positive("PerturbedOptimizer: sigma", sigma)
-        self.baseline = bool(baseline)
+        self.baseline = check_flag("PerturbedOptimizer: baseline", baseline)
         if self.baseline and self.samples < 2:
             raise ValueError(
                 "PerturbedOptimizer: baseline=True needs samples >= 2 (the baseline is the "

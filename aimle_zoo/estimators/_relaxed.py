@@ -35,6 +35,7 @@ from ._base import (
     Estimator,
     SolverFunction,
     call_solver,
+    check_flag,
     check_positive,
     expand_samples,
     solver_name,
@@ -89,7 +90,7 @@ class Relaxed(Estimator):
             )
         self.noise = make_noise(noise)
         self.temperature = check_positive("Relaxed: temperature", temperature)
-        self.hard = bool(hard)
+        self.hard = check_flag("Relaxed: hard", hard)
         self.relaxation = relaxation
 
     def _estimate(self, solver: SolverFunction, theta: Tensor, minimize: bool) -> Tensor:

@@ -113,7 +113,11 @@ class FixedTarget(Target):
                 "use AdaptiveTarget to let λ adapt from 0"
             )
         self.lambda_ = float(lambda_)
-        self.scale_gradient = bool(scale_gradient)
+        if not isinstance(scale_gradient, bool):
+            raise TypeError(
+                f"FixedTarget: scale_gradient must be True or False, got {scale_gradient!r}"
+            )
+        self.scale_gradient = scale_gradient
 
     def step_size(self, theta: Tensor, dy: Tensor) -> Tensor:
         return torch.full((), self.lambda_, device=theta.device, dtype=step_dtype(theta.dtype))

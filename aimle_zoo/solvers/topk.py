@@ -26,6 +26,7 @@ takes a fifth of the time of a raw ``torch.topk`` call, whose per-row partial so
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any
 
 import torch
@@ -215,10 +216,11 @@ class TopK(Solver):
 
     def __init__(self, k: int, ties: str = "exact") -> None:
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, bool) or not hasattr(k, "__index__"):
             raise SolverInputError(
                 f"topk: k must be an int, got {k!r} ({type(k).__name__}); pass e.g. k=10."
             )
+        k = operator.index(k)  # a NumPy or 0-d integer tensor too, as a plain int
         if k < 1:
             raise SolverInputError(f"topk: k must be in [1, n], got k={k}; pass k >= 1.")
         if ties not in TIE_RULES:

@@ -274,3 +274,11 @@ def test_the_network_is_chosen_for_many_rows_of_few_items(
     assert not _network_pays(torch.zeros(few, n), k)
     assert _network_pays(torch.zeros(many, n), k)
     assert not _network_pays(torch.zeros(100_000, NETWORK_MAX_ITEMS + 1), k)
+
+
+def test_k_may_be_any_integer_type() -> None:
+    """k from a NumPy array or a 0-d tensor (a config, a data statistic) is an int."""
+    theta = torch.randn(4, 9)
+    for k in (np.int64(3), torch.tensor(3)):
+        solver = TopK(k)
+        assert type(solver.k) is int and torch.equal(solver(theta), TopK(3)(theta))

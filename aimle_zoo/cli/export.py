@@ -14,6 +14,7 @@ from ..export import (
     ExportError,
     RunnerInputError,
     SplitPipeline,
+    check_output_path,
     load_exported,
     read_inputs,
     to_onnx,
@@ -54,6 +55,14 @@ def export_command(
     ] = False,
 ) -> None:
     """Export a model to TorchScript (NAME.pt) and/or ONNX (NAME.onnx) in --out."""
+    if split and file_format is not ExportFormat.onnx:
+        raise typer.BadParameter(
+            "--split is for ONNX only (its network runs in onnxruntime, the solver after it); "
+            "add --format onnx",
+            param_hint="--split",
+        )
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"--out names a folder, not a file: {out}", param_hint="--out")
     model, stem, source = resolve_model(name_or_path)
     if source == "untrained":
         typer.echo(f"{name_or_path}: freshly initialised default configuration (untrained)")
@@ -85,6 +94,7 @@ def predict_command(
 
     A split export runs its network in onnxruntime and then its solver, and writes both θ and
     the solution."""
+    target = check_output_path(output or input_file.with_name(f"{input_file.stem}.outputs.npz"))
     runtime = load_exported(model_file)
     inputs = read_inputs(input_file, [info.name for info in runtime.inputs])
     after = runtime.metadata.get("solver_after")
@@ -95,7 +105,6 @@ def predict_command(
         raise
     except Exception as err:  # onnxruntime's and TorchScript's own errors: name the files
         raise RuntimeError(f"{model_file} failed on {input_file}: {err}") from err
-    target = output or input_file.with_name(f"{input_file.stem}.outputs.npz")
     write_outputs(target, outputs)
     typer.echo(f"ran {model_file} on {', '.join(runtime.providers)}")
     if after:

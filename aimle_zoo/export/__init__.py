@@ -38,6 +38,7 @@ from .metadata import ExportResult as ExportResult, read_metadata as read_metada
 from .onnx import SplitPipeline as SplitPipeline, to_onnx as to_onnx
 from .predict import (
     TorchScriptModel as TorchScriptModel,
+    check_output_path as check_output_path,
     load_exported as load_exported,
     read_inputs as read_inputs,
     write_outputs as write_outputs,

@@ -70,7 +70,7 @@ class TorchScriptModel:
     def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:
         """Check ``inputs`` and run; returns ``{output name: array}``."""
         feed = check_inputs(self.inputs, inputs, InputLimits.from_metadata(self.metadata))
-        tensors = [torch.from_numpy(np.ascontiguousarray(feed[info.name])) for info in self.inputs]
+        tensors = [torch.from_numpy(_writable(feed[info.name])) for info in self.inputs]
         with torch.inference_mode():
             values = as_tuple(self.module(*tensors))
         names = [info.name for info in self.outputs] or [f"output_{i}" for i in range(len(values))]
@@ -135,14 +135,30 @@ def read_inputs(path: str | os.PathLike[str], input_names: Sequence[str]) -> dic
     return arrays
 
 
-def write_outputs(path: str | os.PathLike[str], outputs: Mapping[str, np.ndarray]) -> Path:
-    """Write ``outputs`` to ``path`` (``.npz``, one array per output name) atomically."""
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if outputs can be written there: a ``.npz`` name, not a folder."""
     file = Path(path)
     if file.suffix != ".npz":
         raise ValueError(f"outputs are written as .npz, got {file}; name the file *.npz")
+    if file.is_dir():
+        raise ValueError(f"{file} is a folder; name the output file, e.g. {file / 'out.npz'}")
+    return file
+
+
+def write_outputs(path: str | os.PathLike[str], outputs: Mapping[str, np.ndarray]) -> Path:
+    """Write ``outputs`` to ``path`` (``.npz``, one array per output name) atomically."""
+    file = check_output_path(path)
     buffer = io.BytesIO()
     save: Callable[..., None] = np.savez  # keyword arrays (numpy's stubs type them as flags)
     save(buffer, **dict(outputs))
     with atomic_file(file) as handle:
         handle.write(buffer.getvalue())
     return file
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous array torch can share memory with: a read-only one is copied (sharing it
+    makes torch warn that writes through the tensor are undefined)."""
+    if not array.flags.writeable:
+        return np.array(array, order="C", copy=True)
+    return np.ascontiguousarray(array)

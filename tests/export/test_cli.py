@@ -127,6 +127,42 @@ def test_predict_errors_say_what_to_fix(exported: dict[str, Exported], tmp_path:
     assert not list(tmp_path.glob("*.outputs.npz"))
 
 
+def test_export_and_predict_refuse_bad_options_before_any_work(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    """--split with TorchScript (which has no split form), an --out that is a file, and an
+    --output that is not .npz are refused before exporting or running anything."""
+    checkpoint = _checkpoint(tmp_path / "l2x-tiny", "l2x_tabular")
+    for file_format in ("torchscript", "all"):
+        args = ["export", str(checkpoint), "--split", "--format", file_format]
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and "--split is for ONNX only" in result.output
+    (tmp_path / "afile").write_text("")
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 2 and "--out names a folder, not a file" in result.output
+    assert not (tmp_path / "out").exists()
+    np.save(tmp_path / "x.npy", np.zeros((2, 10), np.float32))
+    args = ["predict", str(exported["l2x_tabular"].onnx), "--input", str(tmp_path / "x.npy")]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "y.npy")])
+    assert result.exit_code == 1 and "name the file *.npz" in result.output
+
+
+def test_torchscript_runs_a_read_only_array_without_a_warning(
+    exported: dict[str, Exported],
+) -> None:
+    import warnings
+
+    item = exported["l2x_tabular"]
+    (features,) = item.model.example_inputs(3)
+    frozen = features.numpy().copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outputs = load_exported(item.torchscript).run({"features": frozen})
+    expected = load_exported(item.torchscript).run({"features": features.numpy()})
+    np.testing.assert_array_equal(outputs["prediction"], expected["prediction"])
+
+
 def test_quickstart_runs_every_bundled_checkpoint_on_its_sample_inputs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

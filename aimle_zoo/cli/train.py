@@ -175,17 +175,25 @@ def compare_command(
     from ..compare import compare, comparison_table
 
     folder = out or Path("runs") / "compare" / name
-    results = compare(
-        name,
-        folder,
-        estimators=[e.strip() for e in estimators.split(",") if e.strip()],
-        data_options=_data_options(data_dir, smoke=smoke),
-        epochs=epochs,
-        max_steps_per_epoch=max_steps,
-        seed=seed,
-        device=device,
-        progress=False,
-    )
+    try:
+        results = compare(
+            name,
+            folder,
+            estimators=[e.strip() for e in estimators.split(",") if e.strip()],
+            data_options=_data_options(data_dir, smoke=smoke),
+            epochs=epochs,
+            max_steps_per_epoch=max_steps,
+            seed=seed,
+            device=device,
+            progress=False,
+        )
+    except TrainingStopped as stop:  # exit as the signal's default action would (128 + n)
+        typer.echo(
+            f"stopped by {signal.Signals(stop.signum).name}: the runs in {folder} keep their "
+            "last complete saves; the same command continues them (finished runs are reused)",
+            err=True,
+        )
+        raise typer.Exit(code=128 + stop.signum) from None
     typer.echo(comparison_table(results))
     typer.echo(f"curves: {folder / 'curves.png'}")
 

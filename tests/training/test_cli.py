@@ -423,3 +423,27 @@ def test_sigterm_stops_the_train_command_with_status_143_and_says_how_to_resume(
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert f"stopped by SIGTERM: {out / 'last'} holds the last complete save" in stderr
     assert "add --resume in the same command" in stderr and "Traceback" not in stderr
+
+
+def test_sigterm_stops_the_compare_command_with_status_143_and_says_how_to_continue(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "cmp"
+    launch = "import sys; from aimle_zoo.cli import app; sys.argv[0] = 'aimle-zoo'; app()"
+    command = [sys.executable, "-c", launch, "compare", "l2x-xor", "--smoke", "--epochs"]
+    command += ["100000", "--estimators", "imle", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", CACHE_ENV: str(tmp_path / "cache")}
+    process = subprocess.Popen(
+        command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True
+    )
+    log = out / "imle" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not log.exists() or len(log.read_text().splitlines()) < 2
+    ):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert f"stopped by SIGTERM: the runs in {out} keep their last complete saves" in stderr
+    assert "Traceback" not in stderr

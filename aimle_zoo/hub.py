@@ -159,7 +159,18 @@ def resolve_checkpoint(
         bundled = checkpoints_root() / name
         if namespace == HUB_ORGANIZATION and bundled.is_dir():
             return bundled
-    return _download(repo_id, revision, cache_dir, bool(local_files_only), token, force_download)
+    try:
+        return _download(
+            repo_id, revision, cache_dir, bool(local_files_only), token, force_download
+        )
+    except CheckpointNotFoundError as err:
+        if "/" in text and os.path.isdir(namespace):  # "runs/typo": a folder meant, surely
+            raise CheckpointNotFoundError(
+                f"there is no checkpoint folder at {text} (and no Hub repository {repo_id}); "
+                f"check the folder name: {namespace}/ holds "
+                f"{', '.join(sorted(p.name for p in Path(namespace).iterdir())[:8]) or 'nothing'}"
+            ) from err
+        raise
 
 
 def _cached_snapshot(repo_id: str, cache_dir: str | Path | None) -> Path | None:

@@ -404,3 +404,20 @@ def test_non_finite_weights_are_refused_by_name(saved: tuple[Path, ZooModel]) ->
     with pytest.raises(CheckpointCorruptError, match="NaN or infinite values") as caught:
         aimle_zoo.from_pretrained(folder)
     assert nan_name in str(caught.value) and inf_name in str(caught.value)
+
+
+def test_a_mistyped_relative_run_folder_is_named_as_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runs/typo`` has the form of a Hub id; when neither exists and ``runs/`` is a folder
+    here, the message is about the folder, listing what it holds."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "l2x-xor").mkdir(parents=True)
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"no checkpoint folder at runs/l2x-xr"
+    ) as err:
+        resolve_checkpoint("runs/l2x-xr")
+    assert "runs/ holds l2x-xor" in str(err.value)
+    with pytest.raises(CheckpointNotFoundError) as err:  # no such folder here: a Hub id
+        resolve_checkpoint("someone/l2x-xr")
+    assert "no checkpoint folder" not in str(err.value)

@@ -24,6 +24,7 @@ huggingface_hub is imported.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -446,18 +447,53 @@ def _push_folder(
     commit_message: str | None,
     dry_run: bool,
 ) -> list[UploadFile] | CommitInfo:
+    upload_plan(folder)  # checks the folder itself, so that errors name it
+    with tempfile.TemporaryDirectory(prefix="aimle-zoo-push-") as staging:
+        uploaded = _card_for(folder, repo_id, Path(staging))
+        files = upload_plan(uploaded)
+        if dry_run:
+            return files
+        return _upload(folder, uploaded, files, repo_id, revision, private, token, commit_message)
+
+
+def _card_for(folder: Path, repo_id: str, staging: Path) -> Path:
+    """``folder`` itself if its card names ``repo_id``, else a copy in ``staging`` whose card
+    names it (title, usage and model index), so that the published card loads its own repo.
+    A card that names no Hub id (``owner/name``) is left as it is."""
+    card = folder / _CARD
+    shown = ModelCard.load(card).data.model_name  # checked by upload_plan
+    if not isinstance(shown, str) or "/" not in shown or shown == repo_id:
+        return folder
+    copy = staging / folder.name
+    copy.mkdir()
+    for name in (*CHECKPOINT_FILES, RECIPE_FILE):
+        if (folder / name).is_file() and name != _CARD:
+            shutil.copy2(folder / name, copy / name)
+    (copy / _CARD).write_text(card.read_text(encoding="utf-8").replace(shown, repo_id), "utf-8")
+    return copy
+
+
+def _upload(
+    folder: Path,
+    uploaded: Path,
+    files: list[UploadFile],
+    repo_id: str,
+    revision: str | None,
+    private: bool,
+    token: str | None,
+    commit_message: str | None,
+) -> CommitInfo:
+    """Create the repository (and branch) and upload ``files`` from ``uploaded`` (``folder``'s
+    files, its card perhaps rewritten for ``repo_id``); messages name ``folder``."""
     from . import __version__
 
-    files = upload_plan(folder)
-    if dry_run:
-        return files
     destination = f"{repo_id}@{revision}" if revision else repo_id
     if constants.HF_HUB_OFFLINE:
         raise HubPushError(
             f"cannot push {folder} to {destination}: HF_HUB_OFFLINE=1 forbids network access; "
             "unset it, or pass dry_run=True to list the files only"
         )
-    architecture = read_checkpoint_config(folder)["architecture"]
+    architecture = read_checkpoint_config(uploaded)["architecture"]
     message = commit_message or f"Upload {architecture} checkpoint (aimle-zoo {__version__})"
     api = HfApi(token=token, library_name="aimle_zoo", library_version=__version__)
     try:
@@ -466,7 +502,7 @@ def _push_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         return api.upload_folder(
             repo_id=repo_id,
-            folder_path=folder,
+            folder_path=uploaded,
             revision=revision,
             commit_message=message,
             allow_patterns=[file.path for file in files],

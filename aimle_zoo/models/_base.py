@@ -873,15 +873,20 @@ _SAFETENSORS_DTYPES = {
 def default_repo_id(folder: str | os.PathLike[str], architecture: str | None = None) -> str:
     """``aimle-zoo/<folder name>``: the Hub id a checkpoint folder is published under by default.
 
-    A folder name that is not a valid repository name (e.g. a hidden staging folder) falls back
-    to ``aimle-zoo/<architecture>`` with hyphens for underscores, when ``architecture`` is given.
+    A run's ``best/`` or ``last/`` folder is named after its run folder (``runs/dvae/best``:
+    ``aimle-zoo/dvae``). A folder name that is not a valid repository name (e.g. a hidden
+    staging folder) falls back to ``aimle-zoo/<architecture>`` with hyphens for underscores,
+    when ``architecture`` is given.
 
     Raises:
         ValueError: neither gives a valid Hub repository id.
     """
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    name = Path(folder).expanduser().resolve().name if os.fspath(folder) else ""
+    path = Path(folder).expanduser().resolve() if os.fspath(folder) else None
+    if path is not None and path.name in ("best", "last"):
+        path = path.parent  # a run's checkpoint: the run's name
+    name = path.name if path is not None else ""
     candidates = [name, (architecture or "").replace("_", "-")]
     for candidate in filter(None, candidates):
         try:

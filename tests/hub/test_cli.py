@@ -89,3 +89,11 @@ def test_push_rejects_a_missing_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["push", str(tmp_path / "nowhere"), "--dry-run"])
     assert result.exit_code == 2
     assert "Invalid value for 'folder'" in result.output
+
+
+def test_a_runs_best_folder_is_pushed_under_the_runs_name(tmp_path: Path) -> None:
+    best = tmp_path / "dvae-long" / "best"
+    trained_tiny_model("discrete_vae").save_pretrained(best)
+    result = runner.invoke(app, ["push", str(best), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would upload to aimle-zoo/dvae-long" in result.output

@@ -114,7 +114,9 @@ class _RecordingApi:
         self.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
 
     def upload_folder(self, **kwargs: Any) -> str:
-        self.calls.append(("upload_folder", kwargs))
+        uploaded = Path(kwargs["folder_path"])  # read now: a staging copy is gone afterwards
+        contents = {name: (uploaded / name).read_bytes() for name in kwargs["allow_patterns"]}
+        self.calls.append(("upload_folder", {**kwargs, "contents": contents}))
         return "http://hub.test/commit/1"
 
 
@@ -136,14 +138,23 @@ def test_the_upload_goes_through_create_repo_and_upload_folder(
     assert calls["create_branch"] == {"repo_id": "someone/l2x", "branch": "dev", "exist_ok": True}
     upload = calls["upload_folder"]
     assert upload["repo_id"] == "someone/l2x" and upload["revision"] == "dev"
-    assert Path(upload["folder_path"]) == folder and upload["commit_message"] == "m"
+    assert upload["commit_message"] == "m"
     assert upload["allow_patterns"] == list(CHECKPOINT_FILES)  # not the trainer state
+    contents = upload["contents"]
+    for name in ("config.json", "model.safetensors"):
+        assert contents[name] == (folder / name).read_bytes()
+    card = contents["README.md"].decode()  # the card names the repository it is pushed to
+    assert "# someone/l2x" in card and 'from_pretrained("someone/l2x")' in card
+    assert "aimle-zoo/l2x-tabular" not in card
+    assert "aimle-zoo/l2x-tabular" in (folder / "README.md").read_text()  # left as it was
 
     _RecordingApi.calls = []
-    push_to_hub(folder, "someone/l2x")
+    push_to_hub(folder, "aimle-zoo/l2x-tabular")
     names = [name for name, _ in _RecordingApi.calls]
     assert names == ["init", "create_repo", "upload_folder"]  # main needs no branch
-    assert "l2x_tabular" in dict(_RecordingApi.calls)["upload_folder"]["commit_message"]
+    upload = dict(_RecordingApi.calls)["upload_folder"]
+    assert "l2x_tabular" in upload["commit_message"]
+    assert Path(upload["folder_path"]) == folder  # the card already names it: no copy
 
 
 def test_a_closed_endpoint_fails_with_a_clear_error(

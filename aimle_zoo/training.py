@@ -335,7 +335,7 @@ def save_checkpoint(
     The trainer state is ``trainer_state.json`` (counters, metrics, RNG states of Python and
     NumPy) and ``trainer_state.safetensors`` (optimizer tensors, torch RNG states): no pickles.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     with _STOP_SIGNALS.writes(), atomic_directory(directory) as staging:
         model.save_pretrained(staging)  # type: ignore[operator]
@@ -343,7 +343,8 @@ def save_checkpoint(
             meta, tensors = trainer_state
             with atomic_file(staging / TRAINER_STATE, "w") as handle:
                 json.dump(meta, handle)
-            save_file(tensors, str(staging / TRAINER_TENSORS))
+            with atomic_file(staging / TRAINER_TENSORS) as handle:  # a normal file's mode
+                handle.write(save(tensors))
     return Path(directory)
 
 

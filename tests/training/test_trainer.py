@@ -241,6 +241,17 @@ def test_a_damaged_last_checkpoint_is_named_on_resume(
     assert after == before  # nothing touched
 
 
+def test_every_file_of_a_run_has_a_normal_files_mode(tmp_path: Path) -> None:
+    """0o666 less the umask, like any file the user writes (temporary files start at 0600)."""
+    train(tiny_model("l2x_tabular"), _dataset(), None, tmp_path, _config(epochs=1))
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert {path.name for path in files} >= {"trainer_state.safetensors", "model.safetensors"}
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
 def test_an_epoch_cut_by_a_stop_logs_its_whole_training_time(tmp_path: Path) -> None:
     data = _dataset(64)
     config = _config(checkpoint_every=4)

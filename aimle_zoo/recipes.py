@@ -53,6 +53,7 @@ from .training import (
     TRAINER_STATE,
     TrainConfig,
     TrainResult,
+    check_run_folder,
     evaluate,
     is_main_process,
     read_trainer_state,
@@ -584,6 +585,7 @@ def run_training(
     estimator = estimator or "aimle"
     recipe.estimator_config(estimator)  # an unknown or unsupported variant fails here
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
+    check_run_folder(out_dir, config, resume=resume, overwrite=overwrite)  # before the data
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     saved = _saved_model(Path(out_dir)) if resume else None  # read before the data is built
     task = recipe.build_data(options)

@@ -442,6 +442,27 @@ def changed_settings(
 RESUME_EXTRA = ("recipe", "estimator", "smoke")
 
 
+def check_run_folder(
+    out: str | os.PathLike[str], config: TrainConfig, *, resume: bool, overwrite: bool
+) -> None:
+    """What :func:`train` checks of ``out`` before it starts, for a caller to check first
+    (before building a large dataset): a fresh run needs an empty folder or ``overwrite``, a
+    resumed one a saved run made with ``config``'s settings and process count.
+
+    Raises:
+        FileExistsError, ValueError: as :func:`train` would.
+    """
+    folder = Path(out)
+    if not resume:
+        _previous_run(folder, overwrite)
+        return
+    state = folder / "last" / TRAINER_STATE
+    if state.exists():  # else train() says what is missing
+        meta = read_trainer_state(state, "cannot resume", "restore it, or start a new run")
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        _check_resumable(meta, asdict(config), folder / "last", world_size)
+
+
 def _check_resumable(
     meta: Mapping[str, Any], asked: Mapping[str, Any], last_dir: Path, world_size: int
 ) -> None:

@@ -191,6 +191,27 @@ def test_resume_keeps_the_runs_model_arguments_when_the_recipe_changes(
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_refused_run_is_refused_before_its_data_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh run into an occupied folder, or a resume with other settings, fails before the
+    (possibly long) data build."""
+    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
+    settings["max_steps_per_epoch"] = 4
+    out = tmp_path / "run"
+    run_training("l2x-xor", out, epochs=1, **settings)
+
+    def no_data(options: DataOptions) -> Any:
+        raise AssertionError("the data was built")
+
+    without_data = replace(get_recipe("l2x-xor"), build_data=no_data)
+    monkeypatch.setitem(recipes_module.RECIPES, "l2x-xor", without_data)
+    with pytest.raises(FileExistsError, match="already holds a training run"):
+        run_training("l2x-xor", out, epochs=1, **settings)
+    with pytest.raises(ValueError, match=r"cannot resume .* lr=0.001 \(now 0.5\)"):
+        run_training("l2x-xor", out, epochs=2, lr=0.5, resume=True, **settings)
+
+
 def _edit_json(path: Path, edit: Any) -> None:
     data = json.loads(path.read_text())
     edit(data)

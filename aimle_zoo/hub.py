@@ -342,12 +342,15 @@ def write_model_card(
     metrics: dict[str, float] | None = None,
     command: str | None = None,
     dataset: str | None = None,
+    dataset_id: str | None = None,
     repo_id: str | None = None,
 ) -> Path:
     """(Re)write the ``README.md`` card of a checkpoint folder, e.g. once it is evaluated.
 
-    The folder is loaded first (strictly), and the card replaces the old one atomically.
-    Arguments as in ``ZooModel.save_pretrained``; returns the card's path.
+    The folder is loaded first (strictly), and the card replaces the old one atomically. It
+    names the aimle-zoo version that wrote the checkpoint (its ``config.json``). Arguments as
+    in ``ZooModel.save_pretrained`` (``dataset_id``: the Hub dataset id when ``dataset`` is
+    a description); returns the card's path.
     """
     folder = Path(folder)
     model = ZooModel.from_pretrained(folder)
@@ -356,6 +359,8 @@ def write_model_card(
         metrics=metrics,
         command=command,
         dataset=dataset,
+        dataset_id=dataset_id,
+        written_by=str(read_checkpoint_config(folder)["aimle_zoo_version"]),
     )
     path = folder / _CARD
     with atomic_file(path) as handle:

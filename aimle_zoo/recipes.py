@@ -61,6 +61,9 @@ from .training import (
     train,
 )
 
+#: MNIST on the Hugging Face Hub (the cards' ``datasets``; the loader reads the IDX files).
+MNIST_HUB_ID = "ylecun/mnist"
+
 #: The estimators ``compare`` trains when none are named.
 DEFAULT_ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste")
 #: Steps per epoch of a smoke run (``DataOptions.smoke``) unless ``max_steps_per_epoch`` is given.
@@ -120,6 +123,7 @@ class Recipe:
     aimle: dict[str, Any] | None = None  # the task's AIMLE config when not the model default
     test_options: dict[str, Any] = field(default_factory=dict)  # evaluate_batch kwargs, test
     relaxation_temperature: float = 0.5  # τ of the "relaxed" variant
+    hub_dataset: str | None = None  # the data's Hugging Face Hub dataset id, if it has one
 
     def estimator_config(self, variant: str) -> dict[str, Any] | None:
         """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
@@ -445,6 +449,7 @@ _add(
         model="l2x_mnist",
         description="L2X on MNIST 3 vs 8: pick 4 of the 49 4x4 patches",
         build_data=_mnist_pairs,
+        hub_dataset=MNIST_HUB_ID,
         model_kwargs={"k": 4},
         train=TrainConfig(epochs=10, batch_size=100, lr=1e-3, select_metric="loss"),
     )
@@ -466,6 +471,7 @@ _add(
         model="discrete_vae",
         description="Discrete VAE on MNIST, 20 groups of 10-of-20 codes, central AIMLE, S = 10",
         build_data=_mnist_images(hold_out=True),
+        hub_dataset=MNIST_HUB_ID,
         train=TrainConfig(epochs=100, batch_size=100, lr=1e-3, select_metric="loss"),
         imle_lambda=10.0,
         test_options={"reference_test_loss": True},
@@ -480,6 +486,7 @@ _add(
             "gradient), all 60k training images, last epoch reported"
         ),
         build_data=_mnist_images(hold_out=False),
+        hub_dataset=MNIST_HUB_ID,
         model_kwargs={"kl_weight": 1 / math.sqrt(10)},
         train=TrainConfig(
             epochs=100, batch_size=100, lr=1e-3, select_metric="loss", select_mode="last"
@@ -882,6 +889,16 @@ def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:
     return recorded
 
 
+def card_dataset(recipe: Recipe, smoke: bool) -> str:
+    """What a published card says the checkpoint was trained and tested on."""
+    if smoke:
+        return (
+            f"{recipe.description}; SMOKE RUN: a few batches of tiny splits, for tests only, "
+            "not a trained model"
+        )
+    return recipe.description
+
+
 def _write_recipe(folder: Path, name: str, estimator: str, options: DataOptions) -> None:
     if not folder.exists():
         return
@@ -937,7 +954,8 @@ def publish_run(
             staging,
             metrics=metrics,
             command=command,
-            dataset=recipe.description,
+            dataset=card_dataset(recipe, smoke=bool(recorded["smoke"])),
+            dataset_id=recipe.hub_dataset,
             repo_id=default_repo_id(destination),
         )
     return metrics

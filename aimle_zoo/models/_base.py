@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import numbers
 import os
+import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -574,7 +576,11 @@ class ZooModel(
 
         Keyword arguments: ``repo_id`` (the Hub id the card shows), ``metrics`` (name ->
         number, also written to the front matter as ``model-index``), ``command`` and
-        ``dataset`` (strings); any others are passed to the template.
+        ``dataset`` (strings: a Hub dataset id or a description), ``dataset_id`` (the Hub
+        dataset id when ``dataset`` describes it), ``written_by`` (the aimle-zoo version that
+        wrote the checkpoint, default this one); any others are passed to the template.
+        The front matter's ``datasets`` lists Hub dataset ids only: ``dataset_id``, or
+        ``dataset`` when it is an id (no spaces).
         """
         from .. import __version__
 
@@ -582,9 +588,17 @@ class ZooModel(
         repo_id = kwargs.pop("repo_id", None) or default_repo_id("", architecture)
         metrics = _metric_rows(kwargs.pop("metrics", None) or {})
         command, dataset = kwargs.pop("command", None), kwargs.pop("dataset", None)
-        for key, value in (("command", command), ("dataset", dataset)):
+        dataset_id, written_by = kwargs.pop("dataset_id", None), kwargs.pop("written_by", None)
+        for key, value in (
+            ("command", command),
+            ("dataset", dataset),
+            ("dataset_id", dataset_id),
+            ("written_by", written_by),
+        ):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"model card {key} must be a string, got {type(value).__name__}")
+        if dataset_id is None and dataset and not any(char.isspace() for char in dataset):
+            dataset_id = dataset
         layer = cast(DifferentiableSolver, self.latent_layer)
         spec = solver_spec(layer.solver)
         solver = spec.name if spec is not None else type(layer.solver).__name__
@@ -602,15 +616,15 @@ class ZooModel(
         info = self._hub_mixin_info
         card_data = ModelCardData(**info.model_card_data.to_dict())
         card_data.tags = sorted({*(card_data.tags or []), architecture, solver, estimator})
-        if dataset:
-            card_data.datasets = [dataset]
+        if dataset_id:
+            card_data.datasets = [dataset_id]
         if metrics:
             card_data.model_name = repo_id
             card_data.eval_results = [
                 EvalResult(
                     task_type="other",
-                    dataset_type=dataset or "unspecified",
-                    dataset_name=dataset or "unspecified",
+                    dataset_type=dataset_id or _slug(dataset or "unspecified"),
+                    dataset_name=dataset or dataset_id or "unspecified",
                     metric_type=name,
                     metric_name=name,
                     metric_value=value,
@@ -631,7 +645,7 @@ class ZooModel(
             "paper_url": info.paper_url,
             "license": card_data.license,
             "format_version": FORMAT_VERSION,
-            "aimle_zoo_version": __version__,
+            "aimle_zoo_version": written_by or __version__,
         }
         return ModelCard.from_template(
             card_data, template_str=info.model_card_template, **{**kwargs, **values}
@@ -900,8 +914,13 @@ def default_repo_id(folder: str | os.PathLike[str], architecture: str | None = N
     )
 
 
+def _slug(text: str) -> str:
+    """``text`` as a lower-case identifier: ``"L2X on MNIST"`` -> ``"l2x-on-mnist"``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:96] or "unspecified"
+
+
 def _metric_rows(metrics: object) -> list[tuple[str, float]]:
-    """``(name, value)`` pairs of a metrics mapping, checked: non-empty names, real numbers."""
+    """``(name, value)`` pairs of a metrics mapping, checked: non-empty names, finite numbers."""
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping name -> number, got {type(metrics).__name__}")
     rows = []
@@ -912,6 +931,11 @@ def _metric_rows(metrics: object) -> list[tuple[str, float]]:
             raise TypeError(
                 f"metric {name!r} must be a real number, got {value!r}; convert tensors with "
                 "float()"
+            )
+        if not math.isfinite(value):
+            raise ValueError(
+                f"metric {name!r} is {value}; a model card records finite numbers (leave the "
+                "metric out, or fix the evaluation that produced it)"
             )
         rows.append((name, float(value)))
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -246,6 +247,38 @@ def test_bad_card_values_fail_before_the_folder_is_touched(
     with pytest.raises(TypeError, match=message):
         trained_tiny_model("l2x_tabular", seed=2).save_pretrained(folder, **card)
     assert _contents(folder) == before
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_metric_is_refused(tmp_path: Path, value: float) -> None:
+    folder = tmp_path / "l2x"
+    with pytest.raises(ValueError, match=r"metric 'acc' is (nan|inf); a model card records finite"):
+        trained_tiny_model("l2x_tabular").save_pretrained(folder, metrics={"acc": value})
+    assert not folder.exists()
+
+
+def test_the_card_lists_hub_dataset_ids_only_and_the_writers_version(tmp_path: Path) -> None:
+    """A description is the card's text and the model index's dataset name, not a
+    ``datasets`` entry (those are Hub ids); a rewritten card keeps the version that wrote the
+    checkpoint."""
+    folder = tmp_path / "vae"
+    trained_tiny_model("discrete_vae").save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["aimle_zoo_version"] = "0.1.0"
+    (folder / "config.json").write_text(json.dumps(config))
+    description = "Discrete VAE on MNIST, 20 groups of 10-of-20 codes"
+    write_model_card(folder, metrics={"bce": 60.5}, dataset=description)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.datasets is None
+    (result,) = card.data.eval_results
+    assert result.dataset_name == description
+    assert result.dataset_type == "discrete-vae-on-mnist-20-groups-of-10-of-20-codes"
+    assert "written by aimle-zoo 0.1.0" in card.text
+    write_model_card(folder, metrics={"bce": 60.5}, dataset=description, dataset_id="ylecun/mnist")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.datasets == ["ylecun/mnist"]
+    assert card.data.eval_results[0].dataset_type == "ylecun/mnist"
+    assert card.data.eval_results[0].dataset_name == description
 
 
 def test_default_repository_ids(tmp_path: Path) -> None:

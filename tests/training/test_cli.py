@@ -141,6 +141,7 @@ def test_publish_copies_the_best_checkpoint_with_its_metrics_and_command(tmp_pat
     assert best.keys() == copy.keys() and all(torch.equal(best[k], copy[k]) for k in best)
     assert read_recipe(published) == read_recipe(run / "best")
     assert command in (published / "README.md").read_text()
+    assert "SMOKE RUN: a few batches of tiny splits" in (published / "README.md").read_text()
     card = aimle_zoo.read_card_metrics(str(published))
     test_metrics = json.loads((run / "test_metrics.json").read_text())
     for key, value in test_metrics.items():

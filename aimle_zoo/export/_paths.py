@@ -57,6 +57,7 @@ from ..solvers import (
     get_solver,
     solver_spec,
 )
+from .runner import PRONIC
 
 BATCH = "batch"
 
@@ -168,6 +169,8 @@ class InferencePath:
         solver_after: for a split path, the solver to run on the exported output θ.
         config: the model's constructor arguments (zoo models).
         model_type: the zoo model's registry name (``"nri_tree"``), whatever :attr:`name` says.
+        size_forms: dynamic dimensions whose sizes have a form, ``{dim name: form}``; the
+            only form is ``"n(n-1)"`` (``mst_edges``' directed-edge count).
         batch_multiple: the batch must be a multiple of this (solvers holding per-instance
             data, such as per-instance sources of ``graph_shortest_path``; 1 otherwise).
     """
@@ -185,6 +188,7 @@ class InferencePath:
     config: dict[str, Any] | None = field(default=None)
     model_type: str | None = None
     batch_multiple: int = 1
+    size_forms: dict[str, str] = field(default_factory=dict)
 
     def example_sizes(self) -> dict[str, int]:
         """Size of every dynamic dimension in :attr:`example_inputs`."""
@@ -766,6 +770,7 @@ def _solver_path(solver: nn.Module, example_inputs: Sequence[Tensor] | None) -> 
         size_cases=cases,
         solvers=(info,),
         batch_multiple=multiple,
+        size_forms={"edges": PRONIC} if isinstance(inner, SpanningTreeEdges) else {},
     )
 
 

@@ -93,6 +93,7 @@ def build_metadata(
         "outputs": [spec.to_json() for spec in path.outputs],
         "dynamic_dims": dict(path.dynamic_dims),
         "batch_multiple": path.batch_multiple,
+        "size_forms": dict(path.size_forms),
         "example_sizes": path.example_sizes(),
         "fixed_dims": fixed,
         "verified_sizes": [dict(case) for case in path.size_cases],

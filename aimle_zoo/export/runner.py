@@ -20,6 +20,7 @@ non-ONNX file raises :class:`ModelFileError`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+#: The form of a size that counts the directed edges of an n-vertex graph.
+PRONIC = "n(n-1)"
 
 #: Execution providers in order of preference; CPU is always last.
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider",)
@@ -96,6 +100,7 @@ class InputLimits:
             exclusive (token ids below the vocabulary size).
         batch_multiple: the batch must be a multiple of it (a solver with per-instance data
             for that many instances).
+        forms: ``{dim name: form}`` for sizes with a form (:data:`PRONIC`).
         finite: ``"finite"`` (no NaN or ±inf in floating inputs), ``"no_nan"`` (±inf allowed:
             a graph shortest path reads an infinite cost as a missing edge) or ``None`` (no
             check: a module of the user's, whose contract the metadata does not know).
@@ -105,6 +110,7 @@ class InputLimits:
     ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     batch_multiple: int = 1
     finite: str | None = None
+    forms: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> InputLimits:
@@ -121,7 +127,8 @@ class InputLimits:
         if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
             solvers = {str(info.get("name")) for info in metadata.get("solvers") or []}
             finite = "no_nan" if "graph_shortest_path" in solvers else "finite"
-        return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1), finite)
+        forms = {str(k): str(v) for k, v in (metadata.get("size_forms") or {}).items()}
+        return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1), finite, forms)
 
 
 def check_inputs(
@@ -204,6 +211,12 @@ def _check_one(
                     f"dimension {size!r} is {seen[0]} in input {seen[1]!r} but {actual} in "
                     f"input {spec.name!r}; all inputs must agree on it"
                 )
+            if limits.forms.get(size) == PRONIC and not _is_pronic(int(actual)):
+                raise RunnerInputError(
+                    f"input {spec.name!r} has shape {tuple(value.shape)}: dimension {size!r} "
+                    f"(axis {axis}) is {actual}, the model needs n(n-1) for a whole n (2, 6, 12, "
+                    "20, 30, ...): one score per directed edge of an n-vertex graph"
+                )
             least = limits.minimums.get(size)
             if least is not None and actual < least:
                 raise RunnerInputError(
@@ -228,6 +241,12 @@ def _check_one(
                 f"[{low}, {high - 1}] (e.g. token ids below the vocabulary size)"
             )
     return value
+
+
+def _is_pronic(size: int) -> bool:
+    """Whether ``size = n(n-1)`` for a whole n >= 1."""
+    n = (1 + math.isqrt(1 + 4 * size)) // 2
+    return size >= 0 and n * (n - 1) == size
 
 
 def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:

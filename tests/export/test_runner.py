@@ -235,3 +235,22 @@ def test_verify_refuses_a_file_without_the_metadata(
     onnx.save(proto, str(tmp_path / "foreign.onnx"))
     with pytest.raises(ValueError, match="without aimle_zoo metadata"):
         verify(item.model, tmp_path / "foreign.onnx")
+
+
+def test_an_edge_count_that_is_not_n_times_n_minus_1_is_refused(tmp_path: Path) -> None:
+    """mst_edges infers n from the edge count; inside an exported graph a count such as 7
+    gave a truncated answer (TorchScript) or an obscure onnxruntime error."""
+    solver = get_solver("mst_edges")
+    exported = to_onnx(solver, tmp_path / "edges.onnx")
+    assert exported.metadata["size_forms"] == {"edges": "n(n-1)"}
+    script = to_torchscript(solver, tmp_path / "edges.pt")
+    with pytest.raises(ValueError, match="n\\(n-1\\)"):
+        solver(torch.rand(2, 7))  # eager refuses it too
+    for model in (OnnxRunner(exported.path), TorchScriptModel(script.path)):
+        for bad in (7, 10, 13):
+            with pytest.raises(
+                RunnerInputError, match=rf"'edges' \(axis 1\) is {bad}, .* n\(n-1\)"
+            ):
+                model.run({"theta": np.random.rand(2, bad).astype(np.float32)})
+        theta = torch.randn(3, 20)
+        np.testing.assert_array_equal(model.run({"theta": theta.numpy()})["z"], solver(theta))

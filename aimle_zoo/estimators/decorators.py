@@ -13,7 +13,8 @@ method on the function).
 
 The result is a :class:`DifferentiableFunction`: calling it returns ``[B·N, *S]`` solutions
 and its ``.estimator`` holds the estimator (diagnostics, adaptive state, ``state_dict``).
-``minimize`` overrides the solver's declared sense (``"max"`` for an undeclared function).
+``minimize`` overrides the solver's declared sense (``"max"`` for an undeclared function);
+``minimizer_noise`` and ``generator`` are the estimators' own (see their classes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import functools
 from collections.abc import Callable
 from typing import overload
 
+import torch
 from torch import Tensor
 
 from ._aimle import AIMLE
@@ -86,6 +88,8 @@ def aimle(
     input_temperature: float = ...,
     target_temperature: float = ...,
     symmetric: bool = ...,
+    minimizer_noise: str = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> DifferentiableFunction: ...
 @overload
@@ -99,6 +103,8 @@ def aimle(
     input_temperature: float = ...,
     target_temperature: float = ...,
     symmetric: bool = ...,
+    minimizer_noise: str = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> Decorator: ...
 def aimle(
@@ -111,6 +117,8 @@ def aimle(
     input_temperature: float = 1.0,
     target_temperature: float = 1.0,
     symmetric: bool = False,
+    minimizer_noise: str = "negate",
+    generator: torch.Generator | None = None,
     minimize: bool | None = None,
 ) -> DifferentiableFunction | Decorator:
     """Differentiate ``function`` with :class:`~aimle_zoo.estimators.AIMLE` (same arguments)."""
@@ -122,6 +130,8 @@ def aimle(
         input_temperature=input_temperature,
         target_temperature=target_temperature,
         symmetric=symmetric,
+        minimizer_noise=minimizer_noise,
+        generator=generator,
     )
     return _wrap(function, estimator, minimize)
 
@@ -137,6 +147,8 @@ def imle(
     marginal_samples: int = ...,
     input_temperature: float = ...,
     target_temperature: float = ...,
+    minimizer_noise: str = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> DifferentiableFunction: ...
 @overload
@@ -150,6 +162,8 @@ def imle(
     marginal_samples: int = ...,
     input_temperature: float = ...,
     target_temperature: float = ...,
+    minimizer_noise: str = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> Decorator: ...
 def imle(
@@ -162,6 +176,8 @@ def imle(
     marginal_samples: int = 1,
     input_temperature: float = 1.0,
     target_temperature: float = 1.0,
+    minimizer_noise: str = "negate",
+    generator: torch.Generator | None = None,
     minimize: bool | None = None,
 ) -> DifferentiableFunction | Decorator:
     """Differentiate ``function`` with :class:`~aimle_zoo.estimators.IMLE` (same arguments)."""
@@ -173,6 +189,8 @@ def imle(
         marginal_samples=marginal_samples,
         input_temperature=input_temperature,
         target_temperature=target_temperature,
+        minimizer_noise=minimizer_noise,
+        generator=generator,
     )
     return _wrap(function, estimator, minimize)
 
@@ -184,6 +202,8 @@ def ste(
     noise: NoiseLike = ...,
     temperature: float = ...,
     samples: int = ...,
+    minimizer_noise: str = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> DifferentiableFunction: ...
 @overload
@@ -193,6 +213,8 @@ def ste(
     noise: NoiseLike = ...,
     temperature: float = ...,
     samples: int = ...,
+    minimizer_noise: str = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> Decorator: ...
 def ste(
@@ -201,10 +223,18 @@ def ste(
     noise: NoiseLike = None,
     temperature: float = 1.0,
     samples: int = 1,
+    minimizer_noise: str = "negate",
+    generator: torch.Generator | None = None,
     minimize: bool | None = None,
 ) -> DifferentiableFunction | Decorator:
     """Differentiate ``function`` with the straight-through :class:`~aimle_zoo.estimators.STE`."""
-    estimator = STE(noise=noise, temperature=temperature, samples=samples)
+    estimator = STE(
+        noise=noise,
+        temperature=temperature,
+        samples=samples,
+        minimizer_noise=minimizer_noise,
+        generator=generator,
+    )
     return _wrap(function, estimator, minimize)
 
 
@@ -216,6 +246,7 @@ def perturbed(
     sigma: float = ...,
     samples: int = ...,
     baseline: bool = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> DifferentiableFunction: ...
 @overload
@@ -226,6 +257,7 @@ def perturbed(
     sigma: float = ...,
     samples: int = ...,
     baseline: bool = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> Decorator: ...
 def perturbed(
@@ -235,10 +267,13 @@ def perturbed(
     sigma: float = 1.0,
     samples: int = 10,
     baseline: bool = True,
+    generator: torch.Generator | None = None,
     minimize: bool | None = None,
 ) -> DifferentiableFunction | Decorator:
     """Differentiate ``function`` with :class:`~aimle_zoo.estimators.PerturbedOptimizer`."""
-    estimator = PerturbedOptimizer(noise=noise, sigma=sigma, samples=samples, baseline=baseline)
+    estimator = PerturbedOptimizer(
+        noise=noise, sigma=sigma, samples=samples, baseline=baseline, generator=generator
+    )
     return _wrap(function, estimator, minimize)
 
 
@@ -275,6 +310,7 @@ def relaxed(
     temperature: float = ...,
     samples: int = ...,
     hard: bool = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> DifferentiableFunction: ...
 @overload
@@ -286,6 +322,7 @@ def relaxed(
     temperature: float = ...,
     samples: int = ...,
     hard: bool = ...,
+    generator: torch.Generator | None = ...,
     minimize: bool | None = ...,
 ) -> Decorator: ...
 def relaxed(
@@ -296,11 +333,17 @@ def relaxed(
     temperature: float = 0.5,
     samples: int = 1,
     hard: bool = False,
+    generator: torch.Generator | None = None,
     minimize: bool | None = None,
 ) -> DifferentiableFunction | Decorator:
     """Differentiate ``function`` through ``relaxation(theta, temperature)`` (:class:`Relaxed`);
     without one, ``function.relax`` is used."""
     estimator = Relaxed(
-        noise=noise, temperature=temperature, samples=samples, hard=hard, relaxation=relaxation
+        noise=noise,
+        temperature=temperature,
+        samples=samples,
+        hard=hard,
+        relaxation=relaxation,
+        generator=generator,
     )
     return _wrap(function, estimator, minimize)

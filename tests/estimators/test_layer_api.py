@@ -29,9 +29,10 @@ from aimle_zoo.estimators import (
     list_estimators,
     mean_over_samples,
     perturbed,
+    relaxed,
     ste,
 )
-from aimle_zoo.solvers import SolverInputError, get_solver, get_solver_spec
+from aimle_zoo.solvers import SolverInputError, TopK, get_solver, get_solver_spec
 
 from ._helpers import topk_mask
 
@@ -203,6 +204,22 @@ def test_decorators_both_forms(decorator, kwargs, cls, samples) -> None:
     assert z.shape == (3 * samples, 6)
     (z * torch.randn_like(z)).sum().backward()
     assert theta.grad is not None and theta.grad.shape == (3, 6)
+
+
+@pytest.mark.parametrize("decorator", [aimle, imle, ste, perturbed, relaxed])
+def test_decorators_take_the_estimators_generator_and_minimizer_noise(decorator) -> None:
+    """Two functions decorated with equally seeded generators draw the same noise."""
+    options = {} if decorator in (perturbed, relaxed) else {"minimizer_noise": "add"}
+    theta = torch.randn(3, 6)
+    outputs = []
+    for _ in range(2):
+        function = decorator(
+            TopK(2), samples=4, generator=torch.Generator().manual_seed(7), **options
+        )
+        outputs.append(function(theta.clone().requires_grad_()))
+        if options:
+            assert function.estimator.minimizer_noise == "add"
+    assert torch.equal(outputs[0], outputs[1])
 
 
 def test_decorator_minimize_override() -> None:

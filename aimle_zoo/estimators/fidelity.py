@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..solvers import TopK, get_solver, get_solver_spec, solver_sense
 from ._base import Estimator, SolverFunction
+from ._ste import STE
 from .registry import build_estimator
 
 #: ``z [R, *S] -> [R]``: the loss of each solution.
@@ -135,7 +136,7 @@ def gradient_fidelity(
     states: Tensor | None = None,
     seeds: int = 64,
     warmup: int = 0,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     sample_reduction: Literal["mean", "sum"] = "mean",
 ) -> FidelityReport:
     """Compare ``estimator``'s gradient of the mean loss over its samples with the exact one.
@@ -144,7 +145,9 @@ def gradient_fidelity(
     backward passes run first at the same θ (an adaptive target settles its β, as in the AIMLE
     paper's experiment). The exact gradient uses ``states`` (default: :func:`topk_states` for
     :class:`~aimle_zoo.solvers.TopK`, else :func:`solution_states`), the solver's sense and
-    ``temperature`` (the estimator's noise temperature).
+    ``temperature``, by default the scale of the estimator's forward noise (AIMLE's and
+    I-MLE's ``input_temperature``, STE's ``temperature``, the perturbed optimizer's ``sigma``,
+    else 1).
 
     Args:
         estimator: any estimator; its state (β) moves during the call.
@@ -163,6 +166,8 @@ def gradient_fidelity(
             states = topk_states(theta.numel(), solver.k)
         else:
             states = solution_states(solver, tuple(theta.shape), dtype=theta.dtype)
+    if temperature is None:
+        temperature = noise_temperature(estimator)
     exact = exact_expected_gradient(
         theta.detach(), states, loss, sense=solver_sense(solver), temperature=temperature
     ).flatten()
@@ -180,6 +185,18 @@ def gradient_fidelity(
     cosines = torch.nn.functional.cosine_similarity(estimated, exact[None], dim=1)
     norm_ratio = float((estimated.norm(dim=1) / exact.norm()).mean())
     return FidelityReport(cosines, norm_ratio, int(states.shape[0]))
+
+
+def noise_temperature(estimator: Estimator) -> float:
+    """The scale τ of ``estimator``'s forward noise, so that perturb-and-MAP with Gumbel noise
+    samples p(z) ∝ exp(⟨θ, z⟩ / τ): AIMLE's and I-MLE's ``input_temperature``, STE's
+    ``temperature``, the perturbed optimizer's ``sigma``; 1 for the others."""
+    for attribute in ("input_temperature", "sigma"):
+        if hasattr(estimator, attribute):
+            return float(getattr(estimator, attribute))
+    if isinstance(estimator, STE):
+        return estimator.temperature
+    return 1.0
 
 
 #: Rounds of :func:`solution_states` draws that may still find new solutions before the listing

@@ -12,6 +12,8 @@ from torch import Tensor
 from aimle_zoo.estimators import (
     AIMLE,
     IMLE,
+    STE,
+    FixedTarget,
     build_estimator,
     exact_expected_gradient,
     gradient_fidelity,
@@ -194,3 +196,35 @@ def test_minimizer_noise_sets_how_a_minimisers_costs_are_perturbed(
     assert estimator.config()["minimizer_noise"] == convention
     with pytest.raises(ValueError, match="minimizer_noise must be one of"):
         build_estimator({"name": "aimle", "minimizer_noise": "flip"})
+
+
+@pytest.mark.parametrize(
+    ("make", "tau"),
+    [
+        (
+            lambda g: AIMLE(
+                FixedTarget(1.0), input_temperature=0.5, target_temperature=0.5, generator=g
+            ),
+            0.5,
+        ),
+        (
+            lambda g: IMLE(lambda_=1.0, input_temperature=2.0, target_temperature=2.0, generator=g),
+            2.0,
+        ),
+        (lambda g: STE(noise="gumbel", temperature=0.3, generator=g), 0.3),
+    ],
+)
+def test_the_exact_gradient_uses_the_estimators_noise_temperature(make, tau: float) -> None:
+    """By default the reference is p(z) ∝ exp(⟨θ, z⟩/τ) at the estimator's own τ."""
+    theta = torch.tensor([0.3, -0.2, 0.9, 0.1, -0.5], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+
+    def loss(z: Tensor) -> Tensor:
+        return ((z - target) ** 2).sum(dim=1)
+
+    reports = [
+        gradient_fidelity(make(torch.Generator().manual_seed(3)), TopK(2), theta, loss, **kwargs)
+        for kwargs in ({}, {"temperature": tau}, {"temperature": 1.0})
+    ]
+    assert torch.equal(reports[0].cosines, reports[1].cosines)
+    assert not torch.equal(reports[0].cosines, reports[2].cosines)

@@ -197,10 +197,17 @@ def check_theta(
             flat = bad.reshape(theta.shape[0], -1).any(dim=1) if theta.dim() else bad.reshape(1)
             instances = flat.nonzero().flatten().tolist()
             what = "NaN" if allow_inf else "NaN or inf"
+            advice = "check the network producing theta (a diverged loss or a division by zero)."
+            if bool((theta[bad] == float("-inf")).all()):  # -inf used as a mask
+                advice = (
+                    "the only such values are -inf: to mask entries out, give them a finite "
+                    "score well below the others instead, e.g. theta.masked_fill(~keep, -1e4) "
+                    "(perturbations and finite differences need finite scores; AIMLE's "
+                    "adaptive λ = β‖θ‖/‖dy‖ grows with such scores)."
+                )
             raise SolverInputError(
                 f"{solver}: input contains {what} values in instance(s) "
-                f"{format_instances(instances)}; check the network producing theta "
-                "(a diverged loss or a division by zero)."
+                f"{format_instances(instances)}; {advice}"
             )
     return theta
 

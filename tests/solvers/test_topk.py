@@ -282,3 +282,17 @@ def test_k_may_be_any_integer_type() -> None:
     for k in (np.int64(3), torch.tensor(3)):
         solver = TopK(k)
         assert type(solver.k) is int and torch.equal(solver(theta), TopK(3)(theta))
+
+
+def test_minus_infinity_used_as_a_mask_gets_advice_on_masking() -> None:
+    theta = torch.randn(3, 6)
+    masked = theta.clone()
+    masked[1, 2] = float("-inf")
+    with pytest.raises(SolverInputError, match=r"instance\(s\) 1; the only such values are -inf"):
+        TopK(2)(masked)
+    masked[2, 0] = float("nan")
+    with pytest.raises(SolverInputError, match=r"instance\(s\) 1, 2; check the network"):
+        TopK(2)(masked)
+    keep = torch.ones(3, 6, dtype=torch.bool)
+    keep[1, 2] = False
+    assert TopK(2)(theta.masked_fill(~keep, -1e4))[1, 2] == 0  # the advice works

@@ -321,6 +321,7 @@ def test_torchrun_trains_on_nccl_with_one_process_per_gpu(tmp_path: Path) -> Non
 # --- export ----------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_a_model_on_the_device_exports_and_its_torchscript_runs_there(
     name: str, tmp_path: Path

@@ -17,6 +17,8 @@ model whose solver is not made of tensor operations.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -48,7 +50,10 @@ from .metadata import ExportResult, build_metadata, onnx_properties
 from .runner import OnnxRunner
 from .verify import brief_error, check_export
 
-_QUIET_LOGGERS = ("torch.onnx._internal.exporter._registration",)
+_QUIET_LOGGERS = (
+    "torch.onnx._internal.exporter._registration",
+    "torch.fx.experimental.symbolic_shapes",  # a failed trace logs its whole graph as a warning
+)
 
 
 def to_onnx(
@@ -367,7 +372,8 @@ def _quiet() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # a failed trace also prints its graph to stderr: the ExportError says what failed
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

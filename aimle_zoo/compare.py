@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._io import atomic_file
-from .models._base import CheckpointError, saved_estimator_config
+from .models._base import CheckpointError, read_checkpoint_config, saved_estimator_config
 from .recipes import (
     DEFAULT_ESTIMATORS,
     ESTIMATOR_VARIANTS,
@@ -63,7 +63,12 @@ def compare(
     done: dict[str, int | None] = {}
     for name in estimators:  # every variant and every run already there is checked first
         wanted[name] = train_config(task, estimator=name, data_options=data_options, **overrides)
-        done[name] = _epochs_done(out / name, wanted[name], recipe.full_estimator_config(name))
+        done[name] = _epochs_done(
+            out / name,
+            wanted[name],
+            recipe.full_estimator_config(name),
+            recipe.static_model_kwargs(bool(wanted[name].extra.get("smoke"))),
+        )
     results: dict[str, dict[str, Any]] = {}
     for name in estimators:
         run_dir, epochs, epochs_done = out / name, wanted[name].epochs, done[name]
@@ -92,14 +97,19 @@ def compare(
     return results
 
 
-def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: Mapping[str, Any]) -> int | None:
-    """Epochs of the run in ``run_dir`` made with ``wanted``'s settings and the ``estimator``
-    configuration (``None``: no run yet).
+def _epochs_done(
+    run_dir: Path,
+    wanted: TrainConfig,
+    estimator: Mapping[str, Any],
+    model_kwargs: Mapping[str, Any],
+) -> int | None:
+    """Epochs of the run in ``run_dir`` made with ``wanted``'s settings, the ``estimator``
+    configuration and the recipe's ``model_kwargs`` (``None``: no run yet).
 
     A run with other settings (those a resume must keep, and the recipe, estimator and smoke
-    flag in ``extra``), another estimator configuration (the recipe's default changed since),
-    or more epochs than ``wanted``, raises: reusing it would put a different budget or method
-    in the comparison.
+    flag in ``extra``), another estimator configuration or model arguments (the recipe's
+    defaults changed since), or more epochs than ``wanted``, raises: reusing it would put a
+    different budget, method or model in the comparison.
     """
     state = run_dir / "last" / TRAINER_STATE
     if not state.exists():
@@ -112,14 +122,25 @@ def _epochs_done(run_dir: Path, wanted: TrainConfig, estimator: Mapping[str, Any
     if not settings:
         try:
             saved_estimator = saved_estimator_config(run_dir / "last")
+            saved_model = read_checkpoint_config(run_dir / "last")
         except CheckpointError as err:
             raise ValueError(
                 f"{run_dir} holds a run whose estimator configuration cannot be read ({err}); "
                 "compare into another --out, or delete that folder to train it again"
             ) from err
+        recorded = {key: saved_model.get(key, _ABSENT) for key in model_kwargs}
+        now = json.loads(json.dumps(dict(model_kwargs)))  # tuples as the saved lists
         settings = ", ".join(
-            f"estimator {key}={old} (now {new})"
-            for key, old, new in _differences(saved_estimator, estimator)
+            [
+                *(
+                    f"estimator {key}={old} (now {new})"
+                    for key, old, new in _differences(saved_estimator, estimator)
+                ),
+                *(
+                    f"model {key}={old} (now {new})"
+                    for key, old, new in _differences(recorded, now)
+                ),
+            ]
         )
     if settings:
         raise ValueError(

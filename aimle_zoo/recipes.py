@@ -125,6 +125,10 @@ class Recipe:
     relaxation_temperature: float = 0.5  # τ of the "relaxed" variant
     hub_dataset: str | None = None  # the data's Hugging Face Hub dataset id, if it has one
 
+    def static_model_kwargs(self, smoke: bool = False) -> dict[str, Any]:
+        """The model arguments the recipe fixes (those its data sets are added at build)."""
+        return {**self.model_kwargs, **(self.smoke_model_kwargs if smoke else {})}
+
     def estimator_config(self, variant: str) -> dict[str, Any] | None:
         """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
         if variant not in ESTIMATOR_VARIANTS:
@@ -216,7 +220,7 @@ class Recipe:
         """A fresh model with the estimator ``variant`` (sized and set up for ``task``);
         ``estimator_config``, a full config, replaces the variant's, and ``model_config``
         the model arguments (both a resumed run's own)."""
-        kwargs = {**self.model_kwargs, **(self.smoke_model_kwargs if smoke else {})}
+        kwargs = self.static_model_kwargs(smoke)
         if task is not None:
             kwargs.update(task.model_kwargs)
         if model_config is not None:

@@ -285,6 +285,10 @@ def test_compare_refuses_a_run_made_with_an_older_estimator_default(
     )
     invoke("compare", "l2x-xor", "--estimators", "imle,ste", *options)  # unchanged: reused
     assert {path: path.read_text() for path in logs} == logs
+    monkeypatch.setitem(get_recipe("l2x-xor").model_kwargs, "k", 3)  # a model default too
+    output = fails("compare", "l2x-xor", "--estimators", "imle", *options)
+    assert "model k=2 (now 3)" in output
+    monkeypatch.setitem(get_recipe("l2x-xor").model_kwargs, "k", 2)
     (tmp_path / "cmp" / "ste" / "last" / "config.json").unlink()
     output = fails("compare", "l2x-xor", "--estimators", "ste", *options)
     assert "estimator configuration cannot be read" in output and "another --out" in output

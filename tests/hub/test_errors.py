@@ -277,6 +277,22 @@ def test_a_float64_model_loads_as_float64(tmp_path: Path) -> None:
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_loads_in_half_precision_with_its_state_in_float32(
+    tmp_path: Path, low: torch.dtype
+) -> None:
+    """The weights in ``low``, the adaptive estimator state (β, c̄, Δ) in float32, as the
+    model had them."""
+    model = tiny_model(NAME).to(low).eval()
+    model.save_pretrained(tmp_path / "half")
+    loaded = aimle_zoo.from_pretrained(tmp_path / "half")
+    state = loaded.state_dict()
+    for key, value in model.state_dict().items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+    dtypes = {value.dtype for value in state.values() if value.is_floating_point()}
+    assert dtypes == {low, torch.float32}
+
+
 def test_map_location_takes_devices_and_refuses_missing_ones(
     saved: tuple[Path, ZooModel],
 ) -> None:

@@ -24,6 +24,7 @@ huggingface_hub is imported.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -466,8 +467,12 @@ def _card_for(folder: Path, repo_id: str, staging: Path) -> Path:
     names it (title, usage and model index), so that the published card loads its own repo.
     A card that names no Hub id (``owner/name``) is left as it is."""
     card = folder / _CARD
-    shown = ModelCard.load(card).data.model_name  # checked by upload_plan
-    if not isinstance(shown, str) or "/" not in shown or shown == repo_id:
+    loaded = ModelCard.load(card)  # checked by upload_plan
+    shown = loaded.data.model_name  # set with metrics; else the card's title names it
+    if not isinstance(shown, str):
+        title = re.search(r"^# (\S+/\S+)\s*$", loaded.text, re.MULTILINE)
+        shown = title.group(1) if title else None
+    if shown is None or "/" not in shown or shown == repo_id:
         return folder
     copy = staging / folder.name
     copy.mkdir()

@@ -337,8 +337,13 @@ def save_checkpoint(
     """
     from safetensors.torch import save
 
+    from .models._base import default_repo_id
+
+    name = getattr(model, "model_name", None)
+    # the card names the run (runs/X/best: aimle-zoo/X), not the hidden staging folder
+    repo_id = default_repo_id(directory, name) if name else None
     with _STOP_SIGNALS.writes(), atomic_directory(directory) as staging:
-        model.save_pretrained(staging)  # type: ignore[operator]
+        model.save_pretrained(staging, repo_id=repo_id)  # type: ignore[operator]
         if trainer_state is not None:
             meta, tensors = trainer_state
             with atomic_file(staging / TRAINER_STATE, "w") as handle:

@@ -157,6 +157,22 @@ def test_the_upload_goes_through_create_repo_and_upload_folder(
     assert Path(upload["folder_path"]) == folder  # the card already names it: no copy
 
 
+def test_a_card_without_metrics_is_rewritten_for_the_repository_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without metrics the card has no model index; its title and usage name the repo."""
+    folder = tmp_path / "plain"
+    trained_tiny_model("l2x_tabular").save_pretrained(folder)
+    assert "# aimle-zoo/plain" in (folder / "README.md").read_text()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "HfApi", _RecordingApi)
+    _RecordingApi.calls = []
+    push_to_hub(folder, "someone/published")
+    card = dict(_RecordingApi.calls)["upload_folder"]["contents"]["README.md"].decode()
+    assert "# someone/published" in card and 'from_pretrained("someone/published")' in card
+    assert "aimle-zoo/plain" not in card
+
+
 def test_a_closed_endpoint_fails_with_a_clear_error(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

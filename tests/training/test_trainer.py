@@ -241,6 +241,16 @@ def test_a_damaged_last_checkpoint_is_named_on_resume(
     assert after == before  # nothing touched
 
 
+def test_the_cards_of_a_run_name_the_run(tmp_path: Path) -> None:
+    """best/ and last/ are written through hidden staging folders; their cards name the run
+    (aimle-zoo/<run folder>), the repository a push of either goes to by default."""
+    run = tmp_path / "xor-long"
+    train(tiny_model("l2x_tabular"), _dataset(), None, run, _config(epochs=1))
+    for folder in ("best", "last"):
+        card = (run / folder / "README.md").read_text()
+        assert "# aimle-zoo/xor-long" in card and 'from_pretrained("aimle-zoo/xor-long")' in card
+
+
 def test_every_file_of_a_run_has_a_normal_files_mode(tmp_path: Path) -> None:
     """0o666 less the umask, like any file the user writes (temporary files start at 0600)."""
     train(tiny_model("l2x_tabular"), _dataset(), None, tmp_path, _config(epochs=1))

@@ -894,21 +894,29 @@ def _module_path(
     out_names = list(output_names or [f"output_{index}" for index in range(len(produced))])
     if len(out_names) != len(produced):
         raise ExportError(f"{len(out_names)} output names given for {len(produced)} outputs")
-    growth = {dim: 2**index for index, dim in enumerate(declared)}  # distinct, and their sums
-    grown = _grown_outputs(module, inputs, names, extra, growth, multiple)
-    grown_dim = {step: dim for dim, step in growth.items()}
+    # two probes grow dimension i by 2^i and by 3^i: an output axis that grows by exactly
+    # dimension d's steps in both (and has its example size) follows d; a sum or multiple of
+    # the sizes cannot match both (c + 2e = 2^i and c + 3e = 3^i hold only for d itself)
+    probes = [{dim: base**index for index, dim in enumerate(declared)} for base in (2, 3)]
+    grown = [_grown_outputs(module, inputs, names, extra, growth, multiple) for growth in probes]
     output_specs = []
-    for name, value, larger in zip(out_names, produced, grown, strict=True):
-        shape = [BATCH]
+    for position, (name, value) in enumerate(zip(out_names, produced, strict=True)):
+        out_shape: list[int | str] = [BATCH]
         for axis in range(1, value.dim()):
-            size, grown_size = int(value.shape[axis]), int(larger.shape[axis])
-            if size == grown_size:
-                shape.append(size)  # does not follow any dynamic size
-            elif declared.get(grown_dim.get(grown_size - size, ""), -1) == size:
-                shape.append(grown_dim[grown_size - size])  # follows one declared dimension
+            size = int(value.shape[axis])
+            steps = [int(outputs[position].shape[axis]) - size for outputs in grown]
+            follows = [
+                dim
+                for dim, example in declared.items()
+                if example == size and steps == [growth[dim] for growth in probes]
+            ]
+            if steps == [0, 0]:
+                out_shape.append(size)  # does not follow any dynamic size
+            elif follows:
+                out_shape.append(follows[0])  # follows one declared dimension
             else:
-                shape.append(f"{name}_axis{axis}")  # dynamic, some other function of them
-        output_specs.append(TensorSpec(name, dtype_name(value.dtype), tuple(shape)))
+                out_shape.append(f"{name}_axis{axis}")  # dynamic, some other function of them
+        output_specs.append(TensorSpec(name, dtype_name(value.dtype), tuple(out_shape)))
     return InferencePath(
         name=type(module).__name__,
         kind="module",

@@ -362,6 +362,25 @@ def test_two_dynamic_sizes_equal_at_the_example_are_told_apart(tmp_path: Path) -
     assert not (tmp_path / "tied.onnx").exists()
 
 
+class _Doubled(nn.Module):
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.cat([x, x], dim=1), 2 * y  # [B, 2n], [B, m]
+
+
+def test_an_output_of_twice_one_size_is_not_named_after_another_that_equals_it(
+    tmp_path: Path,
+) -> None:
+    """With n = 3 and m = 6 at the example, an axis of 2n has m's size and, under a single
+    probe, could grow by m's step; it follows no declared size alone."""
+    options = {
+        "example_inputs": (torch.randn(2, 3), torch.randn(2, 6)),
+        "dynamic_dims": {"x": {1: "n"}, "y": {1: "m"}},
+    }
+    result = to_onnx(_Doubled().eval(), tmp_path / "doubled.onnx", **options)
+    shapes = [output["shape"] for output in read_metadata(result.path)["outputs"]]
+    assert shapes == [["batch", "output_0_axis1"], ["batch", "m"]]
+
+
 @pytest.mark.parametrize("value", [2.0, np.ones((3, 4), dtype=np.float32), None])
 def test_an_example_input_that_is_not_a_tensor_is_named(value: object, tmp_path: Path) -> None:
     module = nn.Linear(4, 2).eval()

@@ -343,7 +343,8 @@ def save_checkpoint(
     # the card names the run (runs/X/best: aimle-zoo/X), not the hidden staging folder
     repo_id = default_repo_id(directory, name) if name else None
     with _STOP_SIGNALS.writes(), atomic_directory(directory) as staging:
-        model.save_pretrained(staging, repo_id=repo_id)  # type: ignore[operator]
+        options = {"repo_id": repo_id} if repo_id else {}  # a zoo model's keyword
+        model.save_pretrained(staging, **options)  # type: ignore[operator]
         if trainer_state is not None:
             meta, tensors = trainer_state
             with atomic_file(staging / TRAINER_STATE, "w") as handle:
@@ -447,6 +448,10 @@ def changed_settings(
 RESUME_EXTRA = ("recipe", "estimator", "smoke")
 
 
+#: What to do about a damaged ``last/``.
+_RESUME_ADVICE = "restore last/ from a copy of the run, or start over with --overwrite"
+
+
 def check_run_folder(
     out: str | os.PathLike[str], config: TrainConfig, *, resume: bool, overwrite: bool
 ) -> None:
@@ -463,7 +468,7 @@ def check_run_folder(
         return
     state = folder / "last" / TRAINER_STATE
     if state.exists():  # else train() says what is missing
-        meta = read_trainer_state(state, "cannot resume", "restore it, or start a new run")
+        meta = read_trainer_state(state, "cannot resume", _RESUME_ADVICE)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         _check_resumable(meta, asdict(config), folder / "last", world_size)
 
@@ -515,9 +520,9 @@ def _load_last(
             f"cannot resume: {last_dir} lacks {', '.join(missing)}; start without --resume or "
             "point --out at the run to continue"
         )
-    meta = read_trainer_state(paths[1], "cannot resume", "restore it, or start a new run")
+    meta = read_trainer_state(paths[1], "cannot resume", _RESUME_ADVICE)
     _check_resumable(meta, asdict(config), last_dir, info.world_size)
-    advice = "restore last/ from a copy of the run, or start over with --overwrite"
+    advice = _RESUME_ADVICE
     weights_state = _read_tensors(paths[0], device, advice)
     try:
         model.load_state_dict(weights_state, strict=True)
@@ -550,7 +555,9 @@ def read_trainer_state(path: Path, what: str, advice: str) -> dict[str, Any]:
     if (
         not isinstance(meta, dict)
         or not {"config", "epoch", "step"} <= meta.keys()
+        or not all(isinstance(meta[key], int) for key in ("epoch", "step"))
         or not isinstance(meta["config"], dict)
+        or not isinstance(meta["config"].get("epochs"), int)
         or not isinstance(meta["config"].get("extra", {}), dict)
     ):
         raise ValueError(f"{what}: {path} is not a trainer state written by aimle-zoo; {advice}")

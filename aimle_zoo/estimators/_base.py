@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -165,11 +166,11 @@ def check_positive(label: str, value: object) -> float:
 
 
 def check_flag(label: str, value: object) -> bool:
-    """A switch: ``True`` or ``False`` (not a string such as ``"no"``, which ``bool`` reads as
-    true)."""
-    if not isinstance(value, bool):
+    """A switch: ``True`` or ``False``, a NumPy bool too (not a string such as ``"no"``, which
+    ``bool`` reads as true)."""
+    if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{label} must be True or False, got {value!r}")
-    return value
+    return bool(value)
 
 
 def check_incoming_gradient(dy: Tensor, estimator: str) -> None:

@@ -102,8 +102,9 @@ class InputLimits:
             for that many instances).
         forms: ``{dim name: form}`` for sizes with a form (:data:`PRONIC`).
         finite: ``"finite"`` (no NaN or ±inf in floating inputs), ``"no_nan"`` (±inf allowed:
-            a graph shortest path reads an infinite cost as a missing edge) or ``None`` (no
-            check: a module of the user's, whose contract the metadata does not know).
+            a graph shortest path on an adjacency matrix reads an infinite cost as a missing
+            edge) or ``None`` (no check: a module of the user's, whose contract the metadata
+            does not know).
     """
 
     minimums: Mapping[str, int] = field(default_factory=dict)
@@ -125,8 +126,12 @@ class InputLimits:
                     ranges[str(spec["name"])] = (int(spec["low"]), int(spec["high"]))
         finite = None
         if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
-            solvers = {str(info.get("name")) for info in metadata.get("solvers") or []}
-            finite = "no_nan" if "graph_shortest_path" in solvers else "finite"
+            takes_inf = any(
+                info.get("name") == "graph_shortest_path"
+                and "adjacency" in (info.get("params") or {})
+                for info in metadata.get("solvers") or []
+            )
+            finite = "no_nan" if takes_inf else "finite"
         forms = {str(k): str(v) for k, v in (metadata.get("size_forms") or {}).items()}
         return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1), finite, forms)
 

@@ -920,7 +920,10 @@ def default_repo_id(folder: str | os.PathLike[str], architecture: str | None = N
 
 def _slug(text: str) -> str:
     """``text`` as a lower-case identifier: ``"L2X on MNIST"`` -> ``"l2x-on-mnist"``."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:96] or "unspecified"
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(slug) > 96:
+        slug = slug[:97].rsplit("-", 1)[0]  # whole words
+    return slug or "unspecified"
 
 
 def _metric_rows(metrics: object) -> list[tuple[str, float]]:

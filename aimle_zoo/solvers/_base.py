@@ -200,10 +200,11 @@ def check_theta(
             advice = "check the network producing theta (a diverged loss or a division by zero)."
             if bool((theta[bad] == float("-inf")).all()):  # -inf used as a mask
                 advice = (
-                    "the only such values are -inf: to mask entries out, give them a finite "
-                    "score well below the others instead, e.g. theta.masked_fill(~keep, -1e4) "
-                    "(perturbations and finite differences need finite scores; AIMLE's "
-                    "adaptive λ = β‖θ‖/‖dy‖ grows with such scores)."
+                    "the only such values are -inf: to rule entries out, give them a finite "
+                    "value instead, far below the others for a maximising solver (e.g. "
+                    "theta.masked_fill(~keep, -1e4)) and far above them for a minimising one "
+                    "(perturbations and finite differences need finite values; AIMLE's "
+                    "adaptive λ = β‖θ‖/‖dy‖ grows with such values)."
                 )
             raise SolverInputError(
                 f"{solver}: input contains {what} values in instance(s) "

@@ -216,7 +216,11 @@ class TopK(Solver):
 
     def __init__(self, k: int, ties: str = "exact") -> None:
         super().__init__()
-        if isinstance(k, bool) or not hasattr(k, "__index__"):
+        if (
+            isinstance(k, bool)
+            or not hasattr(k, "__index__")
+            or (isinstance(k, torch.Tensor) and (k.dim() != 0 or k.is_floating_point()))
+        ):
             raise SolverInputError(
                 f"topk: k must be an int, got {k!r} ({type(k).__name__}); pass e.g. k=10."
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -311,6 +312,7 @@ def test_build_estimator_by_name_with_overrides() -> None:
         (lambda: PerturbedOptimizer(sigma=0.0), ValueError, "sigma must be a finite number > 0"),
         (lambda: IMLE(lambda_=math.inf), ValueError, "lambda_ must be a finite number > 0"),
         (lambda: AIMLE(symmetric="no"), TypeError, "symmetric must be True or False"),
+        (lambda: AIMLE(symmetric=1), TypeError, "symmetric must be True or False"),
         (lambda: IMLE(scale_gradient=0), TypeError, "scale_gradient must be True or False"),
         (lambda: build_estimator({"name": "relaxed", "hard": "yes"}), TypeError, "hard must be"),
         (lambda: AIMLE(input_temperature=math.inf), ValueError, "finite number >= 0"),
@@ -377,3 +379,7 @@ def test_a_non_finite_incoming_gradient_is_named_as_such(name: str, bad: float) 
     dy[1, 4] = bad
     with pytest.raises(ValueError, match=r"incoming gradient ∂L/∂z contains NaN or inf"):
         z.backward(dy)
+
+
+def test_switches_take_numpy_booleans() -> None:
+    assert AIMLE(symmetric=np.bool_(True)).symmetric is True

@@ -222,6 +222,10 @@ def test_non_finite_inputs_are_refused_as_eager_pytorch_refuses_them(
     costs[1, 0, 3] = np.nan
     with pytest.raises(RunnerInputError, match=r"holds NaN values in instance\(s\) 1;"):
         runner.run({"theta": costs})
+    edges = get_solver("graph_shortest_path", edge_index=[[0, 1], [1, 2]], num_nodes=3)
+    edge_runner = OnnxRunner(to_onnx(edges, tmp_path / "edges.onnx").path)
+    with pytest.raises(RunnerInputError, match="NaN or inf"):  # an edge list has no inf edges
+        edge_runner.run({"theta": np.array([[1.0, np.inf]], np.float32)})
 
 
 def test_verify_refuses_a_file_without_the_metadata(

@@ -282,6 +282,9 @@ def test_k_may_be_any_integer_type() -> None:
     for k in (np.int64(3), torch.tensor(3)):
         solver = TopK(k)
         assert type(solver.k) is int and torch.equal(solver(theta), TopK(3)(theta))
+    for bad in (torch.tensor(3.0), torch.tensor([3]), 3.0):
+        with pytest.raises(SolverInputError, match="k must be an int"):
+            TopK(bad)
 
 
 def test_minus_infinity_used_as_a_mask_gets_advice_on_masking() -> None:

@@ -218,9 +218,16 @@ def _drop_a_buffer(path: Path) -> None:
     save_file(tensors, str(path))
 
 
+def _epoch_as_text(path: Path) -> None:
+    state = json.loads(path.read_text())
+    state["epoch"] = "two"
+    path.write_text(json.dumps(state))
+
+
 @pytest.mark.parametrize(
     ("name", "damage", "message"),
     [
+        ("trainer_state.json", _epoch_as_text, r"trainer_state.json is not a trainer state"),
         ("model.safetensors", _truncate, r"model.safetensors cannot be read"),
         ("trainer_state.safetensors", _truncate, r"trainer_state.safetensors cannot be read"),
         ("trainer_state.json", _drop_optimizer_groups, r"incomplete .*optimizer_groups"),
@@ -292,9 +299,9 @@ def test_a_stop_during_a_save_waits_for_the_save_to_finish(stop: int, tmp_path: 
     save_pretrained = model.save_pretrained
     finished: list[Path] = []
 
-    def save_and_get_stopped(folder: Path) -> None:
+    def save_and_get_stopped(folder: Path, **options: Any) -> None:
         os.kill(os.getpid(), stop)  # handled at the next bytecode: held, not raised
-        save_pretrained(folder)
+        save_pretrained(folder, **options)
         finished.append(folder)
 
     model.save_pretrained = save_and_get_stopped  # type: ignore[method-assign]
@@ -315,7 +322,7 @@ def test_a_failed_save_keeps_its_error_and_the_stop_comes_at_the_next_save(
     left behind), and the stop is raised when the next save completes."""
     model = tiny_model("l2x_tabular")
 
-    def stopped_then_full(folder: Path) -> None:
+    def stopped_then_full(folder: Path, **options: Any) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         raise OSError(28, "No space left on device")
 

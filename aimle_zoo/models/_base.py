@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from .._devices import resolve_device
 from .._io import atomic_directory
 from ..estimators import AdaptiveTarget, DifferentiableSolver, Estimator, build_estimator
-from ..solvers import solver_spec
+from ..solvers import checks_enabled, solver_spec
 
 if TYPE_CHECKING:
     from huggingface_hub.hub_mixin import DataclassInstance
@@ -1035,6 +1035,8 @@ def check_tensor(
     ndim: int | tuple[int, ...],
     dtype: str = "float",
     sizes: Mapping[int, int] | None = None,
+    nonempty: bool = False,
+    finite: bool = False,
 ) -> Tensor:
     """Validate one model input; raise :class:`ModelInputError` naming what was expected.
 
@@ -1046,6 +1048,9 @@ def check_tensor(
         ndim: the allowed rank(s).
         dtype: ``"float"``, ``"int"`` or ``"any"``.
         sizes: required sizes of some dimensions, ``{dim: size}`` (negative dims allowed).
+        nonempty: refuse a batch of 0 (a model's main input: its outputs and metrics need one).
+        finite: refuse NaN and ±inf (checked when :func:`checks_enabled`; a NaN input would
+            reach a training-mode BatchNorm's running statistics before any solver check).
     """
     expected = f"{model}: expected {name} as {_DTYPE_KINDS[dtype]} tensor of shape {shape}"
     if not isinstance(value, Tensor):
@@ -1065,6 +1070,17 @@ def check_tensor(
         if value.shape[dim] != size:
             raise ModelInputError(
                 f"{expected} (dimension {dim} of size {size}), got shape {tuple(value.shape)}"
+            )
+    if nonempty and value.dim() and value.shape[0] == 0:
+        raise ModelInputError(f"{model}: got a batch of 0 {name}; pass at least one")
+    if finite and checks_enabled() and value.is_floating_point() and value.numel():
+        bad = ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(dim=1)  # [B]
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, rows[:5])) + (", ..." if len(rows) > 5 else "")
+            raise ModelInputError(
+                f"{model}: {name} contain NaN or inf values in instance(s) {shown}; clean or "
+                "drop those instances"
             )
     return value
 

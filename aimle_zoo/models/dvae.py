@@ -112,6 +112,8 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
             images,
             shape=f"[B, {self.input_dim}] (or [B, ...] with {self.input_dim} values per image)",
             ndim=(2, 3, 4),
+            nonempty=True,
+            finite=True,
         )
         if math.prod(checked.shape[1:]) != self.input_dim:
             raise ModelInputError(

@@ -122,6 +122,8 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
             shape=f"[B, {channels}, H·t, W·t] (channels first, H = W = {size})",
             ndim=4,
             sizes={1: channels},
+            nonempty=True,
+            finite=True,
         )
         if checked.shape[2] < size or checked.shape[3] < size:
             raise ModelInputError(
@@ -163,11 +165,18 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
         maps, costs, paths = unpack_batch(
             f"{type(self).__name__}.{where}", batch, ("maps", "costs", "paths"), 3
         )
+        name = f"{type(self).__name__}.{where}"
         maps = self._check_maps(maps, where)
         costs = self._check_grid(costs, maps.shape[0], "true vertex costs", where)
         paths = self._check_grid(paths, maps.shape[0], "gold paths", where)
-        if checks_enabled() and bool((costs < 0).any()):
-            raise ModelInputError(f"{type(self).__name__}.{where}: true vertex costs must be >= 0")
+        if checks_enabled():
+            if not bool(torch.isfinite(costs).all()) or bool((costs < 0).any()):
+                raise ModelInputError(f"{name}: true vertex costs must be finite and >= 0")
+            if bool(((paths != 0) & (paths != 1)).any()):
+                raise ModelInputError(
+                    f"{name}: gold paths must be 0/1 masks (the batch order is maps, true "
+                    "costs, gold paths)"
+                )
         return maps, costs, paths
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:

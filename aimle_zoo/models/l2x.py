@@ -84,7 +84,18 @@ def _labels(model: str, labels: Any, batch: int, classes: int) -> Tensor:
             ndim=2,
             dtype="any",
             sizes={1: classes},
+            finite=True,
         )
+        if checks_enabled() and labels.numel():
+            top = labels.max(dim=1, keepdim=True).values  # [B, 1]
+            single = ((labels == top).sum(dim=1) == 1) & (top.squeeze(1) > 0)  # [B]
+            if not bool(single.all()):
+                rows = (~single).nonzero().flatten().tolist()[:5]
+                raise ModelInputError(
+                    f"{model}: one-hot or probability labels need one largest, positive entry "
+                    f"per row; rows {rows} have none or several (an all-zero row would read "
+                    "as class 0)"
+                )
         return labels.argmax(dim=1)
     check_tensor(model, "labels", labels, shape="[B]", ndim=1, dtype="int")
     if checks_enabled() and labels.numel() and bool(((labels < 0) | (labels >= classes)).any()):
@@ -227,6 +238,7 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
             shape="[B, L]",
             ndim=2,
             dtype="int",
+            nonempty=True,
         )
         if ids.shape[1] < self.k:
             raise ModelInputError(
@@ -272,13 +284,17 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
         return self._predict(embedded, mask)
 
     def _targets(self, scores: Any, batch: int, where: str) -> Tensor:
-        scores = check_tensor(
-            f"{type(self).__name__}.{where}", "scores", scores, shape="[B]", ndim=1
-        )
+        name = f"{type(self).__name__}.{where}"
+        scores = check_tensor(name, "scores", scores, shape="[B]", ndim=1, finite=True)
         if scores.shape[0] != batch:
             raise ModelInputError(
-                f"{type(self).__name__}.{where}: expected {batch} scores (one per review), "
-                f"got shape {tuple(scores.shape)}"
+                f"{name}: expected {batch} scores (one per review), got shape {tuple(scores.shape)}"
+            )
+        if checks_enabled() and scores.numel() and bool(((scores < 0) | (scores > 1)).any()):
+            raise ModelInputError(
+                f"{name}: aspect scores must lie in [0, 1] (the predictor ends in a sigmoid), "
+                f"got values in [{float(scores.min()):.3g}, {float(scores.max()):.3g}]; "
+                "rescale them, e.g. rating / 5"
             )
         return scores
 
@@ -365,6 +381,8 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
             shape=f"[B, {self.input_dim}]",
             ndim=2,
             sizes={1: self.input_dim},
+            nonempty=True,
+            finite=True,
         )
 
     def feature_scores(self, x: Tensor) -> Tensor:
@@ -401,7 +419,10 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
         selector's scores, over the rows with at least one relevant feature,
         ``median_rank_count``), ``selection_median_rank_sum`` (L2X's own protocol, the mask
         ranked with random ties, :func:`selection_median_rank`) and ``precision_sum`` (the
-        fraction of selected features that are relevant)."""
+        fraction of selected features that are relevant). For the last two, features whose
+        scores tie at the k-th place are chosen at random (seeded), not lowest index first as
+        the MAP mask does: the relevant features are the lowest indices in the benchmarks, so
+        a selector with constant scores would otherwise score perfectly."""
         where = f"{type(self).__name__}.evaluate_batch"
         x, labels, relevant = unpack_batch(where, batch, ("x", "labels", "relevant"), 2)
         with self._evaluating():
@@ -429,6 +450,8 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
                 ranks = median_rank(scores, relevant)  # [B]
                 has_relevant = relevant.any(dim=1)
                 rows = has_relevant.sum()
+                if self.ties == "exact":
+                    mask = _select_with_random_ties(scores, self.k)  # [B, d]
                 selection_ranks = selection_median_rank(mask, relevant)  # [B]
                 metrics["median_rank_sum"] = ranks[has_relevant].sum()
                 metrics["median_rank_count"] = rows
@@ -444,11 +467,23 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
         return (self._as_input(x),)
 
 
+def _select_with_random_ties(scores: Tensor, k: int, seed: int = 0) -> Tensor:
+    """The k highest ``scores [B, d]`` of each row as a 0/1 mask, ties chosen uniformly at
+    random (a fixed seed, so evaluations repeat): a random order, then a stable sort."""
+    generator = torch.Generator(device=scores.device).manual_seed(seed)
+    shuffle = torch.rand(scores.shape, generator=generator, device=scores.device).argsort(dim=1)
+    order = scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True)  # [B, d]
+    chosen = shuffle.gather(1, order[:, :k])  # [B, k]
+    return torch.zeros_like(scores).scatter_(1, chosen, 1.0)
+
+
 def median_rank(scores: Tensor, relevant: Tensor) -> Tensor:
     """Median rank of the relevant features of each row under ``scores`` (rank 1 = highest).
 
-    Features are ranked by descending score, ties by ascending index. For an even number of
-    relevant features the two middle ranks are averaged; rows with none give NaN.
+    Features are ranked by descending score; tied features share their average rank (a
+    selector whose scores are all equal ranks every feature (d + 1)/2, not the lowest indices
+    first). For an even number of relevant features the two middle ranks are averaged; rows
+    with none give NaN.
 
     Args:
         scores: ``[B, d]`` importance scores.
@@ -457,10 +492,13 @@ def median_rank(scores: Tensor, relevant: Tensor) -> Tensor:
     Returns:
         ``[B]`` median ranks.
     """
-    batch, features = scores.shape
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # [B, d]
-    positions = torch.arange(1, features + 1, device=scores.device, dtype=scores.dtype)
-    ranks = torch.empty_like(scores).scatter_(1, order, positions.expand(batch, features))
+    features = scores.shape[1]
+    values = scores.double() if not scores.is_floating_point() else scores
+    above = (values.unsqueeze(1) > values.unsqueeze(2)).sum(dim=2)  # [B, d] strictly higher
+    tied = (values.unsqueeze(1) == values.unsqueeze(2)).sum(dim=2)  # [B, d] itself included
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    ranks = above.to(dtype) + (tied.to(dtype) + 1) / 2  # [B, d], average rank of a tie
+    relevant = relevant.bool()
     relevant_ranks = torch.where(relevant, ranks, torch.full_like(ranks, float("inf")))
     sorted_ranks = relevant_ranks.sort(dim=1).values  # [B, d], relevant ranks first
     count = relevant.sum(dim=1, keepdim=True)  # [B, 1]
@@ -591,6 +629,8 @@ class L2XImage(ZooModel, tags=["l2x", "image-classification", "mnist"]):
             shape=f"[B, 1, {size}, {size}] or [B, {size}, {size}]",
             ndim=(3, 4),
             sizes={-1: size, -2: size},
+            nonempty=True,
+            finite=True,
         )
         if checked.dim() == 4 and checked.shape[1] != 1:
             raise ModelInputError(

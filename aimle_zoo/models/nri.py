@@ -436,6 +436,8 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
             shape=f"[B, {n}, {t}, {d}] (vertices, timesteps, dims)",
             ndim=4,
             sizes={1: n, 2: t, 3: d},
+            nonempty=True,
+            finite=True,
         )
 
     def _check_edges(self, edges: Any, batch: int, where: str) -> Tensor:

@@ -287,3 +287,38 @@ def test_loading_a_hub_repository_from_the_local_cache(tmp_path: Path) -> None:
     model.eval()
     with torch.no_grad():
         assert torch.equal(loaded(inputs), model(inputs))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_an_empty_batch_is_refused_by_every_model_alike(name: str) -> None:
+    model = tiny_model(name)
+    (inputs,) = model.example_inputs(2)
+    for mode in (model.train, model.eval):
+        mode()
+        with pytest.raises(ModelInputError, match="got a batch of 0"):
+            model(inputs[:0])
+    with pytest.raises(ModelInputError, match="got a batch of 0"):
+        model.training_loss(tuple(field[:0] for field in make_batch(name, model, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"l2x_text"}))  # token ids are integers
+def test_a_nan_input_is_refused_before_any_layer_runs(name: str) -> None:
+    """In training mode a NaN would reach BatchNorm's running statistics (spoiling every later
+    call) before any solver check saw it."""
+    model = tiny_model(name).train()
+    (inputs,) = model.example_inputs(3)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    spoiled = inputs.clone()
+    spoiled[1].view(-1)[0] = float("nan")
+    with pytest.raises(ModelInputError, match=r"NaN or inf values in instance\(s\) 1;"):
+        model(spoiled)
+    after = model.state_dict()
+    assert all(
+        torch.equal(
+            after[key],
+            value,
+        )
+        for key, value in before.items()
+    )
+    model.eval()
+    model(inputs)  # still works

@@ -100,8 +100,14 @@ def test_bad_grids_are_rejected() -> None:
     maps, costs, gold = make_batch("grid_shortest_path", model, 2)
     with pytest.raises(ModelInputError, match=r"gold paths.*\[B, 4, 4\]"):
         model.training_loss((maps, costs, gold[:, :3]))
-    with pytest.raises(ModelInputError, match="true vertex costs must be >= 0"):
+    with pytest.raises(ModelInputError, match="true vertex costs must be finite and >= 0"):
         model.evaluate_batch((maps, -costs, gold))
+    with pytest.raises(ModelInputError, match="true vertex costs must be finite"):
+        model.evaluate_batch((maps, costs.index_fill(1, torch.tensor([0]), float("nan")), gold))
+    with pytest.raises(ModelInputError, match="gold paths must be 0/1 masks"):
+        model.training_loss((maps, costs, 2 * gold))
+    with pytest.raises(ModelInputError, match="gold paths must be 0/1 masks"):
+        model.training_loss((maps, gold, costs))  # costs and paths swapped
     with pytest.raises(ModelInputError, match="at least 4×4 pixels"):
         model(maps[:, :, :3, :3])
     with pytest.raises(ModelInputError, match=r"map images.*\[B, 3, H·t, W·t\]"):

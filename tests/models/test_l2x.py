@@ -18,10 +18,10 @@ from ._helpers import make_batch, tiny_model
 
 
 def _reference_median_ranks(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """Ranks by descending score (ties: lower index first) with scipy, median with numpy."""
+    """Ranks by descending score (ties: their average rank) with scipy, median with numpy."""
     medians = []
     for row_scores, row_relevant in zip(scores, relevant, strict=True):
-        ranks = rankdata(-row_scores, method="ordinal")
+        ranks = rankdata(-row_scores, method="average")
         medians.append(np.median(ranks[row_relevant]) if row_relevant.any() else np.nan)
     return np.array(medians)
 
@@ -42,6 +42,30 @@ def test_median_rank_agrees_with_the_dataset_metric_without_ties() -> None:
     np.testing.assert_allclose(
         median_rank(scores, relevant).numpy(), data_median_rank(scores, relevant)
     )
+
+
+def test_a_selector_with_constant_scores_scores_like_chance() -> None:
+    """Ties are not broken towards the lowest indices, where the benchmarks' relevant features
+    are: a dead selector gets median rank (d + 1)/2 and the precision of a random pick."""
+    generator = torch.Generator().manual_seed(0)
+    model = tiny_model("l2x_tabular")  # d = 6, k = 2
+    with torch.no_grad():
+        for parameter in model.selector.parameters():
+            parameter.zero_()
+    x = torch.randn(2000, model.input_dim, generator=generator)
+    labels = torch.randint(0, 2, (2000,), generator=generator)
+    relevant = torch.zeros(2000, model.input_dim, dtype=torch.bool)
+    relevant[:, :2] = True  # the lowest indices, as in XOR
+    metrics = model.reduce_metrics([model.eval().evaluate_batch((x, labels, relevant))])
+    d, r = model.input_dim, 2
+    assert metrics["median_rank"] == pytest.approx((d + 1) / 2)
+    assert metrics["precision"] == pytest.approx(r / d, abs=0.03)
+    picks = torch.tensor(
+        [[float(i in pair) for i in range(d)] for pair in itertools.combinations(range(d), r)]
+    )
+    chance = selection_median_rank(picks, relevant[: len(picks)]).mean().item()  # every pick
+    assert metrics["selection_median_rank"] == pytest.approx(chance, abs=0.1)
+    assert chance > 3.0  # far from the optimum 1.5
 
 
 def test_median_rank_hand_checked_case() -> None:

@@ -11,11 +11,14 @@ Every example has ``X ~ N(0, I_10)`` and a binary label with ``P(Y = 1 | X) = si
   component ``f`` is nonlinear additive on ``X5..X8`` (relevant {5..8, 10}). The selector of
   the mixture component, ``X10``, counts as relevant, as in the paper's evaluation.
 
-These are the paper's definitions. The authors' released script differs in two ways that do
-not change which features matter: it labels class 1 with ``sigmoid(-f)`` (the label polarity
-is swapped), and its nonlinear additive model is ``-100 sin(0.2 X1) + |X2| + X3 + exp(-X4) -
-2.4``. It also builds the switch mixture from exactly half of the examples per component and
-then shuffles them; here each example draws its component independently.
+These are the paper's definitions, except the switch layout: the paper writes the mixture
+selector as X1, while its released script (and this module) uses X10 with the two models on
+X1..X4 and X5..X8; which features matter, relative to the selector, is the same. The released
+script differs in two more ways that do not change which features matter: it labels class 1
+with ``sigmoid(-f)`` (the label polarity is swapped), and its nonlinear additive model is
+``-100 sin(0.2 X1) + |X2| + X3 + exp(-X4) - 2.4``. It also builds the switch mixture from
+exactly half of the examples per component and then shuffles them; here each example draws
+its component independently.
 """
 
 from __future__ import annotations

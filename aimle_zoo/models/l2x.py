@@ -637,6 +637,12 @@ class L2XImage(ZooModel, tags=["l2x", "image-classification", "mnist"]):
                 f"{type(self).__name__}.{where}: expected single-channel images "
                 f"[B, 1, {size}, {size}], got shape {tuple(checked.shape)}"
             )
+        if checks_enabled() and bool(((checked < 0) | (checked > 1)).any()):
+            raise ModelInputError(
+                f"{type(self).__name__}.{where}: intensities must lie in [0, 1] (as in training), "
+                f"got values in [{float(checked.min()):.3g}, {float(checked.max()):.3g}]; "
+                "divide uint8 images by 255"
+            )
         return checked
 
     def patch_scores(self, images: Tensor) -> Tensor:

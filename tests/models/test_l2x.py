@@ -255,3 +255,10 @@ def test_invalid_constructor_arguments() -> None:
         tiny_model("l2x_mnist", image_size=30)
     with pytest.raises(TypeError, match="estimator must be a name"):
         tiny_model("l2x_tabular", estimator=3)
+
+
+def test_image_intensities_outside_the_unit_interval_are_refused() -> None:
+    model = tiny_model("l2x_mnist")
+    (images,) = model.example_inputs(2)
+    with pytest.raises(ModelInputError, match=r"intensities must lie in \[0, 1\].*divide uint8"):
+        model(images * 255)

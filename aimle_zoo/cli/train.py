@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -109,16 +109,15 @@ def train_command(
             checkpoint_every=checkpoint_every,
             progress=progress,
         )
-    except TrainingStopped as stop:  # exit as the signal's default action would (128 + n)
+    except TrainingStopped as stop:
         last = run_dir / "last"
         how = "replace --overwrite by --resume" if overwrite else "add --resume"
-        saved = (
+        _exit_stopped(
+            stop,
             f"{last} holds the last complete save; {how} in the same command to continue"
             if last.is_dir()
-            else "nothing was saved yet"
+            else "nothing was saved yet",
         )
-        typer.echo(f"stopped by {signal.Signals(stop.signum).name}: {saved}", err=True)
-        raise typer.Exit(code=128 + stop.signum) from None
     if is_main_process():  # under torchrun, rank 0 speaks for all
         typer.echo(f"best epoch {result.best_epoch}: {json.dumps(result.best_metrics)}")
         typer.echo(f"checkpoint: {result.best_dir}")
@@ -158,6 +157,12 @@ def evaluate_command(
         typer.echo(f"figure: {result.figure}")
 
 
+def _exit_stopped(stop: TrainingStopped, what_now: str) -> NoReturn:
+    """Say what a stop left and exit as the signal's default action would (128 + n)."""
+    typer.echo(f"stopped by {signal.Signals(stop.signum).name}: {what_now}", err=True)
+    raise typer.Exit(code=128 + stop.signum) from None
+
+
 def compare_command(
     name: Annotated[str, typer.Argument(help="Task to train, e.g. l2x-xor (see `recipes`).")],
     estimators: Annotated[
@@ -187,13 +192,12 @@ def compare_command(
             device=device,
             progress=False,
         )
-    except TrainingStopped as stop:  # exit as the signal's default action would (128 + n)
-        typer.echo(
-            f"stopped by {signal.Signals(stop.signum).name}: the runs in {folder} keep their "
-            "last complete saves; the same command continues them (finished runs are reused)",
-            err=True,
+    except TrainingStopped as stop:
+        _exit_stopped(
+            stop,
+            f"the runs in {folder} keep their last complete saves; the same command continues "
+            "them (finished runs are reused)",
         )
-        raise typer.Exit(code=128 + stop.signum) from None
     typer.echo(comparison_table(results))
     typer.echo(f"curves: {folder / 'curves.png'}")
 

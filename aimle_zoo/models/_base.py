@@ -1073,7 +1073,13 @@ def check_tensor(
             )
     if nonempty and value.dim() and value.shape[0] == 0:
         raise ModelInputError(f"{model}: got a batch of 0 {name}; pass at least one")
-    if finite and checks_enabled() and value.is_floating_point() and value.numel():
+    if (
+        finite
+        and checks_enabled()
+        and value.is_floating_point()
+        and value.numel()
+        and not bool(torch.isfinite(value.detach().sum()))  # one reduction screens clean input
+    ):
         bad = ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(dim=1)  # [B]
         if bool(bad.any()):
             rows = bad.nonzero().flatten().tolist()

@@ -404,20 +404,18 @@ def test_check_gradient_reports_the_cosine_on_the_solvers_example() -> None:
     assert "too many solutions" in fails("check-gradient", "grid_shortest_path", "--seeds", "4")
 
 
-def test_sigterm_stops_the_train_command_with_status_143_and_says_how_to_resume(
-    tmp_path: Path,
-) -> None:
-    """A scheduler's SIGTERM ends ``aimle-zoo train`` as SIGTERM's default action would
-    (128 + 15), with a line naming the complete save to resume from, not a traceback."""
-    out = tmp_path / "run"
+def _sigterm_after_two_epochs(arguments: list[str], log: Path, tmp_path: Path) -> str:
+    """Run ``aimle-zoo ARGUMENTS`` in a process, send SIGTERM once ``log`` holds two epochs;
+    check it exits as SIGTERM's default action would (128 + 15); return its stderr."""
     launch = "import sys; from aimle_zoo.cli import app; sys.argv[0] = 'aimle-zoo'; app()"
-    command = [sys.executable, "-c", launch, "train", "l2x-xor", "--smoke", "--epochs", "100000"]
-    command += ["--checkpoint-every", "1", "--no-progress", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", CACHE_ENV: str(tmp_path / "cache")}
     process = subprocess.Popen(
-        command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", launch, *arguments],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    log = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (
         not log.exists() or len(log.read_text().splitlines()) < 2
@@ -426,29 +424,28 @@ def test_sigterm_stops_the_train_command_with_status_143_and_says_how_to_resume(
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    return stderr
+
+
+def test_sigterm_stops_the_train_command_with_status_143_and_says_how_to_resume(
+    tmp_path: Path,
+) -> None:
+    """A scheduler's SIGTERM ends ``aimle-zoo train`` with a line naming the complete save to
+    resume from, not a traceback."""
+    out = tmp_path / "run"
+    arguments = ["train", "l2x-xor", "--smoke", "--epochs", "100000", "--checkpoint-every", "1"]
+    arguments += ["--no-progress", "--out", str(out)]
+    stderr = _sigterm_after_two_epochs(arguments, out / "metrics.jsonl", tmp_path)
     assert f"stopped by SIGTERM: {out / 'last'} holds the last complete save" in stderr
-    assert "add --resume in the same command" in stderr and "Traceback" not in stderr
+    assert "add --resume in the same command" in stderr
 
 
 def test_sigterm_stops_the_compare_command_with_status_143_and_says_how_to_continue(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "cmp"
-    launch = "import sys; from aimle_zoo.cli import app; sys.argv[0] = 'aimle-zoo'; app()"
-    command = [sys.executable, "-c", launch, "compare", "l2x-xor", "--smoke", "--epochs"]
-    command += ["100000", "--estimators", "imle", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", CACHE_ENV: str(tmp_path / "cache")}
-    process = subprocess.Popen(
-        command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True
-    )
-    log = out / "imle" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (
-        not log.exists() or len(log.read_text().splitlines()) < 2
-    ):
-        time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    arguments = ["compare", "l2x-xor", "--smoke", "--epochs", "100000", "--estimators", "imle"]
+    arguments += ["--out", str(out)]
+    stderr = _sigterm_after_two_epochs(arguments, out / "imle" / "metrics.jsonl", tmp_path)
     assert f"stopped by SIGTERM: the runs in {out} keep their last complete saves" in stderr
-    assert "Traceback" not in stderr

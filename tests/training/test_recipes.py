@@ -144,30 +144,41 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert epochs == [0, 1]
 
 
-def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run resumed after the recipe's estimator changed (here a 10× AIMLE step size)
-    continues with the estimator it was started with, exactly as if nothing had changed."""
+def _resume_after_a_recipe_change(tmp_path: Path, change: Any) -> tuple[Path, Path]:
+    """Two equal one-epoch runs of l2x-xor; one resumed to two epochs as it is, the other
+    after ``change()`` alters the recipe. Checks the two end with bit-equal weights; returns
+    (kept, changed)."""
     settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
     settings["max_steps_per_epoch"] = 4
     kept, changed = tmp_path / "kept", tmp_path / "changed"
     for out in (kept, changed):
         run_training("l2x-xor", out, epochs=1, **settings)
     run_training("l2x-xor", kept, epochs=2, resume=True, **settings)
-
-    change_aimle_step_size(monkeypatch, 0.01)
-    fresh = get_recipe("l2x-xor").build_model()
-    assert fresh.latent_layer.estimator.config()["target"]["update_step"] == 0.01
+    change()
     run_training("l2x-xor", changed, epochs=2, resume=True, **settings)
-    for folder in ("last", "best"):
-        a = json.loads((kept / folder / "config.json").read_text())["estimator"]
-        b = json.loads((changed / folder / "config.json").read_text())["estimator"]
-        assert a == b and b["target"]["update_step"] == 0.001
     a = load_file(str(kept / "last" / "model.safetensors"))
     b = load_file(str(changed / "last" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    return kept, changed
+
+
+def test_resume_keeps_the_runs_estimator_when_the_recipe_default_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed after the recipe's estimator changed (here a 10× AIMLE step size)
+    continues with the estimator it was started with, exactly as if nothing had changed."""
+
+    def change() -> None:
+        change_aimle_step_size(monkeypatch, 0.01)
+        fresh = get_recipe("l2x-xor").build_model()
+        assert fresh.latent_layer.estimator.config()["target"]["update_step"] == 0.01
+
+    kept, changed = _resume_after_a_recipe_change(tmp_path, change)
+    for folder in ("last", "best"):
+        a = json.loads((kept / folder / "config.json").read_text())["estimator"]
+        b = json.loads((changed / folder / "config.json").read_text())["estimator"]
+        assert a == b and b["target"]["update_step"] == 0.001
 
 
 def test_resume_keeps_the_runs_model_arguments_when_the_recipe_changes(
@@ -175,20 +186,13 @@ def test_resume_keeps_the_runs_model_arguments_when_the_recipe_changes(
 ) -> None:
     """The model arguments too (here k, which changes no weight shape): a resumed run
     continues the model it was, not one built from the recipe's current arguments."""
-    settings: dict[str, Any] = {"data_options": _options("l2x-xor", tmp_path)}
-    settings["max_steps_per_epoch"] = 4
-    kept, changed = tmp_path / "kept", tmp_path / "changed"
-    for out in (kept, changed):
-        run_training("l2x-xor", out, epochs=1, **settings)
-    run_training("l2x-xor", kept, epochs=2, resume=True, **settings)
-    monkeypatch.setitem(get_recipe("l2x-xor").model_kwargs, "k", 3)
-    assert get_recipe("l2x-xor").build_model().k == 3
-    run_training("l2x-xor", changed, epochs=2, resume=True, **settings)
+
+    def change() -> None:
+        monkeypatch.setitem(get_recipe("l2x-xor").model_kwargs, "k", 3)
+        assert get_recipe("l2x-xor").build_model().k == 3
+
+    _, changed = _resume_after_a_recipe_change(tmp_path, change)
     assert json.loads((changed / "last" / "config.json").read_text())["k"] == 2
-    a = load_file(str(kept / "last" / "model.safetensors"))
-    b = load_file(str(changed / "last" / "model.safetensors"))
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_a_refused_run_is_refused_before_its_data_is_built(

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from .._devices import resolve_device
 from .._io import atomic_directory
 from ..estimators import AdaptiveTarget, DifferentiableSolver, Estimator, build_estimator
-from ..solvers import checks_enabled, solver_spec
+from ..solvers import checks_enabled, may_hold_bad_values, solver_spec
 
 if TYPE_CHECKING:
     from huggingface_hub.hub_mixin import DataclassInstance
@@ -1078,7 +1078,7 @@ def check_tensor(
         and checks_enabled()
         and value.is_floating_point()
         and value.numel()
-        and not bool(torch.isfinite(value.detach().sum()))  # one reduction screens clean input
+        and may_hold_bad_values(value.detach(), allow_inf=False)  # one reduction screens
     ):
         bad = ~torch.isfinite(value.detach()).reshape(value.shape[0], -1).all(dim=1)  # [B]
         if bool(bad.any()):

@@ -15,6 +15,7 @@ from ._base import (
     check_theta as check_theta,
     checks_enabled as checks_enabled,
     format_instances as format_instances,
+    may_hold_bad_values as may_hold_bad_values,
     solver_sense as solver_sense,
     solver_spec as solver_spec,
 )

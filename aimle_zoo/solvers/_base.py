@@ -191,7 +191,7 @@ def check_theta(
             f"{solver}: expected at least {min_ndim} dimensions, got shape "
             f"{tuple(theta.shape)}.{hint}"
         )
-    if theta.numel() and not torch.jit.is_scripting() and _may_hold_bad_values(theta, allow_inf):
+    if theta.numel() and not torch.jit.is_scripting() and may_hold_bad_values(theta, allow_inf):
         bad = torch.isnan(theta) if allow_inf else ~torch.isfinite(theta)
         if bool(bad.any()):
             flat = bad.reshape(theta.shape[0], -1).any(dim=1) if theta.dim() else bad.reshape(1)
@@ -213,7 +213,7 @@ def check_theta(
     return theta
 
 
-def _may_hold_bad_values(theta: Tensor, allow_inf: bool) -> bool:
+def may_hold_bad_values(theta: Tensor, allow_inf: bool) -> bool:
     """One reduction screening θ for NaN (and ±inf unless ``allow_inf``): ``False`` proves it clean.
 
     A NaN or ±inf entry makes ``Σθ`` NaN or ±inf, so a finite sum (a non-NaN sum with

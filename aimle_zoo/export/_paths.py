@@ -94,6 +94,8 @@ class TensorSpec:
         low, high: valid value range of an input (``high`` exclusive for integers), used to
             draw fresh random inputs.
         symmetric: the last two dimensions of an input must be symmetric.
+        bounded: eager PyTorch refuses float values outside ``[low, high]`` (the runner
+            checks them too); otherwise the range only guides the random inputs.
     """
 
     name: str
@@ -103,6 +105,7 @@ class TensorSpec:
     low: float | None = None
     high: float | None = None
     symmetric: bool = False
+    bounded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (the ``inputs``/``outputs`` entries of the metadata)."""
@@ -115,6 +118,8 @@ class TensorSpec:
             data["high"] = self.high
         if self.symmetric:
             data["symmetric"] = True
+        if self.bounded:
+            data["bounded"] = True
         return data
 
     @classmethod
@@ -128,6 +133,7 @@ class TensorSpec:
             low=data.get("low"),
             high=data.get("high"),
             symmetric=bool(data.get("symmetric", False)),
+            bounded=bool(data.get("bounded", False)),
         )
 
 
@@ -581,6 +587,7 @@ def _spec(
     description: str,
     low: float | None = None,
     high: float | None = None,
+    bounded: bool = False,
 ) -> TensorSpec:
     """A spec whose dtype is the example's and whose fixed sizes are checked against it."""
     if example.dim() != len(shape) or any(
@@ -591,7 +598,8 @@ def _spec(
             f"{name}: the model produced shape {tuple(example.shape)}, the export path "
             f"declares {list(shape)}"
         )
-    return TensorSpec(name, dtype_name(example.dtype), tuple(shape), description, low, high)
+    dtype = dtype_name(example.dtype)
+    return TensorSpec(name, dtype, tuple(shape), description, low, high, bounded=bounded)
 
 
 def _zoo_path(
@@ -688,14 +696,16 @@ def _zoo_layout(
     elif isinstance(model, L2XImage):
         size, patches = model.image_size, model.patches_per_side**2
         shape = (BATCH, 1, size, size)
-        spec = _spec("images", example, shape, "intensities in [0, 1]", 0.0, 1.0)
+        text = "intensities in [0, 1]"
+        spec = _spec("images", example, shape, text, 0.0, 1.0, bounded=True)
         outputs = [
             ("mask", (BATCH, patches), "selected patches (row-major), top-k"),
             ("prediction", (BATCH, model.num_classes), "class logits of the masked image"),
         ]
     elif isinstance(model, DiscreteVAE):
         pixels, code = model.input_dim, model.groups * model.group_size
-        spec = _spec("images", example, (BATCH, pixels), "intensities in [0, 1]", 0.0, 1.0)
+        text = "intensities in [0, 1]"
+        spec = _spec("images", example, (BATCH, pixels), text, 0.0, 1.0, bounded=True)
         outputs = [
             ("codes", (BATCH, code), f"{model.groups} groups of {model.k}-of-{model.group_size}"),
             ("reconstruction", (BATCH, pixels), "Bernoulli logits of the pixels"),

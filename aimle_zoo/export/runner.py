@@ -98,6 +98,8 @@ class InputLimits:
             over ``n`` needs n >= k).
         ranges: ``{input name: (low, high)}`` valid values of integer inputs, ``high``
             exclusive (token ids below the vocabulary size).
+        bounds: ``{input name: (low, high)}`` valid values of float inputs, both ends
+            included (image intensities in [0, 1] where eager PyTorch refuses others).
         batch_multiple: the batch must be a multiple of it (a solver with per-instance data
             for that many instances).
         forms: ``{dim name: form}`` for sizes with a form (:data:`PRONIC`).
@@ -112,18 +114,23 @@ class InputLimits:
     batch_multiple: int = 1
     finite: str | None = None
     forms: Mapping[str, str] = field(default_factory=dict)
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> InputLimits:
         """The limits recorded by aimle_zoo.export (integer ranges of zoo models only: for
         other modules they are the example's range, not a constraint)."""
         minimums = {str(k): int(v) for k, v in (metadata.get("dynamic_dims") or {}).items()}
-        ranges = {}
+        ranges, bounds = {}, {}
         if metadata.get("kind") == "zoo_model":
             for spec in metadata.get("inputs") or []:
-                integer = np.issubdtype(np.dtype(spec.get("dtype", "float32")), np.integer)
-                if integer and spec.get("low") is not None and spec.get("high") is not None:
-                    ranges[str(spec["name"])] = (int(spec["low"]), int(spec["high"]))
+                if spec.get("low") is None or spec.get("high") is None:
+                    continue
+                name, low, high = str(spec["name"]), spec["low"], spec["high"]
+                if np.issubdtype(np.dtype(spec.get("dtype", "float32")), np.integer):
+                    ranges[name] = (int(low), int(high))
+                elif spec.get("bounded"):
+                    bounds[name] = (float(low), float(high))
         finite = None
         if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
             takes_inf = any(
@@ -133,7 +140,8 @@ class InputLimits:
             )
             finite = "no_nan" if takes_inf else "finite"
         forms = {str(k): str(v) for k, v in (metadata.get("size_forms") or {}).items()}
-        return cls(minimums, ranges, int(metadata.get("batch_multiple") or 1), finite, forms)
+        batch_multiple = int(metadata.get("batch_multiple") or 1)
+        return cls(minimums, ranges, batch_multiple, finite, forms, bounds)
 
 
 def check_inputs(
@@ -149,8 +157,8 @@ def check_inputs(
     Raises:
         RunnerInputError: a missing or unexpected name, a wrong number of arrays, a non-array,
             a wrong dtype, rank or fixed size, one dynamic dimension with two sizes, or (with
-            ``limits``) a dimension below its minimum, an integer outside its range, or a
-            NaN or inf value.
+            ``limits``) a dimension below its minimum, an integer or bounded float outside
+            its range, or a NaN or inf value.
     """
     expected = "; ".join(spec.describe() for spec in specs)
     names = [spec.name for spec in specs]
@@ -244,6 +252,16 @@ def _check_one(
             raise RunnerInputError(
                 f"input {spec.name!r} holds values in [{smallest}, {largest}], the model takes "
                 f"[{low}, {high - 1}] (e.g. token ids below the vocabulary size)"
+            )
+    closed = limits.bounds.get(spec.name)
+    if closed is not None and value.size:
+        low_f, high_f = closed
+        smallest_f, largest_f = float(value.min()), float(value.max())
+        if smallest_f < low_f or largest_f > high_f:
+            raise RunnerInputError(
+                f"input {spec.name!r} holds values in [{smallest_f:g}, {largest_f:g}], the model "
+                f"takes [{low_f:g}, {high_f:g}]; scale the values as in training (8-bit pixels "
+                "divided by 255)"
             )
     return value
 

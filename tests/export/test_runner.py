@@ -196,6 +196,41 @@ def test_token_ids_outside_the_vocabulary_are_refused(exported: dict[str, Export
         assert model.run({name: ids.numpy()})
 
 
+@pytest.mark.parametrize("model_name", ["discrete_vae", "l2x_mnist"])
+def test_intensities_outside_0_1_are_refused_as_eager_pytorch_refuses_them(
+    exported: dict[str, Exported], model_name: str
+) -> None:
+    """Both image models refuse intensities outside [0, 1] in eager mode (8-bit pixels not
+    divided by 255); the exported files record the bound and the runners refuse them too."""
+    item = exported[model_name]
+    (images,) = item.model.example_inputs(2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        item.model(images * 255)  # eager refuses
+    for model in (OnnxRunner(item.onnx), TorchScriptModel(item.torchscript)):
+        name = model.inputs[0].name
+        assert model.metadata["inputs"][0]["bounded"] is True
+        for bad in (-0.5, 255.0):
+            wrong = images.numpy().copy()
+            wrong.reshape(-1)[7] = bad
+            with pytest.raises(RunnerInputError, match=r"takes \[0, 1\]; scale the values"):
+                model.run({name: wrong})
+        edges = images.numpy().copy()
+        edges.reshape(2, -1)[0, :2] = (0.0, 1.0)  # both ends are valid
+        assert model.run({name: edges})
+
+
+def test_float_ranges_of_other_inputs_only_guide_random_inputs(
+    exported: dict[str, Exported],
+) -> None:
+    """NRI's example trajectories lie in [-1, 1], but the model takes any finite values:
+    the range is not recorded as a bound and the runner accepts values beyond it."""
+    item = exported["nri_tree"]
+    runner = OnnxRunner(item.onnx)
+    assert "bounded" not in runner.metadata["inputs"][0]
+    (trajectories,) = item.model.example_inputs(2)
+    assert runner.run({"trajectories": trajectories.numpy() * 5})
+
+
 def test_non_finite_inputs_are_refused_as_eager_pytorch_refuses_them(
     exported: dict[str, Exported], tmp_path: Path
 ) -> None:

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import stat
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -198,6 +199,19 @@ class ZooModel(
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """The training objective on one batch and a few floats to log."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def _warn_if_eval(self) -> None:
+        """Warn when ``training_loss`` runs in eval mode with gradients on: the latent layer
+        then returns the MAP solution, which carries no gradient to the layers before it."""
+        if not self.training and torch.is_grad_enabled():
+            warnings.warn(
+                f"{type(self).__name__}.training_loss was called in eval mode: the latent is "
+                "the noise-free MAP solution, which passes no gradient back through the solver, "
+                "so the layers that compute θ do not learn from this loss. Call model.train() "
+                "before training (evaluate_batch is the eval-mode counterpart).",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def evaluate_batch(self, batch: Any) -> dict[str, Tensor]:
         """Per-batch metric sums and counts, computed in eval mode with the MAP latent."""

@@ -166,6 +166,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """mean_b [Σ_s BCE_bs + w·KL_b]. ``batch = images [B, 784]`` or ``(images[, labels])``."""
+        self._warn_if_eval()
         images = self._batch_images(batch, "training_loss")
         bce, kl, samples = self._terms(images)
         loss = (bce.reshape(-1, samples).sum(dim=1) + self.kl_weight * kl).mean()

@@ -185,6 +185,7 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
         ``batch = (maps [B, 3, ·, ·], true costs [B, H, W], gold paths [B, H, W])`` (the order
         of :class:`aimle_zoo.data.warcraft.WarcraftDataset`; the costs are not used).
         """
+        self._warn_if_eval()
         maps, _, gold = self._unpack(batch, "training_loss")
         predicted = self(maps)  # [B·N, H, W]
         samples = predicted.shape[0] // maps.shape[0]

@@ -300,6 +300,7 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """Σ_samples (ŷ − y)², averaged over the batch. ``batch = (token_ids [B, L], y [B])``."""
+        self._warn_if_eval()
         token_ids, scores = unpack_batch(
             f"{type(self).__name__}.training_loss", batch, ("token_ids", "scores"), 2
         )
@@ -403,6 +404,7 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy. ``batch = (x [B, d], labels [B] or one-hot [B, C][, relevant])``."""
+        self._warn_if_eval()
         where = f"{type(self).__name__}.training_loss"
         x, labels, _ = unpack_batch(where, batch, ("x", "labels", "relevant"), 2)
         x = self._check_features(x, "training_loss")
@@ -674,6 +676,7 @@ class L2XImage(ZooModel, tags=["l2x", "image-classification", "mnist"]):
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy. ``batch = (images [B, 1, S, S], labels [B])``."""
+        self._warn_if_eval()
         where = f"{type(self).__name__}.training_loss"
         images, labels = unpack_batch(where, batch, ("images", "labels"), 2)
         images = self._check_images(images, "training_loss")

@@ -494,6 +494,7 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
 
         ``batch = (trajectories [B, n, T, d][, edges [B, E]])``.
         """
+        self._warn_if_eval()
         trajectories, _ = unpack_batch(
             f"{type(self).__name__}.training_loss", batch, ("trajectories", "edges"), 1
         )

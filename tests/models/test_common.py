@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,25 @@ def test_straight_through_gradient_reaches_the_network_before_the_latent(name: s
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_training_loss_in_eval_mode_warns_that_theta_gets_no_gradient(name: str) -> None:
+    """In eval mode the latent is the MAP solution: the loss's backward pass leaves the
+    layers computing θ without a solver gradient, which the warning says."""
+    model = tiny_model(name, estimator="ste")
+    batch = make_batch(name, model, 4)
+    model.eval()
+    with pytest.warns(UserWarning, match=r"training_loss was called in eval mode.*model\.train"):
+        model.training_loss(batch)
+    # evaluation without gradients is a legitimate use
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.training_loss(batch)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.training_loss(batch)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
     model = tiny_model(name)
     initial_beta = float(model.latent_layer.estimator.beta)
@@ -297,6 +317,7 @@ def test_an_empty_batch_is_refused_by_every_model_alike(name: str) -> None:
         mode()
         with pytest.raises(ModelInputError, match="got a batch of 0"):
             model(inputs[:0])
+    model.train()
     with pytest.raises(ModelInputError, match="got a batch of 0"):
         model.training_loss(tuple(field[:0] for field in make_batch(name, model, 2)))
 

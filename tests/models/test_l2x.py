@@ -213,8 +213,8 @@ def test_tabular_accepts_one_hot_labels() -> None:
         assert torch.equal(
             model.training_loss((x, one_hot))[0], model.training_loss((x, labels))[0]
         )
-    with pytest.raises(ModelInputError, match=r"labels must lie in \[0, 1\]"):
-        model.training_loss((x, labels + 2))
+        with pytest.raises(ModelInputError, match=r"labels must lie in \[0, 1\]"):
+            model.training_loss((x, labels + 2))
 
 
 def test_image_patch_mask_upsampling_matches_kronecker_product() -> None:

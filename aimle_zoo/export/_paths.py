@@ -27,6 +27,7 @@ import copy
 import inspect
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -907,6 +908,8 @@ def _module_path(
     # two probes grow dimension i by 2^i and by 3^i: an output axis that grows by exactly
     # dimension d's steps in both (and has its example size) follows d; a sum or multiple of
     # the sizes cannot match both (c + 2e = 2^i and c + 3e = 3^i hold only for d itself)
+    for dim in declared:
+        dims[dim] = _smallest_size(module, inputs, names, extra, dim, declared[dim])
     probes = [{dim: base**index for index, dim in enumerate(declared)} for base in (2, 3)]
     grown = [_grown_outputs(module, inputs, names, extra, growth, multiple) for growth in probes]
     output_specs = []
@@ -981,6 +984,42 @@ def _grown_outputs(
             f"larger along the declared dynamic axes {dict(dynamic)} ({err}); declare only "
             "sizes the module accepts any value of"
         ) from err
+
+
+def _smallest_size(
+    module: nn.Module,
+    inputs: tuple[Tensor, ...],
+    names: list[str],
+    dynamic: Mapping[str, Mapping[int, str]],
+    dim: str,
+    example: int,
+) -> int:
+    """The smallest size of the declared dimension ``dim`` that eager PyTorch accepts (a top-k
+    inside needs n >= k, a convolution its kernel size), found by bisection on the example
+    cut down along every axis named ``dim``; the runner refuses smaller sizes by name."""
+
+    def runs(size: int) -> bool:
+        cut = []
+        for name, value in zip(names, inputs, strict=True):
+            for axis, named in dynamic.get(name, {}).items():
+                if named == dim:
+                    value = value.narrow(axis, 0, size)
+            cut.append(value)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module(*cut)
+        except Exception:
+            return False
+        return True
+
+    if runs(1):
+        return 1
+    fails, works = 1, example  # the example itself runs
+    while works - fails > 1:
+        middle = (fails + works) // 2
+        fails, works = (fails, middle) if runs(middle) else (middle, works)
+    return works
 
 
 def _forward_names(module: nn.Module, count: int) -> list[str]:

@@ -10,10 +10,12 @@ The metadata is one JSON object:
 - ``solver_after``: for a split export, the solver to run on the output θ (else ``null``);
 - ``inputs`` / ``outputs``: ``[{"name", "dtype", "shape", ...}]``; a ``str`` in a shape names
   a dynamic dimension, an ``int`` is fixed at export time;
-- ``dynamic_dims``: ``{name: minimum size}``; ``batch_multiple``: the batch must be a multiple
-  of it (absent in files from before it was recorded: 1); ``example_sizes``: ``{name: size}`` in the
-  example inputs of the export; ``fixed_dims``: ``{"input[axis]": size}`` for
-  every size fixed at export time; ``verified_sizes``: the other problem sizes checked.
+- ``dynamic_dims``: ``{name: minimum size}`` (for a module's declared sizes, the smallest
+  that eager PyTorch accepts, found by running it); ``batch_multiple``: the batch must be a
+  multiple of it (absent in files from before it was recorded: 1); ``example_sizes``:
+  ``{name: size}`` in the example inputs of the export; ``fixed_dims``: ``{"input[axis]":
+  size}`` for every size fixed at export time; ``verified_sizes``: the other problem sizes
+  checked.
 
 ONNX files hold it in ``metadata_props``: the whole object under ``aimle_zoo`` plus the keys
 ``model_name``, ``aimle_zoo_version``, ``solver``, ``solver_params``, ``inputs`` and

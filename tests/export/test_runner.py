@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import Tensor, nn
 
-from aimle_zoo import get_solver
+from aimle_zoo import DifferentiableSolver, get_solver
 from aimle_zoo.export import (
     ModelFileError,
     OnnxRunner,
@@ -180,6 +181,39 @@ def test_sizes_below_the_recorded_minimum_are_refused(tmp_path: Path) -> None:
         with pytest.raises(RunnerInputError, match=r"'batch' \(axis 0\) is 0, .* at least 1"):
             model.run({name: np.zeros((0, 5), np.float32)})
         assert model.run({name: np.arange(10, dtype=np.float32).reshape(2, 5)})
+
+
+class _TokenSelector(nn.Module):
+    """A user's module: per-token scores, the top 3 of them, the selected scores' sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(4, 1)
+        self.select = DifferentiableSolver("topk", "aimle", k=3)
+
+    def forward(self, tokens: Tensor) -> Tensor:  # [B, L, 4] -> [B]
+        scores = self.score(tokens).squeeze(-1)  # [B, L]
+        return (self.select(scores) * scores).sum(dim=1)
+
+
+@pytest.mark.parametrize("export, suffix", [(to_onnx, ".onnx"), (to_torchscript, ".pt")])
+def test_a_user_modules_dynamic_size_records_the_smallest_size_eager_accepts(
+    export: object, suffix: str, tmp_path: Path
+) -> None:
+    """The top-k inside needs L >= k = 3; the export finds that minimum by running the
+    module, and the runners refuse a shorter sequence by name instead of failing inside."""
+    module = _TokenSelector().eval()
+    with pytest.raises(ValueError, match="k"):
+        module(torch.randn(2, 2, 4))  # eager refuses L = 2
+    options = {"example_inputs": (torch.randn(2, 9, 4),), "dynamic_dims": {"tokens": {1: "L"}}}
+    result = export(module, tmp_path / f"selector{suffix}", **options)  # type: ignore[operator]
+    assert result.metadata["dynamic_dims"] == {"batch": 1, "L": 3}
+    model = (OnnxRunner if result.file_format == "onnx" else TorchScriptModel)(result.path)
+    with pytest.raises(RunnerInputError, match=r"'L' \(axis 1\) is 2, the model needs at least 3"):
+        model.run({"tokens": np.zeros((1, 2, 4), np.float32)})
+    tokens = torch.randn(2, 3, 4)
+    expected = module(tokens).detach().numpy()
+    np.testing.assert_allclose(model.run({"tokens": tokens.numpy()})["output_0"], expected, 1e-5)
 
 
 def test_token_ids_outside_the_vocabulary_are_refused(exported: dict[str, Exported]) -> None:

@@ -49,9 +49,12 @@ def compare(
     *,
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     data_options: DataOptions | None = None,
+    minimizer_noise: str | None = None,
     **overrides: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Train ``task`` with each estimator (same data, seed and ``overrides``); tabulate."""
+    """Train ``task`` with each estimator (same data, seed and ``overrides``; a minimiser's
+    costs perturbed by ``minimizer_noise`` when given, else by the recipe's convention);
+    tabulate."""
     recipe = get_recipe(task)
     if not estimators:
         raise ValueError(f"no estimators to compare; choose from {', '.join(ESTIMATOR_VARIANTS)}")
@@ -66,7 +69,7 @@ def compare(
         done[name] = _epochs_done(
             out / name,
             wanted[name],
-            recipe.full_estimator_config(name),
+            recipe.full_estimator_config(name, minimizer_noise),
             recipe.static_model_kwargs(bool(wanted[name].extra.get("smoke"))),
         )
     results: dict[str, dict[str, Any]] = {}
@@ -80,6 +83,7 @@ def compare(
                 data_options=data_options,
                 resume=epochs_done is not None,
                 overwrite=epochs_done is None,
+                minimizer_noise=minimizer_noise,
                 **{**overrides, "epochs": epochs},  # not the resumed run's own count
             )
         history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]

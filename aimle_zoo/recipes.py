@@ -35,7 +35,8 @@ from . import data
 from ._devices import resolve_device
 from ._io import atomic_directory, atomic_file
 from ._names import UnknownNameError, did_you_mean
-from .estimators import DifferentiableSolver, build_estimator
+from .estimators import MINIMIZER_NOISE, DifferentiableSolver, build_estimator
+from .estimators._base import resolve_minimize
 from .models import ZooModel, create_model
 from .models._base import (
     CHECKPOINT_METADATA_KEYS,
@@ -78,6 +79,8 @@ ESTIMATOR_VARIANTS = (
     "blackbox",
     "relaxed",
 )
+#: Estimators (registry names) with a ``minimizer_noise`` option: θ + ε or θ − ε.
+NOISE_CONVENTION_ESTIMATORS = ("aimle", "imle", "ste")
 
 
 @dataclass
@@ -129,13 +132,42 @@ class Recipe:
         """The model arguments the recipe fixes (those its data sets are added at build)."""
         return {**self.model_kwargs, **(self.smoke_model_kwargs if smoke else {})}
 
-    def estimator_config(self, variant: str) -> dict[str, Any] | None:
-        """The estimator config of ``variant`` for this recipe (``None``: the model's default)."""
+    def estimator_config(
+        self, variant: str, minimizer_noise: str | None = None
+    ) -> dict[str, Any] | None:
+        """The estimator config of ``variant`` for this recipe (``None``: the model's default).
+
+        ``minimizer_noise`` (``"add"`` or ``"negate"``) replaces the recipe's convention for
+        perturbing a minimiser's costs (the variants that perturb: AIMLE, I-MLE, STE).
+        """
         if variant not in ESTIMATOR_VARIANTS:
             raise ValueError(
                 f"unknown estimator {variant!r}.{did_you_mean(variant, ESTIMATOR_VARIANTS)} "
                 f"Choose one of {', '.join(ESTIMATOR_VARIANTS)}."
             )
+        if minimizer_noise is None:
+            return self._variant_config(variant)
+        if minimizer_noise not in MINIMIZER_NOISE:
+            raise ValueError(
+                f"minimizer_noise must be one of {', '.join(MINIMIZER_NOISE)}, got "
+                f"{minimizer_noise!r}"
+            )
+        layer = self._probe_layer
+        if not resolve_minimize(layer.solver, layer.minimize):
+            raise ValueError(
+                f"recipe {self.name!r} maximises ({self.model}'s solver is a maximiser), so "
+                "minimizer_noise would change nothing; leave it out"
+            )
+        config = self._variant_config(variant) or self.reference_estimator()
+        if config["name"] not in NOISE_CONVENTION_ESTIMATORS:
+            raise ValueError(
+                f"the {variant!r} estimator has no minimizer_noise option (only "
+                f"{', '.join(NOISE_CONVENTION_ESTIMATORS)} take it); leave it out for {variant!r}"
+            )
+        return {**config, "minimizer_noise": minimizer_noise}
+
+    def _variant_config(self, variant: str) -> dict[str, Any] | None:
+        """:meth:`estimator_config` with the recipe's own noise convention."""
         if variant == "aimle":
             return copy.deepcopy(self.aimle)
         reference = self.reference_estimator()
@@ -182,10 +214,12 @@ class Recipe:
             }
         return {"name": "blackbox", "lambda_": self.imle_lambda}
 
-    def full_estimator_config(self, variant: str) -> dict[str, Any]:
+    def full_estimator_config(
+        self, variant: str, minimizer_noise: str | None = None
+    ) -> dict[str, Any]:
         """The complete config (as ``Estimator.config()`` gives it) that ``variant`` trains
         with now: the recipe's, filled in with the estimator's defaults."""
-        config = self.estimator_config(variant)
+        config = self.estimator_config(variant, minimizer_noise)
         if config is None:
             return copy.deepcopy(self._probe_layer.estimator.config())
         return build_estimator(config).config()
@@ -216,10 +250,12 @@ class Recipe:
         task: TaskData | None = None,
         estimator_config: Mapping[str, Any] | None = None,
         model_config: Mapping[str, Any] | None = None,
+        minimizer_noise: str | None = None,
     ) -> ZooModel:
-        """A fresh model with the estimator ``variant`` (sized and set up for ``task``);
-        ``estimator_config``, a full config, replaces the variant's, and ``model_config``
-        the model arguments (both a resumed run's own)."""
+        """A fresh model with the estimator ``variant`` (sized and set up for ``task``;
+        ``minimizer_noise`` as in :meth:`estimator_config`); ``estimator_config``, a full
+        config, replaces the variant's, and ``model_config`` the model arguments (both a
+        resumed run's own)."""
         kwargs = self.static_model_kwargs(smoke)
         if task is not None:
             kwargs.update(task.model_kwargs)
@@ -228,7 +264,7 @@ class Recipe:
         config = (
             dict(estimator_config)
             if estimator_config is not None
-            else self.estimator_config(variant)
+            else self.estimator_config(variant, minimizer_noise)
         )
         model = create_model(self.model, **kwargs, estimator=config)
         if task is not None and task.setup is not None:
@@ -577,6 +613,7 @@ def run_training(
     data_options: DataOptions | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    minimizer_noise: str | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train recipe ``name`` into ``out_dir`` (``overrides`` replace ``TrainConfig`` fields).
@@ -587,18 +624,26 @@ def run_training(
     of :func:`~aimle_zoo.training.train` (a folder holding a run is refused without either).
     ``estimator`` defaults to ``"aimle"``; on ``resume`` the estimator (its full saved
     configuration), batch size, learning rate, seed, steps per epoch, epochs and device not given
-    (``None``) are the saved run's.
+    (``None``) are the saved run's. ``minimizer_noise`` replaces the recipe's noise convention
+    for a minimiser (see :meth:`Recipe.estimator_config`).
     """
     recipe = get_recipe(name)
     options = data_options or DataOptions()
     if resume:
         estimator, overrides = _saved_settings(Path(out_dir), estimator, overrides)
     estimator = estimator or "aimle"
-    recipe.estimator_config(estimator)  # an unknown or unsupported variant fails here
+    recipe.estimator_config(estimator, minimizer_noise)  # an unknown or unsupported one fails
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
     check_run_folder(out_dir, config, resume=resume, overwrite=overwrite)  # before the data
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     saved = _saved_model(Path(out_dir)) if resume else None  # read before the data is built
+    if saved is not None and minimizer_noise is not None:
+        trained_with = saved[1].get("minimizer_noise")
+        if trained_with != minimizer_noise:
+            raise ValueError(
+                f"the run in {out_dir} trains with minimizer_noise={trained_with!r}, not "
+                f"{minimizer_noise!r}; resume it without the option, or start a new run"
+            )
     task = recipe.build_data(options)
     model = recipe.build_model(
         estimator,
@@ -606,6 +651,7 @@ def run_training(
         task=task,
         model_config=None if saved is None else saved[0],
         estimator_config=None if saved is None else saved[1],
+        minimizer_noise=minimizer_noise,
     )
     result = train(
         model, task.train, task.valid, out_dir, config, resume=resume, overwrite=overwrite

@@ -26,6 +26,13 @@ DataDirOpt = Annotated[
 ]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="Cache for generated datasets.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+MinimizerNoiseOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="How AIMLE, I-MLE and STE perturb a minimiser's costs: add (θ + ε) or negate "
+        "(θ − ε) (default: the recipe's)."
+    ),
+]
 RunDeviceOpt = Annotated[
     str | None,
     typer.Option(help="cpu, cuda, cuda:N or auto (default: cpu; a resumed run: its own)."),
@@ -89,6 +96,7 @@ def train_command(
         int | None, typer.Option(help="Also save last/ every N steps (long runs).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    minimizer_noise: MinimizerNoiseOpt = None,
 ) -> None:
     """Train a model; logs metrics.jsonl and keeps best/ and last/ checkpoints in --out."""
     run_dir = out or Path("runs") / f"{name}-{estimator or 'aimle'}"
@@ -100,6 +108,7 @@ def train_command(
             data_options=_data_options(data_dir, cache_dir, smoke, progress),
             resume=resume,
             overwrite=overwrite,
+            minimizer_noise=minimizer_noise,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
@@ -175,6 +184,7 @@ def compare_command(
     device: RunDeviceOpt = None,
     data_dir: DataDirOpt = None,
     smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
+    minimizer_noise: MinimizerNoiseOpt = None,
 ) -> None:
     """Train a task with several estimators at the same budget; write a table and curves."""
     from ..compare import compare, comparison_table
@@ -186,6 +196,7 @@ def compare_command(
             folder,
             estimators=[e.strip() for e in estimators.split(",") if e.strip()],
             data_options=_data_options(data_dir, smoke=smoke),
+            minimizer_noise=minimizer_noise,
             epochs=epochs,
             max_steps_per_epoch=max_steps,
             seed=seed,

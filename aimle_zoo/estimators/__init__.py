@@ -19,6 +19,7 @@ function.
 
 from ._aimle import AIMLE as AIMLE
 from ._base import (
+    MINIMIZER_NOISE as MINIMIZER_NOISE,
     Estimator as Estimator,
     SolverOutputError as SolverOutputError,
     expand_samples as expand_samples,

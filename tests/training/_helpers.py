@@ -34,7 +34,7 @@ class PowerCut(Dataset[tuple[torch.Tensor, ...]]):
 
 def change_aimle_step_size(monkeypatch: pytest.MonkeyPatch, update_step: float) -> None:
     """Make every recipe's AIMLE target use ``update_step`` from now on (a changed default)."""
-    original = Recipe.estimator_config
+    original = Recipe._variant_config
 
     def new_default(self: Recipe, variant: str) -> dict[str, Any] | None:
         config = original(self, variant)
@@ -42,4 +42,4 @@ def change_aimle_step_size(monkeypatch: pytest.MonkeyPatch, update_step: float) 
             config["target"] = {**config["target"], "update_step": update_step}
         return config
 
-    monkeypatch.setattr(Recipe, "estimator_config", new_default)
+    monkeypatch.setattr(Recipe, "_variant_config", new_default)

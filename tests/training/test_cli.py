@@ -78,6 +78,19 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_compare_with_the_other_noise_convention(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ("compare", "grid-12", "--smoke", "--epochs", "1", "--out", str(out))
+    message = fails(*args, "--estimators", "imle,blackbox", "--minimizer-noise", "negate")
+    assert "'blackbox' estimator has no minimizer_noise" in message
+    assert not out.exists()  # refused before any training
+    invoke(*args, "--estimators", "imle", "--minimizer-noise", "negate")
+    config = json.loads((out / "imle" / "last" / "config.json").read_text())
+    assert config["estimator"]["minimizer_noise"] == "negate"
+    # the run is not reused for the recipe's own convention
+    assert "minimizer_noise='negate' (now 'add')" in fails(*args, "--estimators", "imle")
+
+
 def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
     assert "Did you mean 'dvae-mnist'" in fails("train", "dvae-mnst", "--out", str(tmp_path))
     assert "magic" in fails("compare", "l2x-xor", "--estimators", "aimle,magic")

@@ -315,6 +315,38 @@ def test_full_estimator_config_is_what_the_model_trains_with(name: str) -> None:
             assert model.latent_layer.estimator.config() == expected, (variant, smoke)
 
 
+def test_minimizer_noise_replaces_the_recipes_convention_where_it_applies() -> None:
+    """The grid recipe perturbs its minimiser's costs as θ + ε; ``minimizer_noise`` switches
+    the variants that perturb to θ − ε and is refused where it would change nothing."""
+    recipe = get_recipe("grid-12")
+    for variant in ("aimle", "aimle-forward", "aimle-central", "imle", "ste"):
+        assert recipe.full_estimator_config(variant)["minimizer_noise"] == "add"
+        config = recipe.full_estimator_config(variant, "negate")
+        assert config == {**recipe.full_estimator_config(variant), "minimizer_noise": "negate"}
+        model = recipe.build_model(variant, smoke=True, minimizer_noise="negate")
+        assert model.latent_layer.estimator.config() == config
+    for variant in ("perturbed", "blackbox"):
+        with pytest.raises(ValueError, match=rf"'{variant}' estimator has no minimizer_noise"):
+            recipe.estimator_config(variant, "negate")
+    with pytest.raises(ValueError, match="must be one of negate, add, got 'minus'"):
+        recipe.estimator_config("imle", "minus")
+    with pytest.raises(ValueError, match="l2x-xor' maximises"):
+        get_recipe("l2x-xor").estimator_config("imle", "add")
+
+
+def test_a_resume_keeps_the_runs_minimizer_noise(tmp_path: Path) -> None:
+    run, options = tmp_path / "run", _options("grid-12", tmp_path)
+    run_training("grid-12", run, data_options=options, epochs=1, minimizer_noise="negate")
+    trained = json.loads((run / "last" / "config.json").read_text())["estimator"]
+    assert trained["minimizer_noise"] == "negate"
+    with pytest.raises(ValueError, match="trains with minimizer_noise='negate', not 'add'"):
+        run_training("grid-12", run, data_options=options, epochs=2, resume=True,
+                     minimizer_noise="add")  # fmt: skip
+    run_training("grid-12", run, data_options=options, epochs=2, resume=True)
+    resumed = json.loads((run / "last" / "config.json").read_text())["estimator"]
+    assert resumed == trained
+
+
 def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         run_training(

@@ -52,9 +52,16 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         write(handle)
 
 
+def _plain(value: object) -> object:
+    """JSON form of a NumPy scalar parameter (``np.int64(0)`` is the parameter ``0``)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"parameter {value!r} of type {type(value).__name__} is not JSON-able")
+
+
 def params_digest(params: Mapping[str, Any]) -> str:
     """A short stable hash of JSON-able generation parameters (used in cache file names)."""
-    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -63,7 +70,7 @@ def save_npz_atomic(
 ) -> None:
     """Save ``arrays`` and the generating ``params`` to ``path`` (an ``.npz``) atomically."""
     payload: dict[str, Any] = dict(arrays)
-    payload[_PARAMS_KEY] = np.array(json.dumps(params, sort_keys=True))
+    payload[_PARAMS_KEY] = np.array(json.dumps(params, sort_keys=True, default=_plain))
     atomic_write(path, lambda handle: np.savez(handle, **payload))
 
 
@@ -94,7 +101,7 @@ def load_npz_checked(
         raise DatasetError(
             f"cache file {path} is corrupt or unreadable ({type(err).__name__}: {err}); {remedy}"
         ) from err
-    expected = json.loads(json.dumps(params, sort_keys=True))
+    expected = json.loads(json.dumps(params, sort_keys=True, default=_plain))
     if not isinstance(stored, dict):
         raise DatasetError(f"cache file {path} holds malformed parameters; {remedy}")
     if stored != expected:
@@ -111,15 +118,30 @@ def load_npz_checked(
 def cached_npz(
     path: Path,
     params: Mapping[str, Any],
-    keys: tuple[str, ...],
+    shapes: Mapping[str, tuple[int, ...]],
     build: Callable[[], Mapping[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
-    """Return the arrays cached at ``path``, building and saving them atomically on a miss."""
+    """Return the arrays cached at ``path``, building and saving them atomically on a miss.
+
+    ``shapes`` gives every array's name and the shape ``params`` imply; a cached array of
+    another shape (a stale or edited file) is a :class:`DatasetError` naming the file.
+    """
+    keys = tuple(shapes)
     if path.exists():
-        return load_npz_checked(path, params, keys)
+        arrays = load_npz_checked(path, params, keys)
+        wrong = {key: arrays[key].shape for key in keys if arrays[key].shape != shapes[key]}
+        if wrong:
+            raise DatasetError(
+                f"cache file {path} holds arrays of shapes {wrong}, its parameters imply "
+                f"{ {key: shapes[key] for key in wrong} }; delete {path} to regenerate it"
+            )
+        return arrays
     arrays = {key: np.asarray(value) for key, value in build().items()}
     if sorted(arrays) != sorted(keys):
         raise RuntimeError(f"cache builder returned {sorted(arrays)}, expected {sorted(keys)}")
+    built = {key: arrays[key].shape for key in keys}
+    if built != dict(shapes):
+        raise RuntimeError(f"cache builder returned shapes {built}, expected {dict(shapes)}")
     save_npz_atomic(path, arrays, params)
     return arrays
 

@@ -103,9 +103,10 @@ def read_reviews(path: str | os.PathLike[str]) -> tuple[list[list[str]], np.ndar
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Non-blank lines of a UTF-8 text file without their line end, numbered from 1."""
+    """Non-blank lines of a UTF-8 text file (a byte-order mark is skipped) without their line
+    end, numbered from 1."""
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 stripped = line.rstrip("\r\n")
                 if stripped.strip():
@@ -120,6 +121,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _parse_floats(fields: Sequence[str], where: str, what: str) -> list[float]:
     try:
+        if any("_" in text for text in fields):  # float() reads "0_1" as 1.0
+            raise ValueError(f"digit separators in {[t for t in fields if '_' in t]}")
         values = [float(text) for text in fields]
     except ValueError as err:
         raise DatasetError(f"{where}: malformed {what} ({err})") from err
@@ -158,8 +161,13 @@ class Vocabulary:
         return len(self.tokens)
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
-        """Ids of ``tokens``; unknown tokens map to ``UNK``."""
-        return [self.index.get(token, UNK) for token in tokens]
+        """Ids of ``tokens``; unknown tokens, and text spelling a special token such as
+        ``"<PAD>"`` (a word of the review, not padding), map to ``UNK``."""
+        special = len(SPECIAL_TOKENS)
+        return [
+            UNK if (word_id := self.index.get(token, UNK)) < special else word_id
+            for token in tokens
+        ]
 
 
 def pad_sequences(
@@ -212,7 +220,9 @@ def read_word_vectors(
             continue  # word2vec header
         if width is None:
             width = len(fields) - 1
-        if width < 1 or len(fields) != width + 1:
+            if width < 1:
+                raise DatasetError(f"{where}: a word without vector values ({line.strip()!r})")
+        if len(fields) != width + 1:
             raise DatasetError(
                 f"{where}: expected a word and {width} values, found {len(fields) - 1} values"
             )
@@ -309,6 +319,11 @@ def _spans(where: str, key: str, value: object, length: int) -> tuple[tuple[int,
             raise DatasetError(
                 f"{where}: aspect {key!r} has span {pair!r}; expected [start, end] integers "
                 "with 0 <= start <= end"
+            )
+        if pair[0] >= length and pair[1] > pair[0]:
+            raise DatasetError(
+                f"{where}: aspect {key!r} has span {pair!r}, which starts past the end of the "
+                f"review's {length} tokens; the annotations do not match the review text"
             )
         pairs.append((min(pair[0], length), min(pair[1], length)))
     return tuple(pairs)
@@ -452,6 +467,11 @@ def load_beer_advocate(
         return TensorDataset(torch.from_numpy(ids), torch.from_numpy(scores[:, aspect].copy()))
 
     heldout = encode(heldout_tokens, heldout_scores)
+    if len(heldout_tokens) < 2:
+        raise DatasetError(
+            f"{reviews_file(directory, aspect, 'heldout')} holds {len(heldout_tokens)} review; "
+            "the validation and test splits need at least 2"
+        )
     valid_index, test_index = heldout_split(len(heldout_tokens), seed)
     embeddings = (
         torch.from_numpy(read_word_vectors(directory / word_vectors, vocabulary))

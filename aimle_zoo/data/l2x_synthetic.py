@@ -94,6 +94,8 @@ def generate_l2x_synthetic(name: SyntheticName, num_samples: int, seed: int = 0)
     """
     check_choice("name", name, SYNTHETIC_NAMES)
     count = check_positive_int("num_samples", num_samples)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DatasetError(f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((count, NUM_FEATURES)).astype(np.float32)  # [N, 10]
     component = np.zeros(count, dtype=np.int64)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import math
 import os
 import urllib.error
 import urllib.request
@@ -62,24 +63,38 @@ _IDX_DTYPES: dict[int, str] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_IMAGES_MAGIC = bytes.fromhex("00000803")  # uint8 [N, 28, 28]
+_LABELS_MAGIC = bytes.fromhex("00000801")  # uint8 [N]
 _DOWNLOAD_TIMEOUT_S = 30.0
 
 
 # ----------------------------------------------------------------------------- IDX files
 
 
-def read_idx(path: str | os.PathLike[str], *, expected_md5: str | None = None) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike[str],
+    *,
+    expected_md5: str | None = None,
+    expected_magic: bytes | None = None,
+) -> np.ndarray:
     """Read an IDX file (gzipped or not) into a numpy array of the shape its header declares.
 
     Gzip is recognised by its magic bytes, whatever the file name. If ``expected_md5`` is
-    given, the MD5 of the decompressed bytes must equal it.
+    given, the MD5 of the decompressed bytes must equal it; if ``expected_magic`` is (e.g.
+    ``bytes.fromhex("00000801")`` for a uint8 vector), the file's first four bytes must.
 
     Raises:
-        DatasetError: the file is missing, not gzip-decodable, has a bad magic number or type
-            code, is truncated or has trailing bytes, or fails the checksum.
+        DatasetError: the file is missing, not gzip-decodable, has a bad or unexpected magic
+            number or type code, is truncated or has trailing bytes, or fails the checksum.
     """
     path = Path(path)
     raw = _read_decompressed(path)
+    if expected_magic is not None and raw[:4] != expected_magic:
+        raise DatasetError(
+            f"{path}: IDX magic number {raw[:4].hex() or '(none)'}, expected "
+            f"{expected_magic.hex()} ({_describe_magic(expected_magic)}); the file holds "
+            "something else (another file of the data set under this name?)"
+        )
     values = parse_idx(raw, source=str(path))
     if expected_md5 is not None:
         digest = hashlib.md5(raw).hexdigest()
@@ -108,7 +123,7 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
     if len(raw) < header_size:
         raise DatasetError(f"{source}: truncated IDX header ({len(raw)} < {header_size} bytes)")
     shape = tuple(int(size) for size in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     found = len(raw) - header_size
     if found < expected:
         raise DatasetError(
@@ -122,6 +137,12 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
         )
     values = np.frombuffer(raw, dtype=dtype, offset=header_size).reshape(shape)
     return values.astype(dtype.newbyteorder("="))  # native byte order, writable copy
+
+
+def _describe_magic(magic: bytes) -> str:
+    """``00000803`` -> ``"uint8, 3 dimensions"``."""
+    dtype = np.dtype(_IDX_DTYPES.get(magic[2], "u1")).newbyteorder("=")
+    return f"{dtype.name}, {magic[3]} dimension{'s' if magic[3] != 1 else ''}"
 
 
 def write_idx(path: str | os.PathLike[str], values: np.ndarray, *, compress: bool = False) -> None:
@@ -192,8 +213,16 @@ def load_mnist(
     image_name, label_name = _SPLIT_FILES[split]
     image_path = _locate(directory, image_name, download, mirrors)
     label_path = _locate(directory, label_name, download, mirrors)
-    images = read_idx(image_path, expected_md5=MNIST_MD5[image_name] if verify_checksums else None)
-    labels = read_idx(label_path, expected_md5=MNIST_MD5[label_name] if verify_checksums else None)
+    images = read_idx(
+        image_path,
+        expected_md5=MNIST_MD5[image_name] if verify_checksums else None,
+        expected_magic=_IMAGES_MAGIC,
+    )
+    labels = read_idx(
+        label_path,
+        expected_md5=MNIST_MD5[label_name] if verify_checksums else None,
+        expected_magic=_LABELS_MAGIC,
+    )
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DatasetError(
             f"{image_path}: expected uint8 images of shape [N, 28, 28], got {images.dtype} "

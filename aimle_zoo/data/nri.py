@@ -424,7 +424,11 @@ def load_graph_layout_split(
         )
         return {"features": features, "edges": edges}
 
-    arrays = cached_npz(path, params, ("features", "edges"), build)
+    shapes = {
+        "features": (count, num_timesteps, _DIMS, num_vertices),
+        "edges": (count, num_vertices, num_vertices),
+    }
+    arrays = cached_npz(path, params, shapes, build)
     return arrays["features"], arrays["edges"]
 
 

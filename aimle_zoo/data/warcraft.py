@@ -378,7 +378,10 @@ def load_warcraft(
                 progress=progress,
             )
 
-        raw[split] = cached_npz(cache_root(cache_dir) / "warcraft" / name, params, _KEYS, build)
+        pixels, grid = grid_size * tile_size, (count, grid_size, grid_size)
+        shapes = dict(zip(_KEYS, [(count, pixels, pixels, 3), grid, grid], strict=True))
+        path = cache_root(cache_dir) / "warcraft" / name
+        raw[split] = cached_npz(path, params, shapes, build)
     return prepare_warcraft(raw)
 
 

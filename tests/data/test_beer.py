@@ -54,6 +54,13 @@ def write_beer(root: Path, aspect: int = 1) -> Path:
     return root
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_score(tmp_path: Path) -> None:
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeff0.1 0.2 0.3 0.4 0.5\tgolden\n".encode())
+    tokens, scores = read_reviews(path)
+    assert tokens == [["golden"]] and scores[0, 0] == np.float32(0.1)
+
+
 def test_read_reviews_strips_line_ends(tmp_path: Path) -> None:
     root = write_beer(tmp_path)
     tokens, scores = read_reviews(root / "reviews.aspect1.train.txt")
@@ -71,6 +78,7 @@ def test_read_reviews_strips_line_ends(tmp_path: Path) -> None:
         ("0.1 0.2 x 0.4 0.5\ttokens", "malformed scores"),
         ("0.1 0.2 1.5 0.4 0.5\ttokens", r"must lie in \[0, 1\]"),
         ("0.1 0.2 nan 0.4 0.5\ttokens", "must be finite"),
+        ("0.1 0.2 0_3 0.4 0.5\ttokens", "malformed scores .*digit separators"),  # float() reads 3
         ("0.1 0.2 0.3 0.4 0.5\t   ", "has no tokens"),
     ],
 )
@@ -97,6 +105,8 @@ def test_vocabulary_order_and_unknowns() -> None:
     vocabulary = Vocabulary.from_token_lists([["b", "a", "b"], ["c", "a"]])
     assert vocabulary.tokens == ("<PAD>", "<START>", "<UNK>", "b", "a", "c")
     assert vocabulary.encode(["a", "zzz", "c"]) == [4, UNK, 5]
+    # text that spells a special token is a word of the review, not padding
+    assert vocabulary.encode(["<PAD>", "a", "<START>", "<UNK>"]) == [UNK, 4, UNK, UNK]
     with pytest.raises(DatasetError, match="must start with"):
         Vocabulary(("a", "b"))
     with pytest.raises(DatasetError, match="must be unique"):
@@ -130,6 +140,9 @@ def test_word_vectors(tmp_path: Path) -> None:
         read_word_vectors(bad, vocabulary)
     bad.write_text("amber 1 2 3\npine 1 two 3\n")
     with pytest.raises(DatasetError, match=r"bad.txt:2: malformed vector values"):
+        read_word_vectors(bad, vocabulary)
+    bad.write_text("amber\npine 1 2\n")
+    with pytest.raises(DatasetError, match=r"bad.txt:1: a word without vector values \('amber'\)"):
         read_word_vectors(bad, vocabulary)
     bad.write_text("3 300\n\n")  # a word2vec header and nothing else
     with pytest.raises(DatasetError, match=r"bad.txt holds no word vectors"):
@@ -175,6 +188,7 @@ def test_malformed_annotation_files(tmp_path: Path) -> None:
         ('{"x": ["a"], "1": [[0, 1.5]]}', "integers"),
         ('{"x": ["a"], "1": [0, 1]}', r"span 0"),
         ('{"x": ["a"], "1": {"0": 1}}', "list of"),
+        ('{"x": ["a", "b"], "1": [[5, 9]]}', "starts past the end of the review's 2 tokens"),
     ],
 )
 def test_malformed_annotations(tmp_path: Path, record: str, message: str) -> None:
@@ -305,6 +319,9 @@ def test_load_beer_advocate_end_to_end(tmp_path: Path) -> None:
     assert in_span[1, -3:].tolist() == [True, False, True]
     bare = load_beer_advocate(root, aspect=1, word_vectors=None, annotations=None)
     assert bare.embeddings is None and bare.annotations is None
+    (root / "reviews.aspect1.heldout.txt").write_text(HELDOUT[0] + "\n")
+    with pytest.raises(DatasetError, match=r"heldout.txt holds 1 review; .* at least 2"):
+        load_beer_advocate(root, aspect=1)
     with pytest.raises(DatasetError, match=r"aspect must be an integer in 0..4"):
         load_beer_advocate(root, aspect=5)
     with pytest.raises(DatasetError, match=r"reviews.aspect0.train.txt not found"):

@@ -93,7 +93,22 @@ def test_cached_npz_builds_once(tmp_path: Path) -> None:
         return {"x": np.random.default_rng(len(calls)).random(4)}
 
     path = tmp_path / "c.npz"
-    first = cached_npz(path, {"k": 1}, ("x",), build)
-    second = cached_npz(path, {"k": 1}, ("x",), build)
+    first = cached_npz(path, {"k": 1}, {"x": (4,)}, build)
+    second = cached_npz(path, {"k": np.int64(1)}, {"x": (4,)}, build)  # NumPy scalars as params
     assert len(calls) == 1
     np.testing.assert_array_equal(first["x"], second["x"])
+
+
+def test_a_cached_array_of_another_shape_than_its_parameters_imply_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A stale or edited file with the right parameters but 7 rows for 20 would load."""
+    path = tmp_path / "c.npz"
+    save_npz_atomic(path, {"x": np.zeros((7, 3))}, {"rows": 20})
+    with pytest.raises(
+        DatasetError, match=r"shapes \{'x': \(7, 3\)\}, .* \{'x': \(20, 3\)\}; delete"
+    ):
+        cached_npz(path, {"rows": 20}, {"x": (20, 3)}, lambda: {"x": np.zeros((20, 3))})
+    with pytest.raises(RuntimeError, match="builder returned shapes"):
+        cached_npz(tmp_path / "new.npz", {}, {"x": (20, 3)}, lambda: {"x": np.zeros((7, 3))})
+    assert not (tmp_path / "new.npz").exists()

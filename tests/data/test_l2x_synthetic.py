@@ -98,6 +98,9 @@ def test_bad_generation_arguments() -> None:
         generate_l2x_synthetic("xnor", 10)
     with pytest.raises(DatasetError, match="num_samples"):
         generate_l2x_synthetic("xor", 0)
+    for seed in (-1, 1.5, True):
+        with pytest.raises(DatasetError, match=rf"seed must be an integer >= 0, got {seed}"):
+            generate_l2x_synthetic("xor", 10, seed=seed)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- metrics

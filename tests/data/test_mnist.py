@@ -140,6 +140,8 @@ def test_write_idx_round_trip(tmp_path: Path, dtype: str) -> None:
         (b"\x00\x00\x08\x02" + (3).to_bytes(4, "big"), "truncated IDX header"),
         (b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"abc", "truncated IDX file"),
         (b"\x00\x00\x08\x01" + (2).to_bytes(4, "big") + b"abc", "trailing bytes"),
+        # 65536^4 bytes: a 64-bit product wraps to 0 and would pass the size check
+        (b"\x00\x00\x08\x04" + (65536).to_bytes(4, "big") * 4, r"\(18446744073709551616 data"),
     ],
 )
 def test_read_idx_rejects_malformed_files(tmp_path: Path, content: bytes, message: str) -> None:
@@ -187,6 +189,18 @@ def test_load_mnist_rejects_non_canonical_files(tmp_path: Path) -> None:
     write_small_mnist(tmp_path)
     with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.gz: MD5"):
         load_mnist(tmp_path, "train")
+
+
+def test_load_mnist_names_a_file_of_the_wrong_kind(tmp_path: Path) -> None:
+    """The images file under the labels' name: its magic number says so, before any size."""
+    write_small_mnist(tmp_path, compress=False)
+    images = (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(images)
+    with pytest.raises(
+        DatasetError, match=r"labels-idx1-ubyte: IDX magic number 00000803, expected 00000801 "
+        r"\(uint8, 1 dimension\)"
+    ):  # fmt: skip
+        load_mnist(tmp_path, "test", verify_checksums=False)
 
 
 def test_load_mnist_rejects_mismatched_files(tmp_path: Path) -> None:

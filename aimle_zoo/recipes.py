@@ -359,6 +359,13 @@ def _warcraft(grid_size: int) -> Callable[[DataOptions], TaskData]:
     def build(options: DataOptions) -> TaskData:
         if options.data_dir is not None:
             grids = data.load_warcraft_npy(options.data_dir)
+            found = tuple(grids.train.vertex_weights.shape[1:])
+            if found != (grid_size, grid_size):
+                raise data.DatasetError(
+                    f"{options.data_dir} holds {found[0]}×{found[1]} grids, the recipe trains on "
+                    f"{grid_size}×{grid_size}: point --data-dir at the {grid_size}x{grid_size} "
+                    "folder of the Warcraft archive"
+                )
         else:
             sizes = (256, 64, 64) if options.smoke else (10_000, 1_000, 1_000)
             grids = data.load_warcraft(

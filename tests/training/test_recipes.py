@@ -11,12 +11,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from aimle_zoo import recipes as recipes_module
-from aimle_zoo.data import CACHE_ENV, PAD, l2x_synthetic_dataset, load_beer_advocate
+from aimle_zoo.data import (
+    CACHE_ENV,
+    PAD,
+    DatasetError,
+    l2x_synthetic_dataset,
+    load_beer_advocate,
+)
+from aimle_zoo.data.warcraft import generate_warcraft
 from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.recipes import (
     ESTIMATOR_VARIANTS,
@@ -313,6 +321,15 @@ def test_full_estimator_config_is_what_the_model_trains_with(name: str) -> None:
         for smoke in (False, True):
             model = recipe.build_model(variant, smoke=smoke)
             assert model.latent_layer.estimator.config() == expected, (variant, smoke)
+
+
+def test_grid_files_of_another_size_are_refused_before_training(tmp_path: Path) -> None:
+    arrays = generate_warcraft(6, 4, tile_size=2, seed=0, split="train", progress=False)
+    for split in ("train", "val", "test"):
+        for key, value in arrays.items():
+            np.save(tmp_path / f"{split}_{key}.npy", value)
+    with pytest.raises(DatasetError, match=r"holds 4×4 grids, the recipe trains on 12×12"):
+        get_recipe("grid-12").build_data(DataOptions(data_dir=str(tmp_path)))
 
 
 def test_minimizer_noise_replaces_the_recipes_convention_where_it_applies() -> None:

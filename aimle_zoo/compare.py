@@ -1,7 +1,8 @@
 """Estimator comparison: train one task with several estimators at the same budget.
 
 ``compare(task, out_dir, estimators=...)`` trains every variant into ``out_dir/<estimator>/``
-with identical data, seed and schedule, then writes ``out_dir/comparison.json``, a Markdown
+with identical data, seed and schedule, then writes ``out_dir/comparison.json`` (the budget,
+the equivalent ``aimle-zoo compare`` command, the version and every result), a Markdown
 table (``comparison.md``: the best validation metrics and the test metrics of each best
 checkpoint) and the learning curves (``curves.png``: the selection metric on the validation
 split after every epoch). A run already in ``out_dir`` with the same settings is reused; one
@@ -22,6 +23,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from . import __version__
 from ._io import atomic_file
 from .models._base import CheckpointError, read_checkpoint_config, saved_estimator_config
 from .recipes import (
@@ -93,12 +95,51 @@ def compare(
             "seconds": sum(record["seconds"] for record in history),
         }
     metric = recipe.train.select_metric
+    first = wanted[estimators[0]]  # the settings every variant shares
+    record = {
+        "task": task,
+        "select_metric": metric,
+        "command": _command(task, estimators, first, data_options, minimizer_noise),
+        "settings": {
+            **{key: getattr(first, key) for key in _RECORDED_SETTINGS},
+            "minimizer_noise": minimizer_noise,
+            "smoke": bool(first.extra.get("smoke")),
+        },
+        "aimle_zoo_version": __version__,
+        "results": results,
+    }
     with atomic_file(out / "comparison.json", "w") as handle:
-        json.dump({"task": task, "select_metric": metric, "results": results}, handle, indent=2)
+        json.dump(record, handle, indent=2)
     with atomic_file(out / "comparison.md", "w") as handle:
         handle.write(comparison_table(results))
     plot_curves(results, metric, out / "curves.png", title=f"{task}: validation {metric}")
     return results
+
+
+#: TrainConfig fields written to ``comparison.json`` (the budget every variant had).
+_RECORDED_SETTINGS = ("epochs", "max_steps_per_epoch", "batch_size", "lr", "seed", "device")
+
+
+def _command(
+    task: str,
+    estimators: Sequence[str],
+    config: TrainConfig,
+    data_options: DataOptions | None,
+    minimizer_noise: str | None,
+) -> str:
+    """The ``aimle-zoo compare`` command that trains the same comparison."""
+    parts = ["aimle-zoo", "compare", task, "--estimators", ",".join(estimators)]
+    parts += ["--epochs", str(config.epochs)]
+    if config.max_steps_per_epoch is not None:
+        parts += ["--max-steps", str(config.max_steps_per_epoch)]
+    parts += ["--seed", str(config.seed)]
+    if minimizer_noise is not None:
+        parts += ["--minimizer-noise", minimizer_noise]
+    if data_options is not None and data_options.data_dir is not None:
+        parts += ["--data-dir", data_options.data_dir]
+    if data_options is not None and data_options.smoke:
+        parts.append("--smoke")
+    return " ".join(parts)
 
 
 def _epochs_done(

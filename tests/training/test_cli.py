@@ -76,6 +76,16 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
     assert set(saved["results"]) == {"aimle-central", "imle"}
     assert all(len(r["curve"]) == 2 for r in saved["results"].values())
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert saved["aimle_zoo_version"] == aimle_zoo.__version__
+    assert saved["settings"]["epochs"] == 2 and saved["settings"]["smoke"] is True
+    assert saved["settings"]["batch_size"] == get_recipe("l2x-xor").train.batch_size
+    # the recorded command is the same comparison: run again, it reuses both runs
+    (out / "comparison.json").unlink()
+    command = saved["command"].split()
+    assert command[:3] == ["aimle-zoo", "compare", "l2x-xor"]
+    invoke(*command[1:], "--out", str(out))
+    again = json.loads((out / "comparison.json").read_text())
+    assert again["results"] == saved["results"]
 
 
 def test_compare_with_the_other_noise_convention(tmp_path: Path) -> None:

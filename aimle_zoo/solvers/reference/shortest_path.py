@@ -1,8 +1,9 @@
 """Per-instance CPU shortest paths with scipy and networkx: oracles and benchmark baselines.
 
-These loops solve one instance at a time in NumPy/Python. They are slow by design: tests use
-them as independent oracles for the batched tensor solvers in
-:mod:`aimle_zoo.solvers.shortest_path`, and benchmarks use them as the baseline.
+These loops solve one instance at a time in NumPy/Python (the scipy loop builds its graph
+layout once per shape and only swaps the costs per instance): tests use them as independent
+oracles for the batched tensor solvers in :mod:`aimle_zoo.solvers.shortest_path`, and
+benchmarks use them as the baseline.
 
 Grid convention (Warcraft): the cells of an ``H × W`` grid are vertices with costs
 ``c = max(θ, 0)``; the path runs from the top-left to the bottom-right cell through 8 (or 4)
@@ -73,16 +74,30 @@ def grid_shortest_path_scipy(theta: Tensor, neighbourhood: int = 8) -> Tensor:
         ``[B, H, W]`` 0/1 masks of the path cells, dtype of ``theta``.
     """
     batch, height, width = theta.shape
-    tails, heads = _grid_edges(height, width, neighbourhood)
-    costs = theta.detach().clamp(min=0).reshape(batch, height * width).cpu().double().numpy()
-    masks = np.zeros((batch, height * width))
+    cells = height * width
+    columns, indptr = _grid_csr_layout(height, width, neighbourhood)
+    costs = theta.detach().clamp(min=0).reshape(batch, cells).cpu().double().numpy()
+    masks = np.zeros((batch, cells))
+    graph = sp.csr_matrix((np.ones(columns.size), columns, indptr), shape=(cells, cells))
     for b in range(batch):
-        graph = sp.csr_matrix(
-            (costs[b, heads], (tails, heads)), shape=(height * width, height * width)
-        )
+        graph.data = costs[b, columns]  # same layout, this instance's edge costs
         _, predecessors = dijkstra(graph, indices=0, return_predecessors=True)
-        masks[b, _walk_back(predecessors, height * width - 1)] = 1.0
+        masks[b, _walk_back(predecessors, cells - 1)] = 1.0
     return torch.from_numpy(masks).to(theta).reshape(batch, height, width)
+
+
+@lru_cache(maxsize=32)
+def _grid_csr_layout(height: int, width: int, neighbourhood: int) -> tuple[np.ndarray, np.ndarray]:
+    """The grid graph's CSR layout, built once per shape: the column (head cell, whose cost the
+    edge carries) of every stored edge in CSR order, and the row pointer. Read-only: the
+    matrices built on them share them."""
+    tails, heads = _grid_edges(height, width, neighbourhood)
+    order = np.lexsort((heads, tails))  # by tail, then head: CSR order
+    columns = heads[order]
+    indptr = np.searchsorted(tails[order], np.arange(height * width + 1))
+    columns.setflags(write=False)
+    indptr.setflags(write=False)
+    return columns, indptr
 
 
 def grid_shortest_path_networkx(theta: Tensor, neighbourhood: int = 8) -> Tensor:

@@ -51,6 +51,13 @@ def _allowed_pairs(n: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndar
     return rows, cols
 
 
+def _csr_layout(n: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The allowed pairs ``(rows, cols)`` and the CSR row pointer of an upper-triangular graph
+    on them (the pairs are row-major, so CSR takes them in order: no sort, no duplicates)."""
+    rows, cols = _allowed_pairs(n, mask)
+    return rows, cols, np.searchsorted(rows, np.arange(n + 1))
+
+
 def _instance_masks(weights: Tensor, mask: Tensor | None) -> list[np.ndarray | None]:
     if mask is None:
         return [None] * weights.shape[0]
@@ -91,8 +98,11 @@ def spanning_tree_scipy(
     values = weights.detach().cpu().double().numpy()  # [B, n, n]
     batch, n = values.shape[0], values.shape[-1]
     out = np.zeros((batch, n, n))
-    for index, instance_mask in enumerate(_instance_masks(weights, mask)):
-        rows, cols = _allowed_pairs(n, instance_mask)
+    masks = _instance_masks(weights, mask)
+    shared = mask is None or mask.dim() == 2  # one edge set: its CSR layout is built once
+    layout = _csr_layout(n, masks[0]) if shared and batch else None
+    for index, instance_mask in enumerate(masks):
+        rows, cols, indptr = layout if layout is not None else _csr_layout(n, instance_mask)
         edge_weights = values[index, rows, cols]  # [E]
         if edge_weights.size == 0:
             if n > 1:
@@ -101,7 +111,7 @@ def spanning_tree_scipy(
         costs = edge_weights.max() - edge_weights if maximum else edge_weights - edge_weights.min()
         positive = costs[costs > 0]
         costs[costs == 0] = positive.min() / 2 if positive.size else 1.0
-        graph = sp.coo_array((costs, (rows, cols)), shape=(n, n)).tocsr()
+        graph = sp.csr_array((costs, cols, indptr), shape=(n, n))
         tree = minimum_spanning_tree(graph).tocoo()
         if tree.nnz != n - 1:
             raise _disconnected(index)

@@ -56,6 +56,7 @@ class TorchScriptModel:
         self.metadata = _parse(text, self.path) if text else {}
         self.inputs = tuple(_spec_info(spec) for spec in self.metadata.get("inputs", []))
         self.outputs = tuple(_spec_info(spec) for spec in self.metadata.get("outputs", []))
+        self.limits = InputLimits.from_metadata(self.metadata)  # read once, not per call
         if not self.inputs:
             raise ModelFileError(
                 f"{self.path} has no aimle_zoo input specification; export it with "
@@ -69,7 +70,7 @@ class TorchScriptModel:
 
     def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:
         """Check ``inputs`` and run; returns ``{output name: array}``."""
-        feed = check_inputs(self.inputs, inputs, InputLimits.from_metadata(self.metadata))
+        feed = check_inputs(self.inputs, inputs, self.limits)
         tensors = [torch.from_numpy(_writable(feed[info.name])) for info in self.inputs]
         with torch.inference_mode():
             values = as_tuple(self.module(*tensors))

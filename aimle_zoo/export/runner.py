@@ -19,6 +19,7 @@ non-ONNX file raises :class:`ModelFileError`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -76,6 +77,11 @@ class TensorInfo:
         """E.g. ``images float32 [batch, 1, 28, 28]``."""
         sizes = ", ".join("?" if size is None else str(size) for size in self.shape)
         return f"{self.name} {self.dtype} [{sizes}]"
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_dtype(name: str) -> np.dtype[Any]:
+    return np.dtype(name)
 
 
 def select_providers(available: Sequence[str] | None = None) -> list[str]:
@@ -160,7 +166,10 @@ def check_inputs(
             ``limits``) a dimension below its minimum, an integer or bounded float outside
             its range, or a NaN or inf value.
     """
-    expected = "; ".join(spec.describe() for spec in specs)
+
+    def expected() -> str:  # only an error message needs it
+        return "; ".join(spec.describe() for spec in specs)
+
     names = [spec.name for spec in specs]
     if isinstance(inputs, Mapping):
         missing = [name for name in names if name not in inputs]
@@ -171,19 +180,20 @@ def check_inputs(
                 parts.append(f"missing input(s) {missing}")
             if unexpected:
                 parts.append(f"unexpected input(s) {unexpected}")
-            raise RunnerInputError(f"{' and '.join(parts)}; the model takes: {expected}")
+            raise RunnerInputError(f"{' and '.join(parts)}; the model takes: {expected()}")
         values = [inputs[name] for name in names]
     elif isinstance(inputs, (list, tuple)):
         if len(inputs) != len(specs):
             raise RunnerInputError(
-                f"got {len(inputs)} input arrays, the model takes {len(specs)}: {expected}"
+                f"got {len(inputs)} input arrays, the model takes {len(specs)}: {expected()}"
             )
         values = list(inputs)
     elif len(specs) == 1:
         values = [inputs]
     else:
         raise RunnerInputError(
-            f"the model takes {len(specs)} inputs, pass them as a mapping name -> array: {expected}"
+            f"the model takes {len(specs)} inputs, pass them as a mapping name -> array: "
+            f"{expected()}"
         )
     sizes: dict[str, tuple[int, str]] = {}
     feed = {}
@@ -201,7 +211,7 @@ def _check_one(
             f"input {spec.name!r} must be a numpy array, got {type(value).__name__}; expected "
             f"{spec.describe()} (convert with np.asarray(value, dtype=np.{spec.dtype}))"
         )
-    if value.dtype != np.dtype(spec.dtype):
+    if value.dtype != _numpy_dtype(spec.dtype):  # byte order included
         raise RunnerInputError(
             f"input {spec.name!r} has dtype {value.dtype}, the model expects {spec.dtype}; "
             f"convert it with .astype(np.{spec.dtype})"
@@ -242,7 +252,7 @@ def _check_one(
                     f"multiples of {limits.batch_multiple} (its solver holds per-instance data "
                     f"for {limits.batch_multiple} instances); pad or split the batch"
                 )
-    if limits.finite is not None and value.size and np.issubdtype(value.dtype, np.floating):
+    if limits.finite is not None and value.size and value.dtype.kind == "f":
         _check_finite(spec.name, value, allow_inf=limits.finite == "no_nan")
     bounds = limits.ranges.get(spec.name)
     if bounds is not None and value.size:
@@ -331,6 +341,7 @@ class OnnxRunner:
         self.inputs = tuple(_info(arg) for arg in self.session.get_inputs())
         self.outputs = tuple(_info(arg) for arg in self.session.get_outputs())
         self.metadata = _metadata(self.session)
+        self.limits = InputLimits.from_metadata(self.metadata)  # read once, not per call
 
     @property
     def providers(self) -> list[str]:
@@ -339,7 +350,7 @@ class OnnxRunner:
 
     def run(self, inputs: Mapping[str, Any] | Sequence[Any] | Any) -> dict[str, np.ndarray]:
         """Check ``inputs`` (see :func:`check_inputs`) and run; returns ``{output name: array}``."""
-        feed = check_inputs(self.inputs, inputs, InputLimits.from_metadata(self.metadata))
+        feed = check_inputs(self.inputs, inputs, self.limits)
         values = self.session.run(None, feed)
         return {info.name: value for info, value in zip(self.outputs, values, strict=True)}
 

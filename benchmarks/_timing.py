@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,18 @@ def best_time(fn: Callable[[], object], *, repeats: int = 5, min_seconds: float 
             fn()
         rounds.append((time.perf_counter() - start) / calls)
     return min(rounds)
+
+
+def interleaved_times(
+    steps: Sequence[Callable[[], object]], rounds: int, repeats: int
+) -> list[float]:
+    """Seconds per call of each step: the minimum over ``rounds`` rotations through the steps
+    (so that a burst of load on the shared machine does not hit a single variant)."""
+    times = [math.inf] * len(steps)
+    for _ in range(rounds):
+        for index, step in enumerate(steps):
+            times[index] = min(times[index], best_time(step, repeats=repeats))
+    return times
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

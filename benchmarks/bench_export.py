@@ -6,17 +6,19 @@ does not depend on training). One thread everywhere (torch and onnxruntime), min
 repeated rounds; the rounds of eager PyTorch, TorchScript and onnxruntime alternate, so every
 ratio compares timings taken in the same run under the same machine load. Eager PyTorch runs
 the same inference path as the exports, in eval mode under ``torch.inference_mode``.
-onnxruntime is timed on ``InferenceSession.run`` (the runner's input checks add a few
-microseconds per call). ``ORT up to θ`` times the split export (the network before the solver);
-for a model whose solver is its last step (the grid model), eager / that time is the largest
-speed-up onnxruntime could reach with a free solver.
+onnxruntime is timed twice: ``InferenceSession.run`` alone, and ``OnnxRunner.run`` (``ORT
+runner``: the input checks every deployment through the runner pays, names, dtypes, sizes and a
+NaN/inf screen; eager PyTorch pays its own checks). ``ORT up to θ`` times the split export
+(the network before the solver); for a model whose solver is its last step (the grid model),
+eager / that time is the largest speed-up onnxruntime could reach with a free solver.
 
 The arithmetic floor bounds every speed-up: the matrix-product and convolution FLOPs of the
 path (``torch.utils.flop_counter``), divided by the best single-thread float32 rate measured
 in the same run (onnxruntime ``MatMul`` on square matrices and ``Conv`` on 64 channels). A
-float32 runtime doing that arithmetic cannot beat the floor by more than the measurement's
-noise, so "eager / floor" is about the largest speed-up over eager that an exporter could give
-("none" for a path without matrix products or convolutions: no floor bounds it).
+float32 runtime doing that arithmetic cannot beat the floor by more than the probe's margin
+(a kernel tuned for one shape can beat the probe's rate by a few percent), so "eager / floor"
+estimates the largest speed-up over eager that an exporter could give ("none" for a path
+without matrix products or convolutions: no floor bounds it).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def bench_model(
     exported = to_onnx(model, folder / f"{name}.onnx")
     theta = to_onnx(model, folder / f"{name}-theta.onnx", split=True)
     loaded = TorchScriptModel(scripted.path).module
-    session = OnnxRunner(exported.path, threads=1, providers=["CPUExecutionProvider"]).session
+    runner = OnnxRunner(exported.path, threads=1, providers=["CPUExecutionProvider"])
     theta_session = OnnxRunner(theta.path, threads=1, providers=["CPUExecutionProvider"]).session
     parameters = sum(p.numel() for p in model.parameters())
     export_row: list[object] = [
@@ -132,7 +134,7 @@ def bench_model(
         scripted.size_bytes / 1e6,
     ]
     rows = [
-        _latency_row(name, batch, model, path, loaded, (session, theta_session), repeats, peak)
+        _latency_row(name, batch, model, path, loaded, (runner, theta_session), repeats, peak)
         for batch in BATCH_SIZES
     ]
     return export_row, rows
@@ -144,25 +146,29 @@ def _latency_row(
     model: ZooModel,
     path: InferencePath,
     loaded: torch.jit.ScriptModule,
-    sessions: tuple[InferenceSession, InferenceSession],
+    sessions: tuple[OnnxRunner, InferenceSession],
     repeats: int,
     peak: float,
 ) -> list[object]:
-    """Eager, TorchScript and onnxruntime milliseconds per call at one batch size,
-    onnxruntime up to θ (the split export: the network before the solver), and the
-    arithmetic floor at ``peak`` FLOP/s with the speed-up over eager it allows."""
+    """Eager, TorchScript, onnxruntime (session alone, and through the runner's checks)
+    milliseconds per call at one batch size, onnxruntime up to θ (the split export: the
+    network before the solver), and the arithmetic floor at ``peak`` FLOP/s with the
+    speed-up over eager it allows."""
     inputs = tuple(model.example_inputs(batch))
     feed = {spec.name: value.numpy() for spec, value in zip(path.inputs, inputs, strict=True)}
-    session, theta_session = sessions
-    timings: list[list[float]] = [[], [], [], []]
+    runner, theta_session = sessions
+    session = runner.session
+    timings: list[list[float]] = [[], [], [], [], []]
     with torch.inference_mode():
-        for _ in range(repeats):  # interleaved rounds: all four see the same machine load
+        for _ in range(repeats):  # interleaved rounds: all five see the same machine load
             timings[0].append(best_time(lambda: as_tuple(path.module(*inputs)), repeats=1))
             timings[1].append(best_time(lambda: loaded(*inputs), repeats=1))
             timings[2].append(best_time(lambda: session.run(None, feed), repeats=1))
-            timings[3].append(best_time(lambda: theta_session.run(None, feed), repeats=1))
-    eager_s, script_s, ort_s, theta_s = (min(rounds) for rounds in timings)
+            timings[3].append(best_time(lambda: runner.run(feed), repeats=1))
+            timings[4].append(best_time(lambda: theta_session.run(None, feed), repeats=1))
+    eager_s, script_s, ort_s, runner_s, theta_s = (min(rounds) for rounds in timings)
     speed_ups = [f"{eager_s / script_s:.2f}x", f"{eager_s / ort_s:.2f}x"]
+    speed_ups.append(f"{eager_s / runner_s:.2f}x")
     floor_s = path_flops(path, inputs) / peak
     bound = [floor_s * 1e3, f"{eager_s / floor_s:.2f}x" if floor_s > 0 else "none"]
     return [
@@ -171,6 +177,7 @@ def _latency_row(
         eager_s * 1e3,
         script_s * 1e3,
         ort_s * 1e3,
+        runner_s * 1e3,
         *speed_ups,
         theta_s * 1e3,
         *bound,
@@ -198,8 +205,10 @@ def main() -> None:
         "eager",
         "TorchScript",
         "onnxruntime",
+        "ORT runner",
         "TS speed-up",
         "ORT speed-up",
+        "runner speed-up",
         "ORT up to θ",
         "floor",
         "eager / floor",

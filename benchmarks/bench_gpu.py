@@ -75,7 +75,7 @@ def inference_rows(device: torch.device, repeats: int, folder: Path) -> list[lis
         for batch in (1, 64):
             inputs = model.example_inputs(batch)
             on_device = move_to(inputs, device)
-            with torch.no_grad():
+            with torch.inference_mode():  # as bench_export.py
                 cpu_time = best_time(functools.partial(eager_cpu, *inputs), repeats=repeats)
                 device_time = best_time(
                     synchronized(functools.partial(eager_device, *on_device), device),

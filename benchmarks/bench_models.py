@@ -10,9 +10,11 @@ estimator's fixed cost per step shows), timed three ways in the same run:
   stand-in, z = z* + σ(θ) − sg(σ(θ)) with z* one fixed solution of the right shape (same
   values, shape and sparsity as a real sample; the gradient reaches θ through a sigmoid).
   ``ours / networks`` is what the solver, the noise and the estimator add.
-* **reference style**: the same networks and estimator, with the solver called once per
-  instance in NumPy/SciPy (``aimle_zoo.solvers.reference``) and Sum-of-Gamma noise drawn term by
-  term (one Gamma draw and one addition per term), as the reference implementation does.
+* **reference style**: the same networks and estimator with the reference implementation's
+  solvers and noise: top-k as one batched ``torch.topk`` and a scatter (as the reference's L2X
+  and VAE code call it), spanning trees and shortest paths once per instance in SciPy
+  (``aimle_zoo.solvers.reference``), and Sum-of-Gamma noise drawn term by term (one Gamma draw
+  and one addition per term).
 
 A second table splits one step of ours into the networks, the noise draw, the solver calls
 (forward plus backward batch) and the rest (estimator and glue). For top-k models it adds a
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _timing import best_time, print_table
+from _timing import best_time, interleaved_times, print_table
 from torch import Tensor, nn
 
 from aimle_zoo.estimators import AIMLE, DifferentiableSolver, Gumbel, SumOfGamma, expand_samples
@@ -41,7 +43,6 @@ from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.solvers import get_solver, solver_sense, solver_spec
 from aimle_zoo.solvers.reference.shortest_path import grid_shortest_path_scipy
 from aimle_zoo.solvers.reference.spanning_tree import spanning_tree_scipy
-from aimle_zoo.solvers.reference.topk import topk_argsort
 from aimle_zoo.solvers.spanning_tree import edges_to_matrix, matrix_to_edges
 from aimle_zoo.solvers.topk import _kth_largest_by_network
 
@@ -145,25 +146,37 @@ class TermByTermSumOfGamma(Noise):
         return {"name": self.name, "k": self.k, "iterations": self.iterations}
 
 
-class PerInstanceSolver:
-    """A solver that loops over the batch in Python, one NumPy/SciPy solve per instance."""
+class ReferenceSolver:
+    """A reference-style solver: ``solve`` on the whole batch, or (``per_instance``) looped over
+    the batch in Python, one NumPy/SciPy solve per instance."""
 
-    def __init__(self, solve: Callable[[Tensor], Tensor], sense: str) -> None:
+    def __init__(
+        self, solve: Callable[[Tensor], Tensor], sense: str, per_instance: bool = True
+    ) -> None:
         self.solve = solve
         self.sense = sense
+        self.per_instance = per_instance
 
     def __call__(self, theta: Tensor) -> Tensor:
+        if not self.per_instance:
+            return self.solve(theta)
         return torch.cat([self.solve(theta[i : i + 1]) for i in range(theta.shape[0])])
 
 
-def per_instance_solver(solver: Any) -> PerInstanceSolver:
-    """The per-instance reference counterpart of a model's registered solver."""
+def _torch_topk_mask(theta: Tensor, k: int) -> Tensor:
+    """The k-hot mask of ``torch.topk`` (the reference's batched top-k)."""
+    indices = torch.topk(theta, k, dim=-1, sorted=False).indices
+    return torch.zeros_like(theta).scatter_(-1, indices, 1.0)
+
+
+def reference_solver(solver: Any) -> ReferenceSolver:
+    """The reference implementation's counterpart of a model's registered solver."""
     params = dict(getattr(solver, "params", {}))
     spec = solver_spec(solver)
     name = spec.name if spec is not None else type(solver).__name__
     if name == "topk":
-        k, ties = params["k"], params.get("ties", "exact")
-        return PerInstanceSolver(lambda t: topk_argsort(t, k, ties), "max")
+        k = int(params["k"])
+        return ReferenceSolver(lambda t: _torch_topk_mask(t, k), "max", per_instance=False)
     if name == "mst_edges":
 
         def tree(theta: Tensor) -> Tensor:
@@ -171,9 +184,9 @@ def per_instance_solver(solver: Any) -> PerInstanceSolver:
             weights = (scores + scores.transpose(1, 2)) / 2
             return matrix_to_edges(spanning_tree_scipy(weights))
 
-        return PerInstanceSolver(tree, "max")
+        return ReferenceSolver(tree, "max")
     if name == "dijkstra":
-        return PerInstanceSolver(grid_shortest_path_scipy, solver_sense(solver))
+        return ReferenceSolver(grid_shortest_path_scipy, solver_sense(solver))
     raise KeyError(f"no reference solver for {name!r}")
 
 
@@ -216,15 +229,24 @@ def variants(model: ZooModel, batch: Batch) -> tuple[ZooModel, ZooModel]:
     estimator = layer.estimator
     if isinstance(estimator.noise, SumOfGamma):
         estimator.noise = TermByTermSumOfGamma(estimator.noise.k, estimator.noise.iterations)
-    reference.latent_layer = DifferentiableSolver(per_instance_solver(layer.solver), estimator)
+    reference.latent_layer = DifferentiableSolver(reference_solver(layer.solver), estimator)
     return networks, reference
 
 
 def solver_batches(estimator: AIMLE, theta: Tensor) -> list[Tensor]:
-    """The solver inputs of one AIMLE step: ``[B·N, *S]`` forward, then the backward batch."""
+    """The solver inputs of one AIMLE step: ``[B·N, *S]`` forward, then the backward batch,
+    each θ plus a fresh noise draw (noise-free rows would repeat each instance N times, which
+    favours data-dependent solvers such as ``torch.topk``)."""
     tiled = expand_samples(theta, estimator.samples)
-    backward = tiled if estimator.reuses_forward_sample else torch.cat([tiled, tiled])
-    return [tiled, backward]
+
+    def perturbed() -> Tensor:
+        if estimator.noise is None:
+            return tiled
+        return tiled + estimator.input_temperature * estimator.noise.sample(tiled.shape)
+
+    forward = perturbed()
+    backward = forward if estimator.reuses_forward_sample else torch.cat([perturbed(), perturbed()])
+    return [forward, backward]
 
 
 def breakdown(model: ZooModel, theta: Tensor, repeats: int) -> tuple[float, float]:
@@ -269,16 +291,6 @@ def lower_bound(model: ZooModel, theta: Tensor, repeats: int) -> float | None:
     gumbel = Gumbel()
     gumbel_time = best_time(lambda: gumbel.sample(shape), repeats=repeats)
     return topk_time + gumbel_time
-
-
-def interleaved_times(steps: list[Callable[[], None]], rounds: int, repeats: int) -> list[float]:
-    """Seconds per call of each step: the minimum over ``rounds`` rotations through the steps
-    (so that a burst of load on the shared machine does not hit a single variant)."""
-    times = [math.inf] * len(steps)
-    for _ in range(rounds):
-        for index, step in enumerate(steps):
-            times[index] = min(times[index], best_time(step, repeats=repeats))
-    return times
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 import torch
-from _timing import best_time, print_table
+from _timing import interleaved_times, print_table
 from torch import Tensor
 
 from aimle_zoo import AIMLE, AdaptiveTarget, DifferentiableSolver, get_solver
@@ -37,13 +37,14 @@ def _tree_weights(batch: int, n: int) -> Tensor:
     return (w + w.transpose(1, 2)) / 2
 
 
-def _loop_time(loop: Loop, theta: Tensor, cap: int, quick: bool) -> tuple[float, str]:
-    """Seconds for the whole batch; loops over more than ``cap`` instances are extrapolated."""
+def _loop_call(loop: Loop, theta: Tensor, cap: int) -> tuple[Callable[[], object], float, str]:
+    """A call of ``loop`` on the batch, or on its first ``cap`` instances when larger, with the
+    factor that scales its time to the whole batch and the mark of an extrapolated time."""
     batch = theta.shape[0]
     if batch <= cap:
-        return best_time(lambda: loop(theta), repeats=2 if quick else 3), ""
+        return lambda: loop(theta), 1.0, ""
     part = theta[:cap]
-    return best_time(lambda: loop(part), repeats=2 if quick else 3) * batch / cap, "*"
+    return lambda: loop(part), batch / cap, "*"
 
 
 def solver_rows(quick: bool) -> list[list[object]]:
@@ -60,12 +61,16 @@ def solver_rows(quick: bool) -> list[list[object]]:
         for n in (10, 50)
     ]  # fmt: skip
     rows: list[list[object]] = []
+    rounds, repeats = (1, 2) if quick else (3, 3)
     for name, size, ours, make, scipy_loop, nx_loop in cases:
         for batch in (1, 64, 256, 1024):
             theta = make(batch)
-            t_ours = best_time(lambda o=ours, t=theta: o(t), repeats=3 if quick else 5)
-            t_scipy, mark_s = _loop_time(scipy_loop, theta, 64, quick)
-            t_nx, mark_n = _loop_time(nx_loop, theta, 8 if size == "30x30" else 16, quick)
+            scipy_call, scipy_scale, mark_s = _loop_call(scipy_loop, theta, 64)
+            nx_cap = 8 if size == "30x30" else 16
+            nx_call, nx_scale, mark_n = _loop_call(nx_loop, theta, nx_cap)
+            calls = [lambda o=ours, t=theta: o(t), scipy_call, nx_call]
+            t_ours, t_scipy, t_nx = interleaved_times(calls, rounds, repeats)
+            t_scipy, t_nx = t_scipy * scipy_scale, t_nx * nx_scale
             rows.append(
                 [
                     name, size, batch, t_ours * 1e3,
@@ -90,9 +95,12 @@ def topk_rows(quick: bool) -> list[list[object]]:
             # Each call gets other values, as in training: torch.topk's partial sort branches
             # on the data, and repeating one input would let the branch predictor learn it.
             inputs = itertools.cycle([torch.randn(batch, n) for _ in range(8)])
-            repeats = 3 if quick else 7
-            t_raw = best_time(lambda i=inputs, k=k: torch.topk(next(i), k), repeats=repeats)
-            t_ours = best_time(lambda i=inputs, s=solver: s(next(i)), repeats=repeats)
+            # sorted=False: the indicator needs the set, not its order (ours does not sort)
+            calls = [
+                lambda i=inputs, k=k: torch.topk(next(i), k, sorted=False),
+                lambda i=inputs, s=solver: s(next(i)),
+            ]
+            t_raw, t_ours = interleaved_times(calls, 3 if quick else 7, 1)
             rows.append([f"n={n}, k={k}", batch, t_raw * 1e6, t_ours * 1e6, t_ours / t_raw])
     return rows
 
@@ -120,8 +128,8 @@ def _step_times(
             theta = (theta + theta.transpose(1, 2)) / 2
         readout(layer(theta).reshape(batch, -1)).sum().backward()
 
-    repeats = 3 if quick else 5
-    return best_time(plain, repeats=repeats), best_time(aimle_step, repeats=repeats)
+    t_plain, t_step = interleaved_times([plain, aimle_step], 3 if quick else 5, 1)
+    return t_plain, t_step
 
 
 def step_rows(quick: bool) -> list[list[object]]:
@@ -140,23 +148,33 @@ def step_rows(quick: bool) -> list[list[object]]:
 
 
 _MEMORY_PROBE = """
-import resource, sys, torch
+import sys, torch
 torch.set_num_threads(1)
 from aimle_zoo import get_solver
+
+def status(field):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field + ":"))
+
 solver, batch = get_solver("dijkstra"), int(sys.argv[1])
+theta = torch.rand(batch, 30, 30) * 9 + 0.5
 solver(torch.rand(2, 30, 30) * 9 + 0.5)  # warm-up: allocator, lazy initialisation
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-solver(torch.rand(batch, 30, 30) * 9 + 0.5)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset the peak resident size (VmHWM) to the current one
+before = status("VmRSS")
+solver(theta)
+print(status("VmHWM") - before)
 """
 
 
 def memory_rows() -> list[list[object]]:
-    """Peak resident memory added by one grid-solver call, each batch in a fresh process.
+    """Peak resident memory added by one grid-solver call, each batch in a fresh process
+    (Linux: the peak is reset to the current resident size just before the call).
 
-    Linear scaling shows as a constant number of KiB per instance.
+    Linear scaling shows as a constant slope: KiB per added instance between batch sizes.
     """
     rows: list[list[object]] = []
+    previous: tuple[int, int] | None = None
     for batch in (512, 2048, 8192):
         done = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, str(batch)],
@@ -165,7 +183,9 @@ def memory_rows() -> list[list[object]]:
             check=True,
         )
         growth_kib = int(done.stdout.strip())
-        rows.append(["dijkstra 30x30", batch, growth_kib / 1024, growth_kib / batch])
+        slope = "-" if previous is None else (growth_kib - previous[1]) / (batch - previous[0])
+        rows.append(["dijkstra 30x30", batch, growth_kib / 1024, growth_kib / batch, slope])
+        previous = (batch, growth_kib)
     return rows
 
 
@@ -188,7 +208,10 @@ def main() -> None:
         step_rows(args.quick),
     )
     print("\n## Peak memory of one grid-solver call (fresh process per batch)\n")
-    print_table(["solver", "batch", "peak RSS growth MiB", "KiB per instance"], memory_rows())
+    print_table(
+        ["solver", "batch", "peak RSS growth MiB", "KiB per instance", "KiB per added instance"],
+        memory_rows(),
+    )
     print("\n* per-example loop timed on a slice of the batch and scaled linearly")
 
 

@@ -47,7 +47,9 @@ def _prim_parents(weights: Tensor, maximum: bool, mask: Tensor | None) -> Tensor
 
     Per step, with ``best[v] = max_{u in tree} s_uv`` over the outside vertices (``s = ±w`` with
     -inf on forbidden edges): ``v* = argmax_v best[v]`` joins the tree, then
-    ``best[v] <- max(best[v], s_{v* v})``.
+    ``best[v] <- max(best[v], s_{v* v})`` for the vertices still outside. The joining vertex's
+    row of scores is read as one row of the flat ``[B·n, n]`` scores, and the tree vertices
+    are masked on the ``[B, n]`` rows (nothing is written into the ``[B, n, n]`` scores).
     """
     batch, n = weights.shape[0], weights.shape[-1]
     vertices = torch.arange(n, device=weights.device)  # [n]
@@ -57,13 +59,17 @@ def _prim_parents(weights: Tensor, maximum: bool, mask: Tensor | None) -> Tensor
     signed = weights if maximum else -weights
     score = torch.where(allowed, signed, float("-inf"))  # [B, n, n], a fresh tensor
     score[:, :, 0] = float("-inf")  # no edge may enter the root
+    rows = score.reshape(batch * n, n)  # [B·n, n] row b·n + u: the offers of vertex u
+    row_offsets = torch.arange(batch, device=weights.device) * n  # [B]
     best = score[:, 0, :].clone()  # [B, n] best edge from the tree to each vertex
     parent = torch.where(best > float("-inf"), 0, -1)  # [B, n]
+    in_tree = vertices.eq(0).expand(batch, n).clone()  # [B, n]
     for _ in range(n - 1):
         joining = best.argmax(dim=1, keepdim=True)  # [B, 1] first index on ties
-        best.scatter_(1, joining, float("-inf"))
-        score.scatter_(2, joining.unsqueeze(1).expand(batch, n, 1), float("-inf"))
-        offered = score.gather(1, joining.unsqueeze(2).expand(batch, 1, n)).squeeze(1)  # [B, n]
+        in_tree.scatter_(1, joining, True)
+        offered = rows.index_select(0, joining.squeeze(1) + row_offsets)  # [B, n]
+        offered.masked_fill_(in_tree, float("-inf"))
+        best.masked_fill_(in_tree, float("-inf"))
         closer = offered > best  # [B, n] strict: earlier tree vertices keep ties
         best = torch.where(closer, offered, best)
         parent = torch.where(closer, joining, parent)

@@ -47,6 +47,7 @@ from .runner import (
     ModelFileError as ModelFileError,
     OnnxRunner as OnnxRunner,
     RunnerInputError as RunnerInputError,
+    SolverRefusedError as SolverRefusedError,
     select_providers as select_providers,
 )
 from .torchscript import to_torchscript as to_torchscript

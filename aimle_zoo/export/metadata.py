@@ -129,6 +129,8 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no exported model at {file}")
+    if file.stat().st_size == 0:
+        raise ValueError(f"{file} is empty (an interrupted copy?); export the model again")
     with file.open("rb") as handle:
         magic = handle.read(4)
     if magic == _ZIP_MAGIC:

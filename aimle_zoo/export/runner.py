@@ -53,6 +53,13 @@ ONNX_DTYPES: dict[str, Any] = {
 
 _METADATA_KEY = "aimle_zoo"
 
+#: Solvers whose exported graph marks the instances eager PyTorch refuses (a negative-cost
+#: cycle before the target, an unreachable target, a non-finite cost) with NaN rows, since an
+#: ONNX graph cannot raise.
+NAN_ROW_SOLVERS = frozenset(
+    ("graph_shortest_path", "grid_shortest_path", "dijkstra", "shortest_path")
+)
+
 
 class ModelFileError(OSError):
     """An exported model file is missing, empty, truncated or not an ONNX model."""
@@ -60,6 +67,10 @@ class ModelFileError(OSError):
 
 class RunnerInputError(ValueError):
     """Inputs do not match the exported model (names, dtypes, ranks or sizes)."""
+
+
+class SolverRefusedError(RunnerInputError):
+    """The solver inside the graph found no solution for some instances (NaN rows)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,8 @@ class InputLimits:
             a graph shortest path on an adjacency matrix reads an infinite cost as a missing
             edge) or ``None`` (no check: a module of the user's, whose contract the metadata
             does not know).
+        nan_rows: the names of the solvers inside whose NaN rows in an output mark instances
+            eager PyTorch refuses (:data:`NAN_ROW_SOLVERS`); empty when there are none.
     """
 
     minimums: Mapping[str, int] = field(default_factory=dict)
@@ -121,6 +134,7 @@ class InputLimits:
     finite: str | None = None
     forms: Mapping[str, str] = field(default_factory=dict)
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    nan_rows: tuple[str, ...] = ()
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> InputLimits:
@@ -138,16 +152,22 @@ class InputLimits:
                 elif spec.get("bounded"):
                     bounds[name] = (float(low), float(high))
         finite = None
+        solvers = [info for info in metadata.get("solvers") or [] if isinstance(info, dict)]
         if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
             takes_inf = any(
                 info.get("name") == "graph_shortest_path"
                 and "adjacency" in (info.get("params") or {})
-                for info in metadata.get("solvers") or []
+                for info in solvers
             )
             finite = "no_nan" if takes_inf else "finite"
         forms = {str(k): str(v) for k, v in (metadata.get("size_forms") or {}).items()}
         batch_multiple = int(metadata.get("batch_multiple") or 1)
-        return cls(minimums, ranges, batch_multiple, finite, forms, bounds)
+        nan_rows = tuple(
+            sorted({str(info["name"]) for info in solvers if info.get("name") in NAN_ROW_SOLVERS})
+        )
+        if metadata.get("solver_after"):  # a split export: the solver runs after onnxruntime
+            nan_rows = ()
+        return cls(minimums, ranges, batch_multiple, finite, forms, bounds, nan_rows)
 
 
 def check_inputs(
@@ -282,6 +302,27 @@ def _is_pronic(size: int) -> bool:
     return size >= 0 and n * (n - 1) == size
 
 
+def check_outputs(outputs: Mapping[str, np.ndarray], limits: InputLimits) -> None:
+    """Raise :class:`SolverRefusedError` when a solver listed in ``limits.nan_rows`` marked
+    instances as refused: NaN in a floating output, which the solvers never return for inputs
+    eager PyTorch accepts."""
+    if not limits.nan_rows:
+        return
+    for name, value in outputs.items():
+        if value.dtype.kind != "f" or not value.size or not np.isnan(value.sum(dtype=np.float64)):
+            continue
+        rows = np.flatnonzero(np.isnan(value).reshape(value.shape[0], -1).any(axis=1))
+        if len(rows) == 0:
+            continue  # the sum overflowed
+        shown = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise SolverRefusedError(
+            f"output {name!r} is NaN in instance(s) {shown}: the {', '.join(limits.nan_rows)} "
+            "solver found no valid solution there (a negative-cost cycle before the target, an "
+            "unreachable target, or a NaN or infinite cost on a real edge); eager PyTorch "
+            "raises SolverInputError on these inputs. Check the costs of those instances"
+        )
+
+
 def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
     """Refuse NaN (and ±inf unless ``allow_inf``), naming the instances (rows) that hold them.
 
@@ -309,6 +350,9 @@ class OnnxRunner:
         providers: execution providers (default :func:`select_providers`: CUDA when
             available, else CPU).
         threads: intra-op threads (default: onnxruntime's choice).
+        require_metadata: refuse a file without aimle_zoo's metadata (default). Its value
+            checks (NaN/inf, bounds, minimum sizes, refused solver instances) need it; pass
+            ``False`` to run another ONNX file with the name, dtype and shape checks alone.
     """
 
     def __init__(
@@ -317,6 +361,7 @@ class OnnxRunner:
         *,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        require_metadata: bool = True,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -341,6 +386,13 @@ class OnnxRunner:
         self.inputs = tuple(_info(arg) for arg in self.session.get_inputs())
         self.outputs = tuple(_info(arg) for arg in self.session.get_outputs())
         self.metadata = _metadata(self.session)
+        if require_metadata and not self.metadata:
+            raise ModelFileError(
+                f"{self.path} carries no aimle_zoo metadata (it was not written by "
+                "aimle_zoo.export.to_onnx, or a tool stripped its metadata_props), so the "
+                "runner cannot check input values; export it again, or pass "
+                "require_metadata=False to run it with name, dtype and shape checks only"
+            )
         self.limits = InputLimits.from_metadata(self.metadata)  # read once, not per call
 
     @property
@@ -352,7 +404,9 @@ class OnnxRunner:
         """Check ``inputs`` (see :func:`check_inputs`) and run; returns ``{output name: array}``."""
         feed = check_inputs(self.inputs, inputs, self.limits)
         values = self.session.run(None, feed)
-        return {info.name: value for info, value in zip(self.outputs, values, strict=True)}
+        outputs = {info.name: value for info, value in zip(self.outputs, values, strict=True)}
+        check_outputs(outputs, self.limits)
+        return outputs
 
     __call__ = run
 

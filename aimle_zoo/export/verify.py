@@ -216,10 +216,13 @@ def compare(
             diffs[name] = float("inf")
             continue
         got64, want64 = got.astype(np.float64), want.astype(np.float64)
-        both_nan = np.isnan(got64) & np.isnan(want64)
-        gap = np.where(both_nan, 0.0, np.abs(got64 - want64))
+        with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity
+            same = (got64 == want64) | (np.isnan(got64) & np.isnan(want64))
+            gap = np.where(same, 0.0, np.abs(got64 - want64))
+        # an infinite eager value must be matched exactly, not within rtol·inf
+        limit = np.where(np.isfinite(want64), atol + rtol * np.abs(want64), 0.0)
         diffs[name] = float(np.nan_to_num(gap, nan=np.inf).max()) if gap.size else 0.0
-        bad = ~(gap <= atol + rtol * np.abs(want64))
+        bad = ~(gap <= limit)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             problems.append(

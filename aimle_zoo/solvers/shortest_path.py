@@ -250,19 +250,22 @@ def grid_shortest_path(theta: Tensor, neighbourhood: int = 8) -> Tensor:
     current = torch.full((1, batch), height * width - 1, dtype=torch.long, device=theta.device)
     visited = [current]
     steps = 0
-    while not bool((current == 0).all()):
-        if steps >= height * width:  # only with non-finite costs, which the modules reject
-            raise SolverInputError(
-                "grid_shortest_path: the path could not be traced back in instance(s) "
-                f"{_instances((current != 0).squeeze(0))}; are all costs finite?"
-            )
+    # bounded, so that an ONNX export (which drops the raise) stops on non-finite costs too
+    while not bool((current == 0).all()) and steps < height * width:
         for _ in range(max(rounds, 1)):
             current = predecessor.gather(0, current)  # [1, B]
             visited.append(current)
         steps += max(rounds, 1)
+    untraced = (current != 0).squeeze(0)  # [B]; only with non-finite costs (modules refuse them)
+    if bool(untraced.any()):
+        raise SolverInputError(
+            "grid_shortest_path: the path could not be traced back in instance(s) "
+            f"{_instances(untraced)}; are all costs finite?"
+        )
     path = torch.zeros((height * width, batch), dtype=theta.dtype, device=theta.device)
     path = path.scatter(0, torch.cat(visited, dim=0), 1.0)  # [H*W, B]
-    return path.t().reshape(batch, height, width)
+    path = path.t().reshape(batch, height, width)
+    return path.masked_fill(untraced.view(-1, 1, 1), float("nan"))  # the raise compiled away
 
 
 # ----------------------------------------------------------------------------- general graphs
@@ -285,7 +288,7 @@ def _reachable_from(seed: Tensor, tails: Tensor, heads: Tensor) -> Tensor:
         grown = reach.scatter_reduce(1, head_index, reach.index_select(1, tails), "amax")
         growing = bool((grown > reach).any())
         reach = grown
-    return reach > 0
+    return reach > 0.0
 
 
 def graph_shortest_path(
@@ -303,7 +306,9 @@ def graph_shortest_path(
     (DAGs with negative costs included). An improvement at round ``V`` proves a negative cycle;
     the vertices reachable from the improved ones have unbounded distance, and if a target is
     among them, or cannot be reached at all, a :class:`SolverInputError` names the instances.
-    Parallel edges and self-loops are allowed. Scriptable with ``torch.jit.script``.
+    Parallel edges and self-loops are allowed. Scriptable with ``torch.jit.script``; every loop
+    is bounded, so an ONNX export (which drops the raises) stops too, and returns NaN rows for
+    the instances eager PyTorch would refuse (also those with a NaN or ±inf edge cost).
 
     Args:
         cost: edge costs ``[B, E]``; float32 or float64 (other dtypes run in float32).
@@ -315,11 +320,19 @@ def graph_shortest_path(
 
     Returns:
         ``[B, E]`` 0/1 indicators of the path edges (all 0 when source = target) and
-        ``[B, V]`` 0/1 indicators of its vertices, both in the dtype of ``cost``.
+        ``[B, V]`` 0/1 indicators of its vertices, both in the dtype of ``cost`` (NaN rows
+        for refused instances, only where the raises are compiled away).
     """
     out_dtype = cost.dtype
     cost = cost.detach().to(torch.float64 if cost.dtype == torch.float64 else torch.float32)
     batch, num_edges = cost.shape[0], cost.shape[1]
+    non_finite = torch.logical_not(torch.isfinite(cost)).any(dim=1)  # [B]
+    if bool(non_finite.any()):  # the modules check first in eager mode; scripted ones here
+        raise SolverInputError(
+            "graph_shortest_path: NaN or infinite edge costs in instance(s) "
+            f"{_instances(non_finite)}; give every edge a finite cost (an adjacency's entries "
+            "off the graph may be ±inf)."
+        )
     dist = torch.full((batch, num_nodes), float("inf"), dtype=cost.dtype, device=cost.device)
     dist = dist.scatter(1, source.unsqueeze(1), 0.0)  # d_0
     settle_round = torch.zeros((batch, num_nodes), dtype=torch.long, device=cost.device)
@@ -348,6 +361,8 @@ def graph_shortest_path(
             "every cycle's total cost non-negative (e.g. use a DAG, or non-negative costs)."
         )
     unreachable = torch.isinf(dist.gather(1, target.unsqueeze(1)).squeeze(1))  # [B]
+    # [B]; a NaN cost (which the modules refuse) leaves no distance NaN, so it is tested here
+    refused = torch.logical_or(torch.logical_or(hit, unreachable), non_finite)  # [B]
     if bool(unreachable.any()):
         raise SolverInputError(
             "graph_shortest_path: the target cannot be reached from the source in "
@@ -367,13 +382,7 @@ def graph_shortest_path(
     path_edges = [torch.full((batch, 1), num_edges, dtype=torch.long, device=cost.device)]
     path_vertices = [current]
     steps = 0
-    while bool((current != start).any()):
-        if steps >= num_nodes:
-            raise SolverInputError(
-                "graph_shortest_path: the path could not be traced back in instance(s) "
-                f"{_instances((current != start).squeeze(1))}: a cycle whose cost is zero up "
-                "to floating-point rounding; round the costs or use float64."
-            )
+    while bool((current != start).any()) and steps < num_nodes:
         for _ in range(max(rounds, 1)):
             active = current != start  # [B, 1]
             edge = predecessor_edge.gather(1, current)  # [B, 1]
@@ -381,11 +390,20 @@ def graph_shortest_path(
             current = torch.where(active, tail_index.gather(1, edge), current)
             path_vertices.append(current)
         steps += max(rounds, 1)
+    untraced = (current != start).squeeze(1)  # [B]
+    if bool(untraced.any()):
+        raise SolverInputError(
+            "graph_shortest_path: the path could not be traced back in instance(s) "
+            f"{_instances(untraced)}: a cycle whose cost is zero up to floating-point "
+            "rounding; round the costs or use float64."
+        )
+    refused = torch.logical_or(refused, untraced).unsqueeze(1)  # [B, 1]
     on_path = torch.zeros((batch, num_edges + 1), dtype=out_dtype, device=cost.device)
     on_path = on_path.scatter(1, torch.cat(path_edges, dim=1), 1.0)  # column E: no edge
     visited = torch.zeros((batch, num_nodes), dtype=out_dtype, device=cost.device)
     visited = visited.scatter(1, torch.cat(path_vertices, dim=1), 1.0)
-    return on_path[:, :num_edges], visited
+    nan = float("nan")
+    return on_path[:, :num_edges].masked_fill(refused, nan), visited.masked_fill(refused, nan)
 
 
 def _per_instance(values: Tensor, batch: int) -> Tensor:

@@ -283,10 +283,12 @@ def test_non_finite_inputs_are_refused_as_eager_pytorch_refuses_them(
             with pytest.raises(RunnerInputError, match=r"NaN or inf values in instance\(s\) 1;"):
                 model.run({name: wrong})
         assert model.run({name: maps.numpy()})
-    graph = get_solver("graph_shortest_path", adjacency=torch.ones(4, 4, dtype=torch.bool))
+    adjacency = torch.ones(4, 4, dtype=torch.bool)
+    adjacency[1, 2] = False
+    graph = get_solver("graph_shortest_path", adjacency=adjacency)
     runner = OnnxRunner(to_onnx(graph, tmp_path / "graph.onnx").path)
     costs = np.ones((2, 4, 4), np.float32)
-    costs[0, 1, 2] = np.inf  # no edge 1 -> 2
+    costs[0, 1, 2] = np.inf  # off the graph: ignored
     assert runner.run({"theta": costs})
     costs[1, 0, 3] = np.nan
     with pytest.raises(RunnerInputError, match=r"holds NaN values in instance\(s\) 1;"):
@@ -327,3 +329,128 @@ def test_an_edge_count_that_is_not_n_times_n_minus_1_is_refused(tmp_path: Path) 
                 model.run({"theta": np.random.rand(2, bad).astype(np.float32)})
         theta = torch.randn(3, 20)
         np.testing.assert_array_equal(model.run({"theta": theta.numpy()})["z"], solver(theta))
+
+
+def _graph_with_a_cycle() -> tuple[nn.Module, np.ndarray]:
+    """A 5-vertex graph 0 → 1 ⇄ 2, 1 → 3 → 4 (edge list) and costs for three instances:
+    plain, a negative cycle 1 → 2 → 1 on the way to the target, and an unreachable target."""
+    solver = get_solver("graph_shortest_path", edge_index=[[0, 1, 2, 1, 3], [1, 2, 1, 3, 4]])
+    costs = np.array(
+        [[1.0, 1.0, 1.0, 1.0, 1.0], [1.0, -2.0, -2.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]],
+        np.float32,
+    )
+    return solver, costs
+
+
+def test_instances_a_graph_path_solver_refuses_come_out_of_onnx_as_nan_rows(
+    tmp_path: Path,
+) -> None:
+    """An ONNX graph cannot raise: the instances eager PyTorch refuses (a negative cycle before
+    the target, an unreachable target) come out as NaN rows, and the runner raises on them."""
+    import onnxruntime as ort
+
+    from aimle_zoo.export.runner import SolverRefusedError
+    from aimle_zoo.solvers import SolverInputError
+
+    solver, costs = _graph_with_a_cycle()
+    adjacency = get_solver("graph_shortest_path", adjacency=torch.ones(3, 3, dtype=torch.bool))
+    for module, path in ((solver, tmp_path / "edges.onnx"), (adjacency, tmp_path / "adj.onnx")):
+        to_onnx(module, path)
+    with pytest.raises(SolverInputError, match=r"negative-cost cycle .* instance\(s\) \[1\]"):
+        solver(torch.from_numpy(costs[:2]))
+    session = ort.InferenceSession(str(tmp_path / "edges.onnx"))
+    (z,) = session.run(None, {"theta": costs[:2]})
+    assert np.isnan(z[1]).all() and not np.isnan(z[0]).any()
+    np.testing.assert_array_equal(z[0], solver(torch.from_numpy(costs[:1]))[0].numpy())
+    with pytest.raises(SolverRefusedError, match=r"output 'z' is NaN in instance\(s\) 1:"):
+        OnnxRunner(tmp_path / "edges.onnx").run({"theta": costs[:2]})
+
+    # the adjacency form: +inf off the graph is a missing edge, on a real edge it is refused
+    square = np.ones((3, 3, 3), np.float32)
+    square[1, 0, 1] = np.inf  # instance 1: edge 0 -> 1 costs +inf
+    square[2, :, 2] = np.inf  # instance 2: every edge into the target 2 costs +inf
+    eager = [adjacency(torch.from_numpy(square[i : i + 1])) for i in (0,)]
+    with pytest.raises(SolverInputError, match=r"NaN or inf values in instance\(s\) 1, 2"):
+        adjacency(torch.from_numpy(square))
+    (z,) = ort.InferenceSession(str(tmp_path / "adj.onnx")).run(None, {"theta": square})
+    assert np.isnan(z[1:]).all() and np.array_equal(z[0], eager[0][0].numpy())
+    with pytest.raises(SolverRefusedError, match=r"instance\(s\) 1, 2:"):
+        OnnxRunner(tmp_path / "adj.onnx").run({"theta": square})
+    scripted = torch.jit.script(adjacency)  # TorchScript keeps the raises
+    with pytest.raises(torch.jit.Error, match=r"NaN or infinite edge costs in instance\(s\)"):
+        scripted(torch.from_numpy(square))
+
+
+def test_a_grid_path_exported_to_onnx_stops_on_non_finite_costs(tmp_path: Path) -> None:
+    """A raw onnxruntime session (no runner checks) given costs eager PyTorch refuses stops:
+    on NaN with an error or NaN rows, never looping for ever nor returning a plain path; a
+    +inf cell is a wall that the path goes round."""
+    import onnxruntime as ort
+
+    solver = get_solver("grid_shortest_path")
+    to_onnx(solver, tmp_path / "grid.onnx")
+    session = ort.InferenceSession(str(tmp_path / "grid.onnx"))
+    costs = np.random.default_rng(0).random((3, 6, 7)).astype(np.float32)
+    costs[1, 2, 3] = np.nan
+    try:
+        (z,) = session.run(None, {"theta": costs})
+        assert np.isnan(z[1]).any()
+    except Exception as err:  # onnxruntime's own error types
+        assert "ONNXRuntimeError" in str(err)
+    costs[1, 2, 3] = np.inf
+    (z,) = session.run(None, {"theta": costs})
+    assert z[1, 2, 3] == 0 and z[1, 0, 0] == z[1, -1, -1] == 1
+
+
+def test_a_file_without_the_metadata_needs_require_metadata_false(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    """Without the metadata the value checks (NaN, bounds, minimum sizes) cannot run: the
+    runner refuses such a file unless asked to run it with the structural checks alone."""
+    import onnx
+
+    item = exported["l2x_tabular"]
+    proto = onnx.load(str(item.onnx))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "stripped.onnx"))
+    with pytest.raises(ModelFileError, match=r"no aimle_zoo metadata .* require_metadata=False"):
+        OnnxRunner(tmp_path / "stripped.onnx")
+    runner = OnnxRunner(tmp_path / "stripped.onnx", require_metadata=False)
+    features = item.model.example_inputs(2)[0].numpy()
+    np.testing.assert_array_equal(
+        runner.run({"features": features})["mask"],
+        OnnxRunner(item.onnx).run({"features": features})["mask"],
+    )
+    with pytest.raises(RunnerInputError, match="dtype float64"):
+        runner.run({"features": features.astype(np.float64)})
+
+
+def test_outputs_that_are_the_same_infinity_verify(tmp_path: Path) -> None:
+    """Masked logits (-inf off the selection) are equal in eager and in the file; a finite
+    value where eager gives an infinity is a mismatch, whatever the relative tolerance."""
+    from aimle_zoo.export._paths import TensorSpec
+    from aimle_zoo.export.verify import compare
+
+    class MaskedLogits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.score = nn.Linear(6, 1)
+            self.pick = DifferentiableSolver("topk", k=2)
+
+        def forward(self, x: Tensor) -> Tensor:  # [B, n, 6] -> [B, n]
+            scores = self.score(x).squeeze(-1)
+            return scores.masked_fill(self.pick(scores) == 0, float("-inf"))
+
+    model = MaskedLogits().eval()
+    example = (torch.randn(2, 8, 6),)
+    for export, name in ((to_onnx, "masked.onnx"), (to_torchscript, "masked.pt")):
+        export(model, tmp_path / name, example_inputs=example)
+        assert verify(model, tmp_path / name).passed
+
+    def finite_instead(values: tuple[Tensor, ...]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [np.nan_to_num(model(*values).numpy(), neginf=-3e38)]  # float32's end
+
+    spec = TensorSpec("x", "float32", ("batch", "n", 6))
+    case = compare(model, finite_instead, example, [spec], ["logits"], atol=1e-4, rtol=1e-4)
+    assert not case.passed and "vs eager -inf" in case.problem

@@ -49,6 +49,7 @@ from ._base import (
     check_temperature,
     combine_differences,
     scaled_noise,
+    skipped_gradient,
 )
 from .noise import NoiseLike, make_noise
 from .targets import AdaptiveTarget, TargetLike, make_target, times_step
@@ -74,8 +75,10 @@ class _AIMLEFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: AIMLE = ctx.estimator
-        check_incoming_gradient(dy, "aimle")
         theta_tiled, eps, z = ctx.saved_tensors  # [B·N, *S] each
+        if not check_incoming_gradient(dy, "aimle"):
+            skipped = skipped_gradient(theta_tiled, (ctx.batch, *theta_tiled.shape[1:]))
+            return skipped, None, None, None
         step = estimator.target.step_size(theta_tiled, dy)  # λ
         move = times_step(step if ctx.minimize else -step, dy)  # θ_R − θ = ∓λ·dy
         noise = scaled_noise(eps, estimator.target_temperature)  # τ_t·ε
@@ -97,7 +100,7 @@ class _AIMLEFunction(torch.autograd.Function):
             minimize=ctx.minimize,
         )
         estimator._record(gradient, step)
-        return gradient, None, None, None
+        return gradient.to(theta_tiled.dtype), None, None, None
 
 
 def _paired_difference(

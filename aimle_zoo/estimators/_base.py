@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..solvers import SolverInputError, may_hold_bad_values, solver_sense, solver_spec
+from ..solvers._base import format_instances
 from .noise import Noise
 
 __all__ = [
@@ -114,7 +115,20 @@ def validate_theta(theta: object) -> Tensor:
             "estimator: theta must have a batch dimension [B, *S], got a 0-dim tensor; "
             "use theta.unsqueeze(0) for a single instance"
         )
+    if theta.numel() and may_hold_bad_values(theta.detach(), allow_inf=True):
+        nan_rows = torch.isnan(theta.detach()).flatten(1).any(dim=1)  # [B]
+        if bool(nan_rows.any()):
+            raise SolverInputError(
+                f"estimator: theta contains NaN values in instance(s) {format_instances(nan_rows)};"
+                " check the network producing theta (a diverged loss or a division by zero)"
+            )
     return theta
+
+
+def skipped_gradient(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """The NaN gradient ``[*shape]`` (dtype and device of ``like``) returned for a non-finite
+    float16 ∂L/∂z (see :func:`check_incoming_gradient`)."""
+    return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
 
 
 def scaled_noise(noise: Tensor | None, temperature: float) -> Tensor | None:
@@ -173,12 +187,19 @@ def check_flag(label: str, value: object) -> bool:
     return bool(value)
 
 
-def check_incoming_gradient(dy: Tensor, estimator: str) -> None:
-    """Refuse a NaN or ±inf ∂L/∂z before the backward solver call blames θ for it.
+def check_incoming_gradient(dy: Tensor, estimator: str) -> bool:
+    """Whether ∂L/∂z is finite; a NaN or ±inf one is refused before the backward solver call
+    blames θ for it, except in float16.
 
-    One reduction screens the common case (a finite sum proves every entry finite)."""
+    In float16 an overflowing ∂L/∂z is what a loss scaler (``torch.amp.GradScaler``) expects
+    to happen now and then: it looks for non-finite gradients, skips that step and lowers the
+    scale. There ``False`` is returned, and the estimator returns a NaN gradient without
+    calling the solver (and without moving an adaptive β). One reduction screens the common
+    case (a finite sum proves every entry finite)."""
     if not may_hold_bad_values(dy, allow_inf=False) or bool(torch.isfinite(dy).all()):
-        return
+        return True
+    if dy.dtype == torch.float16:
+        return False
     raise ValueError(
         f"{estimator}: the incoming gradient ∂L/∂z contains NaN or inf values (θ itself is "
         "finite); check the loss downstream of the solver, e.g. a log of 0 or a division by "

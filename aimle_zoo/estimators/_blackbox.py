@@ -34,7 +34,9 @@ from ._base import (
     call_solver,
     check_incoming_gradient,
     check_positive,
+    skipped_gradient,
 )
+from .targets import step_dtype, times_step
 
 __all__ = ["Blackbox"]
 
@@ -53,16 +55,18 @@ class _BlackboxFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: Blackbox = ctx.estimator
-        check_incoming_gradient(dy, "blackbox")
         theta, z = ctx.saved_tensors
-        step = torch.full((), estimator.lambda_, device=theta.device, dtype=theta.dtype)  # λ
-        move = step * dy if ctx.minimize else -step * dy  # ∓λ·dy
+        if not check_incoming_gradient(dy, "blackbox"):
+            return skipped_gradient(theta, tuple(theta.shape)), None, None, None
+        dtype = step_dtype(theta.dtype)  # float32 for half precision, where λ·dy overflows
+        step = torch.full((), estimator.lambda_, device=theta.device, dtype=dtype)  # λ
+        move = times_step(step if ctx.minimize else -step, dy)  # ∓λ·dy
         z_target = call_solver(ctx.solver, theta + move)  # z' = MAP(θ')
         gradient = (z - z_target) / step
         if ctx.minimize:
             gradient = -gradient
         estimator._record(gradient, step)
-        return gradient, None, None, None
+        return gradient.to(theta.dtype), None, None, None
 
 
 class Blackbox(Estimator):

@@ -40,6 +40,7 @@ from ._base import (
     combine_differences,
     expand_samples,
     perturb,
+    skipped_gradient,
 )
 from .noise import NoiseLike, make_noise
 from .targets import FixedTarget, times_step
@@ -63,8 +64,9 @@ class _IMLEFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, None, None, None]:
         estimator: IMLE = ctx.estimator
-        check_incoming_gradient(dy, "imle")
         theta, eps, z = ctx.saved_tensors
+        if not check_incoming_gradient(dy, "imle"):
+            return skipped_gradient(theta, tuple(theta.shape)), None, None, None
         theta_tiled = expand_samples(theta, estimator.samples)  # [B·N, *S]
         step = estimator.target.step_size(theta_tiled, dy)  # λ
         move = times_step(step if ctx.minimize else -step, dy)  # ∓λ·dy
@@ -80,7 +82,7 @@ class _IMLEFunction(torch.autograd.Function):
             minimize=ctx.minimize,
         )
         estimator._record(gradient, step)
-        return gradient, None, None, None
+        return gradient.to(theta.dtype), None, None, None
 
 
 class IMLE(Estimator):

@@ -29,6 +29,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,7 +69,8 @@ class _PerturbedFunction(torch.autograd.Function):
         samples = estimator.samples
         shape = z.shape[1:]
         batch = z.shape[0] // samples
-        weights = (z * dy).reshape(batch, samples, -1).sum(dim=2)  # [B, N], ⟨z_bn, dy_bn⟩
+        entries = math.prod(shape)  # not -1: a batch of 0 has no size to infer it from
+        weights = (z * dy).reshape(batch, samples, entries).sum(dim=2)  # [B, N], ⟨z_bn, dy_bn⟩
         if estimator.baseline:
             others = (weights.sum(dim=1, keepdim=True) - weights) / (samples - 1)
             weights = weights - others  # leave-one-out baseline

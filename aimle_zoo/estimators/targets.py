@@ -51,8 +51,9 @@ def step_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def times_step(step: Tensor, values: Tensor) -> Tensor:
-    """λ·values, computed in λ's dtype and returned in the dtype of ``values``."""
-    return (step * values.to(step.dtype)).to(values.dtype)
+    """λ·values in λ's dtype: float32 for half-precision values, whose range λ·dy overflows
+    (a target θ ∓ λ·dy is then built, and solved, in float32)."""
+    return step * values.to(step.dtype)
 
 
 def _divide_by_step(values: Tensor, step: Tensor) -> Tensor:
@@ -212,9 +213,14 @@ class AdaptiveTarget(Target):
         return self
 
     def step_size(self, theta: Tensor, dy: Tensor) -> Tensor:
-        """λ = β·‖θ‖/‖dy‖ over the whole batch (0 when dy = 0)."""
+        """λ = β·‖θ‖/‖dy‖ over the whole batch (0 when dy = 0).
+
+        ‖θ‖ counts the finite entries only: ±inf entries of θ (a mask ruling entries out, or
+        an adjacency's missing edges) would make λ infinite; they stay infinite in the target.
+        """
         dtype = step_dtype(theta.dtype)
-        theta_norm = torch.linalg.vector_norm(theta, dtype=dtype)
+        finite = theta.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        theta_norm = torch.linalg.vector_norm(finite, dtype=dtype)
         dy_norm = torch.linalg.vector_norm(dy, dtype=dtype)
         beta = self.beta.to(device=theta.device, dtype=dtype)
         safe_norm = dy_norm.clamp_min(torch.finfo(dtype).tiny)

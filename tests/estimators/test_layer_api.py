@@ -383,3 +383,29 @@ def test_a_non_finite_incoming_gradient_is_named_as_such(name: str, bad: float) 
 
 def test_switches_take_numpy_booleans() -> None:
     assert AIMLE(symmetric=np.bool_(True)).symmetric is True
+
+
+def test_nan_in_theta_is_refused_for_any_solver_and_inf_masks_pass() -> None:
+    """Built-in solvers screen θ themselves, a user's callable does not: the estimator refuses
+    NaN (which gave an all-zero gradient and a drifting β), naming the instances, and lets
+    ±inf through (a -inf mask before an argmax is common)."""
+
+    def argmax(theta: Tensor) -> Tensor:
+        return torch.nn.functional.one_hot(theta.argmax(-1), theta.shape[-1]).to(theta)
+
+    theta = torch.randn(4, 6)
+    theta[2, 1] = math.nan
+    for name in ("aimle", "imle", "ste", "perturbed", "blackbox"):
+        with pytest.raises(SolverInputError, match=r"theta contains NaN values in instance\(s\) 2"):
+            build_estimator(name)(argmax, theta)
+    masked = torch.randn(4, 6).masked_fill(torch.arange(6) == 5, -math.inf).requires_grad_()
+    z = AIMLE(samples=4, symmetric=True)(argmax, masked)
+    ((z - torch.eye(6)[0]) ** 2).sum().backward()
+    assert masked.grad is not None and torch.isfinite(masked.grad).all()
+    assert masked.grad[:, :5].any() and not masked.grad[:, 5].any()
+
+
+def test_the_perturbed_optimizer_takes_an_empty_batch() -> None:
+    theta = torch.randn(0, 6, requires_grad=True)
+    PerturbedOptimizer(samples=3)(get_solver("topk", k=2), theta).sum().backward()
+    assert theta.grad is not None and theta.grad.shape == (0, 6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,10 @@ import torch
 import aimle_zoo.estimators.targets as targets_module
 from aimle_zoo.estimators import (
     AIMLE,
+    IMLE,
     AdaptiveTarget,
+    Blackbox,
+    DifferentiableSolver,
     FixedTarget,
     build_estimator,
     make_target,
@@ -214,9 +218,9 @@ def test_half_precision_steps_are_taken_in_single_precision(scale: float) -> Non
     exact = target.step_size(theta.float(), dy.float())  # the same values, in float32
     assert step.dtype == torch.float32 and torch.isfinite(step) and step > 0
     torch.testing.assert_close(step, exact, rtol=1e-6, atol=0.0)
-    move = targets_module.times_step(step, dy)
-    assert move.dtype == torch.float16 and torch.isfinite(move).all()
-    torch.testing.assert_close(move, (exact * dy.float()).half(), rtol=1e-3, atol=0.0)
+    move = targets_module.times_step(step, dy)  # kept in float32: λ·dy can leave float16's range
+    assert move.dtype == torch.float32 and torch.isfinite(move).all()
+    torch.testing.assert_close(move, exact * dy.float(), rtol=1e-6, atol=0.0)
     difference = _gradient_with_nonzeros(20, shape=(8, 1, 20)).half()
     scaled = target.process(difference, step)
     assert scaled.dtype == torch.float16
@@ -255,3 +259,70 @@ def test_a_half_precision_model_keeps_the_adaptive_state_in_single_precision(low
     assert {buffer.dtype for buffer in layer.target.buffers()} == {torch.float64}
     layer.half()  # and kept
     assert {buffer.dtype for buffer in layer.target.buffers()} == {torch.float64}
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        lambda: IMLE(lambda_=10.0, noise=None),
+        lambda: AIMLE(target=FixedTarget(10.0), noise=None),
+        lambda: Blackbox(10.0),
+    ],
+    ids=["imle", "aimle-fixed", "blackbox"],
+)
+def test_a_half_precision_target_step_beyond_float16_is_taken_in_float32(estimator) -> None:
+    """λ·dy = 10 · 2^13 · 2 overflows float16 while dy does not: the target θ − λ·dy is built
+    and solved in float32, and the gradient equals the one of a float32 θ (it used to reach
+    the solver as inf, which refused it and blamed θ)."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(4, 10, generator=gen)
+    dy = torch.zeros(4, 10)
+    dy[:, :3] = -(2.0**14)  # ∂L/∂z of a loss pulling the first three entries in, loss-scaled
+    grads = []
+    for dtype in (torch.float16, torch.float32):
+        theta = values.to(dtype).requires_grad_()
+        estimator()(lambda t: topk_mask(t, 3), theta).backward(dy.to(dtype))
+        assert theta.grad is not None and theta.grad.dtype == dtype
+        grads.append(theta.grad.float())
+    assert torch.isfinite(grads[0]).all() and int(grads[0].count_nonzero()) > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-3, atol=0.0)
+
+
+@pytest.mark.parametrize("name", ["aimle", "imle", "blackbox"])
+def test_an_overflowing_float16_gradient_reaches_the_loss_scaler_as_nan(name: str) -> None:
+    """GradScaler expects non-finite gradients after an overflow and skips that step: in
+    float16 an infinite ∂L/∂z gives a NaN gradient (no solver call, β unchanged) instead of
+    an error, so the scaler skips the step and lowers its scale."""
+    layer = DifferentiableSolver("topk", build_estimator(name), k=2)
+    before = {key: value.clone() for key, value in layer.state_dict().items()}
+    weight = torch.nn.Parameter(torch.randn(3, 6))  # float32, as GradScaler wants
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    theta = weight.half()  # an autocast network's float16 output
+    loss = (layer(theta).float() * 1e3).sum()  # ∂L/∂z = 1e3 · 2^16 > 65504 in float16
+    scaler.scale(loss).backward()
+    assert weight.grad is not None and torch.isnan(weight.grad).all()
+    assert all(torch.equal(layer.state_dict()[key], value) for key, value in before.items())
+    kept = weight.detach().clone()
+    scaler.step(optimizer)  # skipped
+    scaler.update()
+    assert torch.equal(weight.detach(), kept) and scaler.get_scale() < 2.0**16
+
+
+def test_infinite_entries_of_theta_leave_the_adaptive_step_finite() -> None:
+    """±inf entries (a mask, an adjacency's missing edges) are left out of ‖θ‖: λ stays the
+    one of the finite entries, and the gradient is that of the finite problem."""
+    gen = torch.Generator().manual_seed(4)
+    values = torch.randn(5, 8, generator=gen)
+    keep = torch.ones(5, 8, dtype=torch.bool)
+    keep[:, 6:] = False
+    dy = torch.randn(5, 8, generator=gen)
+    target = AdaptiveTarget(initial_beta=0.5)
+    masked = values.masked_fill(~keep, -math.inf)
+    expected = 0.5 * torch.linalg.vector_norm(values[keep]) / torch.linalg.vector_norm(dy)
+    torch.testing.assert_close(target.step_size(masked, dy), expected)
+    theta = masked.clone().requires_grad_()
+    estimator = AIMLE(target=AdaptiveTarget(), noise=None, symmetric=True)
+    estimator(lambda t: topk_mask(t, 2), theta).backward(dy)
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+    assert int(theta.grad[:, :6].count_nonzero()) > 0 and not theta.grad[:, 6:].any()

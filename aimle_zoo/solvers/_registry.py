@@ -194,6 +194,7 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> None:
             stacklevel=3,
         )
         return
+    registered, aliased = set(_specs), set(_aliases)
     try:
         with _source(dist):
             loaded = entry_point.load()
@@ -209,6 +210,10 @@ def _load_entry_point(entry_point: metadata.EntryPoint) -> None:
                 f"not {entry_point.name!r}; make the two names agree"
             )
     except Exception as err:  # a broken plugin must never break the built-ins
+        for name in set(_specs) - registered:  # nor leave half of itself registered
+            del _specs[name]
+        for alias in set(_aliases) - aliased:
+            del _aliases[alias]
         _plugin_failures[entry_point.name] = SolverPluginError(
             f"failed to load solver plugin {where}: {type(err).__name__}: {err}. "
             f"Fix or uninstall {dist!r} (pip uninstall {dist})."

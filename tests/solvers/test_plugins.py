@@ -319,6 +319,7 @@ def test_entry_point_must_name_a_registered_solver(
         get_solver("named")
     assert "entry point 'named' = 'plug_named:solve'" in str(err.value)
     assert isinstance(err.value.__cause__, TypeError)
+    assert "other_name" not in list_solvers()  # a failed plugin leaves nothing registered
 
 
 def test_scipy_oracle_matches_brute_force() -> None:

@@ -63,6 +63,9 @@ def compare(
     unknown = [name for name in estimators if name not in ESTIMATOR_VARIANTS]
     if unknown:
         raise ValueError(f"unknown estimators {unknown}; choose from {ESTIMATOR_VARIANTS}")
+    repeated = sorted({name for name in estimators if list(estimators).count(name) > 1})
+    if repeated:
+        raise ValueError(f"estimators {repeated} are listed more than once; list each once")
     out = Path(out_dir)
     wanted: dict[str, TrainConfig] = {}
     done: dict[str, int | None] = {}

@@ -92,6 +92,10 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.select_mode not in ("min", "max", "last"):
             raise ValueError(f"select_mode must be min, max or last, got {self.select_mode!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed < 2**63 - 2**16:  # torch.manual_seed's range, with room for ranks
+            raise ValueError(f"seed must be in [0, 2^63 - 2^16), got {self.seed}")
 
 
 @dataclass
@@ -273,6 +277,7 @@ RUN_ARTEFACTS = (METRICS_LOG, "best", "last", TEST_METRICS)
 
 def _previous_run(out: Path, overwrite: bool) -> list[str]:
     """The artefacts of a run already in ``out`` (to delete); an error unless ``overwrite``."""
+    _check_not_a_file(out)
     found = [name for name in RUN_ARTEFACTS if (out / name).exists()]
     if found and not overwrite:
         raise FileExistsError(
@@ -281,6 +286,11 @@ def _previous_run(out: Path, overwrite: bool) -> list[str]:
             "another folder"
         )
     return found
+
+
+def _check_not_a_file(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a run folder; choose another folder")
 
 
 def _stale_results(out: Path) -> list[str]:
@@ -355,13 +365,14 @@ def save_checkpoint(
 
 
 def _rng_states(device: torch.device, progress: _Progress) -> dict[str, Any]:
-    """This process's random states: torch (CPU, and CUDA on a CUDA device), the epoch-start
-    torch state, Python and NumPy."""
+    """This process's own state: random states (torch on the CPU, and CUDA on a CUDA device,
+    the epoch-start torch state, Python and NumPy) and the running sums of its epoch's logs."""
     numpy_rng = cast(tuple[Any, ...], np.random.get_state())
     states: dict[str, Any] = {
         "torch_rng": torch.get_rng_state(),
         "python_rng": random.getstate(),
         "numpy_rng": [numpy_rng[0], numpy_rng[1].tolist(), *numpy_rng[2:]],
+        "totals": dict(progress.totals),
     }
     if device.type == "cuda":
         states["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -389,7 +400,8 @@ def _trainer_state(
     rng_states: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The JSON and tensor halves of the trainer state; rank r's random states are stored
-    under ``<kind>`` for rank 0 and ``<kind>.rank<r>`` for the others."""
+    under ``<kind>`` for rank 0 and ``<kind>.rank<r>`` for the others, and the running sums of
+    its epoch's logs under ``totals`` (``rank_rng.<r>.totals``)."""
     optimizer_state = optimizer.state_dict()
     tensors: dict[str, Tensor] = {}
     ranks: dict[str, Any] = {}
@@ -398,7 +410,7 @@ def _trainer_state(
         for kind in ("torch_rng", "cuda_rng", "epoch_rng"):
             if kind in states:
                 tensors[kind + suffix] = states[kind].cpu()
-        ranks[str(rank)] = {kind: states[kind] for kind in ("python_rng", "numpy_rng")}
+        ranks[str(rank)] = {kind: states[kind] for kind in ("python_rng", "numpy_rng", "totals")}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in optimizer_state["state"].items():
         for key, value in entry.items():
@@ -411,7 +423,7 @@ def _trainer_state(
         "step": progress.step,
         "seconds": progress.seconds,
         "world_size": len(rng_states),
-        "totals": progress.totals,
+        "totals": ranks["0"]["totals"],
         "best_value": progress.best_value,
         "best_epoch": progress.best_epoch,
         "best_metrics": progress.best_metrics,
@@ -463,6 +475,7 @@ def check_run_folder(
         FileExistsError, ValueError: as :func:`train` would.
     """
     folder = Path(out)
+    _check_not_a_file(folder)
     if not resume:
         _previous_run(folder, overwrite)
         return
@@ -590,6 +603,7 @@ def _restore_progress(
             state.setdefault(int(index), {})[key] = value.to(device)
     for index, entries in meta["optimizer_scalars"].items():
         state.setdefault(int(index), {}).update(entries)
+    _check_adam_state(state, optimizer)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
     suffix = f".rank{info.rank}" if info.rank else ""
     own = meta if not info.rank else meta["rank_rng"][str(info.rank)]
@@ -604,13 +618,35 @@ def _restore_progress(
         epoch=int(meta["epoch"]),
         step=int(meta["step"]),
         seconds=float(meta.get("seconds", 0.0)),
-        totals=dict(meta["totals"]),
+        totals=dict(own.get("totals", meta["totals"])),  # older states: rank 0's sums
         epoch_rng=tensors.get("epoch_rng" + suffix),
         best_value=meta["best_value"],
         best_epoch=int(meta["best_epoch"]),
         best_metrics=dict(meta["best_metrics"]),
         history=list(meta["history"]),
     )
+
+
+def _check_adam_state(
+    state: Mapping[int, Mapping[str, Any]], optimizer: torch.optim.Optimizer
+) -> None:
+    """Refuse an Adam state that would fail (or silently misbehave) at the first step: every
+    parameter with a state needs ``step``, ``exp_avg`` and ``exp_avg_sq`` of its own shape."""
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    needed = ("step", "exp_avg", "exp_avg_sq")
+    for index, entries in state.items():
+        if not 0 <= index < len(params):
+            raise ValueError(f"optimizer state for parameter {index}, the model has {len(params)}")
+        missing = [key for key in needed if key not in entries]
+        if missing:
+            raise ValueError(f"optimizer state of parameter {index} lacks {', '.join(missing)}")
+        shape = tuple(params[index].shape)
+        for key in ("exp_avg", "exp_avg_sq"):
+            if tuple(entries[key].shape) != shape:
+                raise ValueError(
+                    f"optimizer.{index}.{key} has shape {tuple(entries[key].shape)}, its "
+                    f"parameter {shape}"
+                )
 
 
 # ----------------------------------------------------------------------------- training

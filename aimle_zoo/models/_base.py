@@ -473,6 +473,8 @@ class ZooModel(
                 f"{model_file} is not a readable safetensors file ({err}): it is truncated or "
                 "corrupt. Download it again (force_download=True) or re-save the model"
             ) from err
+        except CheckpointError:  # already says what is wrong (a tensor of another dtype)
+            raise
         except RuntimeError as err:  # size mismatches raise even with strict=False
             raise CheckpointMismatchError(
                 f"{where} does not fit the model built from its config: {err}. Check that "

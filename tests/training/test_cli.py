@@ -400,6 +400,21 @@ def test_compare_checks_every_estimator_before_training_any(tmp_path: Path) -> N
     assert "has no 'relaxed' baseline" in output
     assert not out.exists()
     assert "no estimators to compare" in fails("compare", "l2x-xor", "--estimators", " , ")
+    twice = fails(
+        "compare", "l2x-xor", "--estimators", "ste,imle,ste", "--smoke", "--out", str(out)
+    )
+    assert "['ste'] are listed more than once" in twice and not out.exists()
+
+
+def test_train_refuses_a_file_as_its_folder_and_a_seed_out_of_range(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    output = fails("train", "l2x-xor", "--smoke", "--out", str(afile))
+    assert "is a file, not a run folder" in output and afile.read_text() == "keep me"
+    output = fails(
+        "train", "l2x-xor", "--smoke", "--seed", str(2**70), "--out", str(tmp_path / "r")
+    )
+    assert "seed must be in [0, 2^63" in output and not (tmp_path / "r").exists()
 
 
 def test_an_unreadable_trainer_state_is_named_by_compare_and_publish(tmp_path: Path) -> None:

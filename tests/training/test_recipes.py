@@ -510,3 +510,62 @@ def test_the_text_task_reports_subset_precision_on_the_annotated_reviews(tmp_pat
     assert "subset_precision" not in run_evaluation(
         model, "l2x-beer-aroma", split="valid", data_options=options
     )
+
+
+def test_every_rank_gets_back_its_own_running_sums_of_a_cut_epoch() -> None:
+    """Mid-epoch, each rank's logs so far differ; the trainer state keeps them per rank and a
+    resumed rank 1 continues from its own sums, not rank 0's (which changed its epoch log)."""
+    from aimle_zoo.training import (
+        _DistInfo,
+        _Progress,
+        _restore_progress,
+        _rng_states,
+        _trainer_state as trainer_state,
+    )
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    device = torch.device("cpu")
+    per_rank = [{"loss": 1.5, "accuracy": 3.0}, {"loss": 2.25, "accuracy": 2.0}]
+    states = []
+    for totals in per_rank:
+        states.append(_rng_states(device, _Progress(epoch=0, step=2, totals=totals)))
+    config = TrainConfig(epochs=1, progress=False)
+    meta, tensors = trainer_state(_Progress(epoch=0, step=2), optimizer, config, states)
+    meta = json.loads(json.dumps(meta))  # as written and read back
+    for rank, totals in enumerate(per_rank):
+        progress = _restore_progress(meta, tensors, optimizer, device, _DistInfo(rank, 2))
+        assert progress.totals == totals
+
+
+def test_a_damaged_optimizer_state_is_refused_before_anything_is_deleted(tmp_path: Path) -> None:
+    """A missing or misshaped Adam tensor used to fail at the first step, after the resume had
+    deleted the test metrics and rewritten the log; now the resume stops first, naming it."""
+    from safetensors.torch import save_file
+
+    data = l2x_synthetic_dataset("xor", 48, seed=0)
+    config = TrainConfig(epochs=1, batch_size=8, progress=False)
+
+    def fresh() -> torch.nn.Module:
+        seed_everything(0)
+        return create_model("l2x_tabular", k=2, selector_hidden=(8,), predictor_hidden=(8,))
+
+    run = tmp_path / "run"
+    train(fresh(), data, None, run, config)
+    (run / "test_metrics.json").write_text("{}")
+    log = (run / "metrics.jsonl").read_text()
+    state_file = run / "last" / "trainer_state.safetensors"
+    tensors = load_file(str(state_file))
+    name = next(key for key in sorted(tensors) if key.endswith(".exp_avg"))
+    for damaged in (
+        {k: v for k, v in tensors.items() if k != name},
+        {**tensors, name: tensors[name][:1]},
+    ):
+        save_file(damaged, str(state_file))
+        with pytest.raises(
+            ValueError, match=r"cannot resume: the trainer state .* (lacks exp_avg|has shape)"
+        ):
+            train(fresh(), data, None, run, replace(config, epochs=2), resume=True)
+        assert (run / "test_metrics.json").exists() and (run / "metrics.jsonl").read_text() == log

@@ -681,7 +681,9 @@ def run_training(
 
 
 #: Settings ``run_training(resume=True)`` takes from the saved run when not given.
-RESUMED_SETTINGS = ("epochs", "batch_size", "lr", "seed", "max_steps_per_epoch", "device")
+RESUMED_SETTINGS = (
+    "epochs", "batch_size", "lr", "seed", "max_steps_per_epoch", "checkpoint_every", "device",
+)  # fmt: skip
 
 
 def _saved_settings(

@@ -341,12 +341,14 @@ def test_bad_training_options_fail_before_a_run_folder_exists(
 def test_resume_takes_the_settings_of_the_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     invoke("train", "l2x-xor", "--smoke", "--epochs", "1", "--batch-size", "64", "--max-steps",
-           "4", "--estimator", "imle", "--out", str(run), "--no-progress")  # fmt: skip
+           "4", "--estimator", "imle", "--checkpoint-every", "2", "--out", str(run),
+           "--no-progress")  # fmt: skip
     invoke("train", "l2x-xor", "--smoke", "--epochs", "2", "--resume", "--out", str(run),
            "--no-progress")  # fmt: skip
     state = json.loads((run / "last" / "trainer_state.json").read_text())
     assert (state["epoch"], state["config"]["batch_size"]) == (2, 64)
     assert state["config"]["max_steps_per_epoch"] == 4
+    assert state["config"]["checkpoint_every"] == 2  # mid-epoch saves go on
     assert state["config"]["extra"]["estimator"] == "imle"
     output = fails("train", "l2x-xor", "--epochs", "3", "--resume", "--out", str(run))
     assert "smoke=True (now False)" in output

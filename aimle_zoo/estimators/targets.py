@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -130,6 +131,11 @@ class FixedTarget(Target):
         return {"name": self.name, "lambda_": self.lambda_, "scale_gradient": self.scale_gradient}
 
 
+#: Backward passes in which :class:`AdaptiveTarget` looks for an all-zero θ (one host sync
+#: each), the deadlock of a zero-initialised output layer.
+ZERO_THETA_CHECKS = 20
+
+
 class AdaptiveTarget(Target):
     """AIMLE target: λ = β·‖θ‖/‖dy‖, with β driven towards a non-zero count per sample.
 
@@ -197,6 +203,7 @@ class AdaptiveTarget(Target):
         self.register_buffer("beta", torch.tensor(self.initial_beta))
         self.register_buffer("grad_norm", torch.tensor(self.initial_grad_norm))
         self.register_buffer("last_update", torch.tensor(0.0))
+        self._zero_theta_checks = ZERO_THETA_CHECKS
 
     def _apply(self, fn: Any, recurse: bool = True) -> AdaptiveTarget:
         """``Module._apply`` (``.to``, ``.cuda``, ``.half``, ...) that never lowers the state's
@@ -222,6 +229,18 @@ class AdaptiveTarget(Target):
         finite = theta.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         theta_norm = torch.linalg.vector_norm(finite, dtype=dtype)
         dy_norm = torch.linalg.vector_norm(dy, dtype=dtype)
+        if self._zero_theta_checks > 0:
+            self._zero_theta_checks -= 1
+            if bool(torch.logical_and(theta_norm == 0, dy_norm > 0)):
+                self._zero_theta_checks = 0
+                warnings.warn(
+                    "AIMLE: θ is all zeros, so λ = β·‖θ‖/‖dy‖ = 0 whatever β becomes and the "
+                    "gradient is zero: θ cannot move. Initialise the layer producing θ with "
+                    "non-zero weights (is its output layer zero-initialised?), or use a "
+                    "FixedTarget",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         beta = self.beta.to(device=theta.device, dtype=dtype)
         safe_norm = dy_norm.clamp_min(torch.finfo(dtype).tiny)
         return torch.where(dy_norm > 0, beta * theta_norm / safe_norm, torch.zeros_like(beta))

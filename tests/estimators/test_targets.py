@@ -326,3 +326,22 @@ def test_infinite_entries_of_theta_leave_the_adaptive_step_finite() -> None:
     estimator(lambda t: topk_mask(t, 2), theta).backward(dy)
     assert theta.grad is not None and torch.isfinite(theta.grad).all()
     assert int(theta.grad[:, :6].count_nonzero()) > 0 and not theta.grad[:, 6:].any()
+
+
+def test_an_all_zero_theta_is_reported_once() -> None:
+    """λ = β·‖θ‖/‖dy‖ is 0 for every β when θ = 0 (a zero-initialised output layer): the
+    gradient is zero and θ never moves. The target says so, once."""
+    import warnings
+
+    head = torch.nn.Linear(4, 6)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    layer = DifferentiableSolver("topk", AIMLE(), k=2)
+    with pytest.warns(RuntimeWarning, match="θ is all zeros"):
+        layer(head(torch.randn(3, 4))).sum().backward()
+    assert head.weight.grad is not None and not head.weight.grad.any()  # the deadlock
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(head(torch.randn(3, 4))).sum().backward()  # said once
+        moving = DifferentiableSolver("topk", AIMLE(), k=2)
+        moving(torch.randn(3, 6, requires_grad=True)).sum().backward()  # no false alarm

@@ -47,7 +47,7 @@ def push_command(
     token: TokenOpt = None,
     message: MessageOpt = None,
 ) -> None:
-    """Upload a checkpoint (config.json, model.safetensors, README.md) to the Hub."""
+    """Upload a checkpoint (config.json, model.safetensors, README.md, recipe.json) to the Hub."""
     target = repo_id or default_repo_id(folder)
     result = push_to_hub(
         folder,

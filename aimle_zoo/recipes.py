@@ -567,7 +567,9 @@ _add(
         description="Warcraft-style 12x12 shortest paths: CNN costs through dijkstra",
         build_data=_warcraft(12),
         model_kwargs={"grid_size": 12},
-        train=TrainConfig(epochs=50, batch_size=70, lr=5e-4, select_metric="loss"),
+        train=TrainConfig(
+            epochs=50, batch_size=70, lr=5e-4, lr_milestones=(30, 40), select_metric="loss"
+        ),
         imle_lambda=10.0,
         smoke_model_kwargs={"channels": (8, 8)},
     )

@@ -57,6 +57,11 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     lr: float = 1e-3
+    #: epochs (0-based) from which the learning rate is multiplied by ``lr_gamma`` once more:
+    #: epoch e trains at lr·γ^|{m <= e}|, as ``torch.optim.lr_scheduler.MultiStepLR`` stepped
+    #: once per epoch (the Warcraft recipe's 30 and 40); empty: a constant rate
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float | None = None
@@ -69,6 +74,12 @@ class TrainConfig:
     shuffle: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific, logged only
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (0-based): lr·γ^(milestones reached)."""
+        return self.lr * self.lr_gamma ** sum(
+            epoch >= milestone for milestone in self.lr_milestones
+        )
 
     def __post_init__(self) -> None:
         """Refuse values no run can use, before anything touches a run folder."""
@@ -92,6 +103,14 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.select_mode not in ("min", "max", "last"):
             raise ValueError(f"select_mode must be min, max or last, got {self.select_mode!r}")
+        milestones = list(self.lr_milestones)
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in milestones):
+            raise ValueError(f"lr_milestones must be epochs >= 1, got {self.lr_milestones!r}")
+        if milestones != sorted(set(milestones)):
+            raise ValueError(f"lr_milestones must increase, got {self.lr_milestones!r}")
+        self.lr_milestones = tuple(milestones)  # a JSON list read back from a saved run too
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not 0 <= self.seed < 2**63 - 2**16:  # torch.manual_seed's range, with room for ranks
@@ -441,8 +460,8 @@ def _trainer_state(
 #: Settings a resumed run must share with the saved one (the others, such as ``epochs``, may
 #: change): the batch position, the data order, the optimizer and the best-checkpoint choice.
 RESUME_FIELDS = (
-    "batch_size", "lr", "adam_eps", "weight_decay", "grad_clip", "seed", "select_metric",
-    "select_mode", "max_steps_per_epoch", "shuffle",
+    "batch_size", "lr", "lr_milestones", "lr_gamma", "adam_eps", "weight_decay", "grad_clip",
+    "seed", "select_metric", "select_mode", "max_steps_per_epoch", "shuffle",
 )  # fmt: skip
 
 
@@ -451,7 +470,11 @@ def changed_settings(
 ) -> str:
     """``"key=saved (now asked), ..."`` for the ``fields`` a saved run's config and ``asked``
     disagree on (``""`` if none; keys an older state lacks are not compared)."""
-    differ = [key for key in fields if key in saved and saved[key] != asked[key]]
+
+    def plain(value: Any) -> Any:  # as JSON keeps it: a tuple comes back as a list
+        return list(value) if isinstance(value, tuple) else value
+
+    differ = [key for key in fields if key in saved and plain(saved[key]) != plain(asked[key])]
     return ", ".join(f"{key}={saved[key]!r} (now {asked[key]!r})" for key in differ)
 
 
@@ -817,6 +840,8 @@ def _train(
     for epoch in range(progress.epoch, config.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        for group in optimizer.param_groups:  # from the epoch alone: a resume needs no state
+            group["lr"] = config.lr_at(epoch)
         model.train()
         started = time.perf_counter()
         batches = _epoch_batches(loader, progress, epoch)
@@ -829,6 +854,7 @@ def _train(
         )
         record: dict[str, Any] = {
             "epoch": epoch,
+            "lr": config.lr_at(epoch),
             "train": epoch_logs,
             "estimator": estimator_diagnostics(model),
             "seconds": progress.seconds + time.perf_counter() - started,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
+from aimle_zoo.data import l2x_synthetic_dataset
+from aimle_zoo.models import create_model
 from aimle_zoo.training import (
     _STOP_SIGNALS,
     TrainConfig,
@@ -409,3 +412,32 @@ def test_training_stopped_survives_pickling_with_its_signal() -> None:
     stop = pickle.loads(pickle.dumps(TrainingStopped(signal.SIGTERM, "stopped by signal 15")))
     assert isinstance(stop, KeyboardInterrupt)
     assert stop.signum == signal.SIGTERM and str(stop) == "stopped by signal 15"
+
+
+def test_the_learning_rate_steps_down_at_its_milestones_as_multisteplr_does(
+    tmp_path: Path,
+) -> None:
+    """lr_at(e) equals MultiStepLR stepped once per epoch; a run logs and uses it, and a run
+    resumed past a milestone continues at the decayed rate."""
+    config = TrainConfig(epochs=50, lr=5e-4, lr_milestones=(30, 40), lr_gamma=0.1)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[30, 40], gamma=0.1)
+    for epoch in range(50):
+        assert config.lr_at(epoch) == pytest.approx(schedule.get_last_lr()[0], rel=1e-12)
+        optimizer.step()
+        schedule.step()
+    data = l2x_synthetic_dataset("xor", 32, seed=0)
+    short = TrainConfig(epochs=3, batch_size=8, lr=1e-2, lr_milestones=(1, 2), lr_gamma=0.5,
+                        progress=False)  # fmt: skip
+    model = create_model("l2x_tabular", k=2, selector_hidden=(8,), predictor_hidden=(8,))
+    train(model, data, None, tmp_path / "run", replace(short, epochs=2))
+    train(model, data, None, tmp_path / "run", short, resume=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [record["lr"] for record in records] == [1e-2, 5e-3, 2.5e-3]
+    state = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())
+    assert state["optimizer_groups"][0]["lr"] == 2.5e-3
+    with pytest.raises(ValueError, match="lr_milestones must increase"):
+        TrainConfig(lr_milestones=(40, 30))
+    with pytest.raises(ValueError, match=r"lr_milestones=\[1, 2\] \(now \(1,\)\)"):
+        train(model, data, None, tmp_path / "run", replace(short, epochs=4, lr_milestones=(1,)),
+              resume=True)  # fmt: skip

@@ -109,6 +109,10 @@ class DataOptions:
     cache_dir: str | None = None
     smoke: bool = False
     progress: bool = True
+    #: seed of a split drawn at random: the BeerAdvocate held-out file's validation and test
+    #: halves, which the reference draws again for every run (random_state = the run's seed);
+    #: ``run_training`` sets it to the run's seed and ``recipe.json`` records it
+    split_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -384,7 +388,7 @@ def _beer(aspect: int) -> Callable[[DataOptions], TaskData]:
                 "pointing at the folder with reviews.aspect*.{train,heldout}.txt, "
                 "review+wiki.filtered.200.txt and annotations.json"
             )
-        beer = data.load_beer_advocate(options.data_dir, aspect)
+        beer = data.load_beer_advocate(options.data_dir, aspect, seed=options.split_seed)
         embeddings, annotations = beer.embeddings, beer.annotations
 
         def setup(model: ZooModel) -> None:
@@ -643,6 +647,7 @@ def run_training(
     estimator = estimator or "aimle"
     recipe.estimator_config(estimator, minimizer_noise)  # an unknown or unsupported one fails
     config = train_config(name, estimator=estimator, data_options=options, **overrides)
+    options = replace(options, split_seed=config.seed)
     check_run_folder(out_dir, config, resume=resume, overwrite=overwrite)  # before the data
     seed_everything(config.seed)  # the initial weights depend on the seed alone
     saved = _saved_model(Path(out_dir)) if resume else None  # read before the data is built
@@ -872,7 +877,8 @@ def evaluate_checkpoint(
         )
     options = data_options or DataOptions(progress=False)
     if recorded.get("recipe") == task_name:
-        options = replace(options, smoke=bool(recorded.get("smoke", False)))
+        split_seed = recorded.get("split_seed", 0)  # recorded since it varies with the run
+        options = replace(options, smoke=bool(recorded.get("smoke", False)), split_seed=split_seed)
     metrics = run_evaluation(
         model, task_name, split=split, data_options=options, device=device, limit=limit
     )
@@ -902,8 +908,10 @@ def _recorded_recipe(folder: Path) -> dict[str, Any] | None:
     for state in (folder / TRAINER_STATE, folder.parent / "last" / TRAINER_STATE):
         if state.exists():
             try:
-                extra = json.loads(state.read_text())["config"]["extra"]
-                return {key: extra[key] for key in ("recipe", "estimator", "smoke")}
+                config = json.loads(state.read_text())["config"]
+                extra = config["extra"]
+                recorded = {key: extra[key] for key in ("recipe", "estimator", "smoke")}
+                return {**recorded, "split_seed": int(config.get("seed", 0))}
             except (ValueError, KeyError, TypeError):
                 return None
     return None
@@ -947,7 +955,7 @@ def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:
     recorded = {key: extra.get(key) for key in ("recipe", "estimator", "smoke")}
     if recorded["recipe"] is None:
         raise ValueError(f"cannot tell how {run} was trained: {state} names no recipe; {advice}")
-    return recorded
+    return {**recorded, "split_seed": int(config.get("seed", 0))}
 
 
 def card_dataset(recipe: Recipe, smoke: bool) -> str:
@@ -963,7 +971,12 @@ def card_dataset(recipe: Recipe, smoke: bool) -> str:
 def _write_recipe(folder: Path, name: str, estimator: str, options: DataOptions) -> None:
     if not folder.exists():
         return
-    record = {"recipe": name, "estimator": estimator, "smoke": options.smoke}
+    record = {
+        "recipe": name,
+        "estimator": estimator,
+        "smoke": options.smoke,
+        "split_seed": options.split_seed,
+    }
     with atomic_file(folder / RECIPE_FILE, "w") as handle:
         json.dump(record, handle, indent=2)
 
@@ -994,7 +1007,11 @@ def publish_run(
     run = Path(run_dir)
     recorded = read_recipe(run / "best") or _recipe_of_unfinished_run(run)
     recipe = get_recipe(recorded["recipe"])
-    data_options = replace(data_options or DataOptions(), smoke=bool(recorded["smoke"]))
+    data_options = replace(
+        data_options or DataOptions(),
+        smoke=bool(recorded["smoke"]),
+        split_seed=int(recorded.get("split_seed", 0)),
+    )
     model = ZooModel.from_pretrained(run / "best")
     heldout = run_evaluation(
         model, recipe.name, split="test", data_options=data_options, limit=HELDOUT_SIZE

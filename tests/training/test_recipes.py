@@ -569,3 +569,28 @@ def test_a_damaged_optimizer_state_is_refused_before_anything_is_deleted(tmp_pat
         ):
             train(fresh(), data, None, run, replace(config, epochs=2), resume=True)
         assert (run / "test_metrics.json").exists() and (run / "metrics.jsonl").read_text() == log
+
+
+def test_the_beer_split_follows_the_run_seed_and_its_evaluation_reuses_it(tmp_path: Path) -> None:
+    """The reference splits the held-out reviews into validation and test halves again for
+    every run (random_state = the run's seed); recipe.json records the seed, and evaluating the
+    checkpoint later tests it on the same half."""
+    from aimle_zoo.recipes import evaluate_checkpoint
+
+    options = _options("l2x-beer-aroma", tmp_path)
+    halves = [load_beer_advocate(options.data_dir, 1, seed=seed).test.tensors[0] for seed in (0, 3)]
+    assert not torch.equal(halves[0], halves[1])
+    out = tmp_path / "seed3"
+    run_training(
+        "l2x-beer-aroma", out, data_options=options, epochs=1, max_steps_per_epoch=2, seed=3
+    )
+    recorded = read_recipe(out / "best")
+    assert recorded is not None and recorded["split_seed"] == 3
+    tested = json.loads((out / "test_metrics.json").read_text())
+    evaluated = evaluate_checkpoint(out, data_options=options).metrics
+    assert evaluated["loss"] == pytest.approx(tested["loss"], rel=1e-6)
+    recorded["split_seed"] = 0  # the split of another run: other test reviews
+    (out / "best" / "recipe.json").write_text(json.dumps(recorded))
+    assert evaluate_checkpoint(out, data_options=options).metrics["loss"] != pytest.approx(
+        tested["loss"], rel=1e-6
+    )

@@ -26,7 +26,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -265,6 +265,7 @@ def evaluate(
     from a generator state seeded with ``seed`` and restored afterwards, so sampled metrics are
     reproducible and the caller's random stream is untouched.
     """
+    _check_not_empty(dataset, f"{description}: the dataset")
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -700,8 +701,17 @@ def train(
     """
     if resume and overwrite:
         raise ValueError("resume=True continues the run in out_dir, overwrite=True deletes it")
+    _check_not_empty(train_set, "train: the training set")
+    if valid_set is not None:
+        _check_not_empty(valid_set, "train: the validation set (pass None to train without one)")
     with _STOP_SIGNALS.installed():
         return _train(model, train_set, valid_set, Path(out_dir), config, resume, overwrite)
+
+
+def _check_not_empty(dataset: Dataset[Any], what: str) -> None:
+    """Refuse a map-style dataset with no items (an iterable one cannot tell)."""
+    if isinstance(dataset, Sized) and len(dataset) == 0:
+        raise ValueError(f"{what} is empty, so there is nothing to train or measure on")
 
 
 class TrainingStopped(KeyboardInterrupt):

@@ -441,3 +441,20 @@ def test_the_learning_rate_steps_down_at_its_milestones_as_multisteplr_does(
     with pytest.raises(ValueError, match=r"lr_milestones=\[1, 2\] \(now \(1,\)\)"):
         train(model, data, None, tmp_path / "run", replace(short, epochs=4, lr_milestones=(1,)),
               resume=True)  # fmt: skip
+
+
+def test_empty_splits_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """An empty validation set used to end a run with best_epoch -1, no best/ and no error."""
+    from aimle_zoo.training import evaluate
+
+    data = l2x_synthetic_dataset("xor", 16, seed=0)
+    empty = torch.utils.data.Subset(data, [])
+    model = create_model("l2x_tabular", k=2, selector_hidden=(8,), predictor_hidden=(8,))
+    config = TrainConfig(epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"the validation set .* is empty"):
+        train(model, data, empty, tmp_path / "run", config)
+    with pytest.raises(ValueError, match="the training set is empty"):
+        train(model, empty, data, tmp_path / "run", config)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="evaluate: the dataset is empty"):
+        evaluate(model, empty)

@@ -453,7 +453,7 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
                 has_relevant = relevant.any(dim=1)
                 rows = has_relevant.sum()
                 if self.ties == "exact":
-                    mask = _select_with_random_ties(scores, self.k)  # [B, d]
+                    mask = _select_with_random_ties(scores, self.k, x)  # [B, d]
                 selection_ranks = selection_median_rank(mask, relevant)  # [B]
                 metrics["median_rank_sum"] = ranks[has_relevant].sum()
                 metrics["median_rank_count"] = rows
@@ -469,11 +469,25 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
         return (self._as_input(x),)
 
 
-def _select_with_random_ties(scores: Tensor, k: int, seed: int = 0) -> Tensor:
-    """The k highest ``scores [B, d]`` of each row as a 0/1 mask, ties chosen uniformly at
-    random (a fixed seed, so evaluations repeat): a random order, then a stable sort."""
-    generator = torch.Generator(device=scores.device).manual_seed(seed)
-    shuffle = torch.rand(scores.shape, generator=generator, device=scores.device).argsort(dim=1)
+def _tie_keys(features: Tensor) -> Tensor:
+    """Pseudo-random keys ``[B, d]`` in [0, 1) drawn from each row's own values ``[B, d]``.
+
+    ``frac(sin(s·(j + 1)·12.9898)·43758.5453)`` for feature j, with s a fixed random projection
+    of the row: a function of the row alone, so a row gets the same tie order in any batch,
+    and different rows get unrelated orders.
+    """
+    generator = torch.Generator().manual_seed(0)
+    projection = torch.randn(features.shape[1], generator=generator, dtype=torch.float64)
+    row = features.detach().double() @ projection.to(features.device)  # [B]
+    position = torch.arange(1, features.shape[1] + 1, device=features.device, dtype=torch.float64)
+    return torch.frac(torch.sin(row[:, None] * position * 12.9898).abs() * 43758.5453)
+
+
+def _select_with_random_ties(scores: Tensor, k: int, features: Tensor) -> Tensor:
+    """The k highest ``scores [B, d]`` of each row as a 0/1 mask, ties chosen at random by
+    keys drawn from the row's ``features [B, d]`` (:func:`_tie_keys`: evaluations repeat and do
+    not depend on how the rows are batched): a random order, then a stable sort."""
+    shuffle = _tie_keys(features).argsort(dim=1)
     order = scores.gather(1, shuffle).argsort(dim=1, descending=True, stable=True)  # [B, d]
     chosen = shuffle.gather(1, order[:, :k])  # [B, k]
     return torch.zeros_like(scores).scatter_(1, chosen, 1.0)

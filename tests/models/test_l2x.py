@@ -66,6 +66,17 @@ def test_a_selector_with_constant_scores_scores_like_chance() -> None:
     chance = selection_median_rank(picks, relevant[: len(picks)]).mean().item()  # every pick
     assert metrics["selection_median_rank"] == pytest.approx(chance, abs=0.1)
     assert chance > 3.0  # far from the optimum 1.5
+    # the tie order is the row's own, however the rows are batched (a fixed seed per batch
+    # gave row i of every batch the same pick: one batch of 40 and 40 of 1 disagreed)
+    one_by_one = model.reduce_metrics(
+        [
+            model.evaluate_batch((x[i : i + 1], labels[i : i + 1], relevant[i : i + 1]))
+            for i in range(40)
+        ]
+    )
+    together = model.reduce_metrics([model.evaluate_batch((x[:40], labels[:40], relevant[:40]))])
+    for key in ("precision", "selection_median_rank"):
+        assert one_by_one[key] == pytest.approx(together[key], rel=1e-12)
 
 
 def test_median_rank_hand_checked_case() -> None:

@@ -95,9 +95,10 @@ def exact_expected_gradient(
         )
     sign = 1.0 if sense == "max" else -1.0
     flat = states.to(torch.float64).flatten(1)  # [M, D]
-    probabilities = torch.softmax(
-        sign * (flat @ theta.to(torch.float64).flatten()) / temperature, 0
-    )
+    values = theta.to(torch.float64).flatten()  # [D]
+    # ⟨z, θ⟩ counting only used entries: a ±inf entry (a mask) left out is 0, not 0·inf = NaN
+    scores = torch.where(flat != 0, flat * values, 0.0).sum(dim=1)  # [M]
+    probabilities = torch.softmax(sign * scores / temperature, 0)
     losses = loss(states.to(torch.float64)).to(torch.float64).reshape(-1)  # [M]
     covariance = (probabilities * losses) @ flat - (probabilities @ losses) * (probabilities @ flat)
     return (sign / temperature * covariance).view(theta.shape)
@@ -120,6 +121,12 @@ class FidelityReport:
         return float(self.cosines.std()) if self.cosines.numel() > 1 else 0.0
 
     def __str__(self) -> str:
+        if self.norm_ratio == 0:
+            return (
+                f"every estimated gradient is zero over {self.cosines.numel()} seeds "
+                f"({self.states} solutions): the estimator passes nothing back (λ = 0, a "
+                "solver that ignores θ, or the wrong sense)"
+            )
         return (
             f"cosine to the exact gradient {self.cosine_mean:.3f} ± {self.cosine_sd:.3f} over "
             f"{self.cosines.numel()} seeds ({self.states} solutions); gradient norm "

@@ -80,11 +80,22 @@ def register_solver(
     """
     if sense not in ("max", "min"):
         raise ValueError(f"sense must be 'max' or 'min', got {sense!r}")
+    for label, values in (("aliases", aliases), ("constraints", constraints)):
+        if isinstance(values, str):
+            raise TypeError(
+                f"register_solver({name!r}): {label} must be a sequence of strings, got the "
+                f"string {values!r}; write ({values!r},)"
+            )
+    for key in (name, *aliases):
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"solver names and aliases must be non-empty strings, got {key!r}")
 
     def decorator(obj: T) -> T:
         for key in (name, *aliases):
             if key in _specs or key in _aliases:
                 owner = _specs.get(key) or _specs[_aliases[key]]
+                if _same_definition(owner.factory, obj) and owner.name == name:
+                    continue  # the same module run again (a reload, a notebook cell)
                 raise ValueError(
                     f"a solver is already registered under the name {key!r} "
                     f"(by {owner.source}); choose another name"
@@ -116,6 +127,14 @@ def register_solver(
     return decorator
 
 
+def _same_definition(registered: object, new: object) -> bool:
+    """Whether ``new`` is ``registered`` defined again: the same module and qualified name."""
+    return all(
+        getattr(registered, attribute, None) == getattr(new, attribute, object())
+        for attribute in ("__module__", "__qualname__")
+    )
+
+
 def _module_source(obj: object) -> str:
     """``"builtin"`` for aimle_zoo's own solvers, else the module that registered ``obj``."""
     module = getattr(obj, "__module__", None) or "<unknown module>"
@@ -140,8 +159,11 @@ def get_solver(name: str, **params: Any) -> Solver:
     try:
         signature.bind(*leading, **params)
     except TypeError as err:
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+        unexpected = [] if takes_any else sorted(set(params) - set(signature.parameters))
+        problem = f"unexpected parameter(s) {unexpected}" if unexpected else str(err)
         raise TypeError(
-            f"solver {spec.name!r} does not accept parameters {sorted(params)}: {err}. "
+            f"solver {spec.name!r}: {problem} (given {sorted(params) or 'no parameters'}). "
             f"Its signature is {spec.name}{signature}"
         ) from err
     if is_class:  # errors raised by the constructor itself propagate unchanged

@@ -12,7 +12,10 @@
 ``batch_independence``
     solving each instance alone gives its row of the batched solution.
 ``determinism``
-    two calls on the same input give the same output.
+    two calls on the same input give the same output, also on a copy of the input full of
+    ties (θ rounded up in magnitude to multiples of its mean magnitude, signs kept); each call
+    returns a new tensor (a reused output buffer is overwritten by the next call, while the
+    estimators hold several solutions at once).
 ``no_mutation``
     the solver leaves its input unchanged.
 ``relative_optimality``
@@ -199,8 +202,9 @@ def _replace_contents(live: dict[str, Any], saved: dict[str, Any]) -> None:
 
 
 def linear_objective(theta: Tensor, z: Tensor) -> Tensor:
-    """⟨θ, z⟩ per instance: ``theta, z [B, *S] -> [B]``."""
-    return (theta * z).flatten(1).sum(dim=1)
+    """⟨θ, z⟩ per instance: ``theta, z [B, *S] -> [B]``; entries with z = 0 count 0 whatever
+    θ holds there (a ±inf mask, an adjacency's missing edge), not 0·inf = NaN."""
+    return torch.where(z != 0, theta * z, 0.0).flatten(1).sum(dim=1)
 
 
 @dataclass
@@ -213,7 +217,8 @@ class _Case:
     objective: Objective
     feasible: Feasible | None
     seed: int
-    z: Any = None  # output of the first call; a [B, *S] tensor for a conforming solver
+    z: Any = None  # a copy of the first call's output; a [B, *S] tensor for a conforming solver
+    first_output: Any = None  # the object the first call returned (to spot a reused buffer)
 
     def solve(self, theta: Tensor) -> Any:
         with torch.no_grad():
@@ -254,7 +259,8 @@ def check_solver(
     Args:
         solver_or_name: a registered name (built with ``get_solver(name, **params)``) or a
             solver object ``theta [B, *S] -> z [B, *S]``.
-        params: solver parameters for a name; default: those of the input generator.
+        params: solver parameters for a name, over those of the input generator (which
+            give the rest).
         make_input: ``(batch_size, generator) -> (params, theta [B, *S])``; default: the
             ``example`` of the solver's registry spec.
         objective: ``(theta, z) -> [B]``; default: the spec's ``objective``, else ⟨θ, z⟩.
@@ -299,7 +305,7 @@ def check_solver(
     input_params, theta = _make_input(make_input, batch_size, seed, name)
 
     solver: Callable[[Tensor], Tensor] = (
-        get_solver(solver_or_name, **(input_params if params is None else params))
+        get_solver(solver_or_name, **{**input_params, **(params or {})})
         if isinstance(solver_or_name, str)
         else solver_or_name
     )
@@ -384,7 +390,9 @@ def solver_conformance_test(
 
 
 def _check_call(case: _Case) -> None:
-    case.z = case.solve(case.theta.clone())
+    case.first_output = case.solve(case.theta.clone())
+    first = case.first_output
+    case.z = first.clone() if isinstance(first, Tensor) else first  # later calls may reuse it
 
 
 def _check_shape_dtype_device(case: _Case) -> None:
@@ -416,11 +424,18 @@ def _check_binary(case: _Case) -> None:
 
 def _check_batch_independence(case: _Case) -> None:
     z = _output_like_input(case)
-    differing = [
-        index
-        for index in range(case.theta.shape[0])
-        if not _same(case.solve(case.theta[index : index + 1].clone()), z[index : index + 1])
-    ]
+    differing = []
+    for index in range(case.theta.shape[0]):
+        alone = case.solve(case.theta[index : index + 1].clone())
+        expected = z[index : index + 1]
+        if isinstance(alone, Tensor) and alone.shape != expected.shape:
+            raise _CheckFailure(
+                f"solving instance {index} alone returned shape {tuple(alone.shape)}, not "
+                f"{tuple(expected.shape)}: a batch of one must keep its batch dimension "
+                "(e.g. no squeeze())"
+            )
+        if not _same(alone, expected):
+            differing.append(index)
     if differing:
         raise _CheckFailure(
             f"solving instance(s) {format_instances(differing)} alone differs from the batched "
@@ -430,12 +445,53 @@ def _check_batch_independence(case: _Case) -> None:
 
 def _check_determinism(case: _Case) -> None:
     z = _output_like_input(case)
+    if bool(torch.isnan(z).any()):
+        raise _CheckFailure("not checked: the output holds NaN (see 'binary')")
     again = case.solve(case.theta.clone())
+    first = case.first_output
+    if isinstance(again, Tensor) and again.numel() and _shares_storage(again, first):
+        raise _CheckFailure(
+            "the second call returned the first call's tensor (the same storage) and so "
+            "overwrote its solution; the estimators hold several solutions at once: return a "
+            "new tensor from every call"
+        )
+    _compare_calls(again, z, "")
+    tied = _tie_rich(case.theta)
+    try:
+        first_tied = case.solve(tied.clone())
+    except Exception:  # a solver may refuse such values (e.g. zero costs): no tie check
+        return
+    first_tied = first_tied.clone() if isinstance(first_tied, Tensor) else first_tied
+    if isinstance(first_tied, Tensor):
+        _compare_calls(case.solve(tied.clone()), first_tied, " with ties in the input")
+
+
+def _compare_calls(again: Any, z: Tensor, where: str) -> None:
     if not _same(again, z):
         if isinstance(again, Tensor) and again.shape == z.shape:
             differs = (again != z).flatten(1).any(dim=1).nonzero().flatten().tolist()
-            raise _CheckFailure(f"a second call changed the solution of instance(s) {differs}")
-        raise _CheckFailure(f"a second call returned {_describe(again)}, the first {_describe(z)}")
+            raise _CheckFailure(
+                f"a second call{where} changed the solution of instance(s) {differs}; break "
+                "ties by a fixed rule (e.g. the lowest index), not at random"
+            )
+        raise _CheckFailure(
+            f"a second call{where} returned {_describe(again)}, the first {_describe(z)}"
+        )
+
+
+def _shares_storage(a: Tensor, b: Any) -> bool:
+    return (
+        isinstance(b, Tensor) and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    )
+
+
+def _tie_rich(theta: Tensor) -> Tensor:
+    """θ with many equal entries: magnitudes rounded up to multiples of their finite mean,
+    signs, zeros and infinities kept."""
+    finite = theta[torch.isfinite(theta)].abs()
+    step = float(finite.mean()) if finite.numel() and float(finite.mean()) > 0 else 1.0
+    rounded = torch.sign(theta) * torch.ceil(theta.abs() / step) * step
+    return torch.where(torch.isfinite(theta), rounded, theta).to(theta.dtype)
 
 
 def _check_no_mutation(case: _Case) -> None:

@@ -228,3 +228,30 @@ def test_the_exact_gradient_uses_the_estimators_noise_temperature(make, tau: flo
     ]
     assert torch.equal(reports[0].cosines, reports[1].cosines)
     assert not torch.equal(reports[0].cosines, reports[2].cosines)
+
+
+def test_the_exact_gradient_of_a_masked_instance_leaves_the_masked_states_out() -> None:
+    """A -inf entry makes the states that use it impossible (probability 0), as if it were
+    not there; 0·(-inf) used to make every probability NaN."""
+    theta = torch.tensor([0.3, -0.2, 0.5, float("-inf")], dtype=torch.float64)
+    states = topk_states(4, 2)  # every 2-subset of 4
+
+    def loss(z: Tensor) -> Tensor:
+        return (z * torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=z.dtype)).sum(dim=1)
+
+    masked = exact_expected_gradient(theta, states, loss)
+    usable = states[:, 3] == 0
+    alone = exact_expected_gradient(theta[:3], states[usable][:, :3], lambda z: loss(
+        torch.cat([z, torch.zeros(len(z), 1, dtype=z.dtype)], dim=1)))  # fmt: skip
+    assert torch.isfinite(masked).all() and masked[3] == 0
+    torch.testing.assert_close(masked[:3], alone)
+
+
+def test_a_report_of_all_zero_gradients_says_so() -> None:
+    solver = get_solver("topk", k=2)
+    theta = torch.randn(6, dtype=torch.float64)
+    report = gradient_fidelity(
+        build_estimator("aimle", target={"name": "adaptive", "initial_beta": 0.0}, noise=None),
+        solver, theta, lambda z: z.sum(dim=-1), seeds=4,
+    )  # fmt: skip
+    assert report.norm_ratio == 0 and "every estimated gradient is zero" in str(report)

@@ -167,6 +167,23 @@ def raises(theta: Tensor) -> Tensor:
     raise RuntimeError("solver exploded")
 
 
+class ReusedBuffer:
+    """Top-k written into one cached tensor, returned on every call: the next call overwrites
+    the solution an estimator still holds."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, ...], Tensor] = {}  # one per input shape
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        buffer = self.buffers.setdefault(tuple(theta.shape), torch.empty_like(theta))
+        return buffer.copy_(top_k(theta))
+
+
+def random_ties(theta: Tensor) -> Tensor:
+    """Top-k with ties broken at random: invisible on Gaussian scores, which never tie."""
+    return top_k(theta + 1e-6 * torch.rand_like(theta))
+
+
 @pytest.mark.parametrize(
     ("solver", "expected_failures", "message"),
     [
@@ -180,6 +197,9 @@ def raises(theta: Tensor) -> Tensor:
         (bottom_k, {"relative_optimality", "optimality"}, "scores better"),
         (first_k, {"optimality"}, "sub-optimal on"),
         (partial(top_k, k=K + 1), {"optimality"}, "not among the feasible ones"),
+        (ReusedBuffer(), {"determinism"}, "returned the first call's tensor"),
+        (random_ties, {"determinism"}, "with ties in the input changed the solution"),
+        (lambda theta: top_k(theta).squeeze(0), {"batch_independence"}, "keep its batch dim"),
     ],
     ids=[
         "wrong-shape",
@@ -192,6 +212,9 @@ def raises(theta: Tensor) -> Tensor:
         "minimises",
         "sub-optimal",
         "infeasible",
+        "reused-output",
+        "random-ties",
+        "squeezed-batch-of-one",
     ],
 )
 def test_breaches_are_detected(
@@ -354,3 +377,22 @@ def test_pytest_helper_oracle_agrees_with_numpy() -> None:
     expected[np.argsort(-theta.numpy())[:K]] = 1.0
     assert len(subsets) == 15
     np.testing.assert_array_equal(best.numpy(), expected)
+
+
+def test_masked_entries_do_not_turn_the_default_objective_into_nan() -> None:
+    """A -inf mask is a supported input: 0·(-inf) = NaN used to fail a correct solver."""
+
+    def masked_input(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+        theta = torch.randn(batch_size, N, generator=generator)
+        theta[:, N - 2 :] = float("-inf")
+        return {"k": K}, theta
+
+    assert run(top_k, make_input=masked_input).ok
+    theta = torch.tensor([[1.0, float("-inf")], [float("inf"), 2.0]])
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert linear_objective(theta, z).tolist() == [1.0, 2.0]
+
+
+def test_check_solver_params_complete_the_examples_instead_of_replacing_them() -> None:
+    report = check_solver("topk", params={"ties": "threshold"}, check_gradients=False)
+    assert report["call"].passed, str(report)

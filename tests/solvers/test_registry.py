@@ -141,12 +141,44 @@ def test_aliases_resolve_to_the_canonical_solver() -> None:
 def test_wrong_params_name_the_signature() -> None:
     register_solver("reg_top_k")(top_k)
     with pytest.raises(
-        TypeError, match=r"'reg_top_k' does not accept parameters \['size'\]"
+        TypeError,
+        match=r"'reg_top_k': unexpected parameter\(s\) \['size'\] \(given \['size'\]\)",
     ) as err:
         get_solver("reg_top_k", size=2)
     assert "Its signature is reg_top_k(theta: 'Tensor', k: 'int') -> 'Tensor'" in str(err.value)
-    with pytest.raises(TypeError, match=r"missing a required argument: 'k'"):
+    with pytest.raises(
+        TypeError, match=r"missing a required argument: 'k' \(given no parameters\)"
+    ):
         get_solver("reg_top_k")
+
+
+def test_registration_arguments_are_checked_and_a_rerun_module_registers_again() -> None:
+    """A bare string for aliases used to register one alias per character; an empty or
+    non-string name broke every later lookup. Running the same definition again (a module
+    reload, a notebook cell) replaces it instead of failing."""
+    with pytest.raises(TypeError, match=r"aliases must be a sequence of strings, got the string"):
+        register_solver("reg_a", aliases="am2")(top_k)
+    with pytest.raises(TypeError, match="constraints must be a sequence"):
+        register_solver("reg_a", constraints="x > 0")(top_k)
+    for bad in ("", "  ", 3):
+        with pytest.raises(ValueError, match="non-empty strings"):
+            register_solver(bad)(top_k)  # type: ignore[arg-type]
+    assert "reg_a" not in list_solvers() and "a" not in list_solvers()
+
+    def solve(theta: Tensor) -> Tensor:
+        return theta
+
+    register_solver("reg_again", aliases=("reg_again_alias",))(solve)
+    register_solver("reg_again", aliases=("reg_again_alias",))(solve)  # the same cell, again
+
+    def solve(theta: Tensor) -> Tensor:  # another definition under the same name
+        return theta
+
+    register_solver("reg_again", aliases=("reg_again_alias",))(solve)  # redefined: replaces
+    assert get_solver_spec("reg_again_alias").factory is solve
+    register_solver("reg_top_k")(top_k)
+    with pytest.raises(ValueError, match="already registered under the name 'reg_top_k'"):
+        register_solver("reg_top_k")(solve)  # another solver's name
 
     @register_solver("reg_class")
     class Fixed(Solver):

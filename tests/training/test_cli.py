@@ -196,6 +196,7 @@ def test_publish_evaluates_a_run_stopped_before_its_end(tmp_path: Path) -> None:
         "recipe": "l2x-xor",
         "estimator": "aimle",
         "smoke": True,
+        "split_seed": 0,
     }
     for key, value in finished.items():  # the same best checkpoint, evaluated afresh
         if not key.endswith("count"):

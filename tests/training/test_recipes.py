@@ -100,7 +100,8 @@ def test_smoke_training(name: str, estimator: str, tmp_path: Path) -> None:
         assert config["estimator"]["symmetric"] == (estimator == "aimle-central")
     test_metrics = json.loads((out / "test_metrics.json").read_text())
     assert test_metrics and all(v == v for v in test_metrics.values())  # no NaN
-    assert read_recipe(result.best_dir) == {"recipe": name, "estimator": estimator, "smoke": True}
+    recorded = {"recipe": name, "estimator": estimator, "smoke": True, "split_seed": 0}
+    assert read_recipe(result.best_dir) == recorded
 
 
 def test_a_task_without_a_relaxation_names_the_estimators_it_has(tmp_path: Path) -> None:

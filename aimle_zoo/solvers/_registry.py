@@ -282,7 +282,13 @@ def _resolve(name: str) -> SolverSpec:
         if attempt == 0:
             load_plugins()
     known = sorted([*_specs, *_aliases])
+    failed = ""
+    if _plugin_failures:  # the name may be one that a broken plugin would have registered
+        failed = (
+            f" Solver plugins that failed to load: {', '.join(sorted(_plugin_failures))}; "
+            "`aimle-zoo solvers` says why."
+        )
     raise UnknownSolverError(
         f"unknown solver {name!r}.{did_you_mean(name, known)} Known solvers: {', '.join(known)}. "
-        "Register your own with @aimle_zoo.solvers.register_solver."
+        f"Register your own with @aimle_zoo.solvers.register_solver.{failed}"
     )

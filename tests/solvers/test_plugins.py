@@ -320,6 +320,8 @@ def test_entry_point_must_name_a_registered_solver(
     assert "entry point 'named' = 'plug_named:solve'" in str(err.value)
     assert isinstance(err.value.__cause__, TypeError)
     assert "other_name" not in list_solvers()  # a failed plugin leaves nothing registered
+    with pytest.raises(UnknownSolverError, match=r"plugins that failed to load: named;"):
+        get_solver("other_name")  # the name the broken plugin would have registered
 
 
 def test_scipy_oracle_matches_brute_force() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from tqdm.auto import tqdm
 
 from . import __version__
 from ._io import atomic_file
@@ -91,6 +92,8 @@ def compare(
                 minimizer_noise=minimizer_noise,
                 **{**overrides, "epochs": epochs},  # not the resumed run's own count
             )
+        else:
+            tqdm.write(f"{name}: reusing the finished run in {run_dir} ({epochs} epochs)")
         history = [json.loads(line) for line in (run_dir / METRICS_LOG).read_text().splitlines()]
         results[name] = {
             "test": json.loads((run_dir / TEST_METRICS).read_text()),

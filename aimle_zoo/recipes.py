@@ -778,6 +778,8 @@ def run_evaluation(
         batch_size=batch_size or recipe.train.eval_batch_size,
         device=device,
         options=recipe.test_options if split == "test" else None,
+        progress=(data_options or DataOptions()).progress,
+        description=f"{name} {split} ({len(dataset)} instances)",
     )
     if split == "test":
         metrics.update(_test_extras(model, task))
@@ -826,6 +828,7 @@ class CheckpointEvaluation:
     folder: Path
     metrics: dict[str, float]
     figure: Path | None = None
+    smoke: bool = False  # measured on the smoke run's small data, as it was trained
 
 
 def evaluate_checkpoint(
@@ -886,7 +889,7 @@ def evaluate_checkpoint(
     if figure is not None:
         save_figure(model, task_name, figure, data_options=options, split=split)
         written = Path(figure)
-    return CheckpointEvaluation(task_name, folder, metrics, written)
+    return CheckpointEvaluation(task_name, folder, metrics, written, options.smoke)
 
 
 def _published_task(checkpoint: str | os.PathLike[str]) -> str | None:

@@ -550,6 +550,11 @@ def _load_last(
     info: _DistInfo,
 ) -> _Progress:
     weights = "model.safetensors"  # what save_pretrained writes
+    if not last_dir.is_dir():
+        raise FileNotFoundError(
+            f"cannot resume: there is no run in {last_dir.parent} ({last_dir} does not exist); "
+            "start it without --resume, or point --out at the run to continue"
+        )
     paths = [last_dir / name for name in (weights, TRAINER_STATE, TRAINER_TENSORS)]
     missing = [path.name for path in paths if not path.exists()]
     if missing:
@@ -928,6 +933,13 @@ def _validate_and_log(
     progress.history.append(record)
     with _STOP_SIGNALS.writes(), (out / METRICS_LOG).open("a") as log:
         log.write(json.dumps(record) + "\n")
+    # one line per epoch, also with --no-progress (the log file of a long run)
+    train_loss = record["train"].get("loss", math.nan)
+    line = f"epoch {record['epoch'] + 1}/{config.epochs}: train loss {train_loss:.5g}"
+    if "valid" in record:
+        line += f", valid {config.select_metric} {selected:.5g}"
+    best = "valid" in record and progress.best_epoch == record["epoch"]
+    tqdm.write(line + f" ({record['seconds']:.0f} s)" + (", best so far" if best else ""))
 
 
 def _mean_over_ranks(logs: dict[str, float], info: _DistInfo) -> dict[str, float]:

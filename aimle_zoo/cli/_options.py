@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,6 +43,9 @@ def guarded(command: F) -> F:
             return command(*args, **kwargs)
         except _CLI_EXCEPTIONS:
             raise
+        except BrokenPipeError:  # the reader went away (`aimle-zoo solvers | head`): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+            raise typer.Exit(code=0) from None
         except Exception as err:
             if os.environ.get(DEBUG_ENV):
                 raise

@@ -90,7 +90,9 @@ def train_command(
     overwrite: Annotated[
         bool, typer.Option(help="Delete the run already in --out and start over.")
     ] = False,
-    smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="Tiny data and at most 3 steps per epoch: a quick try (and CI).")
+    ] = False,
     max_steps: Annotated[int | None, typer.Option(help="Cap the steps of every epoch.")] = None,
     checkpoint_every: Annotated[
         int | None, typer.Option(help="Also save last/ every N steps (long runs).")
@@ -145,6 +147,7 @@ def evaluate_command(
     cache_dir: CacheDirOpt = None,
     device: DeviceOpt = "cpu",
     figure: Annotated[Path | None, typer.Option(help="Save a figure of predictions here.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Print a checkpoint's metrics on a split, and optionally save a figure.
 
@@ -155,11 +158,12 @@ def evaluate_command(
         task=task,
         split=split,
         limit=limit,
-        data_options=_data_options(data_dir, cache_dir),
+        data_options=_data_options(data_dir, cache_dir, progress=progress),
         device=device,
         figure=figure,
     )
-    typer.echo(f"{result.task}, {split} split, {result.folder}")
+    smoke = " (the smoke data it was trained on)" if result.smoke else ""
+    typer.echo(f"{result.task}, {split} split{smoke}, {result.folder}")
     for key, value in result.metrics.items():
         typer.echo(f"{key:24s} {value:.6g}")
     if result.figure is not None:
@@ -183,7 +187,9 @@ def compare_command(
     seed: Annotated[int, typer.Option(help="Random seed (the same for every estimator).")] = 0,
     device: RunDeviceOpt = None,
     data_dir: DataDirOpt = None,
-    smoke: Annotated[bool, typer.Option(help="Tiny data and 3 steps per epoch (CI).")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="Tiny data and at most 3 steps per epoch: a quick try (and CI).")
+    ] = False,
     minimizer_noise: MinimizerNoiseOpt = None,
 ) -> None:
     """Train a task with several estimators at the same budget; write a table and curves."""

@@ -234,8 +234,9 @@ def solver_gradient_fidelity(
     spec = get_solver_spec(name)
     if spec.example is None:
         raise ValueError(
-            f"solver {name!r} registers no example instance; call gradient_fidelity with a "
-            "theta and its states instead"
+            f"solver {name!r} registers no example instance; register it with "
+            "register_solver(..., example=(batch_size, generator) -> (params, theta)), or call "
+            "gradient_fidelity with a theta and its states"
         )
     generator = torch.Generator().manual_seed(seed)
     example_params, example_theta = spec.example(1, generator)

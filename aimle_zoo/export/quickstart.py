@@ -254,5 +254,8 @@ def resolve_model(name_or_path: str) -> tuple[ZooModel, str, str]:
         torch.manual_seed(0)
         return create_model(name_or_path).eval(), name_or_path, "untrained"
     model = from_pretrained(name_or_path)
-    stem = Path(name_or_path.rstrip("/")).name or model.model_name
+    folder = Path(name_or_path.rstrip("/"))
+    stem = folder.name or model.model_name
+    if stem in ("best", "last") and folder.parent.name not in ("", "."):
+        stem = f"{folder.parent.name}-{stem}"  # runs/A/best -> A-best, not best for every run
     return model.eval(), stem, "checkpoint"

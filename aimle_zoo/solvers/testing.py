@@ -298,8 +298,9 @@ def check_solver(
     if make_input is None:
         if spec is None or spec.example is None:
             raise ValueError(
-                f"solver {name!r} has no example input in its registry spec; pass "
-                "make_input=(batch_size, generator) -> (params, theta)"
+                f"solver {name!r} has no example input in its registry spec; register it with "
+                "register_solver(..., example=(batch_size, generator) -> (params, theta)), or "
+                "pass make_input= of that form"
             )
         make_input = spec.example
     input_params, theta = _make_input(make_input, batch_size, seed, name)

@@ -14,7 +14,7 @@ from aimle_zoo.cli import app
 from aimle_zoo.export import load_exported, read_metadata
 from aimle_zoo.export.quickstart import format_table, run_quickstart
 
-from ..models._helpers import TINY
+from ..models._helpers import TINY, tiny_model
 from .conftest import Exported, build_tiny
 
 runner = CliRunner()
@@ -208,3 +208,14 @@ def test_quickstart_without_checkpoints_uses_fresh_default_models(
     assert rows[0].parameters == sum(p.numel() for p in model.parameters())
     assert rows[0].max_abs_diff < 1e-4 and rows[0].onnx_path.is_file()
     assert "| grid_shortest_path | untrained |" in format_table(rows)
+
+
+def test_a_runs_best_checkpoint_exports_under_the_runs_name(tmp_path: Path) -> None:
+    """Every run's checkpoint folder is called best/: the files are named after the run, so
+    two runs exported into one folder do not overwrite each other."""
+    from aimle_zoo.export.quickstart import resolve_model
+
+    for run in ("A", "B"):
+        tiny_model("l2x_tabular").save_pretrained(tmp_path / run / "best")
+        assert resolve_model(str(tmp_path / run / "best"))[1] == f"{run}-best"
+    assert resolve_model(str(tmp_path / "A" / "best") + "/")[1] == "A-best"

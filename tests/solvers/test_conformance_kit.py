@@ -296,7 +296,7 @@ def test_planned_checks() -> None:
 
 
 def test_setup_errors_are_raised_with_what_to_do() -> None:
-    with pytest.raises(ValueError, match=r"no example input .* pass make_input="):
+    with pytest.raises(ValueError, match=r"no example input .* or pass make_input="):
         check_solver(top_k)
     with pytest.raises(TypeError, match="params apply only to a solver given by name"):
         check_solver(top_k, params={"k": 2}, make_input=gaussian_input)

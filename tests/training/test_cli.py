@@ -359,7 +359,7 @@ def test_evaluate_takes_run_folders_and_runs_stopped_early(tmp_path: Path) -> No
     run = tmp_path / "run"
     _train_smoke_run(run)
     output = invoke("evaluate", str(run))
-    assert f"l2x-xor, test split, {run / 'best'}" in output
+    assert f"l2x-xor, test split (the smoke data it was trained on), {run / 'best'}" in output
     assert "count                    256" in output  # the smoke test split, as trained
     (run / "best" / "recipe.json").write_text("{")
     assert "recipe.json is not valid JSON" in fails("evaluate", str(run))

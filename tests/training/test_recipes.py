@@ -366,7 +366,7 @@ def test_a_resume_keeps_the_runs_minimizer_noise(tmp_path: Path) -> None:
 
 
 def test_resume_without_a_run_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="cannot resume"):
+    with pytest.raises(FileNotFoundError, match=r"cannot resume: there is no run in .*none"):
         run_training(
             "l2x-xor", tmp_path / "none", data_options=_options("l2x-xor", tmp_path), resume=True
         )

@@ -96,9 +96,6 @@ class Relaxed(Estimator):
     def _estimate(self, solver: SolverFunction, theta: Tensor, minimize: bool) -> Tensor:
         relax = self.relaxation_of(solver)
         theta_tiled = expand_samples(theta, self.samples)  # [B·N, *S]
-        if self.samples > 1 and theta_tiled.requires_grad:
-            samples = self.samples
-            theta_tiled.register_hook(lambda grad: grad / samples)  # the mean over samples
         eps = self._sample_noise(self.noise, theta_tiled)
         perturbed = theta_tiled if eps is None else theta_tiled + (-eps if minimize else eps)
         relaxed = relax(perturbed, self.temperature)  # [B·N, *S]
@@ -109,6 +106,11 @@ class Relaxed(Estimator):
                 f"{tuple(perturbed.shape)}; relax(theta, temperature) must return a tensor of "
                 "theta's shape"
             )
+        if self.samples > 1 and relaxed.requires_grad:
+            # the mean over samples reaches θ: scaled where ∂L/∂z̃ enters, so that a second
+            # derivative (through the relaxation, not through this hook) is not scaled again
+            samples = self.samples
+            relaxed.register_hook(lambda grad: grad / samples)
         if not self.hard:
             return relaxed
         discrete = call_solver(solver, perturbed.detach())

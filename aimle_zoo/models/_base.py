@@ -1153,6 +1153,14 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def batch_total(values: Tensor) -> Tensor:
+    """Σ of per-instance metric values, accumulated in float32 at least: a half-precision
+    model's batch sums overflow float16 (1,500 images × 60 nats > 65504)."""
+    if not values.is_floating_point():
+        return values.sum()
+    return values.sum(dtype=torch.promote_types(values.dtype, torch.float32))
+
+
 def example_generator(seed: int = 0) -> torch.Generator:
     """A CPU generator for deterministic example inputs."""
     return torch.Generator().manual_seed(seed)

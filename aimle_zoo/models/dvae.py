@@ -37,6 +37,7 @@ from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
+    batch_total,
     check_tensor,
     example_generator,
     init_xavier_relu,
@@ -192,11 +193,11 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
             bce, kl, samples = self._terms(images)
             bce_mean = bce.reshape(-1, samples).mean(dim=1)
             metrics = {
-                "bce_sum": bce_mean.sum(),
-                "kl_sum": kl.sum(),
-                "neg_elbo_sum": (bce_mean + kl).sum(),
-                "loss_sum": (bce_mean + kl).sum(),
-                "reference_loss_sum": (bce_mean + kl / samples).sum(),
+                "bce_sum": batch_total(bce_mean),
+                "kl_sum": batch_total(kl),
+                "neg_elbo_sum": batch_total(bce_mean + kl),
+                "loss_sum": batch_total(bce_mean + kl),
+                "reference_loss_sum": batch_total(bce_mean + kl / samples),
                 "count": torch.tensor(images.shape[0]),
             }
             if reference_test_loss:
@@ -206,7 +207,7 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
                 finally:
                     self.latent_layer.eval()
                 sampled = bce.reshape(-1, samples).mean(dim=1) + kl / samples
-                metrics["sampled_reference_loss_sum"] = sampled.sum()
+                metrics["sampled_reference_loss_sum"] = batch_total(sampled)
         return metrics
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:

@@ -27,6 +27,7 @@ from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
+    batch_total,
     check_tensor,
     example_generator,
     unpack_batch,
@@ -204,11 +205,11 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
             maps, costs, gold = self._unpack(batch, "evaluate_batch")
             predicted = self(maps)  # [B, H, W]
             metrics = {
-                "loss_sum": hamming_loss(predicted, gold.to(predicted.dtype)).sum(),
+                "loss_sum": batch_total(hamming_loss(predicted, gold.to(predicted.dtype))),
                 "count": torch.tensor(maps.shape[0]),
             }
             for name, values in path_metrics(predicted, gold, costs, percents).items():
-                metrics[f"{name}_sum"] = values.sum()
+                metrics[f"{name}_sum"] = batch_total(values)
         return metrics
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:

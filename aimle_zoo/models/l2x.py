@@ -30,6 +30,7 @@ from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
+    batch_total,
     check_tensor,
     example_generator,
     init_xavier_relu,
@@ -321,7 +322,7 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
         with self._evaluating():
             ids = self._check_ids(token_ids, "evaluate_batch")
             targets = self._targets(scores, ids.shape[0], "evaluate_batch")
-            squared = ((self(ids) - targets) ** 2).sum()
+            squared = batch_total((self(ids) - targets) ** 2)
         return {"loss_sum": squared, "mse_sum": squared, "count": torch.tensor(ids.shape[0])}
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:
@@ -434,7 +435,7 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
             mask = self.latent_layer(scores)  # [B, d]
             logits = self.predictor(x * mask)
             metrics = {
-                "loss_sum": F.cross_entropy(logits, targets, reduction="sum"),
+                "loss_sum": batch_total(F.cross_entropy(logits, targets, reduction="none")),
                 "accuracy_sum": (logits.argmax(1) == targets).sum(),
                 "count": torch.tensor(x.shape[0]),
             }
@@ -455,12 +456,12 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
                 if self.ties == "exact":
                     mask = _select_with_random_ties(scores, self.k, x)  # [B, d]
                 selection_ranks = selection_median_rank(mask, relevant)  # [B]
-                metrics["median_rank_sum"] = ranks[has_relevant].sum()
+                metrics["median_rank_sum"] = batch_total(ranks[has_relevant])
                 metrics["median_rank_count"] = rows
-                metrics["selection_median_rank_sum"] = selection_ranks[has_relevant].sum()
+                metrics["selection_median_rank_sum"] = batch_total(selection_ranks[has_relevant])
                 metrics["selection_median_rank_count"] = rows
                 hits = (mask.bool() & relevant).sum(1).to(scores.dtype)
-                metrics["precision_sum"] = (hits / mask.sum(1).clamp_min(1)).sum()
+                metrics["precision_sum"] = batch_total(hits / mask.sum(1).clamp_min(1))
         return metrics
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, ...]:
@@ -711,7 +712,7 @@ class L2XImage(ZooModel, tags=["l2x", "image-classification", "mnist"]):
             targets = _labels(where, labels, images.shape[0], self.num_classes)
             logits = self(images)
             return {
-                "loss_sum": F.cross_entropy(logits, targets, reduction="sum"),
+                "loss_sum": batch_total(F.cross_entropy(logits, targets, reduction="none")),
                 "accuracy_sum": (logits.argmax(1) == targets).sum(),
                 "count": torch.tensor(images.shape[0]),
             }

@@ -29,6 +29,7 @@ from ..solvers import checks_enabled
 from ._base import (
     ModelInputError,
     ZooModel,
+    batch_total,
     check_tensor,
     example_generator,
     unpack_batch,
@@ -336,7 +337,8 @@ class MLPDecoder(nn.Module):
             by_sender = F.linear(states, first.weight[:, :dims])  # [B·n, T', H]
             by_receiver = F.linear(states, first.weight[:, dims:], first.bias)  # [B·n, T', H]
             sent = self._message(message, by_sender, by_receiver, active)  # [rows, T', H]
-            incoming.index_add_(0, active.receivers, sent * active.weights[:, None, None])
+            weighted = (sent * active.weights[:, None, None]).to(incoming.dtype)  # autocast
+            incoming.index_add_(0, active.receivers, weighted)
             if idle is not None and idle.weights.numel():
                 with torch.no_grad():
                     idle_messages.append(
@@ -519,20 +521,20 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
             nll = gaussian_nll(prediction, target, self.output_variance)
             kl = gumbel_kl(logits, self.num_vertices)
             metrics = {
-                "nll_sum": nll.sum(),
-                "kl_sum": kl.sum(),
-                "loss_sum": (nll + kl).sum(),
-                "elbo_sum": -(nll + kl).sum(),
-                "mse_sum": ((prediction - target) ** 2).mean(dim=(1, 2, 3)).sum(),
+                "nll_sum": batch_total(nll),
+                "kl_sum": batch_total(kl),
+                "loss_sum": batch_total(nll + kl),
+                "elbo_sum": -batch_total(nll + kl),
+                "mse_sum": batch_total(((prediction - target) ** 2).mean(dim=(1, 2, 3))),
                 "count": torch.tensor(trajectories.shape[0]),
             }
             if edges is not None:
                 truth = self._check_edges(edges, trajectories.shape[0], "evaluate_batch")
                 accuracy, precision, recall = edge_metrics(tree, truth)
                 metrics.update(
-                    accuracy_sum=accuracy.sum(),
-                    precision_sum=precision.sum(),
-                    recall_sum=recall.sum(),
+                    accuracy_sum=batch_total(accuracy),
+                    precision_sum=batch_total(precision),
+                    recall_sum=batch_total(recall),
                 )
         return metrics
 

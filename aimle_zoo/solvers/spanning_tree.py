@@ -287,6 +287,9 @@ def _log_tree_partition(log_weights: Tensor, floor: Tensor) -> Tensor:
     return total
 
 
+# torch.autograd.grad inside: a compiled caller would cut `scaled` off log Z's graph, so the
+# function always runs eagerly (a graph break under torch.compile)
+@torch.compiler.disable
 def spanning_tree_marginals(
     weights: Tensor, temperature: float, mask: Tensor | None = None
 ) -> Tensor:
@@ -299,15 +302,16 @@ def spanning_tree_marginals(
     at any spread of ``w / τ``; a Laplacian determinant loses all accuracy once the spread
     passes ~40). This is the exponential-family relaxation of the stochastic softmax tricks
     (Paulus et al., 2020); as τ → 0 it tends to the maximum spanning tree. Reads the lower
-    triangle of ``w`` (pass symmetric weights), returns w's dtype, differentiable in w.
+    triangle of ``w`` (pass symmetric weights), returns w's dtype, differentiable in w. Runs
+    under ``torch.no_grad`` and ``torch.inference_mode`` too (its own autograd pass is local).
     """
     n = weights.shape[-1]
     if n == 1:
         return torch.zeros_like(weights)
-    allowed = ~torch.eye(n, dtype=torch.bool, device=weights.device)  # [n, n]
-    if mask is not None:
-        allowed = torch.logical_and(allowed, mask.to(weights.device))  # [n, n] or [B, n, n]
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # inference tensors become normal
+        allowed = ~torch.eye(n, dtype=torch.bool, device=weights.device)  # [n, n]
+        if mask is not None:  # [n, n] or [B, n, n]
+            allowed = torch.logical_and(allowed, mask.to(weights.device).clone())
         scaled = weights.double() / temperature  # [B, n, n]
         if not scaled.requires_grad:
             scaled.requires_grad_(True)

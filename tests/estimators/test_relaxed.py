@@ -144,3 +144,42 @@ def test_the_decorator_wraps_a_plain_function_with_its_relaxation() -> None:
     expected = torch.softmax(theta / 0.25, dim=-1).repeat_interleave(2, dim=0)
     torch.testing.assert_close(argmax(theta), expected)
     assert argmax.__name__ == "argmax" and argmax.estimator.config()["samples"] == 2
+
+
+@pytest.mark.parametrize("name", ["mst", "mst_edges"])
+def test_spanning_tree_marginals_under_inference_mode_and_torch_compile(name: str) -> None:
+    """The marginals take their own autograd pass: inference mode used to refuse it, and a
+    compiled caller cut θ off log Z's graph ("appears to not have been used in the graph")."""
+    layer = DifferentiableSolver(name, Relaxed(noise=None))
+    theta = torch.randn(2, 20) if name == "mst_edges" else torch.randn(2, 5, 5)
+    expected = layer(theta)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(theta), expected)
+    weights = torch.arange(expected.numel(), dtype=theta.dtype).view_as(expected)
+    eager_theta, compiled_theta = theta.clone().requires_grad_(), theta.clone().requires_grad_()
+    (layer(eager_theta) * weights).sum().backward()
+    compiled = torch.compile(layer, backend="aot_eager")
+    (compiled(compiled_theta) * weights).sum().backward()
+    assert eager_theta.grad is not None and compiled_theta.grad is not None
+    torch.testing.assert_close(compiled_theta.grad, eager_theta.grad)
+
+
+def test_the_mean_over_samples_is_taken_once_in_a_second_derivative() -> None:
+    """With N samples the gradient is the mean over them; its derivative (a Hessian-vector
+    product) used to be divided by N a second time."""
+    gen = torch.Generator().manual_seed(0)
+    layer = DifferentiableSolver("topk", Relaxed(noise=None, temperature=1.0, samples=3), k=2)
+    theta = torch.randn(2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    direction = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+
+    def gradient(at: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        (grad,) = torch.autograd.grad((layer(at) * weights).sum(), at, create_graph=create_graph)
+        return grad
+
+    (hvp,) = torch.autograd.grad((gradient(theta, True) * direction).sum(), theta)
+    step = 1e-6
+    with torch.no_grad():
+        ahead, behind = theta + step * direction, theta - step * direction
+    numeric = (gradient(ahead.requires_grad_()) - gradient(behind.requires_grad_())) / (2 * step)
+    torch.testing.assert_close(hvp, numeric, rtol=1e-5, atol=1e-7)

@@ -139,3 +139,16 @@ def test_images_of_any_layout_with_the_right_size_and_range() -> None:
         model(torch.rand(3, 15))
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\]"):
         tiny_model("discrete_vae", k=6)
+
+
+def test_a_half_precision_model_sums_its_metrics_without_overflow() -> None:
+    """1,500 images × ~100 nats exceed float16's 65504: the batch sums are taken in float32."""
+    import aimle_zoo
+
+    model = aimle_zoo.from_pretrained("dvae-mnist").eval()
+    images = torch.rand(1500, 784, generator=torch.Generator().manual_seed(0))
+    full = model.reduce_metrics([model.evaluate_batch(images)])
+    half = model.half().reduce_metrics([model.evaluate_batch(images.half())])
+    for key in ("bce", "kl", "neg_elbo"):
+        assert math.isfinite(half[key]), key
+        assert half[key] == pytest.approx(full[key], rel=0.02), key

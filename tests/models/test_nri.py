@@ -190,3 +190,15 @@ def test_invalid_edges_and_arguments() -> None:
     assert math.isfinite(
         model.reduce_metrics([model.evaluate_batch((trajectories, truth))])["elbo"]
     )
+
+
+def test_the_decoder_runs_under_bfloat16_autocast() -> None:
+    """Messages come out of autocast's linear layers in bfloat16, the receiver sums are float32:
+    index_add_ refused the mix."""
+    model = tiny_model("nri_tree").train()
+    (trajectories,) = model.example_inputs(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = model.training_loss((trajectories,))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)

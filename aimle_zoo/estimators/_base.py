@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..solvers import SolverInputError, may_hold_bad_values, solver_sense, solver_spec
+from ..solvers import (
+    SolverInputError,
+    checks_enabled,
+    may_hold_bad_values,
+    solver_sense,
+    solver_spec,
+)
 from ..solvers._base import format_instances
 from .noise import Noise
 
@@ -115,7 +121,7 @@ def validate_theta(theta: object) -> Tensor:
             "estimator: theta must have a batch dimension [B, *S], got a 0-dim tensor; "
             "use theta.unsqueeze(0) for a single instance"
         )
-    if theta.numel() and may_hold_bad_values(theta.detach(), allow_inf=True):
+    if theta.numel() and checks_enabled() and may_hold_bad_values(theta.detach(), allow_inf=True):
         nan_rows = torch.isnan(theta.detach()).flatten(1).any(dim=1)  # [B]
         if bool(nan_rows.any()):
             raise SolverInputError(

@@ -755,28 +755,28 @@ def run_evaluation(
     split: str = "test",
     data_options: DataOptions | None = None,
     batch_size: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     limit: int | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on a split of recipe ``name`` (eval mode, MAP latent; on the test
     split also the recipe's ``test_options`` metrics and the task's extras, such as subset
-    precision on annotated reviews, which ``limit`` does not cut)."""
+    precision on annotated reviews, which ``limit`` does not cut). ``device``: move the model
+    there first (default: leave it where it is)."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 instance, got {limit}")
     recipe = get_recipe(name)
-    device = str(resolve_device(device))
+    if device is not None:
+        model.to(str(resolve_device(device)))
     task = recipe.build_data(data_options or DataOptions())
     dataset = getattr(task, split)
     if limit is not None:
         dataset = _head(dataset, limit)
-    model.to(device)
     metrics = evaluate(
         model,
         dataset,
         batch_size=batch_size or recipe.train.eval_batch_size,
-        device=device,
         options=recipe.test_options if split == "test" else None,
         progress=(data_options or DataOptions()).progress,
         description=f"{name} {split} ({len(dataset)} instances)",

@@ -212,9 +212,10 @@ def seed_everything(seed: int) -> None:
 
 
 def move_to(batch: Any, device: torch.device) -> Any:
-    """Move every tensor of a (nested) batch to ``device``."""
+    """Move every tensor of a (nested) batch to ``device`` (asynchronously only towards an
+    accelerator: a copy to the CPU could be read before it lands)."""
     if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, non_blocking=torch.device(device).type != "cpu")
     if isinstance(batch, Mapping):
         return {key: move_to(value, device) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
@@ -252,7 +253,7 @@ def evaluate(
     dataset: Dataset[Any],
     *,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     progress: bool = False,
     description: str = "evaluate",
     options: Mapping[str, Any] | None = None,
@@ -263,12 +264,16 @@ def evaluate(
     ``options`` are keyword arguments of ``model.evaluate_batch`` (e.g. the discrete VAE's
     ``reference_test_loss=True``, which samples codes). The evaluation draws its random numbers
     from a generator state seeded with ``seed`` and restored afterwards, so sampled metrics are
-    reproducible and the caller's random stream is untouched.
+    reproducible and the caller's random stream is untouched. ``device`` (default: where the
+    model's parameters are) is where the batches go; the model is not moved.
     """
     _check_not_empty(dataset, f"{description}: the dataset")
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    first = next(iter(model.parameters()), None)
+    if device is None:
+        device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
     devices = [device] if device.type == "cuda" else []
     try:
@@ -629,7 +634,10 @@ def _restore_progress(
     for name, value in tensors.items():
         if name.startswith("optimizer."):
             _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value.to(device)
+            # load_state_dict moves each moment to its parameter's device and keeps Adam's
+            # `step` on the CPU, as a fresh run does (on a GPU it would cost two host syncs per
+            # parameter and step)
+            state.setdefault(int(index), {})[key] = value
     for index, entries in meta["optimizer_scalars"].items():
         state.setdefault(int(index), {}).update(entries)
     _check_adam_state(state, optimizer)

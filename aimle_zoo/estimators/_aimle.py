@@ -77,6 +77,8 @@ class _AIMLEFunction(torch.autograd.Function):
         estimator: AIMLE = ctx.estimator
         theta_tiled, eps, z = ctx.saved_tensors  # [B·N, *S] each
         if not check_incoming_gradient(dy, "aimle"):
+            if isinstance(estimator.target, AdaptiveTarget):
+                estimator.target.skip_step(dy.device)  # the other ranks' count all-reduce
             skipped = skipped_gradient(theta_tiled, (ctx.batch, *theta_tiled.shape[1:]))
             return skipped, None, None, None
         step = estimator.target.step_size(theta_tiled, dy)  # λ

@@ -53,6 +53,7 @@ def solution_states(
     draws: int = 4096,
     dtype: torch.dtype = torch.float64,
     generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """The distinct solutions ``solver`` returns for ``draws`` standard-normal θ of ``shape``.
 
@@ -61,7 +62,9 @@ def solution_states(
     probability; compare the count with the known one where there is one. ``[M, *shape]``,
     sorted (deterministic for a given generator).
     """
-    theta = torch.randn((draws, *shape), dtype=dtype, generator=generator)
+    theta = torch.randn((draws, *shape), dtype=dtype, generator=generator)  # [draws, *shape]
+    if device is not None:
+        theta = theta.to(device)  # drawn on the CPU: the same solutions on every device
     with torch.no_grad():
         found = solver(theta).to(dtype).flatten(1)
     unique = torch.unique(found, dim=0)  # sorted rows
@@ -94,12 +97,12 @@ def exact_expected_gradient(
             f"shape), got {tuple(states.shape)}"
         )
     sign = 1.0 if sense == "max" else -1.0
-    flat = states.to(torch.float64).flatten(1)  # [M, D]
+    flat = states.to(device=theta.device, dtype=torch.float64).flatten(1)  # [M, D]
     values = theta.to(torch.float64).flatten()  # [D]
     # ⟨z, θ⟩ counting only used entries: a ±inf entry (a mask) left out is 0, not 0·inf = NaN
     scores = torch.where(flat != 0, flat * values, 0.0).sum(dim=1)  # [M]
     probabilities = torch.softmax(sign * scores / temperature, 0)
-    losses = loss(states.to(torch.float64)).to(torch.float64).reshape(-1)  # [M]
+    losses = loss(flat.view(states.shape)).to(torch.float64).reshape(-1)  # [M]
     covariance = (probabilities * losses) @ flat - (probabilities @ losses) * (probabilities @ flat)
     return (sign / temperature * covariance).view(theta.shape)
 
@@ -170,9 +173,11 @@ def gradient_fidelity(
         raise ValueError(f"sample_reduction must be 'mean' or 'sum', got {sample_reduction!r}")
     if states is None:
         if isinstance(solver, TopK) and theta.dim() == 1:
-            states = topk_states(theta.numel(), solver.k)
+            states = topk_states(theta.numel(), solver.k).to(theta.device)
         else:
-            states = solution_states(solver, tuple(theta.shape), dtype=theta.dtype)
+            states = solution_states(
+                solver, tuple(theta.shape), dtype=theta.dtype, device=theta.device
+            )
     if temperature is None:
         temperature = noise_temperature(estimator)
     exact = exact_expected_gradient(

@@ -273,7 +273,7 @@ class SumOfGamma(Noise):
         base_shape = terms / self.k  # s·α
         count = math.prod(shape)
         mixing = _mixing_count(
-            _mixing_thresholds(self.k, terms), count, device, dtype, generator
+            _mixing_tensors(self.k, terms, device), count, device, dtype, generator
         )  # [count], K
         concentration = mixing.add_(base_shape)  # [count], a = s·α + K
         boosted = concentration < 1 if base_shape < 1 else None  # only where K = 0
@@ -363,23 +363,29 @@ def _mixing_thresholds(k: float, terms: int) -> tuple[np.ndarray, np.ndarray]:
     return columns + accept, (alias - columns).astype(np.int32)
 
 
+@functools.lru_cache(maxsize=64)
+def _mixing_tensors(k: float, terms: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`_mixing_thresholds` as tensors on ``device``, copied there once (a copy per
+    draw would wait for a GPU to finish its queue every step)."""
+    threshold, jump = _mixing_thresholds(k, terms)
+    return torch.as_tensor(threshold, device=device), torch.as_tensor(jump, device=device)
+
+
 def _mixing_count(
-    thresholds: tuple[np.ndarray, np.ndarray],
+    thresholds: tuple[Tensor, Tensor],
     count: int,
     device: torch.device,
     dtype: torch.dtype,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """``count`` draws of K from its alias table (:func:`_mixing_thresholds`), floats ``[count]``.
+    """``count`` draws of K from its alias table (:func:`_mixing_tensors`), floats ``[count]``.
 
     One float64 uniform U gives both the column j = ⌊U·m⌋ and the acceptance variate
     V = U·m − j (about 53 − log2 m ≥ 40 random bits each): K = j when U·m < j + accept_j, the
     column's alias otherwise. Indices are int32 (the table is far shorter than 2³¹).
     """
-    threshold, jump = thresholds
-    size = len(threshold)
-    threshold_t = torch.as_tensor(threshold, device=device)  # [m] float64
-    jump_t = torch.as_tensor(jump, device=device)  # [m] int32
+    threshold_t, jump_t = thresholds  # [m] float64, [m] int32, on ``device``
+    size = threshold_t.shape[0]
     scaled = torch.rand(count, device=device, dtype=torch.float64, generator=generator)
     scaled.mul_(size)  # U·m
     column = scaled.int().clamp_(max=size - 1)  # [count], j = ⌊U·m⌋

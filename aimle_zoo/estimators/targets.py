@@ -18,7 +18,7 @@ Differences from the reference implementation (torch-adaptive-imle ``imle/target
 * **State in buffers.** β, the running non-zero count c̄ and the previous update Δ are
   registered buffers: they are saved in ``state_dict`` and restored on load, so a resumed run
   continues the adaptation exactly (the reference keeps them in plain attributes).
-* **No host syncs.** The update is written with tensor operations; the reference calls
+* **No host syncs in the update.** It is written with tensor operations; the reference calls
   ``.item()`` on every step.
 * **No α.** The reference's θ' = α·θ − λ·dy has α = 1 in every experiment; it is dropped.
 * **λ = 0.** A zero λ (β = 0 or dy = 0) leaves g unscaled (it is zero then anyway); a
@@ -225,6 +225,10 @@ class AdaptiveTarget(Target):
         ‖θ‖ counts the finite entries only: ±inf entries of θ (a mask ruling entries out, or
         an adjacency's missing edges) would make λ infinite; they stay infinite in the target.
         """
+        if (
+            self.beta.device != theta.device and theta.device.type != "meta"
+        ):  # outside a module (@aimle)
+            self.to(theta.device)  # decorator) follows θ once, instead of a copy each way
         dtype = step_dtype(theta.dtype)
         finite = theta.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         theta_norm = torch.linalg.vector_norm(finite, dtype=dtype)
@@ -252,11 +256,13 @@ class AdaptiveTarget(Target):
         state = self.grad_norm
         nonzero = torch.count_nonzero(gradient).to(device=state.device, dtype=state.dtype)
         total = torch.full((), float(instances), device=state.device, dtype=state.dtype)
+        vetoes = torch.zeros_like(total)
         if self.sync_distributed and _distributed_world_size() > 1:
-            counts = torch.stack([nonzero, total]).to(gradient.device)
+            counts = torch.stack([nonzero, total, vetoes]).to(gradient.device)
             dist.all_reduce(counts)
-            nonzero, total = counts.to(state.device).unbind()
-        seen = total > 0  # an empty batch (on every rank) leaves the state as it is
+            nonzero, total, vetoes = counts.to(state.device).unbind()
+        # an empty batch (on every rank), or a rank that skipped its step, leaves the state
+        seen = torch.logical_and(total > 0, vetoes == 0)
         observed = nonzero / total.clamp_min(1.0)  # ĉ
         averaged = self.grad_norm * self.decay + (1.0 - self.decay) * observed  # c̄
         self.grad_norm.copy_(torch.where(seen, averaged, self.grad_norm))
@@ -268,6 +274,13 @@ class AdaptiveTarget(Target):
         self.beta.add_(update).clamp_min_(0.0)
         self.last_update.copy_(torch.where(seen, update, self.last_update))
         return _divide_by_step(gradient, torch.where(step > 0, step, 1.0))
+
+    def skip_step(self, device: torch.device) -> None:
+        """This rank skips a backward (a non-finite float16 ∂L/∂z): under ``torch.distributed``
+        it still joins the count all-reduce of :meth:`process`, with a veto, so the collectives
+        stay paired and no rank moves β this step. Nothing to do in a single process."""
+        if self.sync_distributed and _distributed_world_size() > 1:
+            dist.all_reduce(torch.tensor([0.0, 0.0, 1.0], device=device))
 
     def config(self) -> dict[str, Any]:
         return {

@@ -159,6 +159,18 @@ def solver_sense(solver: object) -> Sense:
 # ----------------------------------------------------------------------------- input checks
 
 
+def check_same_device(solver: nn.Module, theta: Tensor, name: str) -> None:
+    """Refuse θ on another device than the solver's own tensors (a mask, a graph), which
+    would fail deep inside the solver with PyTorch's generic device error."""
+    for buffer_name, buffer in solver.named_buffers():
+        if buffer.device != theta.device:
+            raise SolverInputError(
+                f"{name}: theta is on {theta.device} but the solver's {buffer_name!r} is on "
+                f"{buffer.device}; move the solver (or the model holding it) with "
+                ".to(theta.device)"
+            )
+
+
 def check_theta(
     theta: object,
     *,

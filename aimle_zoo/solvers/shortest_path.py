@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import Solver, SolverInputError, check_theta
+from ._base import Solver, SolverInputError, check_same_device, check_theta
 from ._registry import register_solver
 
 __all__ = [
@@ -624,6 +624,7 @@ class GraphShortestPath(Solver):
     def _check_input(self, theta: Tensor) -> None:
         """Raise :class:`SolverInputError` with what is wrong with θ, if anything."""
         solver = "graph_shortest_path"
+        check_same_device(self, theta, solver)
         if self.adjacency_mode:
             size = self.num_nodes
             shape_hint = f"edge costs [B, {size}, {size}] (one per adjacency entry)"

@@ -30,6 +30,7 @@ from torch import Tensor
 from ._base import (
     Solver,
     SolverInputError,
+    check_same_device,
     check_theta,
     checks_enabled,
     format_instances,
@@ -434,6 +435,7 @@ class SpanningTree(Solver):
     def _check_input(self, theta: Tensor) -> None:
         if checks_enabled():
             name = self._solver_name()
+            check_same_device(self, theta, name)
             check_spanning_tree_input(theta, self.mask, name, symmetric=not self.symmetrize)
 
     @torch.jit.unused

@@ -148,14 +148,14 @@ def test_counts_are_summed_over_ranks(monkeypatch: pytest.MonkeyPatch, sync: boo
 
     def fake_all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
         reduced.append(tensor.clone())
-        tensor += torch.tensor([30.0, 6.0], dtype=tensor.dtype)  # other rank: 30 over 6
+        tensor += torch.tensor([30.0, 6.0, 0.0], dtype=tensor.dtype)  # other rank: 30 over 6
 
     monkeypatch.setattr(targets_module, "_distributed_world_size", lambda: 2)
     monkeypatch.setattr(targets_module.dist, "all_reduce", fake_all_reduce)
     target = AdaptiveTarget(initial_beta=0.5, target_norm=1.0, sync_distributed=sync)
     target.process(torch.zeros(2, 3, 4), torch.tensor(1.0))  # this rank: 0 non-zeros over 6
     if sync:
-        assert len(reduced) == 1 and reduced[0].tolist() == [0.0, 6.0]
+        assert len(reduced) == 1 and reduced[0].tolist() == [0.0, 6.0, 0.0]  # no veto
         assert float(target.grad_norm) == pytest.approx(0.9 + 0.1 * 30 / 12)
         assert float(target.beta) == pytest.approx(0.5 - 1e-3)
     else:
@@ -345,3 +345,48 @@ def test_an_all_zero_theta_is_reported_once() -> None:
         layer(head(torch.randn(3, 4))).sum().backward()  # said once
         moving = DifferentiableSolver("topk", AIMLE(), k=2)
         moving(torch.randn(3, 6, requires_grad=True)).sum().backward()  # no false alarm
+
+
+def _skip_worker(rank: int, port: int, folder: str) -> None:
+    """One of two gloo ranks: rank 0's float16 ∂L/∂z overflows, rank 1's does not."""
+    import datetime
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    layer = DifferentiableSolver("topk", AIMLE(), k=2)
+    generator = torch.Generator().manual_seed(rank)
+    theta = torch.randn(4, 6, generator=generator).half().requires_grad_()
+    z = layer(theta)
+    dy = torch.ones_like(z)
+    if rank == 0:
+        dy[0, 0] = math.inf
+    z.backward(dy)
+    bucket = torch.full((3,), float(rank + 1))  # the next collective, e.g. DDP's gradients
+    dist.all_reduce(bucket)
+    state = {"beta": float(layer.estimator.beta), "bucket": bucket.tolist()}
+    with open(os.path.join(folder, f"rank{rank}.json"), "w") as handle:
+        json.dump(state, handle)
+    dist.destroy_process_group()
+
+
+def test_a_rank_that_skips_its_step_keeps_the_collectives_paired(tmp_path) -> None:
+    """Under torch.distributed the count all-reduce of AdaptiveTarget.process must happen on
+    every rank: a rank skipping its backward (float16 overflow) used to leave it out, so the
+    next collective paired with the wrong one (a hang on NCCL). Now it joins with a veto, and
+    no rank moves β."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_skip_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["bucket"] == ranks[1]["bucket"] == [3.0, 3.0, 3.0]
+    assert ranks[0]["beta"] == ranks[1]["beta"] == AdaptiveTarget().initial_beta

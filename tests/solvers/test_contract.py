@@ -15,7 +15,14 @@ import math
 import pytest
 import torch
 
-from aimle_zoo.solvers import Solver, get_solver, get_solver_spec, list_solvers, solver_registry
+from aimle_zoo.solvers import (
+    Solver,
+    SolverInputError,
+    get_solver,
+    get_solver_spec,
+    list_solvers,
+    solver_registry,
+)
 from aimle_zoo.solvers.testing import ConformanceReport, check_solver, planned_checks
 
 BUILTINS = [name for name in list_solvers() if get_solver_spec(name).source == "builtin"]
@@ -88,3 +95,21 @@ def test_contract_covers_every_builtin() -> None:
         "relative_optimality",
         "gradients",
     }
+
+
+@pytest.mark.parametrize(
+    ("solver", "shape"),
+    [
+        (
+            lambda: get_solver("graph_shortest_path", edge_index=[[0, 1], [1, 2]], num_nodes=3),
+            (2, 2),
+        ),
+        (lambda: get_solver("mst", mask=torch.ones(4, 4, dtype=torch.bool)), (2, 4, 4)),
+    ],
+    ids=["graph_shortest_path", "masked-mst"],
+)
+def test_a_solver_left_on_another_device_says_to_move_it(solver, shape) -> None:
+    """θ on another device than the solver's own tensors (the meta device stands in for a GPU
+    here) used to fail deep inside with PyTorch's generic device error."""
+    with pytest.raises(SolverInputError, match=r"is on meta but the solver's .* is on cpu; move"):
+        solver()(torch.randn(*shape, device="meta"))

@@ -180,13 +180,15 @@ def reference_solver(solver: Any) -> ReferenceSolver:
     if name == "mst_edges":
 
         def tree(theta: Tensor) -> Tensor:
-            scores = edges_to_matrix(theta)  # [1, n, n]
+            scores = edges_to_matrix(theta)  # [B, n, n]
             weights = (scores + scores.transpose(1, 2)) / 2
             return matrix_to_edges(spanning_tree_scipy(weights))
 
-        return ReferenceSolver(tree, "max")
+        # the scipy loops solve one instance at a time inside, on a graph layout built once
+        # per call (one call per row would rebuild it for every instance)
+        return ReferenceSolver(tree, "max", per_instance=False)
     if name == "dijkstra":
-        return ReferenceSolver(grid_shortest_path_scipy, solver_sense(solver))
+        return ReferenceSolver(grid_shortest_path_scipy, solver_sense(solver), per_instance=False)
     raise KeyError(f"no reference solver for {name!r}")
 
 

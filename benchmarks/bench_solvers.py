@@ -47,6 +47,13 @@ def _loop_call(loop: Loop, theta: Tensor, cap: int) -> tuple[Callable[[], object
     return lambda: loop(part), batch / cap, "*"
 
 
+def _check_agreement(name: str, size: str, *solutions: Tensor) -> None:
+    """The compared implementations must give the same solutions (no fast wrong answer)."""
+    first = solutions[0]
+    if not all(torch.equal(first, other.to(first)) for other in solutions[1:]):
+        raise AssertionError(f"{name} {size}: ours, scipy and networkx disagree; not timed")
+
+
 def solver_rows(quick: bool) -> list[list[object]]:
     """One row per (solver, size, batch): ours, the scipy loop and the networkx loop."""
     grid, tree = get_solver("dijkstra"), get_solver("mst")
@@ -68,6 +75,7 @@ def solver_rows(quick: bool) -> list[list[object]]:
             scipy_call, scipy_scale, mark_s = _loop_call(scipy_loop, theta, 64)
             nx_cap = 8 if size == "30x30" else 16
             nx_call, nx_scale, mark_n = _loop_call(nx_loop, theta, nx_cap)
+            _check_agreement(name, size, ours(theta[:8]), scipy_loop(theta[:8]), nx_loop(theta[:8]))
             calls = [lambda o=ours, t=theta: o(t), scipy_call, nx_call]
             t_ours, t_scipy, t_nx = interleaved_times(calls, rounds, repeats)
             t_scipy, t_nx = t_scipy * scipy_scale, t_nx * nx_scale
@@ -75,7 +83,7 @@ def solver_rows(quick: bool) -> list[list[object]]:
                 [
                     name, size, batch, t_ours * 1e3,
                     t_scipy * 1e3, f"{t_scipy / t_ours:.1f}x{mark_s}",
-                    t_nx * 1e3, f"{t_nx / t_ours:.0f}x{mark_n}",
+                    t_nx * 1e3, f"{t_nx / t_ours:.1f}x{mark_n}",
                 ]
             )  # fmt: skip
     return rows
@@ -100,6 +108,10 @@ def topk_rows(quick: bool) -> list[list[object]]:
                 lambda i=inputs, k=k: torch.topk(next(i), k, sorted=False),
                 lambda i=inputs, s=solver: s(next(i)),
             ]
+            probe = torch.randn(batch, n)
+            expected = torch.zeros_like(probe).scatter_(1, torch.topk(probe, k).indices, 1.0)
+            if not torch.equal(solver(probe), expected):  # Gaussian values never tie
+                raise AssertionError(f"top-k n={n}, k={k}: ours disagrees with torch.topk")
             t_raw, t_ours = interleaved_times(calls, 3 if quick else 7, 1)
             rows.append([f"n={n}, k={k}", batch, t_raw * 1e6, t_ours * 1e6, t_ours / t_raw])
     return rows

@@ -103,19 +103,23 @@ def _grid_csr_layout(height: int, width: int, neighbourhood: int) -> tuple[np.nd
 def grid_shortest_path_networkx(theta: Tensor, neighbourhood: int = 8) -> Tensor:
     """Warcraft grid shortest paths, one ``networkx.dijkstra_path`` call per instance.
 
-    Same graph and output as :func:`grid_shortest_path_scipy`.
+    Same graph and output as :func:`grid_shortest_path_scipy`. The graph is built once per
+    call; each instance's costs come in through a weight function (the cost of the head cell),
+    so the loop times networkx's Dijkstra, not graph construction.
     """
     batch, height, width = theta.shape
     tails, heads = _grid_edges(height, width, neighbourhood)
     costs = theta.detach().clamp(min=0).reshape(batch, height * width).cpu().double().numpy()
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(height * width))
+    graph.add_edges_from(zip(tails.tolist(), heads.tolist(), strict=True))
     masks = np.zeros((batch, height * width))
     for b in range(batch):
-        graph = nx.DiGraph()
-        graph.add_nodes_from(range(height * width))
-        graph.add_weighted_edges_from(
-            zip(tails.tolist(), heads.tolist(), costs[b, heads], strict=True)
+        cell_costs = costs[b].tolist()
+        path = nx.dijkstra_path(
+            graph, 0, height * width - 1, weight=lambda u, v, data, c=cell_costs: c[v]
         )
-        masks[b, nx.dijkstra_path(graph, 0, height * width - 1)] = 1.0
+        masks[b, path] = 1.0
     return torch.from_numpy(masks).to(theta).reshape(batch, height, width)
 
 

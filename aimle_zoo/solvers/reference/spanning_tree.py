@@ -133,15 +133,19 @@ def spanning_tree_networkx(
     batch, n = values.shape[0], values.shape[-1]
     out = np.zeros((batch, n, n))
     build = nx.maximum_spanning_tree if maximum else nx.minimum_spanning_tree
+    graph, shared_mask = nx.Graph(), object()  # rebuilt only when the mask changes
     for index, instance_mask in enumerate(_instance_masks(weights, mask)):
-        rows, cols = _allowed_pairs(n, instance_mask)
-        graph = nx.Graph()
-        graph.add_nodes_from(range(n))
-        graph.add_weighted_edges_from(
-            (int(i), int(j), float(values[index, i, j])) for i, j in zip(rows, cols, strict=True)
-        )
-        if not nx.is_connected(graph):
+        if instance_mask is not shared_mask:  # connectivity does not depend on the weights
+            rows, cols = _allowed_pairs(n, instance_mask)
+            graph = nx.Graph()
+            graph.add_nodes_from(range(n))
+            graph.add_edges_from(zip(rows.tolist(), cols.tolist(), strict=True))
+            connected, shared_mask = nx.is_connected(graph), instance_mask
+            edges = [graph[i][j] for i, j in zip(rows.tolist(), cols.tolist(), strict=True)]
+        if not connected:
             raise _disconnected(index)
+        for attributes, weight in zip(edges, values[index, rows, cols].tolist(), strict=True):
+            attributes["weight"] = weight
         tree_edges = np.array(list(build(graph).edges()), dtype=int).reshape(-1, 2)
         out[index] = _adjacency(n, tree_edges[:, 0], tree_edges[:, 1])
     return torch.from_numpy(out).to(dtype=weights.dtype, device=weights.device)

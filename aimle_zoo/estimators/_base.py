@@ -122,7 +122,7 @@ def validate_theta(theta: object) -> Tensor:
             "use theta.unsqueeze(0) for a single instance"
         )
     if theta.numel() and checks_enabled() and may_hold_bad_values(theta.detach(), allow_inf=True):
-        nan_rows = torch.isnan(theta.detach()).flatten(1).any(dim=1)  # [B]
+        nan_rows = torch.isnan(theta.detach()).reshape(theta.shape[0], -1).any(dim=1)  # [B]
         if bool(nan_rows.any()):
             raise SolverInputError(
                 f"estimator: theta contains NaN values in instance(s) {format_instances(nan_rows)};"

@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,23 @@ Relaxation = Callable[[Tensor, float], Tensor]
 
 class RelaxationError(TypeError):
     """The solver has no continuous relaxation and none was given."""
+
+
+def _mean_over_samples(grad: Tensor, samples: int) -> Tensor:
+    """∂L/∂z̃ divided by N, so that θ receives the mean over its N samples.
+
+    The mean is a convention of the estimators, not the derivative of the forward (which sums
+    the samples' contributions), so no scaling node gives correct higher derivatives: a graph
+    built for one (``create_graph=True``) is refused rather than silently off by 1/N on some
+    of its terms.
+    """
+    if torch.is_grad_enabled():  # a backward with create_graph=True
+        raise RuntimeError(
+            f"Relaxed(samples={samples}) averages its samples' gradients, a convention that has "
+            "no exact higher derivatives; for second derivatives (create_graph=True) use "
+            "samples=1, and average the loss over repeated calls if you need more samples"
+        )
+    return grad / samples
 
 
 class Relaxed(Estimator):
@@ -107,10 +125,7 @@ class Relaxed(Estimator):
                 "theta's shape"
             )
         if self.samples > 1 and relaxed.requires_grad:
-            # the mean over samples reaches θ: scaled where ∂L/∂z̃ enters, so that a second
-            # derivative (through the relaxation, not through this hook) is not scaled again
-            samples = self.samples
-            relaxed.register_hook(lambda grad: grad / samples)
+            relaxed.register_hook(functools.partial(_mean_over_samples, samples=self.samples))
         if not self.hard:
             return relaxed
         discrete = call_solver(solver, perturbed.detach())

@@ -409,3 +409,10 @@ def test_the_perturbed_optimizer_takes_an_empty_batch() -> None:
     theta = torch.randn(0, 6, requires_grad=True)
     PerturbedOptimizer(samples=3)(get_solver("topk", k=2), theta).sum().backward()
     assert theta.grad is not None and theta.grad.shape == (0, 6)
+
+
+def test_nan_in_a_one_dimensional_theta_is_named() -> None:
+    """θ of shape [B] (no trailing dims) is valid; its NaN screen used to fail on flatten(1)."""
+    theta = torch.tensor([1.0, math.nan, 3.0])
+    with pytest.raises(SolverInputError, match=r"NaN values in instance\(s\) 1"):
+        STE()(lambda t: (t > 0).to(t.dtype), theta)

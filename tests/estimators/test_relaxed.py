@@ -164,17 +164,27 @@ def test_spanning_tree_marginals_under_inference_mode_and_torch_compile(name: st
     torch.testing.assert_close(compiled_theta.grad, eager_theta.grad)
 
 
-def test_the_mean_over_samples_is_taken_once_in_a_second_derivative() -> None:
-    """With N samples the gradient is the mean over them; its derivative (a Hessian-vector
-    product) used to be divided by N a second time."""
+def test_second_derivatives_are_exact_with_one_sample_and_refused_with_more() -> None:
+    """With N > 1 samples the gradient is the mean over them, a convention no scaling node can
+    differentiate exactly (a hook on θ divided every second-order term by N again, one on z̃
+    the loss-curvature term): create_graph=True is refused. With one sample the
+    Hessian-vector product of a non-linear loss matches finite differences."""
     gen = torch.Generator().manual_seed(0)
-    layer = DifferentiableSolver("topk", Relaxed(noise=None, temperature=1.0, samples=3), k=2)
     theta = torch.randn(2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(6, 5, generator=gen, dtype=torch.float64)
     direction = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    several = DifferentiableSolver("topk", Relaxed(noise=None, samples=3), k=2)
+    weights = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"samples=3.*\(create_graph=True\)"):
+        torch.autograd.grad(((several(theta) - weights) ** 2).sum(), theta, create_graph=True)
+    (first,) = torch.autograd.grad(((several(theta) - weights) ** 2).sum(), theta)  # first order
+    assert torch.isfinite(first).all()
+
+    layer = DifferentiableSolver("topk", Relaxed(noise=None, temperature=1.0), k=2)
+    target = weights[:2]
 
     def gradient(at: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        (grad,) = torch.autograd.grad((layer(at) * weights).sum(), at, create_graph=create_graph)
+        loss = ((layer(at) - target) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, at, create_graph=create_graph)
         return grad
 
     (hvp,) = torch.autograd.grad((gradient(theta, True) * direction).sum(), theta)

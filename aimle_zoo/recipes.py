@@ -911,10 +911,7 @@ def _recorded_recipe(folder: Path) -> dict[str, Any] | None:
     for state in (folder / TRAINER_STATE, folder.parent / "last" / TRAINER_STATE):
         if state.exists():
             try:
-                config = json.loads(state.read_text())["config"]
-                extra = config["extra"]
-                recorded = {key: extra[key] for key in ("recipe", "estimator", "smoke")}
-                return {**recorded, "split_seed": int(config.get("seed", 0))}
+                return _record_of_config(json.loads(state.read_text())["config"])
             except (ValueError, KeyError, TypeError):
                 return None
     return None
@@ -954,10 +951,17 @@ def _recipe_of_unfinished_run(run: Path) -> dict[str, Any]:
         )
     advice = "publish a run whose best/ has its recipe.json, or retrain it"
     config = read_trainer_state(state, f"cannot tell how {run} was trained", advice)["config"]
-    extra = config.get("extra", {})
-    recorded = {key: extra.get(key) for key in ("recipe", "estimator", "smoke")}
+    recorded = _record_of_config(config)
     if recorded["recipe"] is None:
         raise ValueError(f"cannot tell how {run} was trained: {state} names no recipe; {advice}")
+    return recorded
+
+
+def _record_of_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``recipe.json`` record a trainer state's config implies (the split seed is the run's
+    seed, as ``run_training`` sets it); ``None`` for what it does not hold."""
+    extra = config.get("extra", {})
+    recorded = {key: extra.get(key) for key in ("recipe", "estimator", "smoke")}
     return {**recorded, "split_seed": int(config.get("seed", 0))}
 
 

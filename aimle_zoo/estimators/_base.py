@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from ..solvers import (
     SolverInputError,
     checks_enabled,
+    format_instances,
     may_hold_bad_values,
     solver_sense,
     solver_spec,
 )
-from ..solvers._base import format_instances
 from .noise import Noise
 
 __all__ = [

@@ -225,10 +225,10 @@ class AdaptiveTarget(Target):
         ‖θ‖ counts the finite entries only: ±inf entries of θ (a mask ruling entries out, or
         an adjacency's missing edges) would make λ infinite; they stay infinite in the target.
         """
-        if (
-            self.beta.device != theta.device and theta.device.type != "meta"
-        ):  # outside a module (@aimle)
-            self.to(theta.device)  # decorator) follows θ once, instead of a copy each way
+        # a target outside any module (the @aimle decorator) follows θ's device once,
+        # instead of copying β there and the counts back on every backward
+        if self.beta.device != theta.device and theta.device.type != "meta":
+            self.to(theta.device)
         dtype = step_dtype(theta.dtype)
         finite = theta.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         theta_norm = torch.linalg.vector_norm(finite, dtype=dtype)

@@ -311,16 +311,21 @@ def check_outputs(outputs: Mapping[str, np.ndarray], limits: InputLimits) -> Non
     for name, value in outputs.items():
         if value.dtype.kind != "f" or not value.size or not np.isnan(value.sum(dtype=np.float64)):
             continue
-        rows = np.flatnonzero(np.isnan(value).reshape(value.shape[0], -1).any(axis=1))
-        if len(rows) == 0:
+        shown = _bad_rows(np.isnan(value))
+        if not shown:
             continue  # the sum overflowed
-        shown = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
         raise SolverRefusedError(
             f"output {name!r} is NaN in instance(s) {shown}: the {', '.join(limits.nan_rows)} "
             "solver found no valid solution there (a negative-cost cycle before the target, an "
             "unreachable target, or a NaN or infinite cost on a real edge); eager PyTorch "
             "raises SolverInputError on these inputs. Check the costs of those instances"
         )
+
+
+def _bad_rows(bad: np.ndarray) -> str:
+    """The instances (axis 0) with a true entry in ``bad``, as ``"1, 4, ..."`` (``""`` if none)."""
+    rows = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+    return ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
 
 
 def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
@@ -330,11 +335,9 @@ def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
     total = value.sum(dtype=np.float64)
     if np.isfinite(total) or (allow_inf and not np.isnan(total)):
         return
-    bad = np.isnan(value) if allow_inf else ~np.isfinite(value)
-    rows = np.flatnonzero(bad.reshape(value.shape[0], -1).any(axis=1))  # axis 0: the batch
-    if len(rows) == 0:
+    shown = _bad_rows(np.isnan(value) if allow_inf else ~np.isfinite(value))
+    if not shown:
         return  # an overflowing sum of finite values
-    shown = ", ".join(str(row) for row in rows[:5]) + (", ..." if len(rows) > 5 else "")
     what = "NaN" if allow_inf else "NaN or inf"
     raise RunnerInputError(
         f"input {name!r} holds {what} values in instance(s) {shown}; the model needs finite "

@@ -18,6 +18,7 @@ reference reshaped with the configured batch size and crashed on the last partia
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -470,6 +471,13 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
         return (self._as_input(x),)
 
 
+@functools.cache
+def _tie_projection(width: int) -> Tensor:
+    """A fixed standard-normal vector ``[width]`` (float64, CPU) for :func:`_tie_keys`."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(width, generator=generator, dtype=torch.float64)
+
+
 def _tie_keys(features: Tensor) -> Tensor:
     """Pseudo-random keys ``[B, d]`` in [0, 1) drawn from each row's own values ``[B, d]``.
 
@@ -477,9 +485,8 @@ def _tie_keys(features: Tensor) -> Tensor:
     of the row: a function of the row alone, so a row gets the same tie order in any batch,
     and different rows get unrelated orders.
     """
-    generator = torch.Generator().manual_seed(0)
-    projection = torch.randn(features.shape[1], generator=generator, dtype=torch.float64)
-    row = features.detach().double() @ projection.to(features.device)  # [B]
+    projection = _tie_projection(features.shape[1]).to(features.device)  # [d]
+    row = features.detach().double() @ projection  # [B]
     position = torch.arange(1, features.shape[1] + 1, device=features.device, dtype=torch.float64)
     return torch.frac(torch.sin(row[:, None] * position * 12.9898).abs() * 43758.5453)
 

@@ -462,9 +462,9 @@ def _check_determinism(case: _Case) -> None:
         first_tied = case.solve(tied.clone())
     except Exception:  # a solver may refuse such values (e.g. zero costs): no tie check
         return
-    first_tied = first_tied.clone() if isinstance(first_tied, Tensor) else first_tied
     if isinstance(first_tied, Tensor):
-        _compare_calls(case.solve(tied.clone()), first_tied, " with ties in the input")
+        expected = first_tied.clone()  # before the next call, which may reuse the tensor
+        _compare_calls(case.solve(tied.clone()), expected, " with ties in the input")
 
 
 def _compare_calls(again: Any, z: Tensor, where: str) -> None:

@@ -26,6 +26,11 @@
 ``optimality`` (only when ``feasible`` is given)
     on every instance the solution is one of the enumerated feasible solutions and its objective
     equals the best objective over the enumeration.
+
+``binary``, ``batch_independence``, ``relative_optimality`` and ``optimality`` run twice: on the
+example and on the tie-rich copy of ``determinism`` (unless the solver refuses that copy), since
+tie-breaking is where a solver most easily returns a fractional, infeasible, sub-optimal or
+batch-dependent solution that random continuous inputs never reveal.
 ``gradients`` (unless ``check_gradients=False``)
     wrapped in the AIMLE estimator, a loss preferring another solution sends a finite, non-zero
     gradient of ``theta``'s shape back to ``theta``.
@@ -219,15 +224,33 @@ class _Case:
     seed: int
     z: Any = None  # a copy of the first call's output; a [B, *S] tensor for a conforming solver
     first_output: Any = None  # the object the first call returned (to spot a reused buffer)
+    tied: Any = None  # (θ, z) of the tie-rich copy once solved; False if it cannot be checked
 
     def solve(self, theta: Tensor) -> Any:
         with torch.no_grad():
             return self.solver(theta)
 
-    def tolerance(self) -> Tensor:
-        """Per-instance objective tolerance ``[B]``: a few ulps of ``|θ_b|₁`` in θ's dtype."""
-        eps = torch.finfo(self.theta.dtype).eps
-        finite = self.theta.double().nan_to_num(posinf=0.0, neginf=0.0)
+    def tied_case(self) -> tuple[Tensor, Tensor] | None:
+        """``(θ, z)`` of the tie-rich copy of the example (:func:`_tie_rich`), solved once; ``None``
+        when the solver refuses it (e.g. zero costs) or returns no tensor of θ's shape (the
+        checks on the example report that)."""
+        if self.tied is None:
+            self.tied = False
+            theta = _tie_rich(self.theta)
+            try:
+                z = self.solve(theta.clone())
+            except Exception:
+                return None
+            if isinstance(z, Tensor) and z.shape == theta.shape:
+                self.tied = (theta, z.clone())  # a later call may reuse the tensor
+        return self.tied or None
+
+    def tolerance(self, theta: Tensor | None = None) -> Tensor:
+        """Per-instance objective tolerance ``[B]``: a few ulps of ``|θ_b|₁`` in θ's dtype
+        (θ: the example's unless given)."""
+        theta = self.theta if theta is None else theta
+        eps = torch.finfo(theta.dtype).eps
+        finite = theta.double().nan_to_num(posinf=0.0, neginf=0.0)
         return 16 * eps * (1 + finite.abs().flatten(1).sum(dim=1))
 
     def score(self, theta: Tensor, z: Tensor) -> Tensor:
@@ -414,20 +437,32 @@ def _check_shape_dtype_device(case: _Case) -> None:
 
 
 def _check_binary(case: _Case) -> None:
-    z = _output_tensor(case)
+    _binary(_output_tensor(case), "")
+    tied = case.tied_case()
+    if tied is not None:
+        _binary(tied[1], " with ties in the input")
+
+
+def _binary(z: Tensor, where: str) -> None:
     bad = ~((z == 0) | (z == 1))
     if bool(bad.any()):
         examples = z[bad].unique()[:5].tolist()
         raise _CheckFailure(
-            f"{int(bad.sum())} of {z.numel()} output entries are not 0 or 1, e.g. {examples}"
+            f"{int(bad.sum())} of {z.numel()} output entries{where} are not 0 or 1, e.g. {examples}"
         )
 
 
 def _check_batch_independence(case: _Case) -> None:
-    z = _output_like_input(case)
+    _batch_independence(case, case.theta, _output_like_input(case), "")
+    tied = case.tied_case()
+    if tied is not None:
+        _batch_independence(case, *tied, " with ties in the input")
+
+
+def _batch_independence(case: _Case, theta: Tensor, z: Tensor, where: str) -> None:
     differing = []
-    for index in range(case.theta.shape[0]):
-        alone = case.solve(case.theta[index : index + 1].clone())
+    for index in range(theta.shape[0]):
+        alone = case.solve(theta[index : index + 1].clone())
         expected = z[index : index + 1]
         if isinstance(alone, Tensor) and alone.shape != expected.shape:
             raise _CheckFailure(
@@ -440,7 +475,8 @@ def _check_batch_independence(case: _Case) -> None:
     if differing:
         raise _CheckFailure(
             f"solving instance(s) {format_instances(differing)} alone differs from the batched "
-            "call; instances must not influence each other"
+            f"call{where}; instances must not influence each other (break ties by a rule of "
+            "the instance's own values, not of its position in the batch)"
         )
 
 
@@ -507,20 +543,26 @@ def _check_no_mutation(case: _Case) -> None:
 
 
 def _check_relative_optimality(case: _Case) -> None:
-    z = _output_like_input(case)
-    batch = case.theta.shape[0]
-    theta_pairs = case.theta.repeat_interleave(batch, dim=0)  # row b·B + c holds θ_b
+    _relative_optimality(case, case.theta, _output_like_input(case), "")
+    tied = case.tied_case()
+    if tied is not None:
+        _relative_optimality(case, *tied, " with ties in the input")
+
+
+def _relative_optimality(case: _Case, theta: Tensor, z: Tensor, where: str) -> None:
+    batch = theta.shape[0]
+    theta_pairs = theta.repeat_interleave(batch, dim=0)  # row b·B + c holds θ_b
     z_pairs = z.repeat(batch, *([1] * (z.dim() - 1)))  # row b·B + c holds z_c
     scores = case.score(theta_pairs, z_pairs).view(batch, batch)  # [b, c]: θ_b scored at z_c
-    _check_scores(scores, "instance pairs")
+    _check_scores(scores, "instance pairs" + where)
     own = scores.diagonal()  # [B]
-    beaten = scores > (own + case.tolerance().to(scores.device)).unsqueeze(1)
+    beaten = scores > (own + case.tolerance(theta).to(scores.device)).unsqueeze(1)
     if bool(beaten.any()):
         instance, other = (int(i) for i in beaten.nonzero()[0])
         raise _CheckFailure(
-            f"{int(beaten.sum())} (instance, other solution) pair(s) where another instance's "
-            f"solution scores better; e.g. on instance {instance} the solution of instance "
-            f"{other} scores {float(scores[instance, other]):.6g} against its own "
+            f"{int(beaten.sum())} (instance, other solution) pair(s){where} where another "
+            f"instance's solution scores better; e.g. on instance {instance} the solution of "
+            f"instance {other} scores {float(scores[instance, other]):.6g} against its own "
             f"{float(own[instance]):.6g} (sense {case.sense!r}). The solution is not optimal, "
             "or the objective does not match the solver"
         )
@@ -537,12 +579,18 @@ def _check_scores(scores: Tensor, where: str) -> None:
 
 
 def _check_optimality(case: _Case) -> None:
+    _optimality(case, case.theta, _output_like_input(case), "")
+    tied = case.tied_case()
+    if tied is not None:
+        _optimality(case, *tied, " with ties in the input")
+
+
+def _optimality(case: _Case, theta: Tensor, z: Tensor, where: str) -> None:
     assert case.feasible is not None  # planned_checks guarantees it
-    z = _output_like_input(case)
-    tolerance = case.tolerance()
+    tolerance = case.tolerance(theta)
     problems = []
-    for index in range(case.theta.shape[0]):
-        theta_one = case.theta[index]  # [*S]
+    for index in range(theta.shape[0]):
+        theta_one = theta[index]  # [*S]
         candidates = case.feasible(theta_one)  # [F, *S]
         if (
             not isinstance(candidates, Tensor)
@@ -562,7 +610,7 @@ def _check_optimality(case: _Case) -> None:
         theta_rows = theta_one.expand_as(candidates)  # [F, *S]
         candidate_scores = case.score(theta_rows, candidates)  # [F]
         own = case.score(theta_one.unsqueeze(0), z[index : index + 1])[0]
-        _check_scores(torch.cat([candidate_scores, own.unsqueeze(0)]), f"instance {index}")
+        _check_scores(torch.cat([candidate_scores, own.unsqueeze(0)]), f"instance {index}{where}")
         best = candidate_scores.max()
         if own < best - float(tolerance[index]):
             problems.append(
@@ -571,7 +619,7 @@ def _check_optimality(case: _Case) -> None:
             )
     if problems:
         raise _CheckFailure(
-            f"sub-optimal on {len(problems)} of {case.theta.shape[0]} instances "
+            f"sub-optimal on {len(problems)} of {theta.shape[0]} instances{where} "
             f"(sense {case.sense!r}): " + "; ".join(problems[:3])
         )
 

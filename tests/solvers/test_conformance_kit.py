@@ -184,6 +184,42 @@ def random_ties(theta: Tensor) -> Tensor:
     return top_k(theta + 1e-6 * torch.rand_like(theta))
 
 
+# Breaches that only ties reveal (Gaussian scores never tie): the kit's tie-rich copy of the
+# example goes through the output checks, not only through the determinism check.
+
+
+def kth_largest(theta: Tensor) -> Tensor:
+    return theta.topk(K, dim=-1).values[..., -1:]  # [B, 1]
+
+
+def threshold_ties(theta: Tensor) -> Tensor:
+    """Every entry >= the k-th largest: more than k ones (infeasible) under ties."""
+    return (theta >= kth_largest(theta)).to(theta.dtype)
+
+
+def fractional_ties(theta: Tensor) -> Tensor:
+    """The tied entries share the places left: fractional under ties."""
+    kth = kth_largest(theta)
+    above, tied = (theta > kth).to(theta.dtype), (theta == kth).to(theta.dtype)
+    return above + tied * (K - above.sum(-1, keepdim=True)) / tied.sum(-1, keepdim=True)
+
+
+def ties_by_batch_position(theta: Tensor) -> Tensor:
+    """Ties broken by seeded noise laid over the batch: the same on every call, but an
+    instance's solution depends on its row."""
+    noise = torch.rand(theta.shape, generator=torch.Generator().manual_seed(0))
+    return top_k(theta + 1e-6 * noise)
+
+
+def worst_entry_under_ties(theta: Tensor) -> Tensor:
+    """Top-k, but rows with a tie at the k-th value swap their best entry for their worst."""
+    z = top_k(theta)
+    tied_row = (theta == kth_largest(theta)).sum(-1, keepdim=True) > 1  # [B, 1]
+    best = torch.nn.functional.one_hot(theta.argmax(-1), N).to(theta)
+    worst = torch.nn.functional.one_hot(theta.argmin(-1), N).to(theta)
+    return torch.where(tied_row, z - best + worst, z)
+
+
 @pytest.mark.parametrize(
     ("solver", "expected_failures", "message"),
     [
@@ -192,14 +228,30 @@ def random_ties(theta: Tensor) -> Tensor:
         (lambda theta: top_k(theta).numpy(), NEEDS_TENSOR, "expected a tensor, got ndarray"),
         (lambda theta: top_k(theta) / 2, {"binary", "optimality"}, "are not 0 or 1"),
         (centres_over_the_batch, {"batch_independence", "optimality"}, "alone differs"),
-        (Alternating(), {"batch_independence", "determinism"}, "a second call changed"),
+        (
+            Alternating(),
+            {"batch_independence", "determinism", "relative_optimality", "optimality"},
+            "changed the solution",
+        ),
         (mutates_input, {"no_mutation"}, "modified its input"),
         (bottom_k, {"relative_optimality", "optimality"}, "scores better"),
         (first_k, {"optimality"}, "sub-optimal on"),
         (partial(top_k, k=K + 1), {"optimality"}, "not among the feasible ones"),
         (ReusedBuffer(), {"determinism"}, "returned the first call's tensor"),
-        (random_ties, {"determinism"}, "with ties in the input changed the solution"),
+        (
+            random_ties,
+            {"determinism", "batch_independence"},
+            "with ties in the input changed the solution",
+        ),
         (lambda theta: top_k(theta).squeeze(0), {"batch_independence"}, "keep its batch dim"),
+        (threshold_ties, {"optimality"}, "instances with ties in the input"),
+        (fractional_ties, {"binary", "optimality"}, "entries with ties in the input are not"),
+        (ties_by_batch_position, {"batch_independence"}, "call with ties in the input"),
+        (
+            worst_entry_under_ties,
+            {"relative_optimality", "optimality"},
+            "pair(s) with ties in the input",
+        ),
     ],
     ids=[
         "wrong-shape",
@@ -215,6 +267,10 @@ def random_ties(theta: Tensor) -> Tensor:
         "reused-output",
         "random-ties",
         "squeezed-batch-of-one",
+        "infeasible-under-ties",
+        "fractional-under-ties",
+        "ties-by-batch-position",
+        "sub-optimal-under-ties",
     ],
 )
 def test_breaches_are_detected(

@@ -214,6 +214,38 @@ def test_equal_weights_give_a_star_at_vertex_zero() -> None:
     assert torch.equal(z, star.expand(3, 6, 6))
 
 
+def documented_prim(weights: Tensor, maximum: bool) -> Tensor:
+    """Prim's algorithm with the documented tie rule, one instance ``[n, n]`` in plain Python:
+    the lowest outside vertex among the best joins, attached to the earliest-joined tree vertex
+    among its best edges."""
+    n = weights.shape[0]
+    scores = (weights if maximum else -weights).tolist()
+    joined, z = [0], torch.zeros(n, n, dtype=weights.dtype)
+    while len(joined) < n:
+        best = max(
+            (
+                (scores[u][v], -v, -rank)
+                for v in range(n)
+                if v not in joined
+                for rank, u in enumerate(joined)
+            ),
+        )
+        vertex, tree_vertex = -best[1], joined[-best[2]]
+        z[vertex, tree_vertex] = z[tree_vertex, vertex] = 1.0
+        joined.append(vertex)
+    return z
+
+
+@pytest.mark.parametrize("maximum", [True, False])
+def test_ties_follow_the_documented_rule(maximum: bool) -> None:
+    generator = torch.Generator().manual_seed(5)
+    raw = torch.randint(0, 2, (64, 7, 7), generator=generator).double()
+    weights = raw + raw.transpose(1, 2)  # values 0, 1, 2: ties everywhere
+    z = SpanningTree(maximum=maximum)(weights)
+    expected = torch.stack([documented_prim(instance, maximum) for instance in weights])
+    assert torch.equal(z, expected)
+
+
 def test_ties_are_deterministic_and_batch_independent() -> None:
     weights = symmetric_integers(24, 11)
     solver = SpanningTree()

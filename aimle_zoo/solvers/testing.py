@@ -562,9 +562,10 @@ def _relative_optimality(case: _Case, theta: Tensor, z: Tensor, where: str) -> N
         raise _CheckFailure(
             f"{int(beaten.sum())} (instance, other solution) pair(s){where} where another "
             f"instance's solution scores better; e.g. on instance {instance} the solution of "
-            f"instance {other} scores {float(scores[instance, other]):.6g} against its own "
-            f"{float(own[instance]):.6g} (sense {case.sense!r}). The solution is not optimal, "
-            "or the objective does not match the solver"
+            f"instance {other} scores {_oriented(scores[instance, other], case.sense):.6g} "
+            f"against its own {_oriented(own[instance], case.sense):.6g} (sense "
+            f"{case.sense!r}). The solution is not optimal, or the objective does not match the "
+            "solver"
         )
 
 

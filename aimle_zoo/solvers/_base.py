@@ -6,6 +6,7 @@ entries in {0, 1}. It knows nothing of estimators: an estimator only ever calls 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -223,6 +224,26 @@ def check_theta(
                 f"{format_instances(instances)}; {advice}"
             )
     return theta
+
+
+def check_relax_temperature(temperature: object, *, solver: str) -> float:
+    """The temperature τ of a solver's ``relax``: a finite number > 0 (τ = 0 divides by zero
+    into NaN, and τ < 0 relaxes the opposite sense).
+
+    Raises:
+        SolverInputError: τ is not a finite number > 0.
+    """
+    number = (
+        float(temperature)
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool)
+        else None
+    )
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise SolverInputError(
+            f"{solver}: the relaxation's temperature must be a finite number > 0, got "
+            f"{temperature!r}; lower it towards 0 to approach the discrete solution."
+        )
+    return number
 
 
 def may_hold_bad_values(theta: Tensor, allow_inf: bool) -> bool:

@@ -30,6 +30,7 @@ from torch import Tensor
 from ._base import (
     Solver,
     SolverInputError,
+    check_relax_temperature,
     check_same_device,
     check_theta,
     checks_enabled,
@@ -417,7 +418,8 @@ class SpanningTree(Solver):
 
     @torch.jit.unused
     def relax(self, theta: Tensor, temperature: float) -> Tensor:
-        """Smooth surrogate of :meth:`forward`: :func:`spanning_tree_marginals` at τ."""
+        """Smooth surrogate of :meth:`forward`: :func:`spanning_tree_marginals` at τ > 0."""
+        temperature = check_relax_temperature(temperature, solver=self._solver_name())
         self._check_input(theta)
         if self.symmetrize:
             theta = symmetric_part(theta)  # [B, n, n]
@@ -508,7 +510,8 @@ class SpanningTreeEdges(Solver):
 
     @torch.jit.unused
     def relax(self, theta: Tensor, temperature: float) -> Tensor:
-        """Smooth surrogate of :meth:`forward`: tree-edge marginals ``[B, n(n-1)]`` at τ."""
+        """Smooth surrogate of :meth:`forward`: tree-edge marginals ``[B, n(n-1)]`` at τ > 0."""
+        temperature = check_relax_temperature(temperature, solver="mst_edges")
         self._check_input(theta)
         scores = _edges_to_matrix(theta, num_nodes_from_edges(theta.shape[-1]))  # [B, n, n]
         weights = symmetric_part(scores)  # [B, n, n]

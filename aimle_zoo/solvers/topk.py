@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import Solver, SolverInputError, check_theta, checks_enabled
+from ._base import Solver, SolverInputError, check_relax_temperature, check_theta, checks_enabled
 from ._registry import register_solver
 
 TIE_RULES = ("exact", "threshold")
@@ -252,7 +252,8 @@ class TopK(Solver):
 
     @torch.jit.unused
     def relax(self, theta: Tensor, temperature: float) -> Tensor:
-        """Smooth surrogate of :meth:`forward`: :func:`relaxed_topk` at temperature τ."""
+        """Smooth surrogate of :meth:`forward`: :func:`relaxed_topk` at temperature τ > 0."""
+        temperature = check_relax_temperature(temperature, solver="topk")
         self._check(theta)
         return relaxed_topk(theta, self.k, temperature)
 

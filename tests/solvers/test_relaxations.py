@@ -65,6 +65,25 @@ def test_topk_relax_checks_its_input_like_the_solver() -> None:
         TopK(k=5).relax(torch.randn(2, 3), 0.5)
 
 
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf"), True, "0.5"])
+@pytest.mark.parametrize(
+    ("solver", "theta"),
+    [
+        (TopK(k=2), torch.randn(2, 5)),
+        (SpanningTree(), torch.randn(2, 4, 4)),
+        (MinimumSpanningTree(), torch.randn(2, 4, 4)),
+        (SpanningTreeEdges(), torch.randn(2, 12)),
+    ],
+    ids=["topk", "mst", "minimum_spanning_tree", "mst_edges"],
+)
+def test_relax_refuses_a_temperature_that_is_not_positive(
+    solver: torch.nn.Module, theta: torch.Tensor, temperature: object
+) -> None:
+    """τ = 0 gave NaN and τ < 0 silently relaxed the opposite sense."""
+    with pytest.raises(SolverInputError, match="temperature must be a finite number > 0"):
+        solver.relax(theta, temperature)  # type: ignore[operator]
+
+
 def _enumerated_marginals(
     weights: np.ndarray, temperature: float, allowed: np.ndarray | None = None
 ) -> np.ndarray:

@@ -30,6 +30,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._base import Solver, SolverInputError, check_relax_temperature, check_theta, checks_enabled
@@ -158,6 +159,19 @@ def _topk_lowest_index(theta: Tensor, kth: Tensor, k: int, branch_on_ties: bool 
     return torch.logical_and(at_least, torch.logical_not(surplus)).to(theta.dtype)
 
 
+def _log_one_minus_softmax(logits: Tensor) -> Tensor:
+    """``log(1 − softmax(x)_i)`` over the last dimension, exact where ``a_i`` rounds to 1.
+
+    At most one entry has a_i > 1/2, the largest; for it 1 − a_i = Σ_{j≠i} e^{x_j} / Σ_j e^{x_j},
+    a difference of log-sum-exps, and ``log1p(−a_j)`` is exact for the others. ``[*, n] -> [*, n]``.
+    """
+    top = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).bool()  # [*, n]
+    total = torch.logsumexp(logits, dim=-1, keepdim=True)  # [*, 1]
+    rest = torch.logsumexp(logits.masked_fill(top, float("-inf")), dim=-1, keepdim=True)
+    others = torch.log1p(-torch.softmax(logits, dim=-1).masked_fill(top, 0.0))  # [*, n]
+    return torch.where(top, rest - total, others)
+
+
 def relaxed_topk(theta: Tensor, k: int, temperature: float) -> Tensor:
     """Continuous top-k of Xie and Ermon (2019): ``θ [*, n] -> z̃ [*, n]`` ≥ 0 with Σ z̃ = k.
 
@@ -167,16 +181,20 @@ def relaxed_topk(theta: Tensor, k: int, temperature: float) -> Tensor:
 
     with w⁽¹⁾ = θ. The masking accumulates over the rounds (the published algorithm; a port
     that resets it every round, as the reference L2X code does, is a bug). As τ → 0, z̃ tends to
-    the top-k indicator; k = 1 is ``softmax(θ / τ)``. At high τ an entry can exceed 1 (each
-    round's soft mask removes only part of what it took). Differentiable in θ.
+    the top-k indicator; k = 1 is ``softmax(θ / τ)``. At high τ, or where one entry dominates,
+    an entry can exceed 1: the mask leaves e^{w_i}(1 − a_i) = Σ_{j≠i} e^{w_j} at τ = 1, as much
+    as all the others together. ``log(1 − a)`` is computed in log space
+    (:func:`_log_one_minus_softmax`), so float32 and float64 agree where a rounds to 1
+    (clamping 1 − a at the smallest float took the top entry twice in float32).
+    Differentiable in θ.
     """
     scores = theta
     relaxed = torch.zeros_like(theta)
-    tiny = torch.finfo(theta.dtype).tiny
-    for _ in range(k):
+    for step in range(k):
         taken = torch.softmax(scores / temperature, dim=-1)  # [*, n]
         relaxed = relaxed + taken
-        scores = scores + torch.log((1 - taken).clamp(min=tiny))
+        if step < k - 1:
+            scores = scores + _log_one_minus_softmax(scores / temperature)
     return relaxed
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -45,6 +47,35 @@ def test_continuous_topk_matches_an_independent_implementation(k: int, temperatu
     np.testing.assert_allclose(relaxed.numpy(), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(relaxed.sum(dim=-1), torch.full((6,), float(k), dtype=theta.dtype))
     assert bool((relaxed >= 0).all())
+
+
+def _leave_one_out_topk(scores: list[float], k: int, temperature: float) -> list[float]:
+    """The rounds with log(1 − a_i) = log Σ_{j≠i} e^{x_j} − log Σ_j e^{x_j}, in Python floats."""
+
+    def log_sum_exp(values: list[float]) -> float:
+        top = max(values)
+        return top + math.log(sum(math.exp(value - top) for value in values))
+
+    w, khot = list(scores), [0.0] * len(scores)
+    for _ in range(k):
+        logits = [value / temperature for value in w]
+        total = log_sum_exp(logits)
+        khot = [z + math.exp(x - total) for z, x in zip(khot, logits, strict=True)]
+        w = [value + log_sum_exp(logits[:i] + logits[i + 1 :]) - total for i, value in enumerate(w)]
+    return khot
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_continuous_topk_is_exact_where_one_entry_takes_everything(dtype: torch.dtype) -> None:
+    # a = softmax rounds to 1 for the first entry: 1 − a must not be clamped to the smallest
+    # float (float32 then took the first entry twice, [2, 0, 0, 0, 0])
+    scores = [[200.0, 5.0, 4.0, 3.0, 0.0], [0.0, -3.0, 90.0, -1.0, 2.0]]
+    for k, temperature in ((2, 1.0), (3, 0.5)):
+        relaxed = relaxed_topk(torch.tensor(scores, dtype=dtype), k, temperature)
+        expected = [_leave_one_out_topk(row, k, temperature) for row in scores]
+        torch.testing.assert_close(
+            relaxed, torch.tensor(expected, dtype=dtype), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_continuous_topk_with_k_1_is_the_softmax() -> None:

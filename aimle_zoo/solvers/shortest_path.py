@@ -358,7 +358,9 @@ def graph_shortest_path(
         raise SolverInputError(
             "graph_shortest_path: a negative-cost cycle reachable from the source leads to "
             f"the target in instance(s) {_instances(hit)}, so no cheapest path exists; make "
-            "every cycle's total cost non-negative (e.g. use a DAG, or non-negative costs)."
+            "every cycle's total cost non-negative (e.g. use a DAG, or non-negative costs; a "
+            "cycle of zero cost whose edges have mixed signs can read as negative after "
+            "floating-point rounding: round the costs to a coarser grid)."
         )
     unreachable = torch.isinf(dist.gather(1, target.unsqueeze(1)).squeeze(1))  # [B]
     # [B]; a NaN cost (which the modules refuse) leaves no distance NaN, so it is tested here
@@ -392,10 +394,11 @@ def graph_shortest_path(
         steps += max(rounds, 1)
     untraced = (current != start).squeeze(1)  # [B]
     if bool(untraced.any()):
+        advice = "use float64, or round" if out_dtype != torch.float64 else "round"
         raise SolverInputError(
             "graph_shortest_path: the path could not be traced back in instance(s) "
             f"{_instances(untraced)}: a cycle whose cost is zero up to floating-point "
-            "rounding; round the costs or use float64."
+            f"rounding; {advice} the costs to a coarser grid of values (which sums exactly)."
         )
     refused = torch.logical_or(refused, untraced).unsqueeze(1)  # [B, 1]
     on_path = torch.zeros((batch, num_edges + 1), dtype=out_dtype, device=cost.device)

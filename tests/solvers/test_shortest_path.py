@@ -521,6 +521,29 @@ def test_graph_negative_cycle_away_from_the_target_is_harmless() -> None:
         graph_shortest_path_networkx(theta, edge_index, 14, source, target)
 
 
+def test_graph_zero_cycles_lost_to_rounding_get_advice_that_fits_the_dtype() -> None:
+    # the cycle 1 -> 2 -> 1 costs 0.7 - 0.7 = 0, but 0.1 + 0.7 - 0.7 < 0.1 in floating point
+    solver = GraphShortestPath(torch.tensor([[0, 1, 2], [1, 2, 1]]), 3, source=0, target=1)
+    with pytest.raises(SolverInputError, match=r"negative-cost cycle .* round the costs"):
+        solver(torch.tensor([[0.1, 0.7, -0.7]], dtype=torch.float64))
+    # a cycle whose rounding leaves no tight way back (a random graph of potential differences)
+    tails = [0, 1, 2, 3, 4, 5, 1, 2, 3, 6, 0, 4, 2, 0, 1, 6, 5, 3, 6, 4, 6, 6, 3, 4, 2, 5, 0, 0]
+    heads = [1, 2, 3, 4, 5, 6, 1, 4, 2, 3, 5, 4, 1, 6, 1, 5, 4, 4, 1, 2, 4, 1, 0, 5, 0, 1, 3, 1]
+    cost = [17.01728642205788, -24.999893131960413, 29.22054214166443, -18.088929898764658,
+            6.716902329437492, -5.847007227387274, 0.18978065672929212, 11.062965852415822,
+            -28.284641305217118, 17.33693898932301, 9.451458431922202, 0.1703605378441031,
+            25.229762028601108, 3.2742456000317404, 0.0, 5.847007227387274, -5.640379478962442,
+            -17.404469444340954, 14.5369791467217, -10.493450647168988, -0.7519909094416466,
+            13.770008588778417, -20.54835241211442, 6.875238171158388, 7.998163723331174,
+            7.923001361391143, 20.58421682260247, 17.01728642205788]  # fmt: skip
+    solver = GraphShortestPath(torch.tensor([tails, heads]), 7, source=0, target=6)
+    costs = torch.tensor([cost], dtype=torch.float64)
+    with pytest.raises(SolverInputError, match="traced back") as raised:
+        solver(costs)
+    assert "round the costs" in str(raised.value)
+    assert "float64" not in str(raised.value)  # they are float64 already
+
+
 def test_graph_unreachable_target_names_the_instance() -> None:
     edge_index = torch.tensor([[0, 1], [1, 2]])  # vertex 3 is isolated
     solver = GraphShortestPath(edge_index, 4, source=0, target=torch.tensor([2, 2, 3, 1]))

@@ -197,7 +197,10 @@ def graph_shortest_path_networkx(
     """Shortest paths in a directed graph, one networkx call per instance.
 
     ``networkx.bellman_ford_path`` when some cost is negative, ``dijkstra_path`` otherwise;
-    same conventions and output as :func:`graph_shortest_path_scipy`.
+    same conventions and output as :func:`graph_shortest_path_scipy`. On graphs with negative
+    costs and zero-cost cycles networkx 3.6's Bellman–Ford can return a path that is not the
+    cheapest; the scipy reference is exact there (the tests use this one on DAGs and on
+    non-negative costs only).
     """
     batch = theta.shape[0]
     tails, heads = edge_index.cpu().numpy()

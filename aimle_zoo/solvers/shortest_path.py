@@ -20,6 +20,7 @@ as ``Loop`` nodes with dynamic shapes.
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -483,8 +484,8 @@ def _vertex_tensor(value: int | Tensor, num_nodes: int, what: str) -> Tensor:
         if value.numel() == 0:
             raise SolverInputError(f"graph_shortest_path: {what} is an empty tensor.")
         values = value.reshape(-1)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        values = torch.tensor([value])
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = torch.tensor([int(value)])  # a Python or NumPy integer
     else:
         raise SolverInputError(
             f"graph_shortest_path: {what} must be an int or a [B] integer tensor, "

@@ -544,6 +544,15 @@ def test_graph_zero_cycles_lost_to_rounding_get_advice_that_fits_the_dtype() -> 
     assert "float64" not in str(raised.value)  # they are float64 already
 
 
+def test_graph_takes_numpy_integer_vertices() -> None:
+    edge_index = torch.tensor([[0, 1, 0], [1, 2, 2]])
+    theta = torch.tensor([[1.0, 1.0, 5.0]])
+    z = GraphShortestPath(edge_index, 3, source=np.int64(0), target=np.int32(2))(theta)
+    assert z.tolist() == [[1.0, 1.0, 0.0]]
+    with pytest.raises(SolverInputError, match="must be an int"):
+        GraphShortestPath(edge_index, 3, source=np.float64(0.0), target=2)
+
+
 def test_graph_unreachable_target_names_the_instance() -> None:
     edge_index = torch.tensor([[0, 1], [1, 2]])  # vertex 3 is isolated
     solver = GraphShortestPath(edge_index, 4, source=0, target=torch.tensor([2, 2, 3, 1]))

@@ -331,8 +331,10 @@ def _bad_rows(bad: np.ndarray) -> str:
 def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
     """Refuse NaN (and ±inf unless ``allow_inf``), naming the instances (rows) that hold them.
 
-    One sum screens the common case: a finite sum proves every entry finite."""
-    total = value.sum(dtype=np.float64)
+    One sum screens the common case: a finite sum proves every entry finite (an overflowing
+    sum, silenced, sends the rows to the exact check)."""
+    with np.errstate(over="ignore"):
+        total = value.sum(dtype=np.float64)
     if np.isfinite(total) or (allow_inf and not np.isnan(total)):
         return
     shown = _bad_rows(np.isnan(value) if allow_inf else ~np.isfinite(value))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from aimle_zoo.export import (
     verify,
 )
 from aimle_zoo.export.predict import read_inputs, write_outputs
-from aimle_zoo.export.runner import TensorInfo, check_inputs
+from aimle_zoo.export.runner import InputLimits, TensorInfo, check_inputs
 
 from .conftest import Exported
 
@@ -454,3 +455,51 @@ def test_outputs_that_are_the_same_infinity_verify(tmp_path: Path) -> None:
     spec = TensorSpec("x", "float32", ("batch", "n", 6))
     case = compare(model, finite_instead, example, [spec], ["logits"], atol=1e-4, rtol=1e-4)
     assert not case.passed and "vs eager -inf" in case.problem
+
+
+def test_integer_ranges_take_both_ends_and_refuse_the_next_value_out() -> None:
+    """Token ids in ``[0, vocabulary)``: 0 (padding) and the last id are valid."""
+    specs = [TensorInfo("token_ids", "int64", ("batch", "length"))]
+    limits = InputLimits(ranges={"token_ids": (0, 10)})
+    assert check_inputs(specs, np.array([[0, 9, 3]]), limits)
+    for bad, shown in ((-1, r"\[-1, 9\]"), (10, r"\[0, 10\]")):
+        with pytest.raises(RunnerInputError, match=rf"values in {shown}, the model takes \[0, 9\]"):
+            check_inputs(specs, np.array([[0, 9, bad]]), limits)
+
+
+class _ScaledIds(nn.Module):
+    """A user's module with an integer and a float input: ``x · ids``, defined for any values."""
+
+    def forward(self, ids: Tensor, x: Tensor) -> Tensor:  # [B, 3] each -> [B, 3]
+        return x * ids
+
+
+def test_a_user_modules_value_ranges_are_not_enforced(tmp_path: Path) -> None:
+    """The metadata records a module's example ranges (to draw inputs for verify), but its
+    contract is unknown: the runner refuses neither integers beyond the example's range nor
+    infinities, which eager PyTorch computes with."""
+    ids, x = torch.tensor([[1, 2, 3], [2, 2, 1]]), torch.rand(2, 3)
+    result = to_onnx(_ScaledIds().eval(), tmp_path / "scaled.onnx", example_inputs=(ids, x))
+    assert result.metadata["inputs"][0]["high"] == 4  # recorded, but not a bound
+    runner = OnnxRunner(result.path)
+    wide = np.array([[-5, 40, 0]], np.int64)
+    infinite = np.array([[np.inf, 1.0, -np.inf]], np.float32)
+    produced = runner.run({"ids": wide, "x": infinite})["output_0"]
+    with torch.no_grad():
+        expected = _ScaledIds()(torch.from_numpy(wide), torch.from_numpy(infinite)).numpy()
+    np.testing.assert_array_equal(produced, expected)
+
+
+def test_an_overflowing_sum_of_finite_values_is_not_taken_for_inf() -> None:
+    """The finiteness screen sums the values; float64 values near its end overflow that sum,
+    and the rows are then checked one by one, which finds nothing to refuse (and says
+    nothing: no numpy overflow warning)."""
+    specs = [TensorInfo("theta", "float64", ("batch", "n"))]
+    huge = np.full((2, 3), 1e308)
+    for finite in ("finite", "no_nan"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_inputs(specs, huge, InputLimits(finite=finite))
+    huge[1, 2] = np.inf
+    with pytest.raises(RunnerInputError, match=r"NaN or inf values in instance\(s\) 1;"):
+        check_inputs(specs, huge, InputLimits(finite="finite"))

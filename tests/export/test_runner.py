@@ -296,8 +296,8 @@ def test_non_finite_inputs_are_refused_as_eager_pytorch_refuses_them(
         runner.run({"theta": costs})
     edges = get_solver("graph_shortest_path", edge_index=[[0, 1], [1, 2]], num_nodes=3)
     edge_runner = OnnxRunner(to_onnx(edges, tmp_path / "edges.onnx").path)
-    with pytest.raises(RunnerInputError, match="NaN or inf"):  # an edge list has no inf edges
-        edge_runner.run({"theta": np.array([[1.0, np.inf]], np.float32)})
+    with pytest.raises(RunnerInputError, match=r"holds NaN or inf values in instance\(s\) 0;"):
+        edge_runner.run({"theta": np.array([[1.0, np.inf]], np.float32)})  # no inf edges
 
 
 def test_verify_refuses_a_file_without_the_metadata(
@@ -503,3 +503,13 @@ def test_an_overflowing_sum_of_finite_values_is_not_taken_for_inf() -> None:
     huge[1, 2] = np.inf
     with pytest.raises(RunnerInputError, match=r"NaN or inf values in instance\(s\) 1;"):
         check_inputs(specs, huge, InputLimits(finite="finite"))
+
+
+def test_refused_instances_are_listed_up_to_five() -> None:
+    specs = [TensorInfo("theta", "float32", ("batch", "n"))]
+    values = np.zeros((9, 3), np.float32)
+    values[[1, 2, 4, 5, 7, 8], 0] = np.nan
+    with pytest.raises(RunnerInputError, match=r"instance\(s\) 1, 2, 4, 5, 7, \.\.\.;"):
+        check_inputs(specs, values, InputLimits(finite="finite"))
+    with pytest.raises(RunnerInputError, match=r"instance\(s\) 1, 2, 4, 5, 7;"):
+        check_inputs(specs, values[:8], InputLimits(finite="finite"))

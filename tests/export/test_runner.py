@@ -513,3 +513,28 @@ def test_refused_instances_are_listed_up_to_five() -> None:
         check_inputs(specs, values, InputLimits(finite="finite"))
     with pytest.raises(RunnerInputError, match=r"instance\(s\) 1, 2, 4, 5, 7;"):
         check_inputs(specs, values[:8], InputLimits(finite="finite"))
+
+
+class _PickAndScale(nn.Module):
+    """A user's module with a top-k inside: the top-2 mask of ``scores`` and ``2·values``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pick = DifferentiableSolver("topk", k=2)
+
+    def forward(self, scores: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        return self.pick(scores), 2 * values  # [B, 5], [B, 3]
+
+
+def test_nan_outputs_are_refused_instances_only_for_the_path_solvers(tmp_path: Path) -> None:
+    """NaN rows mean "refused" only for the graph and grid path solvers; a module with a top-k
+    passes NaN that its own computation yields through, as eager PyTorch does."""
+    module = _PickAndScale().eval()
+    example = (torch.randn(2, 5), torch.randn(2, 3))
+    runner = OnnxRunner(to_onnx(module, tmp_path / "pick.onnx", example_inputs=example).path)
+    assert runner.limits.nan_rows == ()
+    values = np.array([[1.0, np.nan, 3.0]], np.float32)
+    scores = np.array([[0.1, 0.5, 0.3, 0.9, 0.2]], np.float32)
+    outputs = runner.run({"scores": scores, "values": values})
+    np.testing.assert_array_equal(outputs["output_0"], [[0, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(outputs["output_1"], 2 * values)

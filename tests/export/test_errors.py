@@ -257,9 +257,17 @@ def test_metadata_of_foreign_truncated_or_tampered_files_is_refused(tmp_path: Pa
 
     with pytest.raises(FileNotFoundError, match="no exported model at"):
         read_metadata(tmp_path / "missing.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.onnx is empty \(an interrupted copy\?\)"):
+        read_metadata(tmp_path / "empty.onnx")
     module = nn.Linear(4, 3).eval()
     exported = to_onnx(module, tmp_path / "ours.onnx", example_inputs=(torch.randn(2, 4),))
     assert read_metadata(exported.path)["inputs"][0]["name"] == "input"
+    scripted = to_torchscript(module, tmp_path / "ours.pt", example_inputs=(torch.randn(2, 4),))
+    for result in (exported, scripted):  # the metadata comes back as it was written
+        assert read_metadata(result.path) == result.metadata
+        assert load_exported(result.path).metadata == result.metadata
+        assert result.size_bytes == result.path.stat().st_size
     foreign = tmp_path / "foreign.pt"
     torch.jit.save(torch.jit.script(module), str(foreign))
     with pytest.raises(ValueError, match="TorchScript file without aimle_zoo metadata"):

@@ -185,6 +185,10 @@ def test_split_export_runs_the_latent_solver_after_onnxruntime(name: str, tmp_pa
     )
     assert metadata["solver_after"]["params"] == solver.params
     assert [entry["name"] for entry in metadata["outputs"]] == ["theta"]
+    assert read_metadata(result.path) == metadata
+    properties = {prop.key: prop.value for prop in onnx.load(str(result.path)).metadata_props}
+    assert properties["solver"] == solver_spec(solver).name  # the solver after the split
+    assert json.loads(properties["solver_params"]) == [solver.params]
     pipeline = SplitPipeline(result.path, threads=1)
     inputs = model.example_inputs(7)
     names = [spec["name"] for spec in metadata["inputs"]]

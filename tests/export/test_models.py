@@ -344,3 +344,20 @@ def test_a_subclass_with_its_own_forward_exports_that_forward(tmp_path: Path) ->
         read_metadata(to_onnx(renamed, tmp_path / "renamed.onnx").path)["outputs"]
         == (read_metadata(to_onnx(plain, tmp_path / "plain.onnx").path)["outputs"])
     )
+
+
+def test_only_elu_with_alpha_1_is_rewritten_into_elementwise_ops(tmp_path: Path) -> None:
+    """``Max(x, Exp(Min(x, 0)) - 1)`` is ELU for alpha = 1 only: an ELU of another alpha keeps
+    onnxruntime's ``Elu`` node, and both give eager PyTorch's values."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.ELU(alpha=0.3), torch.nn.Linear(8, 8), torch.nn.ELU()
+    ).eval()
+    result = to_onnx(module, tmp_path / "elu.onnx", example_inputs=(torch.randn(2, 3),))
+    ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
+    assert ops.count("Elu") == 1 and ops.count("Max") == 1  # alpha 0.3 kept, alpha 1 rewritten
+    x = 3 * torch.randn(64, 3)  # both signs before each ELU
+    with torch.no_grad():
+        expected = module(x).numpy()
+    produced = load_exported(result.path).run({"input": x.numpy()})["output_0"]
+    np.testing.assert_allclose(produced, expected, rtol=1e-5, atol=1e-6)

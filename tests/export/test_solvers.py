@@ -217,3 +217,41 @@ def test_a_split_export_takes_the_batch_multiple_of_the_solver_after(tmp_path: P
     assert verify(network, result.path).passed
     with pytest.raises(RunnerInputError, match="multiples of 3"):
         load_exported(result.path).run([torch.randn(4, 3).numpy()])
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "loops"),
+    [
+        ("topk", {"k": 2}, False),
+        ("grid_shortest_path", {}, True),
+        ("dijkstra", {}, True),
+        ("graph_shortest_path", {"edge_index": DAG, "num_nodes": 7}, True),
+        ("mst", {}, True),
+        ("minimum_spanning_tree", {}, True),
+        ("mst_edges", {}, True),
+    ],
+)
+def test_loop_solvers_and_plugins_are_never_traced(
+    name: str, params: dict[str, Any], loops: bool
+) -> None:
+    """A trace records the example's loop count, so a solver that loops (or a plugin, which
+    may) gets the scripted exporters only first, and TorchScript has no trace fallback; a
+    loop-free top-k prefers dynamo and may fall back to a trace."""
+    from dataclasses import replace
+
+    from aimle_zoo.export import SolverInfo, choose_exporter, inference_path
+    from aimle_zoo.export.choice import check_opset
+
+    path = inference_path(get_solver(name, **params))
+    onnx_choice = choose_exporter(path, "onnx").candidates
+    script_choice = choose_exporter(path, "torchscript").candidates
+    if loops:
+        assert onnx_choice == ("legacy_script", "dynamo") and script_choice == ("script",)
+    else:
+        assert onnx_choice == ("dynamo", "legacy_script")
+        assert script_choice == ("script", "trace")
+        assert check_opset(21, onnx_choice) == ("dynamo",)  # legacy_script stops at opset 20
+    plugin = replace(path, solvers=(SolverInfo("my_solver", {}, "max", True, "solver"),))
+    assert choose_exporter(plugin, "onnx").candidates == ("legacy_script", "dynamo")
+    assert choose_exporter(plugin, "torchscript").candidates == ("script",)
+    assert "my_solver (not a built-in; it may loop)" in choose_exporter(plugin, "onnx").reason

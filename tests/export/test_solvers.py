@@ -149,6 +149,8 @@ def test_solver_exports_and_matches_the_reference_on_new_sizes(
             ]
             assert any(new_sizes)  # a problem size the export example did not have
         (z,) = runtime.run([theta.numpy()]).values()
+        with torch.no_grad():
+            np.testing.assert_array_equal(z, solver(theta).numpy())  # eager, ties and all
         expected = reference(theta)
         if case in BY_COST:
             assert set(np.unique(z).tolist()) <= {0.0, 1.0}
@@ -255,3 +257,40 @@ def test_loop_solvers_and_plugins_are_never_traced(
     assert choose_exporter(plugin, "onnx").candidates == ("legacy_script", "dynamo")
     assert choose_exporter(plugin, "torchscript").candidates == ("script",)
     assert "my_solver (not a built-in; it may loop)" in choose_exporter(plugin, "onnx").reason
+
+
+def test_a_spanning_tree_that_refuses_asymmetric_weights_is_checked_on_symmetric_ones(
+    tmp_path: Path,
+) -> None:
+    """``mst`` with ``symmetrize=False`` refuses asymmetric θ; its input is recorded as
+    symmetric, so the checks before writing and verify draw symmetric weights."""
+    solver = get_solver("mst", symmetrize=False)
+    with pytest.raises(ValueError, match="symmetri"):
+        solver(torch.randn(2, 5, 5))
+    result = to_onnx(solver, tmp_path / "mst.onnx")
+    assert result.metadata["inputs"][0]["symmetric"] is True
+    assert verify(solver, result.path, batch_sizes=(3,)).passed
+    theta = _symmetric(4, 8, torch.Generator().manual_seed(5))  # n = 8: not the example's 6
+    (z,) = load_exported(result.path).run([theta.numpy()]).values()
+    np.testing.assert_array_equal(z, spanning_tree_scipy(theta).numpy())
+
+
+class _TwoPathSolvers(nn.Module):
+    """Two per-instance path solvers, for 2 and 3 instances: the batch steps by 6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.costs = nn.Linear(3, len(DAG[0]))
+        self.pairs = GraphShortestPath(DAG, 7, source=torch.tensor([0, 1]))
+        self.triples = GraphShortestPath(DAG, 7, source=torch.tensor([0, 1, 2]))
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        costs = F.softplus(self.costs(features))
+        return self.pairs(costs), self.triples(costs)
+
+
+def test_the_batch_multiple_of_several_solvers_is_their_least_common_multiple() -> None:
+    from aimle_zoo.export import inference_path
+
+    path = inference_path(_TwoPathSolvers().eval(), example_inputs=(torch.randn(6, 3),))
+    assert path.batch_multiple == 6 and path.dynamic_dims["batch"] == 6

@@ -1,4 +1,4 @@
-"""The tolerance rule of ``verify``, its report, and the check made before an export is written."""
+"""The tolerance rule of ``verify``, its report, and the checks made before an export is written."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from aimle_zoo.export import ExportError, TensorSpec, to_torchscript
+from aimle_zoo.export import ExportError, TensorSpec, load_exported, to_torchscript
 from aimle_zoo.export.verify import VerifyReport, compare
 
 SPEC = TensorSpec("x", "float32", ("batch", 4))
@@ -106,3 +106,23 @@ def test_an_export_wrong_at_another_problem_size_is_not_written(tmp_path: Path) 
     traced = torch.jit.trace(module, (torch.randn(2, 5),))
     x = torch.randn(3, 5)
     torch.testing.assert_close(traced(x), module(x))  # right at the example's size
+
+
+class _GeneratorSum(nn.Module):
+    """``x_0 + 2·x_1 + 3·x_2`` by a generator expression, which ``torch.jit.script`` rejects;
+    with three fixed columns the trace is exact."""
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, 3] -> [B]
+        return sum((index + 1) * x[:, index] for index in range(3))  # type: ignore[return-value]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_torchscript_falls_back_to_a_checked_trace_and_says_why(tmp_path: Path) -> None:
+    module = _GeneratorSum().eval()
+    result = to_torchscript(module, tmp_path / "sum.pt", example_inputs=(torch.randn(2, 3),))
+    assert result.exporter == "trace"
+    assert result.metadata["exporter"] == "trace"
+    assert result.metadata["exporter_reason"].startswith("trace, after script: ")
+    x = torch.randn(5, 3)
+    (produced,) = load_exported(result.path).run({"x": x.numpy()}).values()
+    np.testing.assert_allclose(produced, (x[:, 0] + 2 * x[:, 1] + 3 * x[:, 2]).numpy(), 1e-6)

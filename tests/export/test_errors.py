@@ -404,3 +404,34 @@ def test_a_model_elsewhere_that_cannot_be_copied_to_the_cpu_is_refused(tmp_path:
     with pytest.raises(ExportError, match="cannot be copied to the CPU for export"):
         to_onnx(module, tmp_path / "m.onnx", example_inputs=(torch.randn(3, 4),))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_write_that_fails_on_disk_leaves_the_previous_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is written beside the target and renamed into place only once it is on disk:
+    a failure while writing (here the flush to disk) leaves the previous file as it was and
+    no temporary file behind."""
+    import aimle_zoo._io
+    from aimle_zoo.export import write_outputs
+
+    module = nn.Linear(4, 3).eval()
+    example = (torch.randn(2, 4),)
+    targets = [tmp_path / "model.onnx", tmp_path / "model.pt", tmp_path / "out.npz"]
+    for target in targets:
+        target.write_bytes(b"previous")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(aimle_zoo._io.os, "fsync", disk_full)
+    writes = [
+        lambda: to_onnx(module, targets[0], example_inputs=example),
+        lambda: to_torchscript(module, targets[1], example_inputs=example),
+        lambda: write_outputs(targets[2], {"y": np.zeros(3)}),
+    ]
+    for write in writes:
+        with pytest.raises(OSError, match="No space left on device"):
+            write()
+    assert _files(tmp_path) == ["model.onnx", "model.pt", "out.npz"]
+    assert all(target.read_bytes() == b"previous" for target in targets)

@@ -538,3 +538,21 @@ def test_nan_outputs_are_refused_instances_only_for_the_path_solvers(tmp_path: P
     outputs = runner.run({"scores": scores, "values": values})
     np.testing.assert_array_equal(outputs["output_0"], [[0, 1, 0, 1, 0]])
     np.testing.assert_array_equal(outputs["output_1"], 2 * values)
+
+
+def test_inputs_named_like_numpys_positional_keys_are_read_by_name(tmp_path: Path) -> None:
+    """A model whose inputs are called ``arr_1`` and ``arr_0`` reads a file saved with those
+    names by name, not by position."""
+    first, second = np.zeros((2, 3), np.float32), np.ones((2, 4), np.float32)
+    np.savez(tmp_path / "named.npz", arr_0=first, arr_1=second)
+    mapped = read_inputs(tmp_path / "named.npz", ["arr_1", "arr_0"])
+    np.testing.assert_array_equal(mapped["arr_0"], first)
+    np.testing.assert_array_equal(mapped["arr_1"], second)
+
+
+def test_outputs_are_not_written_over_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "out.npz").mkdir()
+    with pytest.raises(ValueError, match=r"out\.npz is a folder; name the output file"):
+        write_outputs(tmp_path / "out.npz", {"z": np.zeros(2)})
+    assert [entry.name for entry in tmp_path.iterdir()] == ["out.npz"]
+    assert not list((tmp_path / "out.npz").iterdir())

@@ -435,3 +435,26 @@ def test_a_write_that_fails_on_disk_leaves_the_previous_file_whole(
             write()
     assert _files(tmp_path) == ["model.onnx", "model.pt", "out.npz"]
     assert all(target.read_bytes() == b"previous" for target in targets)
+
+
+def test_a_split_pipeline_runs_the_solver_it_is_given_instead_of_the_recorded_one(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    network = nn.Linear(4, 6).eval()
+    result = to_onnx(
+        network,
+        tmp_path / "scores.onnx",
+        example_inputs=(torch.randn(2, 4),),
+        split=True,
+        solver="topk",
+        solver_params={"k": 2},
+    )
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        theta = network(x)
+    recorded = SplitPipeline(result.path).run([x.numpy()])["solution"]
+    np.testing.assert_array_equal(recorded, get_solver("topk", k=2)(theta).numpy())
+    given = SplitPipeline(result.path, solver=get_solver("topk", k=1)).run([x.numpy()])
+    np.testing.assert_array_equal(given["solution"], get_solver("topk", k=1)(theta).numpy())
+    assert given["solution"].sum(axis=1).tolist() == [1.0] * 5

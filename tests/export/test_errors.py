@@ -458,3 +458,13 @@ def test_a_split_pipeline_runs_the_solver_it_is_given_instead_of_the_recorded_on
     given = SplitPipeline(result.path, solver=get_solver("topk", k=1)).run([x.numpy()])
     np.testing.assert_array_equal(given["solution"], get_solver("topk", k=1)(theta).numpy())
     assert given["solution"].sum(axis=1).tolist() == [1.0] * 5
+
+
+def test_a_dynamic_size_any_value_of_which_runs_has_minimum_1() -> None:
+    from aimle_zoo.export import inference_path
+
+    options = {"example_inputs": (torch.randn(2, 10),), "dynamic_dims": {"input": {1: "n"}}}
+    assert inference_path(nn.Identity(), **options).dynamic_dims == {"batch": 1, "n": 1}
+    conv = nn.Conv1d(1, 1, kernel_size=4).eval()  # needs n >= 4
+    options = {"example_inputs": (torch.randn(2, 1, 10),), "dynamic_dims": {"input": {2: "n"}}}
+    assert inference_path(conv, **options).dynamic_dims == {"batch": 1, "n": 4}

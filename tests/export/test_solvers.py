@@ -294,3 +294,21 @@ def test_the_batch_multiple_of_several_solvers_is_their_least_common_multiple() 
 
     path = inference_path(_TwoPathSolvers().eval(), example_inputs=(torch.randn(6, 3),))
     assert path.batch_multiple == 6 and path.dynamic_dims["batch"] == 6
+
+
+def test_recorded_solver_tensors_come_back_with_their_dtype_and_values() -> None:
+    """Solver parameters in the metadata: tensors as nested lists with their dtype."""
+    import json
+
+    from aimle_zoo.export._paths import _jsonable, from_jsonable
+
+    params = {
+        "mask": torch.tensor([[True, False], [False, True]]),
+        "source": torch.tensor([0, 3], dtype=torch.int32),
+        "scale": torch.tensor([0.1, 1e-300], dtype=torch.float64),
+        "pair": (1, 2),
+    }
+    back = from_jsonable(json.loads(json.dumps(_jsonable(params))))
+    assert back["pair"] == [1, 2]
+    for key in ("mask", "source", "scale"):
+        assert back[key].dtype == params[key].dtype and torch.equal(back[key], params[key])

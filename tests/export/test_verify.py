@@ -126,3 +126,18 @@ def test_torchscript_falls_back_to_a_checked_trace_and_says_why(tmp_path: Path) 
     x = torch.randn(5, 3)
     (produced,) = load_exported(result.path).run({"x": x.numpy()}).values()
     np.testing.assert_allclose(produced, (x[:, 0] + 2 * x[:, 1] + 3 * x[:, 2]).numpy(), 1e-6)
+
+
+def test_fresh_inputs_are_drawn_in_each_inputs_recorded_range() -> None:
+    from aimle_zoo.export._paths import random_inputs
+
+    specs = [
+        TensorSpec("x", "float32", ("batch", "n"), low=-3.0, high=-1.0),
+        TensorSpec("ids", "int64", ("batch", 4), low=5, high=8),
+        TensorSpec("w", "float64", ("batch", "n", "n"), low=0.0, high=1.0, symmetric=True),
+    ]
+    x, ids, w = random_inputs(specs, {"batch": 400, "n": 6}, torch.Generator().manual_seed(0))
+    assert x.shape == (400, 6) and x.dtype == torch.float32
+    assert -3.0 <= x.min() < -2.9 and -1.1 < x.max() <= -1.0
+    assert ids.dtype == torch.int64 and set(ids.unique().tolist()) == {5, 6, 7}  # high excluded
+    assert w.dtype == torch.float64 and torch.equal(w, w.transpose(1, 2))

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from aimle_zoo import DifferentiableSolver, get_solver
 from aimle_zoo.export import (
     ExportError,
+    ModelFileError,
     NonExportableSolverError,
+    OnnxRunner,
     SplitPipeline,
     UnsupportedOpsetError,
     VerificationError,
@@ -288,6 +290,8 @@ def test_metadata_of_foreign_truncated_or_tampered_files_is_refused(tmp_path: Pa
         onnx.save(proto, str(tmp_path / "tampered.onnx"))
         with pytest.raises(ValueError, match=message):
             read_metadata(tmp_path / "tampered.onnx")
+        with pytest.raises(ModelFileError, match="carries no aimle_zoo metadata"):
+            OnnxRunner(tmp_path / "tampered.onnx")
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     with pytest.raises(ValueError, match="ONNX file without aimle_zoo metadata"):

@@ -131,6 +131,8 @@ def test_solver_exports_and_matches_the_reference_on_new_sizes(
     result = export(solver, tmp_path / f"{case}.{file_format}")
     report = verify(solver, result.path, batch_sizes=(1, 7))
     assert report.passed
+    assert report.runtime == ("onnxruntime" if file_format == "onnx" else "torchscript")
+    assert report.summary().startswith(f"{result.path.name} ({report.runtime}) vs eager PyTorch")
     metadata = read_metadata(result.path)
     assert metadata["solvers"][0]["name"] == name
     dynamic = {dim for dim in metadata["inputs"][0]["shape"] if isinstance(dim, str)}

@@ -556,3 +556,21 @@ def test_outputs_are_not_written_over_a_folder(tmp_path: Path) -> None:
         write_outputs(tmp_path / "out.npz", {"z": np.zeros(2)})
     assert [entry.name for entry in tmp_path.iterdir()] == ["out.npz"]
     assert not list((tmp_path / "out.npz").iterdir())
+
+
+def test_a_review_shorter_than_k_is_refused_by_name(exported: dict[str, Exported]) -> None:
+    """Eager L2X text refuses fewer than k tokens; so do both runners, before the graph's
+    top-k fails inside."""
+    item = exported["l2x_text"]
+    k = item.model.k
+    (ids,) = item.model.example_inputs(2)
+    with pytest.raises(ValueError, match=rf"at least k={k} tokens"):
+        item.model(ids[:, : k - 1])
+    with torch.no_grad():
+        expected = item.model(ids[:, :k]).numpy()  # k tokens: all of them selected
+    for model in (OnnxRunner(item.onnx), TorchScriptModel(item.torchscript)):
+        with pytest.raises(RunnerInputError, match=rf"'length' \(axis 1\) .* at least {k}"):
+            model.run({"token_ids": ids[:, : k - 1].numpy()})
+        outputs = model.run({"token_ids": ids[:, :k].numpy()})
+        np.testing.assert_array_equal(outputs["mask"], np.ones((2, k), np.float32))
+        np.testing.assert_allclose(outputs["prediction"], expected, rtol=1e-4, atol=1e-5)

@@ -314,3 +314,19 @@ def test_recorded_solver_tensors_come_back_with_their_dtype_and_values() -> None
     assert back["pair"] == [1, 2]
     for key in ("mask", "source", "scale"):
         assert back[key].dtype == params[key].dtype and torch.equal(back[key], params[key])
+
+
+@pytest.mark.parametrize("file_format", ["onnx", "torchscript"])
+def test_grid_paths_of_one_row_or_one_column_run_as_in_eager(
+    tmp_path: Path, file_format: str
+) -> None:
+    """Every grid size eager PyTorch takes, down to 1×1, is taken by the exported file too."""
+    solver = get_solver("grid_shortest_path")
+    export = to_onnx if file_format == "onnx" else to_torchscript
+    runtime = load_exported(export(solver, tmp_path / f"grid.{file_format}").path)
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((2, 1, 5), (3, 6, 1), (1, 1, 1)):
+        theta = torch.rand(shape, generator=generator)
+        (z,) = runtime.run([theta.numpy()]).values()
+        np.testing.assert_array_equal(z, solver(theta).numpy())
+        assert z.sum() == theta.shape[0] * (shape[1] + shape[2] - 1)  # the only path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from aimle_zoo.export import ExportError, TensorSpec, load_exported, to_torchscript
-from aimle_zoo.export.verify import VerifyReport, compare
+from aimle_zoo.export.verify import RunFn, VerifyCase, VerifyReport, compare
 
 SPEC = TensorSpec("x", "float32", ("batch", 4))
 
 
-def _artefact(transform):  # type: ignore[no-untyped-def]
+def _artefact(transform: Callable[[np.ndarray], np.ndarray]) -> RunFn:
     """An artefact that answers ``transform(x)`` where eager PyTorch (the identity) gives x."""
 
     def run(values: tuple[Tensor, ...]) -> list[np.ndarray]:
@@ -24,7 +25,9 @@ def _artefact(transform):  # type: ignore[no-untyped-def]
     return run
 
 
-def _case(transform, values: Tensor, atol: float, rtol: float):  # type: ignore[no-untyped-def]
+def _case(
+    transform: Callable[[np.ndarray], np.ndarray], values: Tensor, atol: float, rtol: float
+) -> VerifyCase:
     return compare(nn.Identity(), _artefact(transform), (values,), [SPEC], ["y"], atol, rtol)
 
 

@@ -150,6 +150,10 @@ def test_both_files_carry_the_metadata(exported: dict[str, Exported], name: str)
     properties = {prop.key: prop.value for prop in model.metadata_props}
     assert properties["model_name"] == name and properties["solver"] == spec.name
     assert json.loads(properties["solver_params"]) == [solver.params]
+    assert properties["aimle_zoo_version"] == aimle_zoo.__version__
+    metadata = json.loads(properties["aimle_zoo"])
+    assert json.loads(properties["inputs"]) == metadata["inputs"]
+    assert json.loads(properties["outputs"]) == metadata["outputs"]
     graph_input = model.graph.input[0].type.tensor_type.shape.dim
     assert graph_input[0].dim_param == "batch"
     if name == "l2x_text":

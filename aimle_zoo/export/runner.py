@@ -60,6 +60,10 @@ NAN_ROW_SOLVERS = frozenset(
     ("graph_shortest_path", "grid_shortest_path", "dijkstra", "shortest_path")
 )
 
+#: Solvers that, built with an ``adjacency`` matrix, read an infinite cost as a missing edge
+#: (``dijkstra`` with an adjacency is the graph shortest path).
+ADJACENCY_SOLVERS = frozenset(("graph_shortest_path", "dijkstra"))
+
 
 class ModelFileError(OSError):
     """An exported model file is missing, empty, truncated or not an ONNX model."""
@@ -155,8 +159,8 @@ class InputLimits:
         solvers = [info for info in metadata.get("solvers") or [] if isinstance(info, dict)]
         if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
             takes_inf = any(
-                info.get("name") == "graph_shortest_path"
-                and "adjacency" in (info.get("params") or {})
+                info.get("name") in ADJACENCY_SOLVERS
+                and (info.get("params") or {}).get("adjacency") is not None
                 for info in solvers
             )
             finite = "no_nan" if takes_inf else "finite"

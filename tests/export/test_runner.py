@@ -574,3 +574,23 @@ def test_a_review_shorter_than_k_is_refused_by_name(exported: dict[str, Exported
         outputs = model.run({"token_ids": ids[:, :k].numpy()})
         np.testing.assert_array_equal(outputs["mask"], np.ones((2, k), np.float32))
         np.testing.assert_allclose(outputs["prediction"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["graph_shortest_path", "dijkstra"])
+def test_an_adjacency_path_solver_takes_inf_off_the_graph_under_either_name(
+    name: str, tmp_path: Path
+) -> None:
+    """``dijkstra`` built with an adjacency is the graph shortest path: eager PyTorch reads
+    +inf off the graph as a missing edge, and so does the runner (only NaN is refused)."""
+    adjacency = torch.ones(4, 4, dtype=torch.bool)
+    adjacency[1, 2] = False
+    solver = get_solver(name, adjacency=adjacency)
+    runner = OnnxRunner(to_onnx(solver, tmp_path / f"{name}.onnx").path)
+    costs = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)
+    costs[0, 1, 2] = np.inf  # off the graph
+    with torch.no_grad():
+        expected = solver(torch.from_numpy(costs)).numpy()
+    np.testing.assert_array_equal(runner.run({"theta": costs})["z"], expected)
+    costs[1, 0, 3] = np.nan
+    with pytest.raises(RunnerInputError, match=r"holds NaN values in instance\(s\) 1;"):
+        runner.run({"theta": costs})

@@ -330,3 +330,25 @@ def test_grid_paths_of_one_row_or_one_column_run_as_in_eager(
         (z,) = runtime.run([theta.numpy()]).values()
         np.testing.assert_array_equal(z, solver(theta).numpy())
         assert z.sum() == theta.shape[0] * (shape[1] + shape[2] - 1)  # the only path
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("topk", {"k": 3}), ("grid_shortest_path", {}), ("mst", {}), ("mst_edges", {})],
+)
+def test_each_solver_is_checked_at_problem_sizes_other_than_the_examples(
+    name: str, params: dict[str, Any]
+) -> None:
+    """The check before writing and verify use the recorded other sizes: every dynamic
+    problem size differs from the example's in each of them (else an exporter that fixed it
+    would pass)."""
+    from aimle_zoo.export import inference_path
+
+    path = inference_path(get_solver(name, **params))
+    example = path.example_sizes()
+    problem_dims = {dim for dim in example if dim != "batch"}
+    assert path.size_cases
+    for case in path.size_cases:
+        assert set(case) == problem_dims
+        assert all(case[dim] != example[dim] for dim in problem_dims)
+        assert all(case[dim] >= path.dynamic_dims[dim] for dim in problem_dims)

@@ -472,3 +472,31 @@ def test_a_dynamic_size_any_value_of_which_runs_has_minimum_1() -> None:
     conv = nn.Conv1d(1, 1, kernel_size=4).eval()  # needs n >= 4
     options = {"example_inputs": (torch.randn(2, 1, 10),), "dynamic_dims": {"input": {2: "n"}}}
     assert inference_path(conv, **options).dynamic_dims == {"batch": 1, "n": 4}
+
+
+def test_an_onnx_graph_that_computes_something_else_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each exporter's graph is run in onnxruntime against eager PyTorch before anything is
+    written; a graph with altered weights (as a mistranslation would give) is refused."""
+    import onnx
+
+    import aimle_zoo.export.onnx as onnx_export
+
+    expand = onnx_export._expand_elu
+
+    def doubled_weights(proto: onnx.ModelProto) -> None:
+        expand(proto)
+        for tensor in proto.graph.initializer:
+            array = onnx.numpy_helper.to_array(tensor)
+            if array.dtype == np.float32 and array.ndim == 2:  # the Linear weight
+                tensor.CopyFrom(onnx.numpy_helper.from_array(2 * array, tensor.name))
+
+    monkeypatch.setattr(onnx_export, "_expand_elu", doubled_weights)
+    target = tmp_path / "linear.onnx"
+    with pytest.raises(ExportError, match="nothing was written") as caught:
+        to_onnx(nn.Linear(4, 3).eval(), target, example_inputs=(torch.randn(2, 4),))
+    message = str(caught.value)
+    for exporter in ("dynamo", "legacy_script"):
+        assert f"the ONNX graph from the {exporter} exporter disagrees with eager" in message
+    assert _files(tmp_path) == []

@@ -357,7 +357,13 @@ def test_only_elu_with_alpha_1_is_rewritten_into_elementwise_ops(tmp_path: Path)
     module = torch.nn.Sequential(
         torch.nn.Linear(3, 8), torch.nn.ELU(alpha=0.3), torch.nn.Linear(8, 8), torch.nn.ELU()
     ).eval()
+    import logging
+
+    from aimle_zoo.export.onnx import _QUIET_LOGGERS
+
+    levels = [logging.getLogger(name).level for name in _QUIET_LOGGERS]
     result = to_onnx(module, tmp_path / "elu.onnx", example_inputs=(torch.randn(2, 3),))
+    assert [logging.getLogger(name).level for name in _QUIET_LOGGERS] == levels  # put back
     ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
     assert ops.count("Elu") == 1 and ops.count("Max") == 1  # alpha 0.3 kept, alpha 1 rewritten
     x = 3 * torch.randn(64, 3)  # both signs before each ELU

@@ -60,6 +60,10 @@ NAN_ROW_SOLVERS = frozenset(
     ("graph_shortest_path", "grid_shortest_path", "dijkstra", "shortest_path")
 )
 
+#: Solvers that, built with an ``adjacency`` matrix, read an infinite cost as a missing edge
+#: (``dijkstra`` with an adjacency is the graph shortest path).
+ADJACENCY_SOLVERS = frozenset(("graph_shortest_path", "dijkstra"))
+
 
 class ModelFileError(OSError):
     """An exported model file is missing, empty, truncated or not an ONNX model."""
@@ -155,8 +159,8 @@ class InputLimits:
         solvers = [info for info in metadata.get("solvers") or [] if isinstance(info, dict)]
         if metadata.get("kind") in ("zoo_model", "solver"):  # eager PyTorch refuses them
             takes_inf = any(
-                info.get("name") == "graph_shortest_path"
-                and "adjacency" in (info.get("params") or {})
+                info.get("name") in ADJACENCY_SOLVERS
+                and (info.get("params") or {}).get("adjacency") is not None
                 for info in solvers
             )
             finite = "no_nan" if takes_inf else "finite"
@@ -331,8 +335,10 @@ def _bad_rows(bad: np.ndarray) -> str:
 def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
     """Refuse NaN (and ±inf unless ``allow_inf``), naming the instances (rows) that hold them.
 
-    One sum screens the common case: a finite sum proves every entry finite."""
-    total = value.sum(dtype=np.float64)
+    One sum screens the common case: a finite sum proves every entry finite (an overflowing
+    sum, silenced, sends the rows to the exact check)."""
+    with np.errstate(over="ignore"):
+        total = value.sum(dtype=np.float64)
     if np.isfinite(total) or (allow_inf and not np.isnan(total)):
         return
     shown = _bad_rows(np.isnan(value) if allow_inf else ~np.isfinite(value))

@@ -201,7 +201,13 @@ def test_quickstart_without_checkpoints_uses_fresh_default_models(
     monkeypatch.setenv("AIMLE_ZOO_CHECKPOINTS", str(tmp_path / "empty"))
     lines: list[str] = []
     configs = {"grid_shortest_path": TINY["grid_shortest_path"]}
-    rows = run_quickstart(tmp_path / "out", progress=lines.append, fallback_configs=configs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # timed on one thread, then put back
+    try:
+        rows = run_quickstart(tmp_path / "out", progress=lines.append, fallback_configs=configs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert lines[0].startswith(f"no bundled checkpoints in {tmp_path / 'empty'}")
     assert [(row.model, row.source) for row in rows] == [("grid_shortest_path", "untrained")]
     model = build_tiny("grid_shortest_path")

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from aimle_zoo import DifferentiableSolver, get_solver
 from aimle_zoo.export import (
     ExportError,
+    ModelFileError,
     NonExportableSolverError,
+    OnnxRunner,
     SplitPipeline,
     UnsupportedOpsetError,
     VerificationError,
@@ -257,9 +259,17 @@ def test_metadata_of_foreign_truncated_or_tampered_files_is_refused(tmp_path: Pa
 
     with pytest.raises(FileNotFoundError, match="no exported model at"):
         read_metadata(tmp_path / "missing.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.onnx is empty \(an interrupted copy\?\)"):
+        read_metadata(tmp_path / "empty.onnx")
     module = nn.Linear(4, 3).eval()
     exported = to_onnx(module, tmp_path / "ours.onnx", example_inputs=(torch.randn(2, 4),))
     assert read_metadata(exported.path)["inputs"][0]["name"] == "input"
+    scripted = to_torchscript(module, tmp_path / "ours.pt", example_inputs=(torch.randn(2, 4),))
+    for result in (exported, scripted):  # the metadata comes back as it was written
+        assert read_metadata(result.path) == result.metadata
+        assert load_exported(result.path).metadata == result.metadata
+        assert result.size_bytes == result.path.stat().st_size
     foreign = tmp_path / "foreign.pt"
     torch.jit.save(torch.jit.script(module), str(foreign))
     with pytest.raises(ValueError, match="TorchScript file without aimle_zoo metadata"):
@@ -280,6 +290,8 @@ def test_metadata_of_foreign_truncated_or_tampered_files_is_refused(tmp_path: Pa
         onnx.save(proto, str(tmp_path / "tampered.onnx"))
         with pytest.raises(ValueError, match=message):
             read_metadata(tmp_path / "tampered.onnx")
+        with pytest.raises(ModelFileError, match="carries no aimle_zoo metadata"):
+            OnnxRunner(tmp_path / "tampered.onnx")
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     with pytest.raises(ValueError, match="ONNX file without aimle_zoo metadata"):
@@ -396,3 +408,95 @@ def test_a_model_elsewhere_that_cannot_be_copied_to_the_cpu_is_refused(tmp_path:
     with pytest.raises(ExportError, match="cannot be copied to the CPU for export"):
         to_onnx(module, tmp_path / "m.onnx", example_inputs=(torch.randn(3, 4),))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_write_that_fails_on_disk_leaves_the_previous_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is written beside the target and renamed into place only once it is on disk:
+    a failure while writing (here the flush to disk) leaves the previous file as it was and
+    no temporary file behind."""
+    import aimle_zoo._io
+    from aimle_zoo.export import write_outputs
+
+    module = nn.Linear(4, 3).eval()
+    example = (torch.randn(2, 4),)
+    targets = [tmp_path / "model.onnx", tmp_path / "model.pt", tmp_path / "out.npz"]
+    for target in targets:
+        target.write_bytes(b"previous")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(aimle_zoo._io.os, "fsync", disk_full)
+    writes = [
+        lambda: to_onnx(module, targets[0], example_inputs=example),
+        lambda: to_torchscript(module, targets[1], example_inputs=example),
+        lambda: write_outputs(targets[2], {"y": np.zeros(3)}),
+    ]
+    for write in writes:
+        with pytest.raises(OSError, match="No space left on device"):
+            write()
+    assert _files(tmp_path) == ["model.onnx", "model.pt", "out.npz"]
+    assert all(target.read_bytes() == b"previous" for target in targets)
+
+
+def test_a_split_pipeline_runs_the_solver_it_is_given_instead_of_the_recorded_one(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    network = nn.Linear(4, 6).eval()
+    result = to_onnx(
+        network,
+        tmp_path / "scores.onnx",
+        example_inputs=(torch.randn(2, 4),),
+        split=True,
+        solver="topk",
+        solver_params={"k": 2},
+    )
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        theta = network(x)
+    recorded = SplitPipeline(result.path).run([x.numpy()])["solution"]
+    np.testing.assert_array_equal(recorded, get_solver("topk", k=2)(theta).numpy())
+    given = SplitPipeline(result.path, solver=get_solver("topk", k=1)).run([x.numpy()])
+    np.testing.assert_array_equal(given["solution"], get_solver("topk", k=1)(theta).numpy())
+    assert given["solution"].sum(axis=1).tolist() == [1.0] * 5
+
+
+def test_a_dynamic_size_any_value_of_which_runs_has_minimum_1() -> None:
+    from aimle_zoo.export import inference_path
+
+    options = {"example_inputs": (torch.randn(2, 10),), "dynamic_dims": {"input": {1: "n"}}}
+    assert inference_path(nn.Identity(), **options).dynamic_dims == {"batch": 1, "n": 1}
+    conv = nn.Conv1d(1, 1, kernel_size=4).eval()  # needs n >= 4
+    options = {"example_inputs": (torch.randn(2, 1, 10),), "dynamic_dims": {"input": {2: "n"}}}
+    assert inference_path(conv, **options).dynamic_dims == {"batch": 1, "n": 4}
+
+
+def test_an_onnx_graph_that_computes_something_else_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each exporter's graph is run in onnxruntime against eager PyTorch before anything is
+    written; a graph with altered weights (as a mistranslation would give) is refused."""
+    import onnx
+
+    import aimle_zoo.export.onnx as onnx_export
+
+    expand = onnx_export._expand_elu
+
+    def doubled_weights(proto: onnx.ModelProto) -> None:
+        expand(proto)
+        for tensor in proto.graph.initializer:
+            array = onnx.numpy_helper.to_array(tensor)
+            if array.dtype == np.float32 and array.ndim == 2:  # the Linear weight
+                tensor.CopyFrom(onnx.numpy_helper.from_array(2 * array, tensor.name))
+
+    monkeypatch.setattr(onnx_export, "_expand_elu", doubled_weights)
+    target = tmp_path / "linear.onnx"
+    with pytest.raises(ExportError, match="nothing was written") as caught:
+        to_onnx(nn.Linear(4, 3).eval(), target, example_inputs=(torch.randn(2, 4),))
+    message = str(caught.value)
+    for exporter in ("dynamo", "legacy_script"):
+        assert f"the ONNX graph from the {exporter} exporter disagrees with eager" in message
+    assert _files(tmp_path) == []

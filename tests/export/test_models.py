@@ -150,6 +150,10 @@ def test_both_files_carry_the_metadata(exported: dict[str, Exported], name: str)
     properties = {prop.key: prop.value for prop in model.metadata_props}
     assert properties["model_name"] == name and properties["solver"] == spec.name
     assert json.loads(properties["solver_params"]) == [solver.params]
+    assert properties["aimle_zoo_version"] == aimle_zoo.__version__
+    metadata = json.loads(properties["aimle_zoo"])
+    assert json.loads(properties["inputs"]) == metadata["inputs"]
+    assert json.loads(properties["outputs"]) == metadata["outputs"]
     graph_input = model.graph.input[0].type.tensor_type.shape.dim
     assert graph_input[0].dim_param == "batch"
     if name == "l2x_text":
@@ -185,6 +189,10 @@ def test_split_export_runs_the_latent_solver_after_onnxruntime(name: str, tmp_pa
     )
     assert metadata["solver_after"]["params"] == solver.params
     assert [entry["name"] for entry in metadata["outputs"]] == ["theta"]
+    assert read_metadata(result.path) == metadata
+    properties = {prop.key: prop.value for prop in onnx.load(str(result.path)).metadata_props}
+    assert properties["solver"] == solver_spec(solver).name  # the solver after the split
+    assert json.loads(properties["solver_params"]) == [solver.params]
     pipeline = SplitPipeline(result.path, threads=1)
     inputs = model.example_inputs(7)
     names = [spec["name"] for spec in metadata["inputs"]]
@@ -340,3 +348,26 @@ def test_a_subclass_with_its_own_forward_exports_that_forward(tmp_path: Path) ->
         read_metadata(to_onnx(renamed, tmp_path / "renamed.onnx").path)["outputs"]
         == (read_metadata(to_onnx(plain, tmp_path / "plain.onnx").path)["outputs"])
     )
+
+
+def test_only_elu_with_alpha_1_is_rewritten_into_elementwise_ops(tmp_path: Path) -> None:
+    """``Max(x, Exp(Min(x, 0)) - 1)`` is ELU for alpha = 1 only: an ELU of another alpha keeps
+    onnxruntime's ``Elu`` node, and both give eager PyTorch's values."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.ELU(alpha=0.3), torch.nn.Linear(8, 8), torch.nn.ELU()
+    ).eval()
+    import logging
+
+    from aimle_zoo.export.onnx import _QUIET_LOGGERS
+
+    levels = [logging.getLogger(name).level for name in _QUIET_LOGGERS]
+    result = to_onnx(module, tmp_path / "elu.onnx", example_inputs=(torch.randn(2, 3),))
+    assert [logging.getLogger(name).level for name in _QUIET_LOGGERS] == levels  # put back
+    ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
+    assert ops.count("Elu") == 1 and ops.count("Max") == 1  # alpha 0.3 kept, alpha 1 rewritten
+    x = 3 * torch.randn(64, 3)  # both signs before each ELU
+    with torch.no_grad():
+        expected = module(x).numpy()
+    produced = load_exported(result.path).run({"input": x.numpy()})["output_0"]
+    np.testing.assert_allclose(produced, expected, rtol=1e-5, atol=1e-6)

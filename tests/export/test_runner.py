@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from aimle_zoo.export import (
     verify,
 )
 from aimle_zoo.export.predict import read_inputs, write_outputs
-from aimle_zoo.export.runner import TensorInfo, check_inputs
+from aimle_zoo.export.runner import InputLimits, TensorInfo, check_inputs
 
 from .conftest import Exported
 
@@ -295,8 +296,8 @@ def test_non_finite_inputs_are_refused_as_eager_pytorch_refuses_them(
         runner.run({"theta": costs})
     edges = get_solver("graph_shortest_path", edge_index=[[0, 1], [1, 2]], num_nodes=3)
     edge_runner = OnnxRunner(to_onnx(edges, tmp_path / "edges.onnx").path)
-    with pytest.raises(RunnerInputError, match="NaN or inf"):  # an edge list has no inf edges
-        edge_runner.run({"theta": np.array([[1.0, np.inf]], np.float32)})
+    with pytest.raises(RunnerInputError, match=r"holds NaN or inf values in instance\(s\) 0;"):
+        edge_runner.run({"theta": np.array([[1.0, np.inf]], np.float32)})  # no inf edges
 
 
 def test_verify_refuses_a_file_without_the_metadata(
@@ -454,3 +455,142 @@ def test_outputs_that_are_the_same_infinity_verify(tmp_path: Path) -> None:
     spec = TensorSpec("x", "float32", ("batch", "n", 6))
     case = compare(model, finite_instead, example, [spec], ["logits"], atol=1e-4, rtol=1e-4)
     assert not case.passed and "vs eager -inf" in case.problem
+
+
+def test_integer_ranges_take_both_ends_and_refuse_the_next_value_out() -> None:
+    """Token ids in ``[0, vocabulary)``: 0 (padding) and the last id are valid."""
+    specs = [TensorInfo("token_ids", "int64", ("batch", "length"))]
+    limits = InputLimits(ranges={"token_ids": (0, 10)})
+    assert check_inputs(specs, np.array([[0, 9, 3]]), limits)
+    for bad, shown in ((-1, r"\[-1, 9\]"), (10, r"\[0, 10\]")):
+        with pytest.raises(RunnerInputError, match=rf"values in {shown}, the model takes \[0, 9\]"):
+            check_inputs(specs, np.array([[0, 9, bad]]), limits)
+
+
+class _ScaledIds(nn.Module):
+    """A user's module with an integer and a float input: ``x · ids``, defined for any values."""
+
+    def forward(self, ids: Tensor, x: Tensor) -> Tensor:  # [B, 3] each -> [B, 3]
+        return x * ids
+
+
+def test_a_user_modules_value_ranges_are_not_enforced(tmp_path: Path) -> None:
+    """The metadata records a module's example ranges (to draw inputs for verify), but its
+    contract is unknown: the runner refuses neither integers beyond the example's range nor
+    infinities, which eager PyTorch computes with."""
+    ids, x = torch.tensor([[1, 2, 3], [2, 2, 1]]), torch.rand(2, 3)
+    result = to_onnx(_ScaledIds().eval(), tmp_path / "scaled.onnx", example_inputs=(ids, x))
+    assert result.metadata["inputs"][0]["high"] == 4  # recorded, but not a bound
+    runner = OnnxRunner(result.path)
+    wide = np.array([[-5, 40, 0]], np.int64)
+    infinite = np.array([[np.inf, 1.0, -np.inf]], np.float32)
+    produced = runner.run({"ids": wide, "x": infinite})["output_0"]
+    with torch.no_grad():
+        expected = _ScaledIds()(torch.from_numpy(wide), torch.from_numpy(infinite)).numpy()
+    np.testing.assert_array_equal(produced, expected)
+
+
+def test_an_overflowing_sum_of_finite_values_is_not_taken_for_inf() -> None:
+    """The finiteness screen sums the values; float64 values near its end overflow that sum,
+    and the rows are then checked one by one, which finds nothing to refuse (and says
+    nothing: no numpy overflow warning)."""
+    specs = [TensorInfo("theta", "float64", ("batch", "n"))]
+    huge = np.full((2, 3), 1e308)
+    for finite in ("finite", "no_nan"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_inputs(specs, huge, InputLimits(finite=finite))
+    huge[1, 2] = np.inf
+    with pytest.raises(RunnerInputError, match=r"NaN or inf values in instance\(s\) 1;"):
+        check_inputs(specs, huge, InputLimits(finite="finite"))
+
+
+def test_refused_instances_are_listed_up_to_five() -> None:
+    specs = [TensorInfo("theta", "float32", ("batch", "n"))]
+    values = np.zeros((9, 3), np.float32)
+    values[[1, 2, 4, 5, 7, 8], 0] = np.nan
+    with pytest.raises(RunnerInputError, match=r"instance\(s\) 1, 2, 4, 5, 7, \.\.\.;"):
+        check_inputs(specs, values, InputLimits(finite="finite"))
+    with pytest.raises(RunnerInputError, match=r"instance\(s\) 1, 2, 4, 5, 7;"):
+        check_inputs(specs, values[:8], InputLimits(finite="finite"))
+
+
+class _PickAndScale(nn.Module):
+    """A user's module with a top-k inside: the top-2 mask of ``scores`` and ``2·values``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pick = DifferentiableSolver("topk", k=2)
+
+    def forward(self, scores: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        return self.pick(scores), 2 * values  # [B, 5], [B, 3]
+
+
+def test_nan_outputs_are_refused_instances_only_for_the_path_solvers(tmp_path: Path) -> None:
+    """NaN rows mean "refused" only for the graph and grid path solvers; a module with a top-k
+    passes NaN that its own computation yields through, as eager PyTorch does."""
+    module = _PickAndScale().eval()
+    example = (torch.randn(2, 5), torch.randn(2, 3))
+    runner = OnnxRunner(to_onnx(module, tmp_path / "pick.onnx", example_inputs=example).path)
+    assert runner.limits.nan_rows == ()
+    values = np.array([[1.0, np.nan, 3.0]], np.float32)
+    scores = np.array([[0.1, 0.5, 0.3, 0.9, 0.2]], np.float32)
+    outputs = runner.run({"scores": scores, "values": values})
+    np.testing.assert_array_equal(outputs["output_0"], [[0, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(outputs["output_1"], 2 * values)
+
+
+def test_inputs_named_like_numpys_positional_keys_are_read_by_name(tmp_path: Path) -> None:
+    """A model whose inputs are called ``arr_1`` and ``arr_0`` reads a file saved with those
+    names by name, not by position."""
+    first, second = np.zeros((2, 3), np.float32), np.ones((2, 4), np.float32)
+    np.savez(tmp_path / "named.npz", arr_0=first, arr_1=second)
+    mapped = read_inputs(tmp_path / "named.npz", ["arr_1", "arr_0"])
+    np.testing.assert_array_equal(mapped["arr_0"], first)
+    np.testing.assert_array_equal(mapped["arr_1"], second)
+
+
+def test_outputs_are_not_written_over_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "out.npz").mkdir()
+    with pytest.raises(ValueError, match=r"out\.npz is a folder; name the output file"):
+        write_outputs(tmp_path / "out.npz", {"z": np.zeros(2)})
+    assert [entry.name for entry in tmp_path.iterdir()] == ["out.npz"]
+    assert not list((tmp_path / "out.npz").iterdir())
+
+
+def test_a_review_shorter_than_k_is_refused_by_name(exported: dict[str, Exported]) -> None:
+    """Eager L2X text refuses fewer than k tokens; so do both runners, before the graph's
+    top-k fails inside."""
+    item = exported["l2x_text"]
+    k = item.model.k
+    (ids,) = item.model.example_inputs(2)
+    with pytest.raises(ValueError, match=rf"at least k={k} tokens"):
+        item.model(ids[:, : k - 1])
+    with torch.no_grad():
+        expected = item.model(ids[:, :k]).numpy()  # k tokens: all of them selected
+    for model in (OnnxRunner(item.onnx), TorchScriptModel(item.torchscript)):
+        with pytest.raises(RunnerInputError, match=rf"'length' \(axis 1\) .* at least {k}"):
+            model.run({"token_ids": ids[:, : k - 1].numpy()})
+        outputs = model.run({"token_ids": ids[:, :k].numpy()})
+        np.testing.assert_array_equal(outputs["mask"], np.ones((2, k), np.float32))
+        np.testing.assert_allclose(outputs["prediction"], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["graph_shortest_path", "dijkstra"])
+def test_an_adjacency_path_solver_takes_inf_off_the_graph_under_either_name(
+    name: str, tmp_path: Path
+) -> None:
+    """``dijkstra`` built with an adjacency is the graph shortest path: eager PyTorch reads
+    +inf off the graph as a missing edge, and so does the runner (only NaN is refused)."""
+    adjacency = torch.ones(4, 4, dtype=torch.bool)
+    adjacency[1, 2] = False
+    solver = get_solver(name, adjacency=adjacency)
+    runner = OnnxRunner(to_onnx(solver, tmp_path / f"{name}.onnx").path)
+    costs = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)
+    costs[0, 1, 2] = np.inf  # off the graph
+    with torch.no_grad():
+        expected = solver(torch.from_numpy(costs)).numpy()
+    np.testing.assert_array_equal(runner.run({"theta": costs})["z"], expected)
+    costs[1, 0, 3] = np.nan
+    with pytest.raises(RunnerInputError, match=r"holds NaN values in instance\(s\) 1;"):
+        runner.run({"theta": costs})

@@ -131,6 +131,8 @@ def test_solver_exports_and_matches_the_reference_on_new_sizes(
     result = export(solver, tmp_path / f"{case}.{file_format}")
     report = verify(solver, result.path, batch_sizes=(1, 7))
     assert report.passed
+    assert report.runtime == ("onnxruntime" if file_format == "onnx" else "torchscript")
+    assert report.summary().startswith(f"{result.path.name} ({report.runtime}) vs eager PyTorch")
     metadata = read_metadata(result.path)
     assert metadata["solvers"][0]["name"] == name
     dynamic = {dim for dim in metadata["inputs"][0]["shape"] if isinstance(dim, str)}
@@ -149,6 +151,8 @@ def test_solver_exports_and_matches_the_reference_on_new_sizes(
             ]
             assert any(new_sizes)  # a problem size the export example did not have
         (z,) = runtime.run([theta.numpy()]).values()
+        with torch.no_grad():
+            np.testing.assert_array_equal(z, solver(theta).numpy())  # eager, ties and all
         expected = reference(theta)
         if case in BY_COST:
             assert set(np.unique(z).tolist()) <= {0.0, 1.0}
@@ -217,3 +221,134 @@ def test_a_split_export_takes_the_batch_multiple_of_the_solver_after(tmp_path: P
     assert verify(network, result.path).passed
     with pytest.raises(RunnerInputError, match="multiples of 3"):
         load_exported(result.path).run([torch.randn(4, 3).numpy()])
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "loops"),
+    [
+        ("topk", {"k": 2}, False),
+        ("grid_shortest_path", {}, True),
+        ("dijkstra", {}, True),
+        ("graph_shortest_path", {"edge_index": DAG, "num_nodes": 7}, True),
+        ("mst", {}, True),
+        ("minimum_spanning_tree", {}, True),
+        ("mst_edges", {}, True),
+    ],
+)
+def test_loop_solvers_and_plugins_are_never_traced(
+    name: str, params: dict[str, Any], loops: bool
+) -> None:
+    """A trace records the example's loop count, so a solver that loops (or a plugin, which
+    may) gets the scripted exporters only first, and TorchScript has no trace fallback; a
+    loop-free top-k prefers dynamo and may fall back to a trace."""
+    from dataclasses import replace
+
+    from aimle_zoo.export import SolverInfo, choose_exporter, inference_path
+    from aimle_zoo.export.choice import check_opset
+
+    path = inference_path(get_solver(name, **params))
+    onnx_choice = choose_exporter(path, "onnx").candidates
+    script_choice = choose_exporter(path, "torchscript").candidates
+    if loops:
+        assert onnx_choice == ("legacy_script", "dynamo") and script_choice == ("script",)
+    else:
+        assert onnx_choice == ("dynamo", "legacy_script")
+        assert script_choice == ("script", "trace")
+        assert check_opset(21, onnx_choice) == ("dynamo",)  # legacy_script stops at opset 20
+    plugin = replace(path, solvers=(SolverInfo("my_solver", {}, "max", True, "solver"),))
+    assert choose_exporter(plugin, "onnx").candidates == ("legacy_script", "dynamo")
+    assert choose_exporter(plugin, "torchscript").candidates == ("script",)
+    assert "my_solver (not a built-in; it may loop)" in choose_exporter(plugin, "onnx").reason
+
+
+def test_a_spanning_tree_that_refuses_asymmetric_weights_is_checked_on_symmetric_ones(
+    tmp_path: Path,
+) -> None:
+    """``mst`` with ``symmetrize=False`` refuses asymmetric θ; its input is recorded as
+    symmetric, so the checks before writing and verify draw symmetric weights."""
+    solver = get_solver("mst", symmetrize=False)
+    with pytest.raises(ValueError, match="symmetri"):
+        solver(torch.randn(2, 5, 5))
+    result = to_onnx(solver, tmp_path / "mst.onnx")
+    assert result.metadata["inputs"][0]["symmetric"] is True
+    assert verify(solver, result.path, batch_sizes=(3,)).passed
+    theta = _symmetric(4, 8, torch.Generator().manual_seed(5))  # n = 8: not the example's 6
+    (z,) = load_exported(result.path).run([theta.numpy()]).values()
+    np.testing.assert_array_equal(z, spanning_tree_scipy(theta).numpy())
+
+
+class _TwoPathSolvers(nn.Module):
+    """Two per-instance path solvers, for 2 and 3 instances: the batch steps by 6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.costs = nn.Linear(3, len(DAG[0]))
+        self.pairs = GraphShortestPath(DAG, 7, source=torch.tensor([0, 1]))
+        self.triples = GraphShortestPath(DAG, 7, source=torch.tensor([0, 1, 2]))
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        costs = F.softplus(self.costs(features))
+        return self.pairs(costs), self.triples(costs)
+
+
+def test_the_batch_multiple_of_several_solvers_is_their_least_common_multiple() -> None:
+    from aimle_zoo.export import inference_path
+
+    path = inference_path(_TwoPathSolvers().eval(), example_inputs=(torch.randn(6, 3),))
+    assert path.batch_multiple == 6 and path.dynamic_dims["batch"] == 6
+
+
+def test_recorded_solver_tensors_come_back_with_their_dtype_and_values() -> None:
+    """Solver parameters in the metadata: tensors as nested lists with their dtype."""
+    import json
+
+    from aimle_zoo.export._paths import _jsonable, from_jsonable
+
+    params = {
+        "mask": torch.tensor([[True, False], [False, True]]),
+        "source": torch.tensor([0, 3], dtype=torch.int32),
+        "scale": torch.tensor([0.1, 1e-300], dtype=torch.float64),
+        "pair": (1, 2),
+    }
+    back = from_jsonable(json.loads(json.dumps(_jsonable(params))))
+    assert back["pair"] == [1, 2]
+    for key in ("mask", "source", "scale"):
+        assert back[key].dtype == params[key].dtype and torch.equal(back[key], params[key])
+
+
+@pytest.mark.parametrize("file_format", ["onnx", "torchscript"])
+def test_grid_paths_of_one_row_or_one_column_run_as_in_eager(
+    tmp_path: Path, file_format: str
+) -> None:
+    """Every grid size eager PyTorch takes, down to 1×1, is taken by the exported file too."""
+    solver = get_solver("grid_shortest_path")
+    export = to_onnx if file_format == "onnx" else to_torchscript
+    runtime = load_exported(export(solver, tmp_path / f"grid.{file_format}").path)
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((2, 1, 5), (3, 6, 1), (1, 1, 1)):
+        theta = torch.rand(shape, generator=generator)
+        (z,) = runtime.run([theta.numpy()]).values()
+        np.testing.assert_array_equal(z, solver(theta).numpy())
+        assert z.sum() == theta.shape[0] * (shape[1] + shape[2] - 1)  # the only path
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("topk", {"k": 3}), ("grid_shortest_path", {}), ("mst", {}), ("mst_edges", {})],
+)
+def test_each_solver_is_checked_at_problem_sizes_other_than_the_examples(
+    name: str, params: dict[str, Any]
+) -> None:
+    """The check before writing and verify use the recorded other sizes: every dynamic
+    problem size differs from the example's in each of them (else an exporter that fixed it
+    would pass)."""
+    from aimle_zoo.export import inference_path
+
+    path = inference_path(get_solver(name, **params))
+    example = path.example_sizes()
+    problem_dims = {dim for dim in example if dim != "batch"}
+    assert path.size_cases
+    for case in path.size_cases:
+        assert set(case) == problem_dims
+        assert all(case[dim] != example[dim] for dim in problem_dims)
+        assert all(case[dim] >= path.dynamic_dims[dim] for dim in problem_dims)

@@ -56,9 +56,7 @@ _METADATA_KEY = "aimle_zoo"
 #: Solvers whose exported graph marks the instances eager PyTorch refuses (a negative-cost
 #: cycle before the target, an unreachable target, a non-finite cost) with NaN rows, since an
 #: ONNX graph cannot raise.
-NAN_ROW_SOLVERS = frozenset(
-    ("graph_shortest_path", "grid_shortest_path", "dijkstra", "shortest_path")
-)
+NAN_ROW_SOLVERS = frozenset(("graph_shortest_path", "grid_shortest_path", "dijkstra"))
 
 #: Solvers that, built with an ``adjacency`` matrix, read an infinite cost as a missing edge
 #: (``dijkstra`` with an adjacency is the graph shortest path).

@@ -446,3 +446,12 @@ def test_every_non_finite_instance_is_named() -> None:
     values[:, 0] = float("inf")
     with pytest.raises(ModelInputError, match=r"instance\(s\) 0, 1, 2, 3, 4, \.\.\.; clean"):
         check_tensor("M.f", "x", values, shape="[B, 3]", ndim=2, finite=True)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_refused_evaluation_batch_leaves_the_mode_as_it_was(mode: str) -> None:
+    model = tiny_model("l2x_tabular").train(mode == "train")
+    x, labels, _ = make_batch("l2x_tabular", model, 3)
+    with pytest.raises(ModelInputError, match="labels must lie"):
+        model.evaluate_batch((x, labels + 5))
+    assert all(module.training == (mode == "train") for module in model.modules())

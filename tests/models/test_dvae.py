@@ -179,3 +179,21 @@ def test_k_may_be_any_integer_from_one_to_the_group_size(k: int) -> None:
 def test_k_outside_one_to_the_group_size_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\]"):
         tiny_model("discrete_vae", k=bad)
+
+
+def test_every_evaluation_sum_and_the_logged_terms() -> None:
+    model = tiny_model("discrete_vae", estimator={"name": "ste", "noise": None, "samples": 3})
+    (images,) = make_batch("discrete_vae", model, 5)
+    metrics = model.evaluate_batch(images)
+    with torch.no_grad():
+        logits = model.encode(images).numpy()
+        codes = torch.from_numpy(_numpy_topk_codes(logits, 2)).float()
+        bce = _numpy_bce(model.decode(codes).numpy(), images.numpy())
+    kl = _numpy_kl(logits)
+    assert metrics["bce_sum"].item() == pytest.approx(bce.sum(), rel=1e-5)
+    assert metrics["kl_sum"].item() == pytest.approx(kl.sum(), rel=1e-5)
+    assert metrics["loss_sum"].item() == pytest.approx((bce + kl).sum(), rel=1e-5)
+    assert metrics["count"].item() == 5
+    _, logs = model.train().training_loss(images)  # noise off: the MAP codes, 3 times
+    assert logs["bce"] == pytest.approx(bce.mean(), rel=1e-5)
+    assert logs["kl"] == pytest.approx(kl.mean(), rel=1e-5)

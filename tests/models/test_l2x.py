@@ -366,3 +366,36 @@ def test_inputs_on_the_edges_of_their_valid_ranges_are_accepted() -> None:
         image(binary.expand(2, 3, 28, 28))
     with pytest.raises(ValueError, match="must be a multiple of patch_size=2 and of 4"):
         tiny_model("l2x_mnist", image_size=6, patch_size=2, k=2)
+
+
+def test_image_patch_scores_average_each_patch_in_row_major_order() -> None:
+    model = tiny_model("l2x_mnist").double()
+    images = make_batch("l2x_mnist", model, 3)[0].double()
+    first, _, second, _, _, logit = model.selector
+    with torch.no_grad():
+        features = torch.relu(second(torch.relu(first(images))))  # [B, c, 28, 28]
+        patches = features.reshape(3, -1, 7, 4, 7, 4).mean(dim=(3, 5))  # [B, c, 7, 7]
+        expected = torch.einsum("bcij,c->bij", patches, logit.weight[0, :, 0, 0]) + logit.bias
+        torch.testing.assert_close(model.patch_scores(images), expected.reshape(3, 49))
+
+
+def test_image_evaluation_loss_and_text_training_log() -> None:
+    model = tiny_model("l2x_mnist")
+    images, labels = make_batch("l2x_mnist", model, 4)
+    metrics = model.evaluate_batch((images, labels))
+    with torch.no_grad():
+        logits = model.eval()(images)
+    expected = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    assert metrics["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-6)
+    text = tiny_model(
+        "l2x_text", estimator={"name": "ste", "noise": None, "samples": 2}, dropout=0.0
+    )
+    ids, scores = make_batch("l2x_text", text, 5)
+    _, logs = text.train().training_loss((ids, scores))
+    with torch.no_grad():
+        predictions = text.eval()(ids)  # noise off: every sample is the MAP mask
+    assert logs["mse"] == pytest.approx(((predictions - scores) ** 2).mean().item(), rel=1e-5)
+
+
+def test_the_selector_dropout_rate_is_the_argument() -> None:
+    assert tiny_model("l2x_text", dropout=0.3).selector.dropout.p == 0.3

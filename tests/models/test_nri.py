@@ -289,3 +289,30 @@ def test_the_smallest_graph_and_the_shortest_trajectories() -> None:
         tiny_model("nri_tree", num_vertices=1)
     with pytest.raises(ValueError, match=r"timesteps must be >= 2 \(a frame to predict\)"):
         tiny_model("nri_tree", timesteps=1, prediction_steps=1)
+
+
+def test_every_evaluation_sum() -> None:
+    model = tiny_model("nri_tree", output_variance=50.0)  # the KL is not lost in the NLL
+    trajectories, truth = make_batch("nri_tree", model, 5)
+    metrics = model.evaluate_batch((trajectories, truth))
+    model.eval()
+    with torch.no_grad():
+        logits = model.edge_logits(trajectories)
+        prediction = model.reconstruct(trajectories, model(trajectories), 1)
+    squared = ((prediction - trajectories[:, :, 1:]) ** 2).numpy().reshape(5, -1)
+    nll = squared.sum(1) / (2 * 50.0) / N
+    kl = (logits + torch.exp(-logits) - 1).numpy().sum(1) / N
+    assert kl.sum() > 0.1 * nll.sum()
+    assert metrics["nll_sum"].item() == pytest.approx(nll.sum(), rel=1e-5)
+    assert metrics["kl_sum"].item() == pytest.approx(kl.sum(), rel=1e-5)
+    assert metrics["loss_sum"].item() == pytest.approx((nll + kl).sum(), rel=1e-5)
+    assert metrics["elbo_sum"].item() == pytest.approx(-(nll + kl).sum(), rel=1e-5)
+    assert metrics["count"].item() == 5
+
+
+def test_dropout_rates_reach_the_encoder_and_the_decoder() -> None:
+    model = tiny_model("nri_tree", encoder_dropout=0.25, decoder_dropout=0.5)
+    encoder = [m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    decoder = [m.p for m in model.decoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert encoder == [0.25] * 4
+    assert decoder == [0.5] * 3  # one per message MLP and the output MLP's

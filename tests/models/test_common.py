@@ -455,3 +455,10 @@ def test_a_refused_evaluation_batch_leaves_the_mode_as_it_was(mode: str) -> None
     with pytest.raises(ModelInputError, match="labels must lie"):
         model.evaluate_batch((x, labels + 5))
     assert all(module.training == (mode == "train") for module in model.modules())
+
+
+def test_a_batch_mapping_names_every_missing_required_key() -> None:
+    model = tiny_model("l2x_tabular")
+    x, _, _ = make_batch("l2x_tabular", model, 2)
+    with pytest.raises(ModelInputError, match=r"batch mapping lacks \['labels'\]"):
+        model.training_loss({"x": x})

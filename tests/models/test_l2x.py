@@ -399,3 +399,12 @@ def test_image_evaluation_loss_and_text_training_log() -> None:
 
 def test_the_selector_dropout_rate_is_the_argument() -> None:
     assert tiny_model("l2x_text", dropout=0.3).selector.dropout.p == 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_integer_labels_of_any_width_are_class_indices(dtype: torch.dtype) -> None:
+    model = tiny_model("l2x_tabular", estimator={"name": "ste", "noise": None}).train()
+    x, labels, _ = make_batch("l2x_tabular", model, 4)
+    expected, _ = model.training_loss((x, labels))
+    narrow, _ = model.training_loss((x, labels.to(dtype)))
+    assert torch.equal(narrow, expected)

@@ -316,3 +316,9 @@ def test_dropout_rates_reach_the_encoder_and_the_decoder() -> None:
     decoder = [m.p for m in model.decoder.modules() if isinstance(m, torch.nn.Dropout)]
     assert encoder == [0.25] * 4
     assert decoder == [0.5] * 3  # one per message MLP and the output MLP's
+
+
+def test_example_trajectories_cover_the_normalised_range() -> None:
+    (trajectories,) = tiny_model("nri_tree").example_inputs(8)
+    assert trajectories.min() >= -1 and trajectories.max() <= 1
+    assert trajectories.min() < -0.5 and trajectories.max() > 0.5

@@ -322,3 +322,12 @@ def test_example_trajectories_cover_the_normalised_range() -> None:
     (trajectories,) = tiny_model("nri_tree").example_inputs(8)
     assert trajectories.min() >= -1 and trajectories.max() <= 1
     assert trajectories.min() < -0.5 and trajectories.max() > 0.5
+
+
+@pytest.mark.parametrize("argument", ["num_vertices", "timesteps", "prediction_steps"])
+@pytest.mark.parametrize("bad", [3.0, True])
+def test_sizes_must_be_integers_when_the_model_is_built(argument: str, bad: object) -> None:
+    """A float such as 2.0 used to pass the range checks and fail at the first training step
+    (a slice with a float step) or inside torch.eye."""
+    with pytest.raises(ValueError, match=rf"{argument} must be an integer, got {bad!r}"):
+        tiny_model("nri_tree", **{argument: bad})

@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import aimle_zoo
 from aimle_zoo.estimators import RelaxationError, list_estimators
+from aimle_zoo.hub import CheckpointConfigError
 from aimle_zoo.models import (
     CheckpointMismatchError,
     ModelInputError,
@@ -462,3 +464,17 @@ def test_a_batch_mapping_names_every_missing_required_key() -> None:
     x, _, _ = make_batch("l2x_tabular", model, 2)
     with pytest.raises(ModelInputError, match=r"batch mapping lacks \['labels'\]"):
         model.training_loss({"x": x})
+
+
+def test_unexpected_config_keys_from_this_version_ask_for_a_re_save(tmp_path: Path) -> None:
+    """Only a checkpoint of a newer aimle-zoo is told to upgrade; one written by this version
+    (a hand-edited config) is told to re-save."""
+    model = tiny_model("l2x_tabular")
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["aimle_zoo_version"] == aimle_zoo.__version__
+    config_path.write_text(json.dumps({**config, "dropout": 0.5}))
+    with pytest.raises(CheckpointConfigError, match="Re-save the model") as error:
+        type(model).from_pretrained(tmp_path)
+    assert "upgrade" not in str(error.value)

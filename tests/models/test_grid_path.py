@@ -141,3 +141,31 @@ def test_the_cost_network_downsamples_once_like_the_resnet_stem() -> None:
     assert [c.stride for c in convolutions] == [(2, 2), (1, 1), (1, 1)]
     assert [c.out_channels for c in convolutions] == [4, 4, 4]
     assert all(c.bias is None and c.kernel_size == (3, 3) for c in convolutions)
+
+
+def test_vertex_costs_are_the_channel_mean_of_the_cell_maxima() -> None:
+    model = tiny_model("grid_shortest_path").double().eval()  # 4 × 4 vertices, 8-pixel tiles
+    maps = make_batch("grid_shortest_path", model, 2)[0].double()
+    with torch.no_grad():
+        features = model.features(maps)  # [B, C, 16, 16]: 4 × 4 pixels per vertex
+        cells = features.reshape(2, -1, 4, 4, 4, 4).amax(dim=(3, 5))  # [B, C, 4, 4]
+        torch.testing.assert_close(model.vertex_costs(maps), cells.mean(dim=1).abs())
+
+
+def test_training_loss_pairs_every_sampled_path_with_its_own_gold_path() -> None:
+    samples, batch = 3, 4
+    model = tiny_model("grid_shortest_path", estimator={"name": "aimle", "samples": samples})
+    model.train()
+    maps, costs, gold = make_batch("grid_shortest_path", model, batch)
+    torch.manual_seed(0)
+    loss, _ = model.training_loss((maps, costs, gold))
+    torch.manual_seed(0)
+    with torch.no_grad():  # training mode: the same batch statistics, the same noise
+        paths = model.latent_layer(model.vertex_costs(maps))
+    differing = [
+        float((paths[row * samples + sample] != gold[row]).sum())
+        for row in range(batch)
+        for sample in range(samples)
+    ]
+    assert loss.item() == pytest.approx(np.mean(differing))
+    assert not torch.equal(gold[0], gold[1])  # so the pairing matters

@@ -404,6 +404,13 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        for argument, value in (
+            ("num_vertices", num_vertices),
+            ("timesteps", timesteps),
+            ("prediction_steps", prediction_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}: {argument} must be an integer, got {value!r}")
         if num_vertices < 2:
             raise ValueError(f"{name}: num_vertices must be >= 2, got {num_vertices}")
         if not 1 <= prediction_steps <= timesteps:

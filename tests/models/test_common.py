@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+import aimle_zoo
 from aimle_zoo.estimators import RelaxationError, list_estimators
+from aimle_zoo.hub import CheckpointConfigError
 from aimle_zoo.models import (
     CheckpointMismatchError,
     ModelInputError,
     ZooModel,
+    create_model,
     list_models,
 )
+from aimle_zoo.models._base import check_tensor
 
 from ._helpers import TINY, make_batch, tiny_model
 
@@ -343,3 +349,132 @@ def test_a_nan_input_is_refused_before_any_layer_runs(name: str) -> None:
     )
     model.eval()
     model(inputs)  # still works
+
+
+#: The estimator settings of each model's default recipe (the reference's commands; the grid
+#: model's are documented as ours), for the default sizes.
+_SOG = {"name": "sog", "iterations": 10}
+DEFAULT_RECIPES: dict[str, dict[str, object]] = {
+    "discrete_vae": dict(
+        symmetric=True, samples=10, noise={**_SOG, "k": 10.0}, beta0=0.0, c=10.0, eta=1e-3
+    ),
+    "nri_tree": dict(
+        symmetric=False, samples=1, noise={**_SOG, "k": 10.0}, beta0=0.0, c=1.0, eta=1e-3
+    ),
+    "grid_shortest_path": dict(
+        symmetric=True, samples=1, noise={**_SOG, "k": 15.0}, beta0=1.0, c=12.0, eta=1e-3
+    ),
+    **{
+        name: dict(symmetric=True, samples=1, noise={"name": "gumbel"}, beta0=0.0, c=1.0, eta=1e-4)
+        for name in ("l2x_text", "l2x_tabular", "l2x_mnist")
+    },
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_default_estimator_is_the_documented_recipe(name: str) -> None:
+    model = create_model(name, **({"vocab_size": 50} if name == "l2x_text" else {}))
+    config = model.latent_layer.estimator.config()
+    recipe = DEFAULT_RECIPES[name]
+    assert config["name"] == "aimle"
+    assert config["symmetric"] == recipe["symmetric"]
+    assert config["samples"] == recipe["samples"]
+    assert config["input_temperature"] == config["target_temperature"] == 1.0
+    assert config["noise"] == {**config["noise"], **recipe["noise"]}  # type: ignore[dict-item]
+    target = config["target"]
+    assert target["name"] == "adaptive" and target["momentum"] == 0.0
+    assert (target["initial_beta"], target["target_norm"], target["update_step"]) == (
+        recipe["beta0"],
+        recipe["c"],
+        recipe["eta"],
+    )
+    assert config["minimizer_noise"] == ("add" if name == "grid_shortest_path" else "negate")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_evaluation_builds_no_autograd_graph(name: str) -> None:
+    model = tiny_model(name).train()
+    metrics = model.evaluate_batch(make_batch(name, model, 3))
+    assert not any(value.requires_grad for value in metrics.values())
+
+
+def test_reduce_metrics_gives_nan_for_a_metric_without_counted_rows() -> None:
+    batch = {
+        "rank_sum": torch.tensor(0.0),
+        "rank_count": torch.tensor(0),
+        "loss_sum": torch.tensor(3.0),
+        "count": torch.tensor(3),
+    }
+    metrics = ZooModel.reduce_metrics([batch])
+    assert math.isnan(metrics["rank"])
+    assert metrics["loss"] == 1.0
+    assert ZooModel.reduce_metrics([]) == {}
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"nri_tree", "grid_shortest_path"}))
+def test_layers_start_xavier_uniform_with_the_relu_gain_and_zero_biases(name: str) -> None:
+    """Every weight lies within ±gain·√(6 / (fan_in + fan_out)) and the largest reach it."""
+    torch.manual_seed(0)
+    model = tiny_model(name)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    scaled = []
+    for layer in layers:
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        bound = math.sqrt(2) * math.sqrt(6 / (fan_in + fan_out))
+        scaled.append(layer.weight.detach().abs().flatten() / bound)
+        assert layer.bias is None or not layer.bias.any()
+    largest = torch.cat(scaled).max().item()
+    assert 0.95 < largest <= 1.0
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_example_inputs_follow_the_model_dtype_when_floating(name: str) -> None:
+    model = tiny_model(name).double()
+    (inputs,) = model.example_inputs(2)
+    assert inputs.dtype == (torch.int64 if name == "l2x_text" else torch.float64)
+
+
+def test_boolean_token_ids_are_refused() -> None:
+    model = tiny_model("l2x_text")
+    with pytest.raises(ModelInputError, match=r"token ids as an integer tensor.*torch\.bool"):
+        model(torch.ones(2, 20, dtype=torch.bool))
+
+
+def test_every_non_finite_instance_is_named() -> None:
+    values = torch.zeros(8, 3)
+    values[[0, 2], 1] = float("nan")
+    with pytest.raises(ModelInputError, match=r"instance\(s\) 0, 2; clean"):
+        check_tensor("M.f", "x", values, shape="[B, 3]", ndim=2, finite=True)
+    values[:, 0] = float("inf")
+    with pytest.raises(ModelInputError, match=r"instance\(s\) 0, 1, 2, 3, 4, \.\.\.; clean"):
+        check_tensor("M.f", "x", values, shape="[B, 3]", ndim=2, finite=True)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_refused_evaluation_batch_leaves_the_mode_as_it_was(mode: str) -> None:
+    model = tiny_model("l2x_tabular").train(mode == "train")
+    x, labels, _ = make_batch("l2x_tabular", model, 3)
+    with pytest.raises(ModelInputError, match="labels must lie"):
+        model.evaluate_batch((x, labels + 5))
+    assert all(module.training == (mode == "train") for module in model.modules())
+
+
+def test_a_batch_mapping_names_every_missing_required_key() -> None:
+    model = tiny_model("l2x_tabular")
+    x, _, _ = make_batch("l2x_tabular", model, 2)
+    with pytest.raises(ModelInputError, match=r"batch mapping lacks \['labels'\]"):
+        model.training_loss({"x": x})
+
+
+def test_unexpected_config_keys_from_this_version_ask_for_a_re_save(tmp_path: Path) -> None:
+    """Only a checkpoint of a newer aimle-zoo is told to upgrade; one written by this version
+    (a hand-edited config) is told to re-save."""
+    model = tiny_model("l2x_tabular")
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["aimle_zoo_version"] == aimle_zoo.__version__
+    config_path.write_text(json.dumps({**config, "dropout": 0.5}))
+    with pytest.raises(CheckpointConfigError, match="Re-save the model") as error:
+        type(model).from_pretrained(tmp_path)
+    assert "upgrade" not in str(error.value)

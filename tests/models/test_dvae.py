@@ -152,3 +152,48 @@ def test_a_half_precision_model_sums_its_metrics_without_overflow() -> None:
     for key in ("bce", "kl", "neg_elbo"):
         assert math.isfinite(half[key]), key
         assert half[key] == pytest.approx(full[key], rel=0.02), key
+
+
+def test_intensities_of_exactly_zero_and_one_are_valid_targets() -> None:
+    """Binarised images and the extremes of scaled uint8 images lie on the range's edges."""
+    model = tiny_model("discrete_vae").eval()
+    binary = (torch.rand(3, 16, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    binary[0], binary[1] = 0.0, 1.0
+    assert model(binary).shape == (3, 16)
+    assert torch.isfinite(model.evaluate_batch(binary)["neg_elbo_sum"])
+    for outside in (binary - 1e-3, binary + 1e-3):
+        with pytest.raises(ModelInputError, match=r"intensities must lie in \[0, 1\]"):
+            model(outside)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_k_may_be_any_integer_from_one_to_the_group_size(k: int) -> None:
+    model = tiny_model("discrete_vae", k=k).eval()  # groups of n = 5
+    (images,) = make_batch("discrete_vae", model, 2)
+    with torch.no_grad():
+        codes = model.sample_codes(model.encode(images)).reshape(2, 3, 5)
+    assert torch.equal(codes.sum(dim=2), torch.full((2, 3), float(k)))
+
+
+@pytest.mark.parametrize("bad", [0, 6, True, 2.0])
+def test_k_outside_one_to_the_group_size_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 5\]"):
+        tiny_model("discrete_vae", k=bad)
+
+
+def test_every_evaluation_sum_and_the_logged_terms() -> None:
+    model = tiny_model("discrete_vae", estimator={"name": "ste", "noise": None, "samples": 3})
+    (images,) = make_batch("discrete_vae", model, 5)
+    metrics = model.evaluate_batch(images)
+    with torch.no_grad():
+        logits = model.encode(images).numpy()
+        codes = torch.from_numpy(_numpy_topk_codes(logits, 2)).float()
+        bce = _numpy_bce(model.decode(codes).numpy(), images.numpy())
+    kl = _numpy_kl(logits)
+    assert metrics["bce_sum"].item() == pytest.approx(bce.sum(), rel=1e-5)
+    assert metrics["kl_sum"].item() == pytest.approx(kl.sum(), rel=1e-5)
+    assert metrics["loss_sum"].item() == pytest.approx((bce + kl).sum(), rel=1e-5)
+    assert metrics["count"].item() == 5
+    _, logs = model.train().training_loss(images)  # noise off: the MAP codes, 3 times
+    assert logs["bce"] == pytest.approx(bce.mean(), rel=1e-5)
+    assert logs["kl"] == pytest.approx(kl.mean(), rel=1e-5)

@@ -114,3 +114,58 @@ def test_bad_grids_are_rejected() -> None:
         model(maps[:, :2])
     with pytest.raises(ValueError, match="cost_activation must be one of"):
         tiny_model("grid_shortest_path", cost_activation="relu")
+
+
+def test_zero_percent_counts_a_tied_path_as_optimal() -> None:
+    """x = 0 is the optimal-path rate: a path as cheap as the gold one counts, a dearer not."""
+    costs = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]])
+    top_right = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    predicted = torch.stack([top_right, top_right.T.clone(), torch.eye(3)])
+    gold = top_right.expand(3, 3, 3)
+    metrics = path_metrics(predicted, gold, costs.expand(3, 3, 3), percents=(0.0,))
+    np.testing.assert_array_equal(metrics["below_0_percent"].numpy(), [1, 1, 0])
+
+
+def test_map_images_need_one_pixel_per_vertex_in_both_directions() -> None:
+    model = tiny_model("grid_shortest_path").eval()  # 4 × 4 vertices
+    maps, _, _ = make_batch("grid_shortest_path", model, 2)
+    assert model(maps[:, :, :4, :4]).shape == (2, 4, 4)  # exactly one pixel per vertex
+    for narrow in (maps[:, :, :, :3], maps[:, :, :3, :]):
+        with pytest.raises(ModelInputError, match="at least 4×4 pixels"):
+            model(narrow)
+
+
+def test_the_cost_network_downsamples_once_like_the_resnet_stem() -> None:
+    model = tiny_model("grid_shortest_path", channels=[4, 4, 4])
+    convolutions = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convolutions] == [(2, 2), (1, 1), (1, 1)]
+    assert [c.out_channels for c in convolutions] == [4, 4, 4]
+    assert all(c.bias is None and c.kernel_size == (3, 3) for c in convolutions)
+
+
+def test_vertex_costs_are_the_channel_mean_of_the_cell_maxima() -> None:
+    model = tiny_model("grid_shortest_path").double().eval()  # 4 × 4 vertices, 8-pixel tiles
+    maps = make_batch("grid_shortest_path", model, 2)[0].double()
+    with torch.no_grad():
+        features = model.features(maps)  # [B, C, 16, 16]: 4 × 4 pixels per vertex
+        cells = features.reshape(2, -1, 4, 4, 4, 4).amax(dim=(3, 5))  # [B, C, 4, 4]
+        torch.testing.assert_close(model.vertex_costs(maps), cells.mean(dim=1).abs())
+
+
+def test_training_loss_pairs_every_sampled_path_with_its_own_gold_path() -> None:
+    samples, batch = 3, 4
+    model = tiny_model("grid_shortest_path", estimator={"name": "aimle", "samples": samples})
+    model.train()
+    maps, costs, gold = make_batch("grid_shortest_path", model, batch)
+    torch.manual_seed(0)
+    loss, _ = model.training_loss((maps, costs, gold))
+    torch.manual_seed(0)
+    with torch.no_grad():  # training mode: the same batch statistics, the same noise
+        paths = model.latent_layer(model.vertex_costs(maps))
+    differing = [
+        float((paths[row * samples + sample] != gold[row]).sum())
+        for row in range(batch)
+        for sample in range(samples)
+    ]
+    assert loss.item() == pytest.approx(np.mean(differing))
+    assert not torch.equal(gold[0], gold[1])  # so the pairing matters

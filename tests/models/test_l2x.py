@@ -273,3 +273,138 @@ def test_image_intensities_outside_the_unit_interval_are_refused() -> None:
     (images,) = model.example_inputs(2)
     with pytest.raises(ModelInputError, match=r"intensities must lie in \[0, 1\].*divide uint8"):
         model(images * 255)
+
+
+@pytest.mark.parametrize("name", ["l2x_tabular", "l2x_mnist"])
+def test_classification_loss_pairs_every_sample_with_its_own_instance(name: str) -> None:
+    """Cross-entropy of each sampled mask on its own instance, summed over the samples and
+    averaged over the batch, against a loop over (instance, sample) pairs."""
+    samples, batch = 3, 4
+    model = tiny_model(name, estimator={"name": "aimle", "samples": samples}).double().train()
+    inputs, labels = make_batch(name, model, batch)[:2]
+    inputs = inputs.double()
+    torch.manual_seed(0)
+    loss, logs = model.training_loss((inputs, labels))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        if name == "l2x_tabular":
+            masks = model.latent_layer(model.feature_scores(inputs))
+        else:
+            masks = model.latent_layer(model.patch_scores(inputs))
+        assert not torch.equal(masks[0], masks[1])  # the samples differ
+        total, correct = 0.0, 0
+        for row in range(batch):
+            for sample in range(samples):
+                mask = masks[row * samples + sample].unsqueeze(0)
+                if name == "l2x_tabular":
+                    logits = model.predictor(inputs[row : row + 1] * mask)
+                else:
+                    logits = model.classify_masked(inputs[row : row + 1], mask)
+                total += float(torch.nn.functional.cross_entropy(logits, labels[row : row + 1]))
+                correct += int(logits.argmax(1).item() == labels[row].item())
+    assert loss.item() == pytest.approx(total / batch, rel=1e-10)
+    assert logs["accuracy"] == pytest.approx(correct / (batch * samples))
+
+
+def test_labels_are_checked_at_the_boundaries_of_their_range() -> None:
+    model = tiny_model("l2x_tabular")  # 2 classes
+    x, labels, _ = make_batch("l2x_tabular", model, 4)
+    for bad in (torch.full_like(labels, 2), torch.full_like(labels, -1)):
+        with pytest.raises(ModelInputError, match=r"labels must lie in \[0, 1\]"):
+            model.evaluate_batch((x, bad))
+    rows = torch.tensor([[0.3, 0.7], [1.0, 0.0], [0.0, 1.0], [0.6, 0.4]])
+    as_indices = model.evaluate_batch((x, torch.tensor([1, 0, 1, 0])))
+    for key, value in model.evaluate_batch((x, rows)).items():  # probability rows: argmax
+        assert torch.equal(value, as_indices[key]), key
+    for bad_row in ([0.0, 0.0], [0.5, 0.5], [-1.0, 0.0]):  # none, tied, or not positive
+        spoiled = rows.clone()
+        spoiled[2] = torch.tensor(bad_row)
+        with pytest.raises(ModelInputError, match=r"one largest, positive entry.*rows \[2\]"):
+            model.evaluate_batch((x, spoiled))
+
+
+def test_precision_divides_by_the_selected_count_when_threshold_ties_select_more() -> None:
+    model = tiny_model("l2x_tabular", ties="threshold")  # d = 10, k = 4
+    with torch.no_grad():
+        for parameter in model.selector.parameters():
+            parameter.zero_()  # equal scores: the threshold rule selects all 10 features
+    x, labels, relevant = make_batch("l2x_tabular", model, 5)  # 2 relevant per row
+    metrics = model.evaluate_batch((x, labels, relevant))
+    assert metrics["precision_sum"].item() == pytest.approx(5 * 2 / 10)
+    everything = selection_median_rank(torch.ones(5, 10), relevant)
+    assert metrics["selection_median_rank_sum"].item() == pytest.approx(everything.sum().item())
+
+
+def test_rows_without_relevant_features_are_left_out_of_the_rank_metrics() -> None:
+    model = tiny_model("l2x_tabular")
+    x, labels, relevant = make_batch("l2x_tabular", model, 6)
+    relevant[[1, 4]] = False
+    metrics = model.evaluate_batch((x, labels, relevant))
+    with torch.no_grad():
+        scores = model.eval().feature_scores(x).numpy()
+    expected = _reference_median_ranks(scores, relevant.numpy())  # NaN for rows 1 and 4
+    reduced = model.reduce_metrics([metrics])
+    assert metrics["median_rank_count"].item() == 4
+    assert metrics["selection_median_rank_count"].item() == 4
+    assert reduced["median_rank"] == pytest.approx(np.nanmean(expected))
+    assert np.isfinite(reduced["selection_median_rank"])
+    assert metrics["count"].item() == 6  # precision is over every row (0 without relevance)
+
+
+def test_inputs_on_the_edges_of_their_valid_ranges_are_accepted() -> None:
+    text = tiny_model("l2x_text").eval()  # k = 3
+    ids, _ = make_batch("l2x_text", text, 2)
+    assert text(ids[:, :3]).shape == (2,)  # a review of exactly k tokens
+    metrics = text.evaluate_batch((ids, torch.tensor([0.0, 1.0])))  # the extreme scores
+    assert metrics["count"].item() == 2
+    with pytest.raises(ModelInputError, match=r"aspect scores must lie in \[0, 1\]"):
+        text.evaluate_batch((ids, torch.tensor([0.0, 1.001])))
+    image = tiny_model("l2x_mnist").eval()
+    binary = (torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    assert image(binary).shape == (2, 2)  # intensities exactly 0 and 1
+    with pytest.raises(ModelInputError, match=r"expected single-channel images \[B, 1, 28, 28\]"):
+        image(binary.expand(2, 3, 28, 28))
+    with pytest.raises(ValueError, match="must be a multiple of patch_size=2 and of 4"):
+        tiny_model("l2x_mnist", image_size=6, patch_size=2, k=2)
+
+
+def test_image_patch_scores_average_each_patch_in_row_major_order() -> None:
+    model = tiny_model("l2x_mnist").double()
+    images = make_batch("l2x_mnist", model, 3)[0].double()
+    first, _, second, _, _, logit = model.selector
+    with torch.no_grad():
+        features = torch.relu(second(torch.relu(first(images))))  # [B, c, 28, 28]
+        patches = features.reshape(3, -1, 7, 4, 7, 4).mean(dim=(3, 5))  # [B, c, 7, 7]
+        expected = torch.einsum("bcij,c->bij", patches, logit.weight[0, :, 0, 0]) + logit.bias
+        torch.testing.assert_close(model.patch_scores(images), expected.reshape(3, 49))
+
+
+def test_image_evaluation_loss_and_text_training_log() -> None:
+    model = tiny_model("l2x_mnist")
+    images, labels = make_batch("l2x_mnist", model, 4)
+    metrics = model.evaluate_batch((images, labels))
+    with torch.no_grad():
+        logits = model.eval()(images)
+    expected = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    assert metrics["loss_sum"].item() == pytest.approx(expected.item(), rel=1e-6)
+    text = tiny_model(
+        "l2x_text", estimator={"name": "ste", "noise": None, "samples": 2}, dropout=0.0
+    )
+    ids, scores = make_batch("l2x_text", text, 5)
+    _, logs = text.train().training_loss((ids, scores))
+    with torch.no_grad():
+        predictions = text.eval()(ids)  # noise off: every sample is the MAP mask
+    assert logs["mse"] == pytest.approx(((predictions - scores) ** 2).mean().item(), rel=1e-5)
+
+
+def test_the_selector_dropout_rate_is_the_argument() -> None:
+    assert tiny_model("l2x_text", dropout=0.3).selector.dropout.p == 0.3
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_integer_labels_of_any_width_are_class_indices(dtype: torch.dtype) -> None:
+    model = tiny_model("l2x_tabular", estimator={"name": "ste", "noise": None}).train()
+    x, labels, _ = make_batch("l2x_tabular", model, 4)
+    expected, _ = model.training_loss((x, labels))
+    narrow, _ = model.training_loss((x, labels.to(dtype)))
+    assert torch.equal(narrow, expected)

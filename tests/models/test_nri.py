@@ -202,3 +202,132 @@ def test_the_decoder_runs_under_bfloat16_autocast() -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+
+
+def test_edge_metrics_precision_and_recall_have_their_own_denominators() -> None:
+    """Precision divides by the predicted edges, recall by the true ones (counted by hand)."""
+    predicted = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    truth = torch.tensor([[1, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]])
+    accuracy, precision, recall = edge_metrics(predicted, truth)
+    torch.testing.assert_close(accuracy, torch.tensor([2 / 6, 1 / 6], dtype=torch.float64))
+    torch.testing.assert_close(precision, torch.tensor([1 / 2, 1 / 5], dtype=torch.float64))
+    torch.testing.assert_close(recall, torch.tensor([1 / 4, 1 / 2], dtype=torch.float64))
+
+
+def test_unsymmetrised_logits_are_the_encoder_outputs() -> None:
+    model = tiny_model("nri_tree", symmetrize_logits=False).eval()
+    trajectories, _ = make_batch("nri_tree", model, 3)
+    with torch.no_grad():
+        raw = model.encoder(trajectories)
+        logits = model.edge_logits(trajectories)
+    assert torch.equal(logits, raw)
+    assert not torch.allclose(raw, raw[:, reverse_edge_index(N)])  # so the check has teeth
+
+
+def test_encoder_mlp_is_linear_elu_linear_elu_batch_norm() -> None:
+    """Each encoder MLP against the formula, batch norm with the batch's own statistics."""
+    torch.manual_seed(0)
+    model = tiny_model("nri_tree").double().train()
+    mlp = model.encoder.mlp2
+    with torch.no_grad():  # non-trivial affine batch-norm parameters
+        mlp.norm.weight.uniform_(0.5, 2.0)
+        mlp.norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(3, 7, mlp.fc1.in_features, generator=torch.Generator().manual_seed(1))
+    x = x.double()
+    pre = x @ mlp.fc1.weight.T + mlp.fc1.bias
+    hidden = torch.where(pre > 0, pre, torch.expm1(pre))  # ELU
+    pre = hidden @ mlp.fc2.weight.T + mlp.fc2.bias
+    out = torch.where(pre > 0, pre, torch.expm1(pre)).reshape(-1, pre.shape[-1])
+    mean, variance = out.mean(0), out.var(0, unbiased=False)
+    normed = (out - mean) / torch.sqrt(variance + mlp.norm.eps)
+    expected = (normed * mlp.norm.weight + mlp.norm.bias).reshape(3, 7, -1)
+    torch.testing.assert_close(mlp(x), expected)
+
+
+def test_encoder_linear_layers_start_xavier_normal_with_bias_one_tenth() -> None:
+    torch.manual_seed(0)
+    encoder = tiny_model("nri_tree", encoder_hidden=256).encoder
+    linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 9
+    for layer in linears:
+        assert torch.equal(layer.bias, torch.full_like(layer.bias, 0.1))
+    square = encoder.mlp3.fc1.weight  # [256, 256]: std √(2 / 512)
+    assert square.mean().item() == pytest.approx(0.0, abs=0.003)
+    assert square.std().item() == pytest.approx(math.sqrt(2 / 512), rel=0.02)
+
+
+def test_training_loss_adds_the_kl_once_per_sample_and_logs_means() -> None:
+    """With σ² large the NLL does not swamp the KL, so the KL's multiplicity shows."""
+    samples = 3
+    model = tiny_model(
+        "nri_tree",
+        estimator={"name": "ste", "noise": None, "samples": samples},
+        output_variance=50.0,
+    ).double()
+    model.train()
+    trajectories, _ = make_batch("nri_tree", model, 5)
+    trajectories = trajectories.double()
+    loss, logs = model.training_loss((trajectories,))
+    with torch.no_grad():
+        logits = model.edge_logits(trajectories)
+        tree = torch.from_numpy(np.stack([_networkx_tree(row) for row in logits.numpy()]))
+        prediction = model.reconstruct(trajectories, tree, model.prediction_steps)
+    squared = ((prediction - trajectories[:, :, 1:]) ** 2).numpy().reshape(5, -1).sum(1)
+    nll = squared / (2 * 50.0) / N
+    kl = (logits + torch.exp(-logits) - 1).numpy().sum(1) / N
+    assert kl.mean() > 0.1 * nll.mean()
+    assert loss.item() == pytest.approx((samples * (nll + kl)).mean(), rel=1e-9)
+    assert logs["nll"] == pytest.approx(nll.mean(), rel=1e-9)
+    assert logs["kl"] == pytest.approx(kl.mean(), rel=1e-9)
+
+
+def test_the_smallest_graph_and_the_shortest_trajectories() -> None:
+    model = tiny_model("nri_tree", num_vertices=2).eval()
+    (trajectories,) = model.example_inputs(3)
+    assert torch.equal(model(trajectories), torch.ones(3, 2))  # the one tree: both directions
+    with pytest.raises(ValueError, match="num_vertices must be >= 2, got 1"):
+        tiny_model("nri_tree", num_vertices=1)
+    with pytest.raises(ValueError, match=r"timesteps must be >= 2 \(a frame to predict\)"):
+        tiny_model("nri_tree", timesteps=1, prediction_steps=1)
+
+
+def test_every_evaluation_sum() -> None:
+    model = tiny_model("nri_tree", output_variance=50.0)  # the KL is not lost in the NLL
+    trajectories, truth = make_batch("nri_tree", model, 5)
+    metrics = model.evaluate_batch((trajectories, truth))
+    model.eval()
+    with torch.no_grad():
+        logits = model.edge_logits(trajectories)
+        prediction = model.reconstruct(trajectories, model(trajectories), 1)
+    squared = ((prediction - trajectories[:, :, 1:]) ** 2).numpy().reshape(5, -1)
+    nll = squared.sum(1) / (2 * 50.0) / N
+    kl = (logits + torch.exp(-logits) - 1).numpy().sum(1) / N
+    assert kl.sum() > 0.1 * nll.sum()
+    assert metrics["nll_sum"].item() == pytest.approx(nll.sum(), rel=1e-5)
+    assert metrics["kl_sum"].item() == pytest.approx(kl.sum(), rel=1e-5)
+    assert metrics["loss_sum"].item() == pytest.approx((nll + kl).sum(), rel=1e-5)
+    assert metrics["elbo_sum"].item() == pytest.approx(-(nll + kl).sum(), rel=1e-5)
+    assert metrics["count"].item() == 5
+
+
+def test_dropout_rates_reach_the_encoder_and_the_decoder() -> None:
+    model = tiny_model("nri_tree", encoder_dropout=0.25, decoder_dropout=0.5)
+    encoder = [m.p for m in model.encoder.modules() if isinstance(m, torch.nn.Dropout)]
+    decoder = [m.p for m in model.decoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert encoder == [0.25] * 4
+    assert decoder == [0.5] * 3  # one per message MLP and the output MLP's
+
+
+def test_example_trajectories_cover_the_normalised_range() -> None:
+    (trajectories,) = tiny_model("nri_tree").example_inputs(8)
+    assert trajectories.min() >= -1 and trajectories.max() <= 1
+    assert trajectories.min() < -0.5 and trajectories.max() > 0.5
+
+
+@pytest.mark.parametrize("argument", ["num_vertices", "timesteps", "prediction_steps"])
+@pytest.mark.parametrize("bad", [3.0, True])
+def test_sizes_must_be_integers_when_the_model_is_built(argument: str, bad: object) -> None:
+    """A float such as 2.0 used to pass the range checks and fail at the first training step
+    (a slice with a float step) or inside torch.eye."""
+    with pytest.raises(ValueError, match=rf"{argument} must be an integer, got {bad!r}"):
+        tiny_model("nri_tree", **{argument: bad})

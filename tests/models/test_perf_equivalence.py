@@ -91,16 +91,23 @@ def _assert_same(first: tuple[Tensor, list[Tensor]], second: tuple[Tensor, list[
 
 
 def _edges(kind: str, batch: int, n: int, generator: torch.Generator) -> Tensor:
-    """Edge weights ``[B, E, 2]``: a tree and its complement, or soft weights with zeros."""
+    """Edge weights ``[B, E, 2]``: a tree and its complement, soft weights with zeros, signed
+    weights with zeros, or positive weights with a single zero per edge type."""
     if kind == "tree":
         tree = torch.stack([random_tree_edges(n, generator) for _ in range(batch)]).double()
         return torch.stack([1 - tree, tree], dim=-1)
     weights = torch.rand(batch, n * (n - 1), 2, generator=generator, dtype=torch.float64)
-    return torch.where(weights < 0.3, torch.zeros_like(weights), weights)
+    if kind == "signed":
+        weights = 2 * weights - 1
+    elif kind == "one_zero":
+        weights = weights.clamp_min(0.5)
+        weights[-1, 1] = 0.0  # one zero-weight edge of each type in the whole batch
+        return weights
+    return torch.where(weights.abs() < 0.3, torch.zeros_like(weights), weights)
 
 
 @pytest.mark.parametrize(("timesteps", "steps"), [(7, 3), (6, 1), (5, 5), (8, 2)])
-@pytest.mark.parametrize("kind", ["tree", "soft"])
+@pytest.mark.parametrize("kind", ["tree", "soft", "signed", "one_zero"])
 @pytest.mark.parametrize("edges_need_grad", [True, False])
 def test_decoder_matches_the_dense_reference(
     timesteps: int, steps: int, kind: str, edges_need_grad: bool

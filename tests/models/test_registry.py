@@ -95,3 +95,8 @@ def test_create_model_passes_arguments_and_reports_bad_ones() -> None:
         TypeError, match=r"does not accept arguments \['hidden'\].*L2XTabular\(input_dim"
     ):
         create_model("l2x_tabular", hidden=3)
+
+
+def test_a_model_name_that_is_not_a_string_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="model name must be a string, got int"):
+        get_model_class(3)  # type: ignore[arg-type]

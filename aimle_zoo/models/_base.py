@@ -1133,6 +1133,21 @@ def unpack_batch(model: str, batch: Any, names: Sequence[str], required: int) ->
     return [*batch, *([None] * (len(names) - len(batch)))]
 
 
+def check_sizes(owner: str, **sizes: object) -> None:
+    """Refuse architecture sizes that are not Python ints >= 1 (or sequences of them).
+
+    A float or bool size would build (or not) and fail later inside torch with a message that
+    names neither the argument nor the model; ``owner`` is the model's class name.
+    """
+    for argument, value in sizes.items():
+        items: list[object] = [value]
+        what = "an integer >= 1"
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            items, what = list(value), "a sequence of integers >= 1"
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in items):
+            raise ValueError(f"{owner}: {argument} must be {what}, got {value!r}")
+
+
 def init_xavier_relu(module: nn.Module) -> None:
     """Xavier-uniform weights with the ReLU gain and zero biases for every Linear/Conv layer."""
     gain = nn.init.calculate_gain("relu")

@@ -38,6 +38,7 @@ from ._base import (
     ModelInputError,
     ZooModel,
     batch_total,
+    check_sizes,
     check_tensor,
     example_generator,
     init_xavier_relu,
@@ -82,6 +83,13 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
         estimator: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_sizes(
+            type(self).__name__,
+            input_dim=input_dim,
+            hidden_dims=hidden_dims,
+            groups=groups,
+            group_size=group_size,
+        )
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= group_size:
             raise ValueError(
                 f"{type(self).__name__}: k must be an integer in [1, {group_size}] "

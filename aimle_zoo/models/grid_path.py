@@ -28,6 +28,7 @@ from ._base import (
     ModelInputError,
     ZooModel,
     batch_total,
+    check_sizes,
     check_tensor,
     example_generator,
     unpack_batch,
@@ -92,6 +93,9 @@ class GridShortestPath(ZooModel, tags=["shortest-path", "warcraft", "grid"]):
         estimator: str | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        check_sizes(
+            type(self).__name__, grid_size=grid_size, in_channels=in_channels, channels=channels
+        )
         if cost_activation not in _ACTIVATIONS:
             raise ValueError(
                 f"{type(self).__name__}: cost_activation must be one of {list(_ACTIVATIONS)}, "

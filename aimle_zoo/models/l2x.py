@@ -32,6 +32,7 @@ from ._base import (
     ModelInputError,
     ZooModel,
     batch_total,
+    check_sizes,
     check_tensor,
     example_generator,
     init_xavier_relu,
@@ -206,6 +207,15 @@ class L2XText(ZooModel, tags=["l2x", "text-regression", "beeradvocate"]):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        check_sizes(
+            name,
+            vocab_size=vocab_size,
+            embedding_dim=embedding_dim,
+            max_length=max_length,
+            kernel_size=kernel_size,
+            filters=filters,
+            hidden_dim=hidden_dim,
+        )
         self.k = _check_k(name, k, max_length, "at most max_length")
         self.max_length = max_length
         self.ties = _check_ties(name, ties)
@@ -365,6 +375,13 @@ class L2XTabular(ZooModel, tags=["l2x", "tabular", "synthetic"]):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        check_sizes(
+            name,
+            input_dim=input_dim,
+            selector_hidden=selector_hidden,
+            predictor_hidden=predictor_hidden,
+            num_classes=num_classes,
+        )
         self.input_dim = input_dim
         self.k = _check_k(name, k, input_dim, "at most input_dim")
         self.num_classes = num_classes
@@ -607,6 +624,14 @@ class L2XImage(ZooModel, tags=["l2x", "image-classification", "mnist"]):
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        check_sizes(
+            name,
+            image_size=image_size,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            channels=channels,
+            hidden_dim=hidden_dim,
+        )
         if image_size % patch_size or image_size % 4:
             raise ValueError(
                 f"{name}: image_size={image_size} must be a multiple of patch_size={patch_size} "

@@ -30,6 +30,7 @@ from ._base import (
     ModelInputError,
     ZooModel,
     batch_total,
+    check_sizes,
     check_tensor,
     example_generator,
     unpack_batch,
@@ -404,13 +405,15 @@ class NRITree(ZooModel, tags=["nri", "graph-layout", "spanning-tree"]):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        for argument, value in (
-            ("num_vertices", num_vertices),
-            ("timesteps", timesteps),
-            ("prediction_steps", prediction_steps),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name}: {argument} must be an integer, got {value!r}")
+        check_sizes(
+            name,
+            num_vertices=num_vertices,
+            timesteps=timesteps,
+            dims=dims,
+            encoder_hidden=encoder_hidden,
+            decoder_hidden=decoder_hidden,
+            prediction_steps=prediction_steps,
+        )
         if num_vertices < 2:
             raise ValueError(f"{name}: num_vertices must be >= 2, got {num_vertices}")
         if not 1 <= prediction_steps <= timesteps:

@@ -478,3 +478,27 @@ def test_unexpected_config_keys_from_this_version_ask_for_a_re_save(tmp_path: Pa
     with pytest.raises(CheckpointConfigError, match="Re-save the model") as error:
         type(model).from_pretrained(tmp_path)
     assert "upgrade" not in str(error.value)
+
+
+SIZE_ARGUMENTS = [
+    ("discrete_vae", "groups", "hidden_dims"),
+    ("grid_shortest_path", "grid_size", "channels"),
+    ("l2x_text", "filters", None),
+    ("l2x_tabular", "num_classes", "selector_hidden"),
+    ("l2x_mnist", "hidden_dim", "channels"),
+    ("nri_tree", "encoder_hidden", None),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "sizes"), SIZE_ARGUMENTS)
+@pytest.mark.parametrize("bad", [4.0, True, 0, "4"])
+def test_architecture_sizes_must_be_integers_of_at_least_one(
+    name: str, size: str, sizes: str | None, bad: object
+) -> None:
+    """A float or bool size used to build, or fail inside torch, or fail at the first forward
+    pass, with a message naming neither the argument nor the model."""
+    with pytest.raises(ValueError, match=rf"{size} must be an integer >= 1, got {bad!r}"):
+        tiny_model(name, **{size: bad})
+    if sizes is not None:
+        with pytest.raises(ValueError, match=rf"{sizes} must be a sequence of integers >= 1"):
+            tiny_model(name, **{sizes: [8, bad]})

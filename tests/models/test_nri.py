@@ -329,5 +329,5 @@ def test_example_trajectories_cover_the_normalised_range() -> None:
 def test_sizes_must_be_integers_when_the_model_is_built(argument: str, bad: object) -> None:
     """A float such as 2.0 used to pass the range checks and fail at the first training step
     (a slice with a float step) or inside torch.eye."""
-    with pytest.raises(ValueError, match=rf"{argument} must be an integer, got {bad!r}"):
+    with pytest.raises(ValueError, match=rf"{argument} must be an integer >= 1, got {bad!r}"):
         tiny_model("nri_tree", **{argument: bad})

@@ -95,7 +95,9 @@ class DiscreteVAE(ZooModel, tags=["vae", "mnist", "k-subset"]):
                 f"{type(self).__name__}: k must be an integer in [1, {group_size}] "
                 f"(at most group_size), got {k!r}"
             )
-        if not (isinstance(kl_weight, int | float) and 0 <= kl_weight < math.inf):
+        if isinstance(kl_weight, bool) or not (
+            isinstance(kl_weight, int | float) and 0 <= kl_weight < math.inf
+        ):
             raise ValueError(
                 f"{type(self).__name__}: kl_weight must be a finite number >= 0 (1 is the "
                 f"ELBO), got {kl_weight!r}"

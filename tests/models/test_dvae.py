@@ -93,7 +93,7 @@ def test_kl_weight_scales_the_training_kl_but_not_the_evaluation(kl_weight: floa
         assert torch.equal(value, expected[key]), key
 
 
-@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan, "1"])
+@pytest.mark.parametrize("bad", [-0.1, math.inf, math.nan, "1", True])
 def test_kl_weight_must_be_a_finite_non_negative_number(bad: object) -> None:
     with pytest.raises(ValueError, match="kl_weight must be a finite number >= 0"):
         tiny_model("discrete_vae", kl_weight=bad)

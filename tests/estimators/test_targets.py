@@ -56,6 +56,19 @@ def test_adaptive_update_follows_the_rule_step_by_step() -> None:
     assert min(float(target.beta), beta) >= 0.0
 
 
+def test_a_running_count_equal_to_the_target_steps_beta_down() -> None:
+    """Δ = +η only while c̄ < c: at c̄ = c exactly β steps down. ρ = 1 (in range: the running
+    count never moves) holds c̄ at its start, c̄₀ = c, whatever the batches' counts."""
+    target = AdaptiveTarget(
+        initial_beta=0.5, target_norm=2.0, update_step=0.1, decay=1.0, initial_grad_norm=2.0
+    )
+    for count in (0, 5, 10):  # ĉ = 0, 5/6, 10/6: all below c
+        target.process(_gradient_with_nonzeros(count), torch.tensor(1.0))
+        assert float(target.grad_norm) == 2.0
+        assert float(target.last_update) == pytest.approx(-0.1)
+    assert float(target.beta) == pytest.approx(0.2)
+
+
 def test_adaptive_step_size_is_beta_times_norm_ratio() -> None:
     target = AdaptiveTarget(initial_beta=0.7)
     theta = torch.randn(6, 5, dtype=torch.float64)
@@ -170,9 +183,49 @@ def test_make_target_forms() -> None:
     assert isinstance(fixed, FixedTarget) and fixed.lambda_ == 3.0
     adaptive = make_target({"name": "adaptive", "target_norm": 4.0})
     assert isinstance(adaptive, AdaptiveTarget) and adaptive.target_norm == 4.0
+    overridden = make_target({"name": "fixed", "lambda_": 2.0}, lambda_=3.0)
+    assert isinstance(overridden, FixedTarget) and overridden.lambda_ == 3.0  # keywords win
     assert make_target(adaptive) is adaptive
     rebuilt = make_target(adaptive.config())
     assert rebuilt.config() == adaptive.config()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_skipped_step_joins_the_count_all_reduce_with_a_veto(
+    monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    """A rank skipping its backward sends (0, 0, veto 1) to the all-reduce that
+    :meth:`AdaptiveTarget.process` runs on the other ranks, only when it syncs at all; a veto
+    received there leaves β, c̄ and Δ as they are."""
+    reduced = []
+
+    def fake_all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
+        reduced.append(tensor.clone())
+        tensor += torch.tensor([0.0, 0.0, 1.0], dtype=tensor.dtype)  # other rank: skipped
+
+    monkeypatch.setattr(targets_module, "_distributed_world_size", lambda: 2)
+    monkeypatch.setattr(targets_module.dist, "all_reduce", fake_all_reduce)
+    target = AdaptiveTarget(initial_beta=0.5, momentum=0.5, sync_distributed=sync)
+    target.skip_step(torch.device("cpu"))
+    assert [t.tolist() for t in reduced] == ([[0.0, 0.0, 1.0]] if sync else [])
+    before = {name: value.clone() for name, value in target.state_dict().items()}
+    target.process(_gradient_with_nonzeros(12), torch.tensor(1.0))  # 12 over 6 on this rank
+    moved = any(not torch.equal(target.state_dict()[n], v) for n, v in before.items())
+    assert moved is not sync  # vetoed when synced; a plain local step otherwise
+
+
+def test_a_zero_theta_with_a_zero_incoming_gradient_is_not_reported() -> None:
+    """dy = 0 gives λ = 0 whatever θ is, so θ = 0 then is no deadlock: no warning, and the
+    check stays armed for a later step with dy ≠ 0."""
+    import warnings
+
+    target = AdaptiveTarget()
+    zeros = torch.zeros(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(target.step_size(zeros, zeros)) == 0.0
+    with pytest.warns(RuntimeWarning, match="θ is all zeros"):
+        target.step_size(zeros, torch.ones(3, 4))
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from aimle_zoo.estimators import (
     build_estimator,
     make_target,
 )
+from aimle_zoo.solvers import get_solver
 
 from ._helpers import topk_mask
 
@@ -326,7 +327,7 @@ def test_a_half_precision_model_keeps_the_adaptive_state_in_single_precision(low
 def test_a_half_precision_target_step_beyond_float16_is_taken_in_float32(estimator) -> None:
     """λ·dy = 10 · 2^13 · 2 overflows float16 while dy does not: the target θ − λ·dy is built
     and solved in float32, and the gradient equals the one of a float32 θ (it used to reach
-    the solver as inf, which refused it and blamed θ)."""
+    the solver as inf, which the built-in top-k refused, blaming θ)."""
     gen = torch.Generator().manual_seed(3)
     values = torch.randn(4, 10, generator=gen)
     dy = torch.zeros(4, 10)
@@ -334,7 +335,7 @@ def test_a_half_precision_target_step_beyond_float16_is_taken_in_float32(estimat
     grads = []
     for dtype in (torch.float16, torch.float32):
         theta = values.to(dtype).requires_grad_()
-        estimator()(lambda t: topk_mask(t, 3), theta).backward(dy.to(dtype))
+        estimator()(get_solver("topk", k=3), theta).backward(dy.to(dtype))
         assert theta.grad is not None and theta.grad.dtype == dtype
         grads.append(theta.grad.float())
     assert torch.isfinite(grads[0]).all() and int(grads[0].count_nonzero()) > 0
@@ -360,6 +361,22 @@ def test_an_overflowing_float16_gradient_reaches_the_loss_scaler_as_nan(name: st
     scaler.step(optimizer)  # skipped
     scaler.update()
     assert torch.equal(weight.detach(), kept) and scaler.get_scale() < 2.0**16
+
+
+@pytest.mark.parametrize("name", ["aimle", "imle", "blackbox"])
+def test_an_overflowing_float16_gradient_with_several_samples_gives_theta_a_nan_gradient(
+    name: str,
+) -> None:
+    """The skipped step's NaN gradient has θ's shape [B, *S], not the samples' [B·N, *S]."""
+    samples = {} if name == "blackbox" else {"samples": 3}
+    estimator = build_estimator(name, **samples)
+    theta = torch.randn(4, 6).half().requires_grad_()
+    z = estimator(get_solver("topk", k=2), theta)
+    dy = torch.ones_like(z)
+    dy[1, 2] = math.inf
+    z.backward(dy)
+    assert theta.grad is not None and theta.grad.shape == (4, 6)
+    assert theta.grad.dtype == torch.float16 and torch.isnan(theta.grad).all()
 
 
 def test_infinite_entries_of_theta_leave_the_adaptive_step_finite() -> None:

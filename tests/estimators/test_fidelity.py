@@ -66,6 +66,8 @@ def test_topk_states_are_every_k_subset() -> None:
     assert states.shape == (math.comb(8, 3), 8)
     assert bool((states.sum(dim=1) == 3).all())
     assert torch.unique(states, dim=0).shape[0] == states.shape[0]
+    assert topk_states(3, 0).tolist() == [[0.0, 0.0, 0.0]]  # the empty subset
+    assert topk_states(3, 3).tolist() == [[1.0, 1.0, 1.0]]
     with pytest.raises(ValueError, match="k must be in"):
         topk_states(3, 4)
 

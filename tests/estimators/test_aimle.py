@@ -200,6 +200,23 @@ def test_minimisation_equals_maximisation_of_negated_theta(config) -> None:
     np.testing.assert_allclose(grad_flag.numpy(), -grad_max.numpy(), rtol=0, atol=1e-12)
 
 
+def test_every_step_takes_lambda_from_the_beta_before_its_update() -> None:
+    """λ_t = β_{t−1}·‖θ‖/‖dy‖ at every step, with β moved by the previous steps (and by the
+    current one only after λ is taken)."""
+    target = AdaptiveTarget(initial_beta=0.4, target_norm=5.0, update_step=0.1, momentum=0.5)
+    estimator = AIMLE(target=target, noise=None, samples=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        theta = torch.randn(3, 8, generator=gen, dtype=F64)
+        cost = torch.randn(6, 8, generator=gen, dtype=F64)
+        beta = float(target.beta)
+        _run(estimator, lambda t: topk_mask(t, 3), theta, cost)
+        norms = np.linalg.norm(tile(theta.numpy(), 2)) / np.linalg.norm(cost.numpy())
+        assert float(estimator.last_lambda) == pytest.approx(beta * norms, rel=1e-9)
+        assert float(target.beta) != beta
+    assert float(target.beta) > 0.4 + 0.3  # β grew with momentum, so λ was checked as it moved
+
+
 def test_diagnostics_after_backward() -> None:
     estimator = AIMLE(target=AdaptiveTarget(initial_beta=1.0), samples=2)
     assert estimator.last_lambda is None and "lambda" not in estimator.diagnostics()

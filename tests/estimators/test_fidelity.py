@@ -66,6 +66,8 @@ def test_topk_states_are_every_k_subset() -> None:
     assert states.shape == (math.comb(8, 3), 8)
     assert bool((states.sum(dim=1) == 3).all())
     assert torch.unique(states, dim=0).shape[0] == states.shape[0]
+    assert topk_states(3, 0).tolist() == [[0.0, 0.0, 0.0]]  # the empty subset
+    assert topk_states(3, 3).tolist() == [[1.0, 1.0, 1.0]]
     with pytest.raises(ValueError, match="k must be in"):
         topk_states(3, 4)
 
@@ -255,3 +257,47 @@ def test_a_report_of_all_zero_gradients_says_so() -> None:
         solver, theta, lambda z: z.sum(dim=-1), seeds=4,
     )  # fmt: skip
     assert report.norm_ratio == 0 and "every estimated gradient is zero" in str(report)
+
+
+def test_the_sample_reduction_scales_the_incoming_gradient() -> None:
+    """STE passes back the mean of dy over a seed's N samples: summing the N losses instead
+    of averaging them makes every estimate N times larger, in the same direction."""
+    theta = torch.tensor([0.4, -0.3, 1.1, 0.2, -0.8], dtype=F64)
+    target = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0], dtype=F64)
+
+    def loss(z: Tensor) -> Tensor:
+        return ((z - target) ** 2).sum(dim=1)
+
+    reports = {
+        reduction: gradient_fidelity(
+            STE(noise="gumbel", samples=4, generator=torch.Generator().manual_seed(0)),
+            TopK(2),
+            theta,
+            loss,
+            seeds=8,
+            sample_reduction=reduction,
+        )
+        for reduction in ("mean", "sum")
+    }
+    assert reports["mean"].norm_ratio > 0
+    assert reports["sum"].norm_ratio == pytest.approx(4 * reports["mean"].norm_ratio, rel=1e-12)
+    torch.testing.assert_close(reports["sum"].cosines, reports["mean"].cosines)
+    with pytest.raises(ValueError, match="sample_reduction must be 'mean' or 'sum'"):
+        gradient_fidelity(STE(), TopK(2), theta, loss, sample_reduction="max")  # type: ignore[arg-type]
+
+
+def test_a_single_seed_report_has_no_spread() -> None:
+    theta = torch.tensor([0.4, -0.3, 1.1, 0.2], dtype=F64)
+    report = gradient_fidelity(STE(), TopK(2), theta, lambda z: z[:, 0], seeds=1)
+    assert report.cosines.shape == (1,) and report.cosine_sd == 0.0
+
+
+def test_states_of_another_shape_than_theta_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"states must be \[M, 5\]"):
+        exact_expected_gradient(torch.zeros(5, dtype=F64), topk_states(4, 2), lambda z: z[:, 0])
+
+
+def test_solver_parameters_override_the_registered_examples() -> None:
+    """The top-k example is k = 3 of n = 10; k = 2 lists the C(10, 2) pairs instead."""
+    report = solver_gradient_fidelity("topk", {"k": 2}, seeds=4, warmup=0)
+    assert report.states == math.comb(10, 2)

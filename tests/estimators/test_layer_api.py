@@ -179,10 +179,41 @@ def test_layer_errors(call, error, match) -> None:
 @pytest.mark.parametrize(
     ("decorator", "kwargs", "cls", "samples"),
     [
-        (aimle, {"samples": 2, "marginal_samples": 2, "symmetric": True}, AIMLE, 4),
-        (imle, {"lambda_": 3.0, "samples": 3}, IMLE, 3),
-        (ste, {"samples": 2, "noise": "gumbel"}, STE, 2),
-        (perturbed, {"sigma": 0.5, "samples": 5}, PerturbedOptimizer, 5),
+        (
+            aimle,
+            {
+                "target": "fixed",
+                "noise": "gaussian",
+                "samples": 2,
+                "marginal_samples": 2,
+                "input_temperature": 0.5,
+                "target_temperature": 0.25,
+                "symmetric": True,
+            },
+            AIMLE,
+            4,
+        ),
+        (
+            imle,
+            {
+                "lambda_": 3.0,
+                "scale_gradient": False,
+                "noise": "gaussian",
+                "samples": 3,
+                "marginal_samples": 2,
+                "input_temperature": 0.5,
+                "target_temperature": 0.25,
+            },
+            IMLE,
+            6,
+        ),
+        (ste, {"samples": 2, "noise": "gumbel", "temperature": 0.5}, STE, 2),
+        (
+            perturbed,
+            {"noise": "gumbel", "sigma": 0.5, "samples": 5, "baseline": False},
+            PerturbedOptimizer,
+            5,
+        ),
         (blackbox, {"lambda_": 2.0}, Blackbox, 1),
     ],
 )
@@ -253,6 +284,7 @@ CONFIGS = [
     },
     {"name": "aimle", "target": {"name": "fixed", "lambda_": 2.0}, "noise": None},
     {"name": "imle", "lambda_": 4.0, "scale_gradient": False, "noise": "gaussian", "samples": 3},
+    {"name": "imle", "lambda_": 1.5, "noise": "gumbel", "samples": 2, "marginal_samples": 3},
     {"name": "ste", "noise": "gumbel", "temperature": 0.5, "samples": 2},
     {"name": "perturbed", "noise": "gumbel", "sigma": 0.3, "samples": 4, "baseline": False},
     {"name": "blackbox", "lambda_": 7.0},
@@ -280,6 +312,7 @@ def test_build_estimator_config_round_trip(config) -> None:
 
 def test_build_estimator_by_name_with_overrides() -> None:
     assert list_estimators() == ["aimle", "imle", "ste", "perturbed", "blackbox", "relaxed"]
+    assert isinstance(build_estimator("AIMLE"), AIMLE)  # names ignore case
     estimator = build_estimator("aimle", samples=3, target=FixedTarget(1.5))
     assert isinstance(estimator, AIMLE) and estimator.samples == 3
     overridden = build_estimator(estimator.config(), symmetric=True)

@@ -102,8 +102,8 @@ def test_sample_shape_dtype_and_generator(noise, dtype) -> None:
 
 
 def test_make_noise_forms_and_round_trip() -> None:
-    assert make_noise(None) is None and make_noise("none") is None
-    assert make_noise("gumbel") == Gumbel()
+    assert make_noise(None) is None and make_noise("none") is None and make_noise("None") is None
+    assert make_noise("gumbel") == make_noise("Gumbel") == Gumbel()  # names ignore case
     assert make_noise("sog", k=5) == SumOfGamma(5)
     assert make_noise({"name": "sog", "k": 5, "iterations": 20}) == SumOfGamma(5, 20)
     gaussian = Gaussian(0.5)

@@ -20,6 +20,7 @@ from aimle_zoo.estimators import (
     build_estimator,
     make_target,
 )
+from aimle_zoo.solvers import get_solver
 
 from ._helpers import topk_mask
 
@@ -54,6 +55,19 @@ def test_adaptive_update_follows_the_rule_step_by_step() -> None:
         assert float(target.last_update) == pytest.approx(previous, rel=1e-5, abs=1e-7)
         assert float(target.beta) == pytest.approx(beta, rel=1e-5, abs=1e-7)
     assert min(float(target.beta), beta) >= 0.0
+
+
+def test_a_running_count_equal_to_the_target_steps_beta_down() -> None:
+    """Δ = +η only while c̄ < c: at c̄ = c exactly β steps down. ρ = 1 (in range: the running
+    count never moves) holds c̄ at its start, c̄₀ = c, whatever the batches' counts."""
+    target = AdaptiveTarget(
+        initial_beta=0.5, target_norm=2.0, update_step=0.1, decay=1.0, initial_grad_norm=2.0
+    )
+    for count in (0, 5, 10):  # ĉ = 0, 5/6, 10/6: all below c
+        target.process(_gradient_with_nonzeros(count), torch.tensor(1.0))
+        assert float(target.grad_norm) == 2.0
+        assert float(target.last_update) == pytest.approx(-0.1)
+    assert float(target.beta) == pytest.approx(0.2)
 
 
 def test_adaptive_step_size_is_beta_times_norm_ratio() -> None:
@@ -170,9 +184,49 @@ def test_make_target_forms() -> None:
     assert isinstance(fixed, FixedTarget) and fixed.lambda_ == 3.0
     adaptive = make_target({"name": "adaptive", "target_norm": 4.0})
     assert isinstance(adaptive, AdaptiveTarget) and adaptive.target_norm == 4.0
+    overridden = make_target({"name": "fixed", "lambda_": 2.0}, lambda_=3.0)
+    assert isinstance(overridden, FixedTarget) and overridden.lambda_ == 3.0  # keywords win
     assert make_target(adaptive) is adaptive
     rebuilt = make_target(adaptive.config())
     assert rebuilt.config() == adaptive.config()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_skipped_step_joins_the_count_all_reduce_with_a_veto(
+    monkeypatch: pytest.MonkeyPatch, sync: bool
+) -> None:
+    """A rank skipping its backward sends (0, 0, veto 1) to the all-reduce that
+    :meth:`AdaptiveTarget.process` runs on the other ranks, only when it syncs at all; a veto
+    received there leaves β, c̄ and Δ as they are."""
+    reduced = []
+
+    def fake_all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
+        reduced.append(tensor.clone())
+        tensor += torch.tensor([0.0, 0.0, 1.0], dtype=tensor.dtype)  # other rank: skipped
+
+    monkeypatch.setattr(targets_module, "_distributed_world_size", lambda: 2)
+    monkeypatch.setattr(targets_module.dist, "all_reduce", fake_all_reduce)
+    target = AdaptiveTarget(initial_beta=0.5, momentum=0.5, sync_distributed=sync)
+    target.skip_step(torch.device("cpu"))
+    assert [t.tolist() for t in reduced] == ([[0.0, 0.0, 1.0]] if sync else [])
+    before = {name: value.clone() for name, value in target.state_dict().items()}
+    target.process(_gradient_with_nonzeros(12), torch.tensor(1.0))  # 12 over 6 on this rank
+    moved = any(not torch.equal(target.state_dict()[n], v) for n, v in before.items())
+    assert moved is not sync  # vetoed when synced; a plain local step otherwise
+
+
+def test_a_zero_theta_with_a_zero_incoming_gradient_is_not_reported() -> None:
+    """dy = 0 gives λ = 0 whatever θ is, so θ = 0 then is no deadlock: no warning, and the
+    check stays armed for a later step with dy ≠ 0."""
+    import warnings
+
+    target = AdaptiveTarget()
+    zeros = torch.zeros(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert float(target.step_size(zeros, zeros)) == 0.0
+    with pytest.warns(RuntimeWarning, match="θ is all zeros"):
+        target.step_size(zeros, torch.ones(3, 4))
 
 
 @pytest.mark.parametrize(
@@ -273,7 +327,7 @@ def test_a_half_precision_model_keeps_the_adaptive_state_in_single_precision(low
 def test_a_half_precision_target_step_beyond_float16_is_taken_in_float32(estimator) -> None:
     """λ·dy = 10 · 2^13 · 2 overflows float16 while dy does not: the target θ − λ·dy is built
     and solved in float32, and the gradient equals the one of a float32 θ (it used to reach
-    the solver as inf, which refused it and blamed θ)."""
+    the solver as inf, which the built-in top-k refused, blaming θ)."""
     gen = torch.Generator().manual_seed(3)
     values = torch.randn(4, 10, generator=gen)
     dy = torch.zeros(4, 10)
@@ -281,7 +335,7 @@ def test_a_half_precision_target_step_beyond_float16_is_taken_in_float32(estimat
     grads = []
     for dtype in (torch.float16, torch.float32):
         theta = values.to(dtype).requires_grad_()
-        estimator()(lambda t: topk_mask(t, 3), theta).backward(dy.to(dtype))
+        estimator()(get_solver("topk", k=3), theta).backward(dy.to(dtype))
         assert theta.grad is not None and theta.grad.dtype == dtype
         grads.append(theta.grad.float())
     assert torch.isfinite(grads[0]).all() and int(grads[0].count_nonzero()) > 0
@@ -307,6 +361,22 @@ def test_an_overflowing_float16_gradient_reaches_the_loss_scaler_as_nan(name: st
     scaler.step(optimizer)  # skipped
     scaler.update()
     assert torch.equal(weight.detach(), kept) and scaler.get_scale() < 2.0**16
+
+
+@pytest.mark.parametrize("name", ["aimle", "imle", "blackbox"])
+def test_an_overflowing_float16_gradient_with_several_samples_gives_theta_a_nan_gradient(
+    name: str,
+) -> None:
+    """The skipped step's NaN gradient has θ's shape [B, *S], not the samples' [B·N, *S]."""
+    samples = {} if name == "blackbox" else {"samples": 3}
+    estimator = build_estimator(name, **samples)
+    theta = torch.randn(4, 6).half().requires_grad_()
+    z = estimator(get_solver("topk", k=2), theta)
+    dy = torch.ones_like(z)
+    dy[1, 2] = math.inf
+    z.backward(dy)
+    assert theta.grad is not None and theta.grad.shape == (4, 6)
+    assert theta.grad.dtype == torch.float16 and torch.isnan(theta.grad).all()
 
 
 def test_infinite_entries_of_theta_leave_the_adaptive_step_finite() -> None:

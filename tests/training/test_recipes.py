@@ -560,13 +560,19 @@ def test_a_damaged_optimizer_state_is_refused_before_anything_is_deleted(tmp_pat
     state_file = run / "last" / "trainer_state.safetensors"
     tensors = load_file(str(state_file))
     name = next(key for key in sorted(tensors) if key.endswith(".exp_avg"))
+    count = 1 + max(int(key.split(".")[1]) for key in tensors if key.startswith("optimizer."))
+    extra = {f"optimizer.{count}.{key}": tensors[f"optimizer.0.{key}"].clone()
+             for key in ("step", "exp_avg", "exp_avg_sq")}  # fmt: skip
     for damaged in (
         {k: v for k, v in tensors.items() if k != name},
         {**tensors, name: tensors[name][:1]},
+        {**tensors, **extra},  # a parameter the model does not have
     ):
         save_file(damaged, str(state_file))
         with pytest.raises(
-            ValueError, match=r"cannot resume: the trainer state .* (lacks exp_avg|has shape)"
+            ValueError,
+            match=r"cannot resume: the trainer state .* (lacks exp_avg|has shape|for parameter "
+            rf"{count}, the model has {count}\))",
         ):
             train(fresh(), data, None, run, replace(config, epochs=2), resume=True)
         assert (run / "test_metrics.json").exists() and (run / "metrics.jsonl").read_text() == log

@@ -155,6 +155,9 @@ def test_the_upload_goes_through_create_repo_and_upload_folder(
     upload = dict(_RecordingApi.calls)["upload_folder"]
     assert "l2x_tabular" in upload["commit_message"]
     assert Path(upload["folder_path"]) == folder  # the card already names it: no copy
+    _RecordingApi.calls = []
+    push_to_hub(folder, "aimle-zoo/l2x-tabular", revision="main")
+    assert [name for name, _ in _RecordingApi.calls] == ["init", "create_repo", "upload_folder"]
 
 
 def test_a_card_without_metrics_is_rewritten_for_the_repository_too(

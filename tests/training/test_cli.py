@@ -75,6 +75,9 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
     saved = json.loads((out / "comparison.json").read_text())
     assert set(saved["results"]) == {"aimle-central", "imle"}
     assert all(len(r["curve"]) == 2 for r in saved["results"].values())
+    for estimator, result in saved["results"].items():  # the whole training time of each run
+        log = [json.loads(line) for line in (out / estimator / "metrics.jsonl").open()]
+        assert result["seconds"] == pytest.approx(sum(record["seconds"] for record in log))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert saved["aimle_zoo_version"] == aimle_zoo.__version__
     assert saved["settings"]["epochs"] == 2 and saved["settings"]["smoke"] is True

@@ -148,6 +148,9 @@ def test_resume_refuses_settings_that_would_not_continue_the_run(tmp_path: Path)
         ({"grad_clip": -1.0}, "grad_clip must be a finite number > 0"),
         ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
         ({"select_mode": "best"}, "select_mode must be min, max or last"),
+        ({"lr_gamma": 1.5}, r"lr_gamma must be in \(0, 1\]"),
+        ({"lr_gamma": 0.0}, r"lr_gamma must be in \(0, 1\]"),
+        ({"lr_milestones": (0, 3)}, "lr_milestones must be epochs >= 1"),
     ],
 )
 def test_settings_no_run_can_use_are_refused(change: dict[str, Any], message: str) -> None:
@@ -574,3 +577,55 @@ def test_resume_refuses_a_change_of_any_setting_that_shapes_the_run(tmp_path: Pa
         with pytest.raises(ValueError, match=f"cannot resume .* {key}="):
             train(tiny_model("l2x_tabular"), data, None, tmp_path,
                   _config(epochs=2, **{key: value}), resume=True)  # fmt: skip
+
+
+def test_without_a_validation_set_the_best_checkpoint_is_the_last_epoch(tmp_path: Path) -> None:
+    """With no validation set, best/ follows every epoch, even one whose train metric is
+    worse (the train metric is no model-selection signal)."""
+    model = tiny_model("l2x_tabular")
+    training_loss = model.training_loss
+    steps = 0
+
+    def rising(batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        nonlocal steps
+        steps += 1
+        loss, logs = training_loss(batch)
+        return loss, {**logs, "rising": float(steps)}
+
+    model.training_loss = rising  # type: ignore[method-assign]
+    result = train(model, _dataset(), None, tmp_path, _config(epochs=3, select_metric="rising"))
+    assert result.best_epoch == 2 and result.best_metrics["rising"] == 10.5  # steps 9..12
+
+
+class _PerInstance(torch.nn.Module):
+    """A model whose evaluation returns per-instance values: its inputs, plus uniform noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def evaluate_batch(self, batch: Any) -> dict[str, torch.Tensor]:
+        (values,) = batch
+        return {"value": values, "noise": torch.rand(values.shape[0])}
+
+
+def test_evaluate_averages_over_instances_with_its_own_seeded_noise() -> None:
+    """Without ``reduce_metrics`` a metric is the mean over every instance (not the mean of
+    unequal batches' means); the noise is drawn from ``seed`` alone and the caller's random
+    stream is left where it was."""
+    from aimle_zoo.training import evaluate
+
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 30.0])
+    data = TensorDataset(values)
+    model = _PerInstance()
+    torch.manual_seed(123)
+    first = evaluate(model, data, batch_size=3)  # batches of 3, 3 and 2
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    torch.rand(5)  # another state of the caller's stream: the evaluation noise is the same
+    again = evaluate(model, data, batch_size=3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)  # evaluate drew nothing from the caller's stream
+    assert first["value"] == pytest.approx(float(values.mean()))  # 7.5, not 6.5
+    assert first["noise"] == again["noise"]
+    assert evaluate(model, data, batch_size=3, seed=1)["noise"] != first["noise"]

@@ -629,3 +629,18 @@ def test_evaluate_averages_over_instances_with_its_own_seeded_noise() -> None:
     assert first["value"] == pytest.approx(float(values.mean()))  # 7.5, not 6.5
     assert first["noise"] == again["noise"]
     assert evaluate(model, data, batch_size=3, seed=1)["noise"] != first["noise"]
+
+
+def test_a_trainer_state_whose_extra_is_not_a_mapping_is_named(tmp_path: Path) -> None:
+    """The recipe, estimator and smoke flag a resume compares live in the config's ``extra``;
+    a state where it is no mapping is refused as damaged (not read as recording nothing)."""
+    from aimle_zoo.training import check_run_folder
+
+    made = _config(extra={"recipe": "l2x-xor", "estimator": "aimle"})
+    train(tiny_model("l2x_tabular"), _dataset(), None, tmp_path, made)
+    path = tmp_path / "last" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["config"]["extra"] = ["l2x-switch", "imle"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"trainer_state.json is not a trainer state"):
+        check_run_folder(tmp_path, replace(made, epochs=2), resume=True, overwrite=False)

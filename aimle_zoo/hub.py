@@ -527,12 +527,13 @@ def _upload(
 
 
 def format_size(size: int) -> str:
-    """A byte count for people: ``"512 B"``, ``"1.5 kB"``, ``"12.3 MB"`` (powers of 1000)."""
+    """A byte count for people: ``"512 B"``, ``"1.5 kB"``, ``"12.3 MB"`` (powers of 1000); a
+    value that rounds to 1000.0 of a unit is shown in the next one (``"1.0 MB"``)."""
     if size < 1000:
         return f"{size} B"
     value = float(size)
     for unit in ("kB", "MB", "GB", "TB"):
         value /= 1000
-        if value < 1000 or unit == "TB":
+        if round(value, 1) < 1000 or unit == "TB":
             break
     return f"{value:.1f} {unit}"

@@ -189,6 +189,7 @@ def test_malformed_annotation_files(tmp_path: Path) -> None:
         ('{"x": ["a"], "1": [0, 1]}', r"span 0"),
         ('{"x": ["a"], "1": {"0": 1}}', "list of"),
         ('{"x": ["a", "b"], "1": [[5, 9]]}', "starts past the end of the review's 2 tokens"),
+        ('{"x": ["a", "b"], "1": [[2, 3]]}', "starts past the end of the review's 2 tokens"),
     ],
 )
 def test_malformed_annotations(tmp_path: Path, record: str, message: str) -> None:

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from aimle_zoo.data import CACHE_ENV, DatasetError, cache_root
-from aimle_zoo.data._common import atomic_write, cached_npz, load_npz_checked, save_npz_atomic
+from aimle_zoo.data._common import (
+    atomic_write,
+    cached_npz,
+    check_positive_int,
+    load_npz_checked,
+    save_npz_atomic,
+)
 
 
 def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,6 +26,8 @@ def test_cache_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "aimle_zoo"
+    monkeypatch.setenv(CACHE_ENV, "~/datasets")  # as a shell profile may write it
+    assert cache_root() == tmp_path / "home" / "datasets"
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path: Path) -> None:
@@ -112,3 +120,13 @@ def test_a_cached_array_of_another_shape_than_its_parameters_imply_is_refused(
     with pytest.raises(RuntimeError, match="builder returned shapes"):
         cached_npz(tmp_path / "new.npz", {}, {"x": (20, 3)}, lambda: {"x": np.zeros((7, 3))})
     assert not (tmp_path / "new.npz").exists()
+
+
+def test_a_positive_integer_is_an_integer_not_a_flag_or_a_float() -> None:
+    assert check_positive_int("size", np.int64(3)) == 3
+    assert check_positive_int("size", 2, 2) == 2
+    for bad in (True, 0, 1.0, "3"):
+        with pytest.raises(DatasetError, match=r"size must be an integer >= 1"):
+            check_positive_int("size", bad)
+    with pytest.raises(DatasetError, match=r"items must be an integer >= 2, got 1"):
+        check_positive_int("items", 1, 2)

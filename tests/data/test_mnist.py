@@ -135,6 +135,7 @@ def test_write_idx_round_trip(tmp_path: Path, dtype: str) -> None:
     [
         (b"\x00\x00\x08", "too short"),
         (b"\x01\x00\x08\x01" + (3).to_bytes(4, "big") + b"abc", "bad IDX magic"),
+        (b"\x00\x01\x08\x01" + (3).to_bytes(4, "big") + b"abc", "bad IDX magic"),
         (b"\x00\x00\x07\x01" + (3).to_bytes(4, "big") + b"abc", "bad IDX magic"),
         (b"\x00\x00\x08\x00", "bad IDX magic"),
         (b"\x00\x00\x08\x02" + (3).to_bytes(4, "big"), "truncated IDX header"),
@@ -208,8 +209,8 @@ def test_load_mnist_rejects_mismatched_files(tmp_path: Path) -> None:
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(4, dtype=np.uint8)))
     with pytest.raises(DatasetError, match=r"5 images but .* 4 labels"):
         load_mnist(tmp_path, "test", verify_checksums=False)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(5, 12, dtype=np.uint8)))
-    with pytest.raises(DatasetError, match=r"label 12 is outside 0..9"):
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(5, 10, dtype=np.uint8)))
+    with pytest.raises(DatasetError, match=r"label 10 is outside 0..9"):
         load_mnist(tmp_path, "test", verify_checksums=False)
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((5, 28, 27), np.uint8)))
     with pytest.raises(DatasetError, match=r"\[N, 28, 28\]"):

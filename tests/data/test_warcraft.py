@@ -16,7 +16,7 @@ from aimle_zoo.data import (
     load_warcraft,
     load_warcraft_npy,
 )
-from aimle_zoo.data.warcraft import TERRAINS
+from aimle_zoo.data.warcraft import TERRAINS, prepare_warcraft
 
 KEYS = ("maps", "vertex_weights", "shortest_paths")
 
@@ -196,3 +196,20 @@ def test_progress_bar_can_be_shown(capsys: pytest.CaptureFixture[str]) -> None:
     assert "warcraft maps (train)" in capsys.readouterr().err
     generate_warcraft(3, 2, tile_size=1, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_constant_channel_is_centred_and_not_divided_by_zero(
+    small: dict[str, np.ndarray],
+) -> None:
+    """Train maps with a constant blue channel: its std is taken as 1, so it normalises to 0
+    (not NaN); the other channels keep their exact statistics."""
+    maps = small["maps"].copy()
+    maps[..., 2] = 77
+    raw = {split: {**small, "maps": maps} for split in ("train", "val", "test")}
+    data = prepare_warcraft(raw)
+    pixels = maps.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(data.mean, pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(data.std[:2], pixels[:, :2].std(axis=0), rtol=1e-9)
+    assert data.std[2] == 1.0
+    image, _, _ = data.train[0]
+    assert torch.equal(image[2], torch.zeros_like(image[2]))

@@ -36,6 +36,9 @@ def test_push_dry_run_lists_files_and_sizes(folder: Path) -> None:
         assert any(line.split() == [name, *format_size(size).split()] for line in lines), name
     assert f"3 files, {format_size(sum(sizes.values()))} in total" in result.output
     assert "recipe.json" not in result.output
+    private = runner.invoke(app, ["push", str(folder), "someone/x", "--dry-run", "--private",
+                                  "--revision", "dev"])  # fmt: skip
+    assert "would upload to someone/x (dev, private)" in private.output
 
 
 def test_push_uploads_the_recipe_record_when_the_folder_has_one(folder: Path) -> None:

@@ -135,6 +135,13 @@ def test_a_config_for_another_architecture(saved: tuple[Path, ZooModel]) -> None
         DiscreteVAE.from_pretrained(folder)
     assert_same_model(ZooModel.from_pretrained(folder), model)  # the base dispatches
 
+    class Subclass(L2XTabular):  # a user's own subclass builds itself, not the saved class
+        pass
+
+    loaded = Subclass.from_pretrained(folder)
+    assert type(loaded) is Subclass
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
 
 def test_a_newer_format_version(saved: tuple[Path, ZooModel]) -> None:
     folder, _ = saved
@@ -325,7 +332,8 @@ def test_an_unknown_hub_id_offline_says_what_to_do() -> None:
 
 
 def test_paths_and_names_that_are_not_checkpoints(tmp_path: Path) -> None:
-    for missing in (tmp_path / "nowhere", str(tmp_path / "nowhere"), "./nowhere", "a/b/c"):
+    for missing in (tmp_path / "nowhere", str(tmp_path / "nowhere"), "./nowhere", "a/b/c",
+                    "runs\\x"):  # fmt: skip
         with pytest.raises(CheckpointNotFoundError, match="no checkpoint folder"):
             resolve_checkpoint(missing)
     with pytest.raises(CheckpointNotFoundError, match="nor a valid checkpoint name or Hub id"):
@@ -384,6 +392,8 @@ def test_an_unreachable_hub_with_an_empty_cache(monkeypatch: pytest.MonkeyPatch)
     go_online(monkeypatch, "http://127.0.0.1:9")  # the discard port: connections are refused
     with pytest.raises(CheckpointNotFoundError, match="the Hub could not be reached"):
         aimle_zoo.from_pretrained("aimle-zoo/no-such-model")
+    with pytest.raises(CheckpointNotFoundError, match="local_files_only=True forbids downloads"):
+        aimle_zoo.from_pretrained("aimle-zoo/no-such-model", local_files_only=True)
 
 
 def test_a_checkpoint_from_before_an_estimator_key_loads_as_that_version_behaved(

@@ -14,7 +14,12 @@ import torch
 from huggingface_hub import constants
 
 import aimle_zoo
-from aimle_zoo.hub import CHECKPOINT_FILES, FORMAT_VERSION, resolve_checkpoint
+from aimle_zoo.hub import (
+    CHECKPOINT_FILES,
+    FORMAT_VERSION,
+    CheckpointNotFoundError,
+    resolve_checkpoint,
+)
 from aimle_zoo.models import ZooModel, list_models
 from tests.models._helpers import tiny_model
 
@@ -94,6 +99,8 @@ def test_the_hub_cache_comes_before_a_bundled_checkpoint_without_a_revision(
     bundled.save_pretrained(bundled_root / "dvae-tiny")
     assert aimle_zoo.hub.list_bundled_checkpoints() == ["dvae-tiny"]
     assert resolve_checkpoint("dvae-tiny") == bundled_root / "dvae-tiny"  # nothing cached
+    with pytest.raises(CheckpointNotFoundError, match="'someone/dvae-tiny'"):
+        resolve_checkpoint("someone/dvae-tiny")  # bundled names are aimle-zoo's only
     assert_same_model(aimle_zoo.from_pretrained("aimle-zoo/dvae-tiny"), bundled)
 
     snapshot = add_to_hub_cache(hub_cache, "aimle-zoo/dvae-tiny", cached, COMMIT_B)

@@ -155,6 +155,9 @@ def test_the_upload_goes_through_create_repo_and_upload_folder(
     upload = dict(_RecordingApi.calls)["upload_folder"]
     assert "l2x_tabular" in upload["commit_message"]
     assert Path(upload["folder_path"]) == folder  # the card already names it: no copy
+    _RecordingApi.calls = []
+    push_to_hub(folder, "aimle-zoo/l2x-tabular", revision="main")
+    assert [name for name, _ in _RecordingApi.calls] == ["init", "create_repo", "upload_folder"]
 
 
 def test_a_card_without_metrics_is_rewritten_for_the_repository_too(
@@ -191,6 +194,10 @@ def test_a_closed_endpoint_fails_with_a_clear_error(
         (0, "0 B"),
         (999, "999 B"),
         (1000, "1.0 kB"),
+        (999_949, "999.9 kB"),
+        (999_950, "1.0 MB"),  # not "1000.0 kB"
+        (999_999, "1.0 MB"),
+        (1_000_000, "1.0 MB"),
         (1_536_000, "1.5 MB"),
         (2 * 10**15, "2000.0 TB"),
     ],

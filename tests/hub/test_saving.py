@@ -109,6 +109,39 @@ def test_without_an_atomic_exchange_a_failed_move_restores_the_old_folder(
     assert_same_model(aimle_zoo.from_pretrained(folder), first)
 
 
+def test_without_an_atomic_exchange_a_save_replaces_the_folder_and_keeps_no_old_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "run"
+    trained_tiny_model("l2x_tabular", seed=1).save_pretrained(folder)
+    monkeypatch.setattr(_io, "_exchange", lambda first, second: False)
+    second = trained_tiny_model("l2x_tabular", seed=2)
+    second.save_pretrained(folder)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bundled", "hub-cache", "run"]
+    assert_same_model(aimle_zoo.from_pretrained(folder), second)
+
+
+def test_the_exchange_reports_failures_other_than_a_missing_system_call(tmp_path: Path) -> None:
+    """Only "not supported here" falls back to the two-step move; a missing folder raises."""
+    (tmp_path / "old").mkdir()
+    if _io._renameat2() is None:
+        pytest.skip("no renameat2 on this system")
+    with pytest.raises(FileNotFoundError):
+        _io._exchange(tmp_path / "missing", tmp_path / "old")
+    assert (tmp_path / "old").is_dir()
+
+
+def test_removing_a_link_to_a_folder_removes_the_link_only(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "kept").write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    _io.remove_tree(link)
+    assert not link.exists() and not link.is_symlink()
+    assert (target / "kept").read_text() == "x"
+
+
 def test_the_exchange_swaps_two_folders_in_one_step(tmp_path: Path) -> None:
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()

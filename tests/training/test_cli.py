@@ -75,6 +75,9 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
     saved = json.loads((out / "comparison.json").read_text())
     assert set(saved["results"]) == {"aimle-central", "imle"}
     assert all(len(r["curve"]) == 2 for r in saved["results"].values())
+    for estimator, result in saved["results"].items():  # the whole training time of each run
+        log = [json.loads(line) for line in (out / estimator / "metrics.jsonl").open()]
+        assert result["seconds"] == pytest.approx(sum(record["seconds"] for record in log))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert saved["aimle_zoo_version"] == aimle_zoo.__version__
     assert saved["settings"]["epochs"] == 2 and saved["settings"]["smoke"] is True
@@ -490,3 +493,39 @@ def test_sigterm_stops_the_compare_command_with_status_143_and_says_how_to_conti
     arguments += ["--out", str(out)]
     stderr = _sigterm_after_two_epochs(arguments, out / "imle" / "metrics.jsonl", tmp_path)
     assert f"stopped by SIGTERM: the runs in {out} keep their last complete saves" in stderr
+
+
+def test_key_value_parameters_are_json_where_they_parse_and_text_otherwise() -> None:
+    import typer
+
+    from aimle_zoo.cli._options import parse_params
+
+    parsed = parse_params(["k=3", "ties=exact", "weights=[1, 2.5]", "label= two words "])
+    assert parsed == {"k": 3, "ties": "exact", "weights": [1, 2.5], "label": " two words "}
+    assert parse_params(None) == {}
+    for bad in ("=3", "k"):
+        with pytest.raises(typer.BadParameter, match="expected KEY=VALUE"):
+            parse_params([bad])
+
+
+def test_a_failing_command_prints_one_error_line_unless_debugging(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyError's message is shown as written (not in the quotes its str() adds), with exit
+    status 1; AIMLE_ZOO_DEBUG=1 lets the exception through with its traceback."""
+    import typer
+
+    from aimle_zoo.cli._options import DEBUG_ENV, guarded
+
+    @guarded
+    def failing() -> None:
+        raise KeyError("no solver named 'x'; see `aimle-zoo solvers`")
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(typer.Exit) as stop:
+        failing()
+    assert stop.value.exit_code == 1
+    assert capsys.readouterr().err == "error: no solver named 'x'; see `aimle-zoo solvers`\n"
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(KeyError, match="no solver named"):
+        failing()

@@ -478,6 +478,40 @@ def test_the_best_checkpoint_follows_the_selection_mode(mode: str, tmp_path: Pat
     assert result.best_metrics == result.history[expected]["valid"]
 
 
+def test_a_finished_run_without_its_test_metrics_gets_them_and_trains_no_further(
+    tmp_path: Path,
+) -> None:
+    """A stop between the last save and the test metrics: a resume with the run's own epoch
+    count is allowed and only evaluates, and a comparison that finds the run does the same."""
+    from aimle_zoo.compare import compare
+
+    options = _options("l2x-xor", tmp_path)
+    settings: dict[str, Any] = {"data_options": options, "epochs": 1, "max_steps_per_epoch": 2}
+    out = tmp_path / "cmp"
+    compare("l2x-xor", out, estimators=["aimle"], progress=False, **settings)
+    run = out / "aimle"
+    written = json.loads((run / "test_metrics.json").read_text())
+    weights = (run / "last" / "model.safetensors").read_bytes()
+    for again in (
+        lambda: run_training("l2x-xor", run, resume=True, **settings),
+        lambda: compare("l2x-xor", out, estimators=["aimle"], progress=False, **settings),
+    ):
+        (run / "test_metrics.json").unlink()
+        again()
+        assert json.loads((run / "test_metrics.json").read_text()) == written
+        assert (run / "last" / "model.safetensors").read_bytes() == weights
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_mnist_pair_task_holds_out_a_tenth_of_its_training_pairs() -> None:
+    task = get_recipe("l2x-mnist").build_data(DataOptions(data_dir=MNIST, progress=False))
+    pairs = 6131 + 5851  # the 3s and 8s of the training split (the MNIST README)
+    assert (len(task.train), len(task.valid), len(task.test)) == (pairs - 1198, 1198, 1010 + 974)
+    train_indices = set(task.train.indices)  # type: ignore[attr-defined]
+    valid_indices = set(task.valid.indices)  # type: ignore[attr-defined]
+    assert not train_indices & valid_indices and train_indices | valid_indices == set(range(pairs))
+
+
 def test_the_reference_vae_split_trains_on_all_60k_images() -> None:
     recipe = get_recipe("dvae-mnist-ref")
     task = recipe.build_data(DataOptions(data_dir=MNIST, progress=False))
@@ -506,8 +540,13 @@ def test_the_text_task_reports_subset_precision_on_the_annotated_reviews(tmp_pat
         correct += sum(bool(in_span[slot]) for slot in picked)
         chosen += max(len(picked), model.k)
     assert recorded == pytest.approx(correct / chosen)
+    model.train()  # evaluated in eval mode, and handed back in the mode it came in
     evaluated = run_evaluation(model, "l2x-beer-aroma", data_options=options, limit=1)
     assert evaluated["subset_precision"] == pytest.approx(recorded)
+    assert model.training
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        run_evaluation(model, "l2x-beer-aroma", data_options=options, limit=0)
+    model.eval()
     assert "subset_precision" not in run_evaluation(
         model, "l2x-beer-aroma", split="valid", data_options=options
     )
@@ -560,13 +599,19 @@ def test_a_damaged_optimizer_state_is_refused_before_anything_is_deleted(tmp_pat
     state_file = run / "last" / "trainer_state.safetensors"
     tensors = load_file(str(state_file))
     name = next(key for key in sorted(tensors) if key.endswith(".exp_avg"))
+    count = 1 + max(int(key.split(".")[1]) for key in tensors if key.startswith("optimizer."))
+    extra = {f"optimizer.{count}.{key}": tensors[f"optimizer.0.{key}"].clone()
+             for key in ("step", "exp_avg", "exp_avg_sq")}  # fmt: skip
     for damaged in (
         {k: v for k, v in tensors.items() if k != name},
         {**tensors, name: tensors[name][:1]},
+        {**tensors, **extra},  # a parameter the model does not have
     ):
         save_file(damaged, str(state_file))
         with pytest.raises(
-            ValueError, match=r"cannot resume: the trainer state .* (lacks exp_avg|has shape)"
+            ValueError,
+            match=r"cannot resume: the trainer state .* (lacks exp_avg|has shape|for parameter "
+            rf"{count}, the model has {count}\))",
         ):
             train(fresh(), data, None, run, replace(config, epochs=2), resume=True)
         assert (run / "test_metrics.json").exists() and (run / "metrics.jsonl").read_text() == log

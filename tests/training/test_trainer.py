@@ -4,6 +4,7 @@ gradient clipping reaches the optimizer."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -28,6 +29,7 @@ from aimle_zoo.training import (
     _DistInfo,
     _resolve_device,
     save_checkpoint,
+    seed_everything,
     train,
 )
 
@@ -146,6 +148,9 @@ def test_resume_refuses_settings_that_would_not_continue_the_run(tmp_path: Path)
         ({"grad_clip": -1.0}, "grad_clip must be a finite number > 0"),
         ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
         ({"select_mode": "best"}, "select_mode must be min, max or last"),
+        ({"lr_gamma": 1.5}, r"lr_gamma must be in \(0, 1\]"),
+        ({"lr_gamma": 0.0}, r"lr_gamma must be in \(0, 1\]"),
+        ({"lr_milestones": (0, 3)}, "lr_milestones must be epochs >= 1"),
     ],
 )
 def test_settings_no_run_can_use_are_refused(change: dict[str, Any], message: str) -> None:
@@ -458,3 +463,184 @@ def test_empty_splits_are_refused_before_anything_is_written(tmp_path: Path) -> 
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="evaluate: the dataset is empty"):
         evaluate(model, empty)
+
+
+def _noisy_steps(model: Any, seen: list[dict[str, float]]) -> None:
+    """Make every training step of ``model`` also draw from Python's and NumPy's random
+    streams, log the draws, and record the step's logs in ``seen``."""
+    import random
+
+    import numpy as np
+
+    training_loss = model.training_loss
+
+    def logged(batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = training_loss(batch)
+        logs = {**logs, "python_draw": random.random(), "numpy_draw": float(np.random.rand())}
+        seen.append({"loss": float(loss.detach()), **logs})
+        return loss, logs
+
+    model.training_loss = logged  # type: ignore[method-assign]
+
+
+def test_the_epoch_log_is_the_mean_of_its_steps_also_across_a_resume(tmp_path: Path) -> None:
+    """Each epoch's train logs are the means of its steps' logs (recomputed here), and a run
+    stopped mid-epoch and resumed logs the same numbers: the running sums, and the Python and
+    NumPy random states, come back with the checkpoint."""
+    data = _dataset(40)  # 5 steps per epoch, the last on a short batch
+    config = _config(epochs=2, checkpoint_every=2)
+    seen: list[dict[str, float]] = []
+
+    def fresh(record: list[dict[str, float]]) -> Any:
+        seed_everything(0)
+        model = tiny_model("l2x_tabular")
+        _noisy_steps(model, record)
+        return model
+
+    train(fresh(seen), data, None, tmp_path / "straight", config)
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").open()]
+    assert len(seen) == 10
+    for epoch, record in enumerate(straight):
+        steps = seen[5 * epoch : 5 * epoch + 5]
+        assert record["train"].keys() == steps[0].keys()
+        for key, value in record["train"].items():
+            assert value == pytest.approx(sum(step[key] for step in steps) / 5, rel=1e-12), key
+    with pytest.raises(RuntimeError, match="power cut"):  # in epoch 0's step 4; saved at 2
+        train(fresh([]), PowerCut(data, 8 * 3 + 3), None, tmp_path / "cut", config)
+    train(fresh([]), data, None, tmp_path / "cut", config, resume=True)
+    logs = [json.loads(line)["train"] for line in (tmp_path / "cut" / "metrics.jsonl").open()]
+    assert logs == [record["train"] for record in straight]
+
+
+def _scripted_validation(model: Any, values: list[float]) -> None:
+    """Make the validation ``loss`` of ``model``'s successive evaluations ``values``."""
+    remaining = iter(values)
+
+    def scripted(batch: Any) -> dict[str, torch.Tensor]:
+        return {"loss_sum": torch.tensor(next(remaining)), "count": torch.tensor(1.0)}
+
+    model.evaluate_batch = scripted  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "best"),
+    [
+        ("min", [3.0, 1.0, 1.0, 2.0], 1),  # a tie keeps the earlier epoch
+        ("max", [1.0, 3.0, 3.0, 2.0], 1),
+        ("min", [math.nan, 2.0, 1.0, 3.0], 2),  # a NaN is never the best
+        ("max", [2.0, math.nan, 1.0, 0.5], 0),
+        ("last", [1.0, 2.0, 3.0, 4.0], 3),
+    ],
+)
+def test_the_best_epoch_is_the_first_best_finite_value_of_the_selected_metric(
+    mode: str, values: list[float], best: int, tmp_path: Path
+) -> None:
+    model = tiny_model("l2x_tabular")
+    _scripted_validation(model, values)
+    config = _config(epochs=4, select_mode=mode)
+    result = train(model, _dataset(), _dataset(8), tmp_path, config)
+    assert result.best_epoch == best
+    assert result.best_metrics == {"loss": values[best], "count": 1.0}
+    saved = json.loads((tmp_path / "last" / "trainer_state.json").read_text())
+    assert saved["best_epoch"] == best
+
+
+def test_a_resumed_run_keeps_the_best_epoch_of_the_epochs_before_the_stop(
+    tmp_path: Path,
+) -> None:
+    """Epoch 1 stays the best after a resume whose epochs are all worse: its best/ is kept."""
+    data, valid = _dataset(), _dataset(8)
+    model = tiny_model("l2x_tabular")
+    _scripted_validation(model, [3.0, 1.0])
+    train(model, data, valid, tmp_path, _config(epochs=2))
+    kept = (tmp_path / "best" / "model.safetensors").read_bytes()
+    resumed = tiny_model("l2x_tabular")
+    _scripted_validation(resumed, [2.0, 1.5])
+    result = train(resumed, data, valid, tmp_path, _config(epochs=4), resume=True)
+    assert (result.best_epoch, result.best_metrics["loss"]) == (1, 1.0)
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == kept
+
+
+def test_resume_refuses_a_change_of_any_setting_that_shapes_the_run(tmp_path: Path) -> None:
+    """Every field of RESUME_FIELDS, changed alone, is named; ``epochs`` may change."""
+    from aimle_zoo.training import RESUME_FIELDS
+
+    changes: dict[str, object] = {
+        "batch_size": 4, "lr": 1e-2, "lr_milestones": (1,), "lr_gamma": 0.5, "adam_eps": 1e-6,
+        "weight_decay": 0.1, "grad_clip": 1.0, "seed": 3, "select_metric": "accuracy",
+        "select_mode": "max", "max_steps_per_epoch": 2, "shuffle": False,
+    }  # fmt: skip
+    assert set(changes) == set(RESUME_FIELDS)
+    data = _dataset()
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, _config())
+    for key, value in changes.items():
+        with pytest.raises(ValueError, match=f"cannot resume .* {key}="):
+            train(tiny_model("l2x_tabular"), data, None, tmp_path,
+                  _config(epochs=2, **{key: value}), resume=True)  # fmt: skip
+
+
+def test_without_a_validation_set_the_best_checkpoint_is_the_last_epoch(tmp_path: Path) -> None:
+    """With no validation set, best/ follows every epoch, even one whose train metric is
+    worse (the train metric is no model-selection signal)."""
+    model = tiny_model("l2x_tabular")
+    training_loss = model.training_loss
+    steps = 0
+
+    def rising(batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        nonlocal steps
+        steps += 1
+        loss, logs = training_loss(batch)
+        return loss, {**logs, "rising": float(steps)}
+
+    model.training_loss = rising  # type: ignore[method-assign]
+    result = train(model, _dataset(), None, tmp_path, _config(epochs=3, select_metric="rising"))
+    assert result.best_epoch == 2 and result.best_metrics["rising"] == 10.5  # steps 9..12
+
+
+class _PerInstance(torch.nn.Module):
+    """A model whose evaluation returns per-instance values: its inputs, plus uniform noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def evaluate_batch(self, batch: Any) -> dict[str, torch.Tensor]:
+        (values,) = batch
+        return {"value": values, "noise": torch.rand(values.shape[0])}
+
+
+def test_evaluate_averages_over_instances_with_its_own_seeded_noise() -> None:
+    """Without ``reduce_metrics`` a metric is the mean over every instance (not the mean of
+    unequal batches' means); the noise is drawn from ``seed`` alone and the caller's random
+    stream is left where it was."""
+    from aimle_zoo.training import evaluate
+
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 30.0])
+    data = TensorDataset(values)
+    model = _PerInstance()
+    torch.manual_seed(123)
+    first = evaluate(model, data, batch_size=3)  # batches of 3, 3 and 2
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    torch.rand(5)  # another state of the caller's stream: the evaluation noise is the same
+    again = evaluate(model, data, batch_size=3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)  # evaluate drew nothing from the caller's stream
+    assert first["value"] == pytest.approx(float(values.mean()))  # 7.5, not 6.5
+    assert first["noise"] == again["noise"]
+    assert evaluate(model, data, batch_size=3, seed=1)["noise"] != first["noise"]
+
+
+def test_a_trainer_state_whose_extra_is_not_a_mapping_is_named(tmp_path: Path) -> None:
+    """The recipe, estimator and smoke flag a resume compares live in the config's ``extra``;
+    a state where it is no mapping is refused as damaged (not read as recording nothing)."""
+    from aimle_zoo.training import check_run_folder
+
+    made = _config(extra={"recipe": "l2x-xor", "estimator": "aimle"})
+    train(tiny_model("l2x_tabular"), _dataset(), None, tmp_path, made)
+    path = tmp_path / "last" / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["config"]["extra"] = ["l2x-switch", "imle"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"trainer_state.json is not a trainer state"):
+        check_run_folder(tmp_path, replace(made, epochs=2), resume=True, overwrite=False)

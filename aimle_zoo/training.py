@@ -996,6 +996,8 @@ def _run_epoch(
     save_last: Callable[[], None],
 ) -> None:
     limit = config.max_steps_per_epoch
+    if limit is not None and progress.step >= limit:  # resumed after the epoch's last step
+        return
     bar = tqdm(
         batches,
         initial=progress.step,
@@ -1004,8 +1006,6 @@ def _run_epoch(
         leave=False,
     )
     for batch in bar:
-        if limit is not None and progress.step >= limit:
-            break
         loss, logs = loss_module(move_to(batch, device))
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -1026,3 +1026,5 @@ def _run_epoch(
             postfix = {"loss": f"{float(loss.detach()):.4g}"}
             postfix.update({k: f"{v:.3g}" for k, v in estimator_diagnostics(model).items()})
             bar.set_postfix(postfix, refresh=False)
+        if limit is not None and progress.step >= limit:  # before the next batch is loaded
+            break

@@ -104,6 +104,23 @@ def test_resume_rewrites_the_log_from_the_saved_state(tmp_path: Path) -> None:
     assert "loss" in json.loads(log.read_text().splitlines()[1])["train"]
 
 
+class _CountingDataset(TensorDataset):
+    """A TensorDataset that counts the items the loader fetches."""
+
+    fetched = 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        self.fetched += 1
+        return super().__getitem__(index)
+
+
+def test_an_epoch_cut_short_loads_no_batch_beyond_its_last_step(tmp_path: Path) -> None:
+    data = _CountingDataset(*_dataset().tensors)
+    config = _config(epochs=2, max_steps_per_epoch=2, shuffle=False)
+    train(tiny_model("l2x_tabular"), data, None, tmp_path, config)
+    assert data.fetched == 2 * 2 * config.batch_size  # epochs × steps × batch
+
+
 @pytest.mark.parametrize("clip", [None, 1e-12])
 def test_gradient_clipping_reaches_the_optimizer(clip: float | None, tmp_path: Path) -> None:
     """Adam's first step moves every weight with a gradient g by lr·g/(|g| + ε): about lr

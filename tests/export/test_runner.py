@@ -343,6 +343,7 @@ def _graph_with_a_cycle() -> tuple[nn.Module, np.ndarray]:
     return solver, costs
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_instances_a_graph_path_solver_refuses_come_out_of_onnx_as_nan_rows(
     tmp_path: Path,
 ) -> None:

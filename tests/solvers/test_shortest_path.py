@@ -295,6 +295,7 @@ def test_grid_empty_batch() -> None:
         (torch.zeros(1, 2, 4, 4), r"expected a 3-D tensor"),
         (torch.zeros(2, 4, 4, dtype=torch.long), r"floating-point tensor"),
         (torch.zeros(2, 0, 4), r"the grid is empty"),
+        (torch.zeros(2, 4, 0), r"the grid is empty"),
         ([[[1.0]]], r"expected a torch.Tensor, got list"),
     ],
 )
@@ -601,7 +602,10 @@ def test_graph_rejects_bad_input() -> None:
         ({"edge_index": [[0, 1, 2]]}, r"edge_index must have shape \[2, E\]"),
         ({"edge_index": [[0.0], [1.0]]}, "must hold integers"),
         ({"edge_index": [[0], [5]], "num_nodes": 3}, r"outside \[0, 3\)"),
+        ({"edge_index": [[-1], [1]], "num_nodes": 3}, r"outside \[0, 3\)"),
+        ({"edge_index": torch.tensor([[True], [False]])}, "must hold integers, got torch.bool"),
         ({"edge_index": [[0], [1]], "source": 4}, r"source \[4\] outside the vertex range"),
+        ({"edge_index": [[0], [1]], "target": 2}, r"target \[2\] outside the vertex range"),
         ({"edge_index": [[0], [1]], "target": torch.tensor([1, -1])}, r"target \[-1\]"),
         ({"edge_index": [[0], [1]], "source": 0.5}, "source must be an int"),
         ({"edge_index": [[0], [1]], "source": torch.tensor([0.0])}, "source must be an int"),
@@ -760,3 +764,12 @@ def test_scripted_solvers_export_to_onnx_with_dynamic_shapes() -> None:
     theta = random_costs(DAG_VALUES, 17, edge_index.shape[1], seed=24)
     (z,) = session.run(None, {"theta": theta.numpy()})
     assert torch.equal(torch.from_numpy(z), graph(theta))
+
+
+def test_grid_overflow_check_counts_only_the_clamped_costs() -> None:
+    """Negative cells count 0 on a path, so they cannot offset large positive ones."""
+    theta = torch.zeros(2, 4, 4)
+    theta[1, :2] = 5e37  # 8 cells: their sum passes float32's largest value
+    theta[1, 2:] = -5e37  # would cancel it out unclamped
+    with pytest.raises(SolverInputError, match=r"overflow torch.float32 in instance\(s\) \[1\]"):
+        GridShortestPath()(theta)

@@ -318,9 +318,10 @@ def test_asymmetry_on_forbidden_edges_is_ignored() -> None:
     assert torch.equal(solver(weights.unsqueeze(0)), tree.unsqueeze(0))
 
 
-def test_disconnected_mask_names_the_instance() -> None:
+@pytest.mark.parametrize("isolated", [1, 5])
+def test_disconnected_mask_names_the_instance(isolated: int) -> None:
     mask = connected_masks(4, 6)
-    mask[2, 5, :] = mask[2, :, 5] = False  # vertex 5 isolated in instance 2
+    mask[2, isolated, :] = mask[2, :, isolated] = False  # isolated in instance 2
     for solver in (SpanningTree(mask=mask), get_solver("mst_scipy", mask=mask)):
         with pytest.raises(SolverInputError, match=r"do not connect all vertices in instance.* 2"):
             solver(symmetric_integers(4, 6))
@@ -380,6 +381,26 @@ def test_bad_edge_vector_length(length: int) -> None:
         edges_to_matrix(torch.zeros(2, length))
     with pytest.raises(SolverInputError, match=r"mst_edges: .*length n\(n-1\)"):
         SpanningTreeEdges()(torch.zeros(2, length))
+
+
+def test_symmetry_tolerance_scales_with_the_dtype() -> None:
+    """float16 weights one ulp apart are symmetric (8 eps of float16 is about 8e-3), while a
+    gap of 1e-3 in float64 is not."""
+    weights = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]]).unsqueeze(0)
+    half = weights.half()
+    half[0, 0, 1] = 1 + 2**-10  # one float16 ulp above 1
+    assert half[0, 0, 1] != half[0, 1, 0]
+    tree = SpanningTree(symmetrize=False)(half)
+    assert torch.equal(tree, SpanningTree(symmetrize=False)(weights.half()))
+    skewed = weights.double()
+    skewed[0, 0, 1] += 1e-3
+    with pytest.raises(SolverInputError, match="must be symmetric"):
+        SpanningTree(symmetrize=False)(skewed)
+
+
+def test_edges_to_matrix_refuses_a_scalar() -> None:
+    with pytest.raises(SolverInputError, match=r"edges_to_matrix: expected a tensor .* scalar"):
+        edges_to_matrix(torch.tensor(2.0))
 
 
 def test_matrix_to_edges_needs_square_matrices() -> None:

@@ -773,3 +773,24 @@ def test_grid_overflow_check_counts_only_the_clamped_costs() -> None:
     theta[1, 2:] = -5e37  # would cancel it out unclamped
     with pytest.raises(SolverInputError, match=r"overflow torch.float32 in instance\(s\) \[1\]"):
         GridShortestPath()(theta)
+
+
+def test_graph_params_record_only_the_arguments_given() -> None:
+    """``params`` rebuild the solver from exported metadata: defaults are left out."""
+    edge_index = [[0, 1], [1, 2]]
+    assert GraphShortestPath(edge_index).params == {"edge_index": edge_index}
+    assert GraphShortestPath(edge_index, 3, source=0, target=2, output="vertices").params == {
+        "edge_index": edge_index,
+        "num_nodes": 3,
+        "target": 2,
+        "output": "vertices",
+    }
+    assert GraphShortestPath(edge_index, source=1).params == {"edge_index": edge_index, "source": 1}
+    assert ShortestPath(edge_index=edge_index).params == {"edge_index": edge_index}
+    assert ShortestPath().params == {}
+
+
+def test_graph_errors_name_at_most_eight_instances() -> None:
+    solver = GraphShortestPath([[0], [1]], 3, target=2)  # vertex 2 is unreachable
+    with pytest.raises(SolverInputError, match=r"instance\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\];"):
+        solver(torch.zeros(10, 1))

@@ -336,6 +336,7 @@ def test_disconnected_mask_names_the_instance(isolated: int) -> None:
         ({"mask": [[True]]}, "mask must be a boolean tensor"),
         ({"mask": torch.ones(4, 5, dtype=torch.bool)}, r"\[n, n\] or \[B, n, n\], got \(4, 5\)"),
         ({"mask": torch.ones(4, dtype=torch.bool)}, r"got \(4,\)"),
+        ({"mask": torch.ones(0, 4, 4, dtype=torch.bool)}, r"got \(0, 4, 4\) \(B >= 1\)"),
         ({"mask": torch.ones(4, 4, dtype=torch.bool).triu()}, "mask must be symmetric"),
         ({"maximum": "yes"}, "maximum must be True or False"),
         ({"symmetrize": 1}, "symmetrize must be True or False"),
@@ -344,6 +345,17 @@ def test_disconnected_mask_names_the_instance(isolated: int) -> None:
 def test_bad_parameters(params: dict[str, Any], message: str) -> None:
     with pytest.raises(SolverInputError, match=message):
         SpanningTree(**params)
+
+
+def test_the_solver_keeps_its_own_copy_of_the_mask() -> None:
+    """Editing the caller's mask afterwards changes neither the solver nor its trees."""
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    solver = SpanningTree(mask=mask)
+    weights = symmetric_integers(3, 4)
+    before = solver(weights)
+    mask[0, 1] = mask[1, 0] = False
+    assert bool(solver.mask.all())
+    assert torch.equal(solver(weights), before)
 
 
 @pytest.mark.parametrize(
@@ -567,3 +579,12 @@ def test_weights_near_the_dtype_maximum_symmetrise_without_overflow(
         assert torch.equal(get_solver("mst_scipy")(weights).double(), expected)
         edges = matrix_to_edges(weights)  # [1, n(n-1)] directed scores
         assert torch.equal(get_solver("mst_edges")(edges).double(), matrix_to_edges(expected))
+
+
+def test_batch_multiple_is_the_number_of_per_instance_masks() -> None:
+    """Estimators draw m samples per instance; a [B', n, n] mask needs batches of m·B'."""
+    assert SpanningTree().batch_multiple() == 1
+    assert SpanningTree(mask=torch.ones(4, 4, dtype=torch.bool)).batch_multiple() == 1
+    per_instance = torch.ones(3, 4, 4, dtype=torch.bool)
+    assert SpanningTree(mask=per_instance).batch_multiple() == 3
+    assert MinimumSpanningTree(mask=per_instance).batch_multiple() == 3

@@ -588,3 +588,10 @@ def test_batch_multiple_is_the_number_of_per_instance_masks() -> None:
     per_instance = torch.ones(3, 4, 4, dtype=torch.bool)
     assert SpanningTree(mask=per_instance).batch_multiple() == 3
     assert MinimumSpanningTree(mask=per_instance).batch_multiple() == 3
+
+
+@pytest.mark.parametrize("solver", [SpanningTree(), MinimumSpanningTree()])
+def test_relaxation_of_a_single_vertex_is_the_empty_tree(solver: SpanningTree) -> None:
+    weights = torch.zeros(3, 1, 1, requires_grad=True)
+    marginals = solver.relax(weights, 0.5)
+    assert marginals.shape == (3, 1, 1) and not bool(marginals.any())

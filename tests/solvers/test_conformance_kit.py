@@ -308,6 +308,8 @@ def test_batch_independence_names_the_instances() -> None:
 def test_malformed_feasible_and_objective_are_reported() -> None:
     report = run(top_k, feasible=lambda theta: theta, checks=["optimality"])
     assert "feasible() must return a non-empty [F, 6] tensor" in report["optimality"].message
+    report = run(top_k, feasible=lambda theta: theta.unsqueeze(0)[:0], checks=["optimality"])
+    assert "feasible() must return a non-empty [F, 6] tensor" in report["optimality"].message
     report = run(top_k, objective=lambda theta, z: theta * z, checks=["relative_optimality"])
     assert "must return a tensor of shape [64]" in report["relative_optimality"].message
 

@@ -37,7 +37,9 @@ from aimle_zoo.solvers.reference.shortest_path import (
 from aimle_zoo.solvers.shortest_path import (
     _grid_distances,
     _grid_distances_inplace,
+    dijkstra_scipy,
     graph_path_cost,
+    grid_path_cost,
 )
 
 GRID_VALUES = torch.tensor([-1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 2.0, 5.0])
@@ -794,3 +796,26 @@ def test_graph_errors_name_at_most_eight_instances() -> None:
     solver = GraphShortestPath([[0], [1]], 3, target=2)  # vertex 2 is unreachable
     with pytest.raises(SolverInputError, match=r"instance\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\];"):
         solver(torch.zeros(10, 1))
+
+
+@pytest.mark.parametrize("target", range(4, 10))
+def test_a_negative_cycle_is_named_however_far_down_the_target_lies(target: int) -> None:
+    """Round V improves only every third vertex below a 3-cycle: the unbounded vertices are
+    all those reachable from the improved ones, not only their direct successors."""
+    # 0 -> 1, the cycle 1 -> 2 -> 3 -> 1 of cost -1, then the chain 3 -> 4 -> ... -> 9
+    edge_index = [[0, 1, 2, 3, 3, 4, 5, 6, 7, 8], [1, 2, 3, 1, 4, 5, 6, 7, 8, 9]]
+    costs = torch.zeros(1, 10)
+    costs[0, 1] = -1.0
+    with pytest.raises(SolverInputError, match=r"negative-cost cycle .* instance\(s\) \[0\]"):
+        GraphShortestPath(edge_index, 10, target=target)(costs)
+
+
+def test_float64_grids_are_solved_in_float64() -> None:
+    """Two routes 1e-12 apart tie in float32: float64 costs must pick the cheaper one."""
+    theta = torch.ones(2, 2, 2, dtype=torch.float64)
+    theta[0, 0, 1] += 1e-12  # instance 0: down then right is cheaper
+    theta[1, 1, 0] += 1e-12  # instance 1: right then down is cheaper
+    z = GridShortestPath(4)(theta)
+    assert z[0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert z[1].tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    assert torch.equal(grid_path_cost(theta, z), grid_path_cost(theta, dijkstra_scipy(theta, 4)))

@@ -121,6 +121,22 @@ def test_module_solver_runs_on_the_requested_device() -> None:
     assert report.ok, str(report)
 
 
+def test_a_module_solver_is_moved_to_the_requested_device() -> None:
+    """The kit moves the module with θ (its buffers too); "meta" stands in for an accelerator."""
+
+    class Offset(Solver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("offset", torch.zeros(N))
+
+        def forward(self, theta: Tensor) -> Tensor:
+            return top_k(theta + self.offset)
+
+    solver = Offset()
+    run(solver, device="meta", checks=["call"])
+    assert solver.offset.device.type == "meta"
+
+
 # ----------------------------------------------------------------------------- detected breaches
 
 

@@ -59,8 +59,7 @@ def _prim_parents(weights: Tensor, maximum: bool, mask: Tensor | None) -> Tensor
     if mask is not None:
         allowed = torch.logical_and(allowed, mask)  # [n, n] or [B, n, n]
     signed = weights if maximum else -weights
-    score = torch.where(allowed, signed, float("-inf"))  # [B, n, n], a fresh tensor
-    score[:, :, 0] = float("-inf")  # no edge may enter the root
+    score = torch.where(allowed, signed, float("-inf"))  # [B, n, n]
     rows = score.reshape(batch * n, n)  # [B·n, n] row b·n + u: the offers of vertex u
     row_offsets = torch.arange(batch, device=weights.device) * n  # [B]
     best = score[:, 0, :].clone()  # [B, n] best edge from the tree to each vertex

@@ -121,6 +121,22 @@ def test_module_solver_runs_on_the_requested_device() -> None:
     assert report.ok, str(report)
 
 
+def test_a_module_solver_is_moved_to_the_requested_device() -> None:
+    """The kit moves the module with θ (its buffers too); "meta" stands in for an accelerator."""
+
+    class Offset(Solver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("offset", torch.zeros(N))
+
+        def forward(self, theta: Tensor) -> Tensor:
+            return top_k(theta + self.offset)
+
+    solver = Offset()
+    run(solver, device="meta", checks=["call"])
+    assert solver.offset.device.type == "meta"
+
+
 # ----------------------------------------------------------------------------- detected breaches
 
 
@@ -308,6 +324,8 @@ def test_batch_independence_names_the_instances() -> None:
 def test_malformed_feasible_and_objective_are_reported() -> None:
     report = run(top_k, feasible=lambda theta: theta, checks=["optimality"])
     assert "feasible() must return a non-empty [F, 6] tensor" in report["optimality"].message
+    report = run(top_k, feasible=lambda theta: theta.unsqueeze(0)[:0], checks=["optimality"])
+    assert "feasible() must return a non-empty [F, 6] tensor" in report["optimality"].message
     report = run(top_k, objective=lambda theta, z: theta * z, checks=["relative_optimality"])
     assert "must return a tensor of shape [64]" in report["relative_optimality"].message
 
@@ -452,3 +470,29 @@ def test_masked_entries_do_not_turn_the_default_objective_into_nan() -> None:
 def test_check_solver_params_complete_the_examples_instead_of_replacing_them() -> None:
     report = check_solver("topk", params={"ties": "threshold"}, check_gradients=False)
     assert report["call"].passed, str(report)
+
+
+def test_a_solution_worse_by_more_than_a_few_ulps_is_sub_optimal() -> None:
+    """The tolerance is a few ulps of ‖θ‖₁, not a fraction of it: 1e-3 short of the best on
+    scores of about 1 fails both optimality checks."""
+
+    def close_scores(batch_size: int, generator: torch.Generator) -> tuple[dict[str, Any], Tensor]:
+        theta = torch.zeros(batch_size, N)
+        theta[:, 0], theta[:, 1] = 1.0, 1.001  # the best single entry is the second
+        theta[1::2, 2] = 0.5  # odd rows: the solver below finds it
+        return {"k": 1}, theta
+
+    def second_only_with_a_hint(theta: Tensor) -> Tensor:
+        """The first entry, or the second where the third is positive (a rule of the values)."""
+        chosen = (theta[:, 2] > 0).long()  # [B]
+        return torch.nn.functional.one_hot(chosen, theta.shape[-1]).to(theta)
+
+    report = run(second_only_with_a_hint, make_input=close_scores, feasible=partial(k_subsets, k=1))
+    assert failed_names(report) == {"relative_optimality", "optimality"}, str(report)
+    assert "on instance 0 the solution of instance 1 scores 1.001" in str(report)
+
+
+def test_a_nan_output_is_reported_as_not_binary_not_as_non_deterministic() -> None:
+    report = run(lambda theta: top_k(theta) * float("nan"), checks=["binary", "determinism"])
+    assert failed_names(report) == {"binary", "determinism"}
+    assert report["determinism"].message == "not checked: the output holds NaN (see 'binary')"

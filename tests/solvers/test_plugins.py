@@ -331,3 +331,44 @@ def test_scipy_oracle_matches_brute_force() -> None:
     candidates = permutation_matrices(weights)
     best = (candidates * weights).sum(dim=(1, 2)).max()
     assert float(weights[rows, cols].sum()) == pytest.approx(float(best), abs=1e-12)
+
+
+def test_a_failed_plugin_leaves_none_of_its_aliases_registered(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = """
+        from aimle_zoo.solvers import register_solver
+
+        @register_solver("plug_misnamed", aliases=("plug_misnamed_alias",))
+        def solve(theta):
+            return theta
+    """
+    site.write_module("plug_aliased", source)
+    patch_entry_points(monkeypatch, entry_point("aliased", "plug_aliased:solve"))
+    assert set(load_plugins()) == {"aliased"}
+    for name in ("plug_misnamed", "plug_misnamed_alias"):
+        with pytest.raises(UnknownSolverError, match=f"unknown solver '{name}'") as err:
+            get_solver_spec(name)
+        assert "plug_misnamed_alias," not in str(err.value)  # not among the known names
+
+    @register_solver("plug_misnamed_alias")  # the name is free again
+    def solve(theta: Tensor) -> Tensor:
+        return theta
+
+    assert get_solver_spec("plug_misnamed_alias").factory is solve
+
+
+def test_a_name_that_loads_from_a_later_entry_point_is_not_reported_failed(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two distributions offering one name: the broken first one does not mark as failed the
+    solver that the second one then provides."""
+    site.write_module("plug_dup_broken", "raise RuntimeError('broken copy')\n")
+    site.write_module("plug_dup_good", identity_solver_module("dup"))
+    patch_entry_points(
+        monkeypatch,
+        entry_point("dup", "plug_dup_broken:solve"),
+        entry_point("dup", "plug_dup_good:solve"),
+    )
+    assert load_plugins() == {}
+    assert get_solver("dup")(torch.ones(1, 2)).tolist() == [[1.0, 1.0]]

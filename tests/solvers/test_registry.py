@@ -350,3 +350,72 @@ def test_a_registered_plain_class_keeps_its_instance_sense_and_relaxation() -> N
     theta = torch.tensor([[0.3, -1.0, 2.0]], requires_grad=True)
     z = Relaxed(noise=None, temperature=0.5)(built, theta)
     torch.testing.assert_close(z.detach(), torch.softmax(-theta.detach() / 0.5, dim=-1))
+
+
+def test_a_definition_registered_again_under_its_own_alias_raises() -> None:
+    """Only the same definition under the same name counts as a re-run; taking one of its own
+    aliases as a new name would leave that key both a solver and an alias."""
+    register_solver("reg_self", aliases=("reg_self_alias",))(top_k)
+    with pytest.raises(ValueError, match="already registered under the name 'reg_self_alias'"):
+        register_solver("reg_self_alias")(top_k)
+    assert "reg_self_alias" not in solver_registry
+    assert get_solver_spec("reg_self_alias").name == "reg_self"
+
+
+def test_a_class_keeps_its_own_sense_attribute() -> None:
+    """The registry gives ``sense`` only to classes without one: a property computing it
+    per instance survives registration."""
+
+    @register_solver("reg_own_sense", sense="max")
+    class Either(Solver):
+        def __init__(self, maximum: bool = True) -> None:
+            super().__init__()
+            self.maximum = maximum
+
+        @property
+        def sense(self) -> str:
+            return "max" if self.maximum else "min"
+
+        def forward(self, theta: Tensor) -> Tensor:
+            return theta
+
+    assert isinstance(vars(Either)["sense"], property)
+    assert get_solver("reg_own_sense", maximum=False).sense == "min"
+
+    @register_solver("reg_no_sense", sense="min")
+    class Plain(Solver):
+        def forward(self, theta: Tensor) -> Tensor:
+            return theta
+
+    assert vars(Plain)["sense"] == "min"
+
+
+def test_only_aimle_zoo_modules_are_builtin() -> None:
+    """The source is "builtin" for ``aimle_zoo`` and its submodules only, not for another
+    package whose name merely starts the same."""
+    for module, source in [
+        ("aimle_zoo.solvers.extra", "builtin"),
+        ("aimle_zoo", "builtin"),
+        ("aimle_zoo_contrib.solvers", "module aimle_zoo_contrib.solvers"),
+        ("aimlezoo_assignment_plugin", "module aimlezoo_assignment_plugin"),
+    ]:
+
+        def solve(theta: Tensor) -> Tensor:
+            return theta
+
+        solve.__module__ = module
+        name = f"reg_source_{module.replace('.', '_')}"
+        assert register_solver(name)(solve) is solve
+        assert get_solver_spec(name).source == source
+
+
+def test_a_missing_parameter_of_a_solver_taking_any_keyword_is_named() -> None:
+    """A factory with ``**options`` accepts any extra name, so the error is the missing one."""
+
+    def scaled(theta: Tensor, k: int, **options: Any) -> Tensor:
+        return top_k(theta, k)
+
+    register_solver("reg_kwargs")(scaled)
+    with pytest.raises(TypeError, match=r"missing a required argument: 'k' \(given \['size'\]\)"):
+        get_solver("reg_kwargs", size=2)
+    assert get_solver("reg_kwargs", k=1, size=2).params == {"k": 1, "size": 2}

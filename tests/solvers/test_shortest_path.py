@@ -37,7 +37,9 @@ from aimle_zoo.solvers.reference.shortest_path import (
 from aimle_zoo.solvers.shortest_path import (
     _grid_distances,
     _grid_distances_inplace,
+    dijkstra_scipy,
     graph_path_cost,
+    grid_path_cost,
 )
 
 GRID_VALUES = torch.tensor([-1.0, 0.0, 0.0, 0.5, 1.0, 1.0, 2.0, 5.0])
@@ -295,6 +297,7 @@ def test_grid_empty_batch() -> None:
         (torch.zeros(1, 2, 4, 4), r"expected a 3-D tensor"),
         (torch.zeros(2, 4, 4, dtype=torch.long), r"floating-point tensor"),
         (torch.zeros(2, 0, 4), r"the grid is empty"),
+        (torch.zeros(2, 4, 0), r"the grid is empty"),
         ([[[1.0]]], r"expected a torch.Tensor, got list"),
     ],
 )
@@ -601,7 +604,10 @@ def test_graph_rejects_bad_input() -> None:
         ({"edge_index": [[0, 1, 2]]}, r"edge_index must have shape \[2, E\]"),
         ({"edge_index": [[0.0], [1.0]]}, "must hold integers"),
         ({"edge_index": [[0], [5]], "num_nodes": 3}, r"outside \[0, 3\)"),
+        ({"edge_index": [[-1], [1]], "num_nodes": 3}, r"outside \[0, 3\)"),
+        ({"edge_index": torch.tensor([[True], [False]])}, "must hold integers, got torch.bool"),
         ({"edge_index": [[0], [1]], "source": 4}, r"source \[4\] outside the vertex range"),
+        ({"edge_index": [[0], [1]], "target": 2}, r"target \[2\] outside the vertex range"),
         ({"edge_index": [[0], [1]], "target": torch.tensor([1, -1])}, r"target \[-1\]"),
         ({"edge_index": [[0], [1]], "source": 0.5}, "source must be an int"),
         ({"edge_index": [[0], [1]], "source": torch.tensor([0.0])}, "source must be an int"),
@@ -760,3 +766,56 @@ def test_scripted_solvers_export_to_onnx_with_dynamic_shapes() -> None:
     theta = random_costs(DAG_VALUES, 17, edge_index.shape[1], seed=24)
     (z,) = session.run(None, {"theta": theta.numpy()})
     assert torch.equal(torch.from_numpy(z), graph(theta))
+
+
+def test_grid_overflow_check_counts_only_the_clamped_costs() -> None:
+    """Negative cells count 0 on a path, so they cannot offset large positive ones."""
+    theta = torch.zeros(2, 4, 4)
+    theta[1, :2] = 5e37  # 8 cells: their sum passes float32's largest value
+    theta[1, 2:] = -5e37  # would cancel it out unclamped
+    with pytest.raises(SolverInputError, match=r"overflow torch.float32 in instance\(s\) \[1\]"):
+        GridShortestPath()(theta)
+
+
+def test_graph_params_record_only_the_arguments_given() -> None:
+    """``params`` rebuild the solver from exported metadata: defaults are left out."""
+    edge_index = [[0, 1], [1, 2]]
+    assert GraphShortestPath(edge_index).params == {"edge_index": edge_index}
+    assert GraphShortestPath(edge_index, 3, source=0, target=2, output="vertices").params == {
+        "edge_index": edge_index,
+        "num_nodes": 3,
+        "target": 2,
+        "output": "vertices",
+    }
+    assert GraphShortestPath(edge_index, source=1).params == {"edge_index": edge_index, "source": 1}
+    assert ShortestPath(edge_index=edge_index).params == {"edge_index": edge_index}
+    assert ShortestPath().params == {}
+
+
+def test_graph_errors_name_at_most_eight_instances() -> None:
+    solver = GraphShortestPath([[0], [1]], 3, target=2)  # vertex 2 is unreachable
+    with pytest.raises(SolverInputError, match=r"instance\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\];"):
+        solver(torch.zeros(10, 1))
+
+
+@pytest.mark.parametrize("target", range(4, 10))
+def test_a_negative_cycle_is_named_however_far_down_the_target_lies(target: int) -> None:
+    """Round V improves only every third vertex below a 3-cycle: the unbounded vertices are
+    all those reachable from the improved ones, not only their direct successors."""
+    # 0 -> 1, the cycle 1 -> 2 -> 3 -> 1 of cost -1, then the chain 3 -> 4 -> ... -> 9
+    edge_index = [[0, 1, 2, 3, 3, 4, 5, 6, 7, 8], [1, 2, 3, 1, 4, 5, 6, 7, 8, 9]]
+    costs = torch.zeros(1, 10)
+    costs[0, 1] = -1.0
+    with pytest.raises(SolverInputError, match=r"negative-cost cycle .* instance\(s\) \[0\]"):
+        GraphShortestPath(edge_index, 10, target=target)(costs)
+
+
+def test_float64_grids_are_solved_in_float64() -> None:
+    """Two routes 1e-12 apart tie in float32: float64 costs must pick the cheaper one."""
+    theta = torch.ones(2, 2, 2, dtype=torch.float64)
+    theta[0, 0, 1] += 1e-12  # instance 0: down then right is cheaper
+    theta[1, 1, 0] += 1e-12  # instance 1: right then down is cheaper
+    z = GridShortestPath(4)(theta)
+    assert z[0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert z[1].tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    assert torch.equal(grid_path_cost(theta, z), grid_path_cost(theta, dijkstra_scipy(theta, 4)))

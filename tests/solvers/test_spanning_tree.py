@@ -318,9 +318,10 @@ def test_asymmetry_on_forbidden_edges_is_ignored() -> None:
     assert torch.equal(solver(weights.unsqueeze(0)), tree.unsqueeze(0))
 
 
-def test_disconnected_mask_names_the_instance() -> None:
+@pytest.mark.parametrize("isolated", [1, 5])
+def test_disconnected_mask_names_the_instance(isolated: int) -> None:
     mask = connected_masks(4, 6)
-    mask[2, 5, :] = mask[2, :, 5] = False  # vertex 5 isolated in instance 2
+    mask[2, isolated, :] = mask[2, :, isolated] = False  # isolated in instance 2
     for solver in (SpanningTree(mask=mask), get_solver("mst_scipy", mask=mask)):
         with pytest.raises(SolverInputError, match=r"do not connect all vertices in instance.* 2"):
             solver(symmetric_integers(4, 6))
@@ -335,6 +336,7 @@ def test_disconnected_mask_names_the_instance() -> None:
         ({"mask": [[True]]}, "mask must be a boolean tensor"),
         ({"mask": torch.ones(4, 5, dtype=torch.bool)}, r"\[n, n\] or \[B, n, n\], got \(4, 5\)"),
         ({"mask": torch.ones(4, dtype=torch.bool)}, r"got \(4,\)"),
+        ({"mask": torch.ones(0, 4, 4, dtype=torch.bool)}, r"got \(0, 4, 4\) \(B >= 1\)"),
         ({"mask": torch.ones(4, 4, dtype=torch.bool).triu()}, "mask must be symmetric"),
         ({"maximum": "yes"}, "maximum must be True or False"),
         ({"symmetrize": 1}, "symmetrize must be True or False"),
@@ -343,6 +345,17 @@ def test_disconnected_mask_names_the_instance() -> None:
 def test_bad_parameters(params: dict[str, Any], message: str) -> None:
     with pytest.raises(SolverInputError, match=message):
         SpanningTree(**params)
+
+
+def test_the_solver_keeps_its_own_copy_of_the_mask() -> None:
+    """Editing the caller's mask afterwards changes neither the solver nor its trees."""
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    solver = SpanningTree(mask=mask)
+    weights = symmetric_integers(3, 4)
+    before = solver(weights)
+    mask[0, 1] = mask[1, 0] = False
+    assert bool(solver.mask.all())
+    assert torch.equal(solver(weights), before)
 
 
 @pytest.mark.parametrize(
@@ -380,6 +393,26 @@ def test_bad_edge_vector_length(length: int) -> None:
         edges_to_matrix(torch.zeros(2, length))
     with pytest.raises(SolverInputError, match=r"mst_edges: .*length n\(n-1\)"):
         SpanningTreeEdges()(torch.zeros(2, length))
+
+
+def test_symmetry_tolerance_scales_with_the_dtype() -> None:
+    """float16 weights one ulp apart are symmetric (8 eps of float16 is about 8e-3), while a
+    gap of 1e-3 in float64 is not."""
+    weights = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 3.0, 0.0]]).unsqueeze(0)
+    half = weights.half()
+    half[0, 0, 1] = 1 + 2**-10  # one float16 ulp above 1
+    assert half[0, 0, 1] != half[0, 1, 0]
+    tree = SpanningTree(symmetrize=False)(half)
+    assert torch.equal(tree, SpanningTree(symmetrize=False)(weights.half()))
+    skewed = weights.double()
+    skewed[0, 0, 1] += 1e-3
+    with pytest.raises(SolverInputError, match="must be symmetric"):
+        SpanningTree(symmetrize=False)(skewed)
+
+
+def test_edges_to_matrix_refuses_a_scalar() -> None:
+    with pytest.raises(SolverInputError, match=r"edges_to_matrix: expected a tensor .* scalar"):
+        edges_to_matrix(torch.tensor(2.0))
 
 
 def test_matrix_to_edges_needs_square_matrices() -> None:
@@ -546,3 +579,19 @@ def test_weights_near_the_dtype_maximum_symmetrise_without_overflow(
         assert torch.equal(get_solver("mst_scipy")(weights).double(), expected)
         edges = matrix_to_edges(weights)  # [1, n(n-1)] directed scores
         assert torch.equal(get_solver("mst_edges")(edges).double(), matrix_to_edges(expected))
+
+
+def test_batch_multiple_is_the_number_of_per_instance_masks() -> None:
+    """Estimators draw m samples per instance; a [B', n, n] mask needs batches of m·B'."""
+    assert SpanningTree().batch_multiple() == 1
+    assert SpanningTree(mask=torch.ones(4, 4, dtype=torch.bool)).batch_multiple() == 1
+    per_instance = torch.ones(3, 4, 4, dtype=torch.bool)
+    assert SpanningTree(mask=per_instance).batch_multiple() == 3
+    assert MinimumSpanningTree(mask=per_instance).batch_multiple() == 3
+
+
+@pytest.mark.parametrize("solver", [SpanningTree(), MinimumSpanningTree()])
+def test_relaxation_of_a_single_vertex_is_the_empty_tree(solver: SpanningTree) -> None:
+    weights = torch.zeros(3, 1, 1, requires_grad=True)
+    marginals = solver.relax(weights, 0.5)
+    assert marginals.shape == (3, 1, 1) and not bool(marginals.any())

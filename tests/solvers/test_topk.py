@@ -299,3 +299,16 @@ def test_minus_infinity_used_as_a_mask_gets_advice_on_masking() -> None:
     keep = torch.ones(3, 6, dtype=torch.bool)
     keep[1, 2] = False
     assert TopK(2)(theta.masked_fill(~keep, -1e4))[1, 2] == 0  # the advice works
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_one_tie_among_thousands_of_half_precision_rows_is_resolved(dtype: torch.dtype) -> None:
+    """A half-precision sum of the 0/1 mask is not exact beyond 2^11 (2^8 for bfloat16), so
+    the count that detects ties must not be taken in θ's dtype: 2,201 ones would read as
+    2,200 and the tied row would keep three."""
+    rows, k = 1100, 2
+    theta = torch.arange(4, dtype=dtype).repeat(rows, 1)  # [1100, 4], no ties at the k-th
+    theta[0, 1] = theta[0, 2]  # one tie at row 0's k-th largest value
+    z = TopK(k)(theta)
+    assert torch.equal(z, topk_argsort(theta, k))
+    assert z.sum(dim=-1).eq(k).all()

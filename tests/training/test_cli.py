@@ -529,3 +529,71 @@ def test_a_failing_command_prints_one_error_line_unless_debugging(
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(KeyError, match="no solver named"):
         failing()
+
+
+def test_comparison_table_shows_each_test_metric_and_the_training_time() -> None:
+    """Columns: the test metrics in name order (not the instance count), 4 significant digits,
+    NaN where a run lacks one; the last column is the whole training time in seconds."""
+    from aimle_zoo.compare import comparison_table
+
+    results = {
+        "imle": {"test": {"loss": 0.123456, "count": 256, "accuracy": 0.5}, "seconds": 12.6},
+        "ste": {"test": {"loss": 2.0, "count": 256}, "seconds": 3.2},
+    }
+    assert comparison_table(results) == (
+        "| estimator | accuracy | loss | train s |\n"
+        "|---|---|---|---|\n"
+        "| imle | 0.5 | 0.1235 | 13 |\n"
+        "| ste | nan | 2 | 3 |\n"
+    )
+
+
+def test_commands_default_to_folders_named_after_the_task_and_estimator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train writes runs/TASK-ESTIMATOR (aimle when not named), compare runs/compare/TASK; the
+    estimator list may hold spaces, and the recorded command keeps --max-steps."""
+    monkeypatch.chdir(tmp_path)
+    options = ("--smoke", "--epochs", "1", "--no-progress")
+    invoke("train", "l2x-xor", *options)
+    invoke("train", "l2x-xor", "--estimator", "ste", *options)
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == [
+        "l2x-xor-aimle",
+        "l2x-xor-ste",
+    ]
+    assert read_recipe(tmp_path / "runs" / "l2x-xor-ste" / "best")["estimator"] == "ste"
+    invoke("compare", "l2x-xor", "--estimators", " imle , ste ", "--smoke", "--max-steps", "2",
+           "--epochs", "1")  # fmt: skip
+    folder = tmp_path / "runs" / "compare" / "l2x-xor"
+    saved = json.loads((folder / "comparison.json").read_text())
+    assert list(saved["results"]) == ["imle", "ste"]
+    assert "--estimators imle,ste --epochs 1 --max-steps 2 --seed 0" in saved["command"]
+    state = json.loads((folder / "ste" / "last" / "trainer_state.json").read_text())
+    assert state["config"]["max_steps_per_epoch"] == 2
+
+
+def test_an_evaluation_limit_below_one_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--limit", "0"])
+    assert result.exit_code == 2 and "--limit" in result.output
+    assert "error: " not in result.output
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly_with_status_0() -> None:
+    """`aimle-zoo ... | head`: a closed pipe is not an error, and no traceback or 'Exception
+    ignored' note follows at exit."""
+    script = (
+        "import typer\n"
+        "from aimle_zoo.cli._options import guarded\n"
+        "def lines() -> None:\n"
+        "    for _ in range(10**6):\n"
+        "        typer.echo('x' * 100)\n"
+        "typer.run(guarded(lines))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b"x" * 100 + b"\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""

@@ -50,6 +50,7 @@ def test_export_of_a_model_name_uses_fresh_default_weights(tmp_path: Path) -> No
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "freshly initialised default configuration (untrained)" in result.output
+    assert "vs eager PyTorch" not in result.output  # verified only when asked (--verify)
     assert [entry.name for entry in out.iterdir()] == ["l2x_tabular.pt"]
     assert read_metadata(out / "l2x_tabular.pt")["config"]["input_dim"] == 10
 
@@ -193,6 +194,7 @@ def test_quickstart_runs_every_bundled_checkpoint_on_its_sample_inputs(
     files = sorted(entry.name for entry in out.iterdir())
     assert files == ["grid-tiny.onnx", "grid-tiny.pt", "plain-tiny.onnx", "plain-tiny.pt"]
     assert read_metadata(out / "grid-tiny.onnx")["inputs"][0]["shape"] == ["batch", 3, 40, 40]
+    assert table[-1] == f"exported files in {out}"
 
 
 def test_quickstart_without_checkpoints_uses_fresh_default_models(

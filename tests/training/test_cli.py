@@ -140,6 +140,10 @@ def test_the_solver_list_shows_which_solvers_have_a_relaxation() -> None:
     assert rows["mst_edges"] == ["max", "yes", "yes"]
     assert rows["dijkstra"] == ["min", "yes", "no"]
     assert rows["mst_scipy"] == ["max", "no", "no"]
+    lines = output.splitlines()  # the columns line up under their headers
+    for header in ("sense", "export", "relax", "input", "description"):
+        column = lines[0].index(header)
+        assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines)
 
 
 # ----------------------------------------------------------------------------- publish
@@ -446,6 +450,9 @@ def test_check_gradient_reports_the_cosine_on_the_solvers_example() -> None:
     assert "topk with aimle: cosine to the exact gradient" in output
     assert f"({math.comb(10, 4)} solutions)" in output  # every 4-subset of the 10 scores
     assert "too many solutions" in fails("check-gradient", "grid_shortest_path", "--seeds", "4")
+    for bad in (["--seeds", "1"], ["--warmup", "-1"]):  # a cosine needs two noisy copies
+        result = CliRunner().invoke(app, ["check-gradient", "topk", *bad])
+        assert result.exit_code == 2 and bad[0] in result.output
 
 
 def _sigterm_after_two_epochs(arguments: list[str], log: Path, tmp_path: Path) -> str:

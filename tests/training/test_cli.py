@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -78,6 +79,7 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
     for estimator, result in saved["results"].items():  # the whole training time of each run
         log = [json.loads(line) for line in (out / estimator / "metrics.jsonl").open()]
         assert result["seconds"] == pytest.approx(sum(record["seconds"] for record in log))
+        assert result["curve"] == [record["valid"] for record in log]  # validation, per epoch
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert saved["aimle_zoo_version"] == aimle_zoo.__version__
     assert saved["settings"]["epochs"] == 2 and saved["settings"]["smoke"] is True
@@ -100,6 +102,9 @@ def test_compare_with_the_other_noise_convention(tmp_path: Path) -> None:
     invoke(*args, "--estimators", "imle", "--minimizer-noise", "negate")
     config = json.loads((out / "imle" / "last" / "config.json").read_text())
     assert config["estimator"]["minimizer_noise"] == "negate"
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["settings"]["minimizer_noise"] == "negate"
+    assert "--minimizer-noise negate" in saved["command"]
     # the run is not reused for the recipe's own convention
     assert "minimizer_noise='negate' (now 'add')" in fails(*args, "--estimators", "imle")
 
@@ -111,7 +116,12 @@ def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("curves", "scale"),
-    [((70.0, 80.0, 240.0), "log"), ((0.4, 0.7), "linear"), ((-2500.0, -40000.0), "log")],
+    [
+        ((70.0, 80.0, 240.0), "log"),
+        ((0.4, 0.7), "linear"),
+        ((1.0, 2.5), "linear"),  # log only beyond a factor of 3
+        ((-2500.0, -40000.0), "log"),
+    ],
 )
 def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
     curves: tuple[float, ...], scale: str, tmp_path: Path
@@ -570,11 +580,13 @@ def test_commands_default_to_folders_named_after_the_task_and_estimator(
     ]
     assert read_recipe(tmp_path / "runs" / "l2x-xor-ste" / "best")["estimator"] == "ste"
     invoke("compare", "l2x-xor", "--estimators", " imle , ste ", "--smoke", "--max-steps", "2",
-           "--epochs", "1")  # fmt: skip
+           "--epochs", "1", "--data-dir", "unused")  # fmt: skip
     folder = tmp_path / "runs" / "compare" / "l2x-xor"
     saved = json.loads((folder / "comparison.json").read_text())
     assert list(saved["results"]) == ["imle", "ste"]
-    assert "--estimators imle,ste --epochs 1 --max-steps 2 --seed 0" in saved["command"]
+    assert saved["command"].endswith(
+        "--estimators imle,ste --epochs 1 --max-steps 2 --seed 0 --data-dir unused --smoke"
+    )
     state = json.loads((folder / "ste" / "last" / "trainer_state.json").read_text())
     assert state["config"]["max_steps_per_epoch"] == 2
 
@@ -604,3 +616,17 @@ def test_a_reader_that_goes_away_ends_a_command_quietly_with_status_0() -> None:
     process.stdout.close()
     assert process.wait(timeout=60) == 0
     assert process.stderr.read() == b""
+
+
+def test_compare_plots_the_tasks_selection_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aimle_zoo import recipes
+
+    recipe = get_recipe("l2x-xor")
+    schedule = dataclasses.replace(recipe.train, select_metric="accuracy", select_mode="max")
+    monkeypatch.setitem(recipes.RECIPES, "l2x-xor", dataclasses.replace(recipe, train=schedule))
+    out = tmp_path / "cmp"
+    invoke("compare", "l2x-xor", "--estimators", "ste", "--smoke", "--epochs", "1", "--out",
+           str(out))  # fmt: skip
+    assert json.loads((out / "comparison.json").read_text())["select_metric"] == "accuracy"

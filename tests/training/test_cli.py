@@ -630,3 +630,18 @@ def test_compare_plots_the_tasks_selection_metric(
     invoke("compare", "l2x-xor", "--estimators", "ste", "--smoke", "--epochs", "1", "--out",
            str(out))  # fmt: skip
     assert json.loads((out / "comparison.json").read_text())["select_metric"] == "accuracy"
+
+
+def test_evaluate_on_another_task_uses_that_tasks_full_data_and_names_bad_splits(
+    tmp_path: Path,
+) -> None:
+    """The smoke flag and split seed recorded with a checkpoint describe its own task's data;
+    evaluated on another task of the same model (--task), the full test split is used."""
+    run = tmp_path / "run"
+    _train_smoke_run(run)
+    args = ("evaluate", str(run), "--task", "l2x-orange-skin", "--limit", "300", "--no-progress")
+    output = invoke(*args)
+    assert f"l2x-orange-skin, test split, {run / 'best'}\n" in output
+    assert "count                    300" in output  # more than the smoke split's 256
+    message = fails("evaluate", str(run), "--split", "validation")
+    assert "unknown split 'validation'; choose train, valid or test" in message

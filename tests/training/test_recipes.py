@@ -720,3 +720,10 @@ def test_recipe_model_arguments_are_the_documented_ones() -> None:
     relevant = {"xor": 2, "orange-skin": 4, "nonlinear-additive": 4, "switch": 5}
     for task, k in relevant.items():
         assert kwargs[f"l2x-{task}"] == {"input_dim": 10, "k": k}
+
+
+def test_published_cards_re_check_the_first_256_test_instances() -> None:
+    """The README promises metrics on the first 256 test instances, re-checked by CI."""
+    from aimle_zoo.recipes import HELDOUT_PREFIX, HELDOUT_SIZE
+
+    assert (HELDOUT_SIZE, HELDOUT_PREFIX) == (256, "heldout256_")

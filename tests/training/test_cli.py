@@ -58,12 +58,22 @@ def fails(*args: str) -> str:
 
 
 def test_train_then_evaluate_with_a_figure(tmp_path: Path) -> None:
+    from aimle_zoo.recipes import evaluate_checkpoint
+
     run = tmp_path / "run"
-    invoke("train", "grid-12", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress")
+    output = invoke(
+        "train", "grid-12", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress"
+    )
+    assert output.splitlines()[-2].startswith("best epoch 0: {")
+    assert output.splitlines()[-1] == f"checkpoint: {run / 'best'}"
     figure = tmp_path / "paths.png"
     output = invoke("evaluate", str(run / "best"), "--limit", "16", "--figure", str(figure))
     assert "exact_match" in output and "cost_ratio" in output
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"\nfigure: {figure}\n" in output
+    metrics = evaluate_checkpoint(run / "best", limit=16).metrics  # one line each, 6 digits
+    for key, value in metrics.items():
+        assert f"\n{key:24s} {value:.6g}\n" in output
 
 
 def test_compare_writes_table_and_curves(tmp_path: Path) -> None:

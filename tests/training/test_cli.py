@@ -248,6 +248,12 @@ def test_a_failed_publish_keeps_the_published_folder(tmp_path: Path) -> None:
 def test_recipes_lists_every_task_with_its_model() -> None:
     rows = {line.split()[0]: line.split()[1] for line in invoke("recipes").splitlines()}
     assert rows == {name: get_recipe(name).model for name in list_recipes()}
+    output = invoke("recipes")
+    assert "grid-12 " in output and " 50 epochs, batch 70 " in output.split("grid-12 ")[1]
+    for line in output.splitlines():  # the reference schedule, then the description
+        recipe = get_recipe(line.split()[0])
+        schedule = f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}"
+        assert line.endswith(f" {schedule:24s} {recipe.description}")
 
 
 def test_check_solver_reports_a_conforming_solver() -> None:
@@ -655,3 +661,42 @@ def test_evaluate_on_another_task_uses_that_tasks_full_data_and_names_bad_splits
     assert "count                    300" in output  # more than the smoke split's 256
     message = fails("evaluate", str(run), "--split", "validation")
     assert "unknown split 'validation'; choose train, valid or test" in message
+
+
+@pytest.mark.parametrize(
+    ("saved", "options", "advice"),
+    [
+        (False, [], "nothing was saved yet"),
+        (True, [], "add --resume in the same command to continue"),
+        (True, ["--overwrite"], "replace --overwrite by --resume in the same command to continue"),
+    ],
+)
+def test_a_stopped_train_command_says_what_it_left(
+    saved: bool, options: list[str], advice: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aimle_zoo.cli import train as train_cli
+    from aimle_zoo.training import TrainingStopped
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise TrainingStopped(signal.SIGINT, "stopped")
+
+    monkeypatch.setattr(train_cli, "run_training", stopped)
+    run = tmp_path / "run"
+    if saved:
+        (run / "last").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["train", "l2x-xor", "--out", str(run), *options])
+    assert result.exit_code == 128 + signal.SIGINT  # 130, as Ctrl-C's default action
+    what = f"{run / 'last'} holds the last complete save; " if saved else ""
+    assert result.output == f"stopped by SIGINT: {what}{advice}\n"
+
+
+def test_compare_refuses_a_run_trained_with_another_estimator_setting(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ("compare", "l2x-xor", "--estimators", "imle", "--smoke", "--epochs", "1", "--out",
+            str(out))  # fmt: skip
+    invoke(*args)
+    config_file = out / "imle" / "last" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["estimator"]["lambda_"] = 5.0
+    config_file.write_text(json.dumps(config))
+    assert "trained with estimator lambda_=5.0 (now 10.0)" in fails(*args)

@@ -301,7 +301,8 @@ def test_compare_reuses_extends_or_refuses_the_runs_already_there(tmp_path: Path
     options = ["--smoke", "--out", str(out), "--estimators", "imle"]
     invoke("compare", "l2x-xor", "--epochs", "1", *options)
     weights = (out / "imle" / "best" / "model.safetensors").read_bytes()
-    invoke("compare", "l2x-xor", "--epochs", "1", *options)  # the same settings: reused
+    reused = invoke("compare", "l2x-xor", "--epochs", "1", *options)  # the same settings
+    assert f"imle: reusing the finished run in {out / 'imle'} (1 epochs)" in reused
     assert (out / "imle" / "best" / "model.safetensors").read_bytes() == weights
     invoke("compare", "l2x-xor", "--epochs", "2", *options)  # more epochs: resumed
     epochs = [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()]

@@ -184,8 +184,10 @@ def test_grid_figure_marks_the_true_and_the_predicted_path(
 def test_a_figure_draws_the_asked_split_through_the_map_latent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A model left in training mode (noisy latent) is drawn in eval mode, on the split asked."""
+    """A model in training mode (noisy latent) is drawn in eval mode, on the split asked, and
+    keeps its mode."""
     figure, batch, model = draw("dvae-mnist", tmp_path, monkeypatch, lambda m: m.train(), "valid")
+    assert model.training  # drawn in eval mode, handed back in the mode it came in
     model.eval()
     with torch.no_grad():
         reconstructions = torch.sigmoid(model(batch[0].reshape(COUNT, -1))).reshape(COUNT, 28, 28)

@@ -701,3 +701,13 @@ def test_compare_refuses_a_run_trained_with_another_estimator_setting(tmp_path: 
     config["estimator"]["lambda_"] = 5.0
     config_file.write_text(json.dumps(config))
     assert "trained with estimator lambda_=5.0 (now 10.0)" in fails(*args)
+
+
+def test_compare_without_estimators_trains_the_four_main_ones(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    output = invoke("compare", "l2x-xor", "--smoke", "--epochs", "1", "--max-steps", "1",
+                    "--out", str(out))  # fmt: skip
+    saved = json.loads((out / "comparison.json").read_text())
+    assert list(saved["results"]) == ["aimle-forward", "aimle-central", "imle", "ste"]
+    rows = [line.split("|")[1].strip() for line in output.splitlines() if line.startswith("| ")]
+    assert rows == ["estimator", *saved["results"]]

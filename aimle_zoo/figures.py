@@ -35,8 +35,9 @@ def save_figure(
     split: str = "test",
     count: int = 8,
 ) -> Figure:
-    """Draw ``count`` instances of ``task``'s ``split`` through ``model``, save a PNG at
-    ``path`` (atomically) and return the figure for further editing."""
+    """Draw ``count`` instances of ``task``'s ``split`` through ``model`` (in eval mode; its own
+    mode is kept), save a PNG at ``path`` (atomically) and return the figure for further
+    editing."""
     recipe = get_recipe(task)
     dataset = getattr(recipe.build_data(data_options or DataOptions(progress=False)), split)
     batch = next(iter(DataLoader(dataset, batch_size=count, shuffle=False)))
@@ -54,9 +55,13 @@ def save_figure(
         )
     if any(parameter.device.type != "cpu" for parameter in model.parameters()):
         model = copy.deepcopy(model).cpu()  # the drawers work on CPU tensors
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        figure = drawers[model.model_name](model, batch)
+    try:
+        with torch.no_grad():
+            figure = drawers[model.model_name](model, batch)
+    finally:
+        model.train(was_training)  # the caller's model keeps its mode
     with atomic_file(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     return figure

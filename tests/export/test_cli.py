@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import aimle_zoo
 from aimle_zoo.cli import app
-from aimle_zoo.export import load_exported, read_metadata
+from aimle_zoo.export import DEFAULT_OPSET, load_exported, read_metadata
 from aimle_zoo.export.quickstart import format_table, run_quickstart
 
 from ..models._helpers import TINY, tiny_model
@@ -34,6 +34,9 @@ def test_export_writes_both_formats_and_verifies_them(tmp_path: Path) -> None:
     assert sorted(entry.name for entry in out.iterdir()) == ["grid-tiny.onnx", "grid-tiny.pt"]
     assert "torchscript via script" in result.output and "onnx via legacy_script" in result.output
     assert result.output.count("vs eager PyTorch: passed") == 2
+    assert f"wrote {out / 'grid-tiny.onnx'} (" in result.output
+    assert f"onnx via legacy_script, opset {DEFAULT_OPSET}, " in result.output
+    assert "torchscript via script, opset" not in result.output  # an ONNX setting only
     model = build_tiny("grid_shortest_path")
     (maps,) = model.example_inputs(3)
     with torch.no_grad():
@@ -50,6 +53,7 @@ def test_export_of_a_model_name_uses_fresh_default_weights(tmp_path: Path) -> No
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "freshly initialised default configuration (untrained)" in result.output
+    assert "vs eager PyTorch" not in result.output  # verified only when asked (--verify)
     assert [entry.name for entry in out.iterdir()] == ["l2x_tabular.pt"]
     assert read_metadata(out / "l2x_tabular.pt")["config"]["input_dim"] == 10
 
@@ -108,6 +112,7 @@ def test_predict_runs_an_exported_file_on_npz_and_npy_inputs(
     args = ["predict", str(model_file), "--input", str(tmp_path / "single.npy")]
     result = runner.invoke(app, [*args, "--output", str(target)])
     assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"wrote {target}"
     with np.load(target) as outputs:
         assert sorted(outputs.files) == ["mask", "prediction"]
         np.testing.assert_allclose(outputs["prediction"], logits, rtol=1e-4, atol=1e-5)
@@ -193,6 +198,7 @@ def test_quickstart_runs_every_bundled_checkpoint_on_its_sample_inputs(
     files = sorted(entry.name for entry in out.iterdir())
     assert files == ["grid-tiny.onnx", "grid-tiny.pt", "plain-tiny.onnx", "plain-tiny.pt"]
     assert read_metadata(out / "grid-tiny.onnx")["inputs"][0]["shape"] == ["batch", 3, 40, 40]
+    assert table[-1] == f"exported files in {out}"
 
 
 def test_quickstart_without_checkpoints_uses_fresh_default_models(

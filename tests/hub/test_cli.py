@@ -35,6 +35,9 @@ def test_push_dry_run_lists_files_and_sizes(folder: Path) -> None:
     for name, size in sizes.items():
         assert any(line.split() == [name, *format_size(size).split()] for line in lines), name
     assert f"3 files, {format_size(sum(sizes.values()))} in total" in result.output
+    listed = [line for line in lines if line.startswith("  ")]  # paths padded, sizes aligned
+    assert len(listed) == 3
+    assert {len(line) for line in listed} == {2 + len("model.safetensors") + 2 + 9}
     assert "recipe.json" not in result.output
     private = runner.invoke(app, ["push", str(folder), "someone/x", "--dry-run", "--private",
                                   "--revision", "dev"])  # fmt: skip

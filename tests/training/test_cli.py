@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -57,12 +58,22 @@ def fails(*args: str) -> str:
 
 
 def test_train_then_evaluate_with_a_figure(tmp_path: Path) -> None:
+    from aimle_zoo.recipes import evaluate_checkpoint
+
     run = tmp_path / "run"
-    invoke("train", "grid-12", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress")
+    output = invoke(
+        "train", "grid-12", "--smoke", "--epochs", "1", "--out", str(run), "--no-progress"
+    )
+    assert output.splitlines()[-2].startswith("best epoch 0: {")
+    assert output.splitlines()[-1] == f"checkpoint: {run / 'best'}"
     figure = tmp_path / "paths.png"
     output = invoke("evaluate", str(run / "best"), "--limit", "16", "--figure", str(figure))
     assert "exact_match" in output and "cost_ratio" in output
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"\nfigure: {figure}\n" in output
+    metrics = evaluate_checkpoint(run / "best", limit=16).metrics  # one line each, 6 digits
+    for key, value in metrics.items():
+        assert f"\n{key:24s} {value:.6g}\n" in output
 
 
 def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
@@ -78,6 +89,7 @@ def test_compare_writes_table_and_curves(tmp_path: Path) -> None:
     for estimator, result in saved["results"].items():  # the whole training time of each run
         log = [json.loads(line) for line in (out / estimator / "metrics.jsonl").open()]
         assert result["seconds"] == pytest.approx(sum(record["seconds"] for record in log))
+        assert result["curve"] == [record["valid"] for record in log]  # validation, per epoch
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert saved["aimle_zoo_version"] == aimle_zoo.__version__
     assert saved["settings"]["epochs"] == 2 and saved["settings"]["smoke"] is True
@@ -100,6 +112,9 @@ def test_compare_with_the_other_noise_convention(tmp_path: Path) -> None:
     invoke(*args, "--estimators", "imle", "--minimizer-noise", "negate")
     config = json.loads((out / "imle" / "last" / "config.json").read_text())
     assert config["estimator"]["minimizer_noise"] == "negate"
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["settings"]["minimizer_noise"] == "negate"
+    assert "--minimizer-noise negate" in saved["command"]
     # the run is not reused for the recipe's own convention
     assert "minimizer_noise='negate' (now 'add')" in fails(*args, "--estimators", "imle")
 
@@ -111,7 +126,12 @@ def test_unknown_names_fail_clearly(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("curves", "scale"),
-    [((70.0, 80.0, 240.0), "log"), ((0.4, 0.7), "linear"), ((-2500.0, -40000.0), "log")],
+    [
+        ((70.0, 80.0, 240.0), "log"),
+        ((0.4, 0.7), "linear"),
+        ((1.0, 2.5), "linear"),  # log only beyond a factor of 3
+        ((-2500.0, -40000.0), "log"),
+    ],
 )
 def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
     curves: tuple[float, ...], scale: str, tmp_path: Path
@@ -140,6 +160,10 @@ def test_the_solver_list_shows_which_solvers_have_a_relaxation() -> None:
     assert rows["mst_edges"] == ["max", "yes", "yes"]
     assert rows["dijkstra"] == ["min", "yes", "no"]
     assert rows["mst_scipy"] == ["max", "no", "no"]
+    lines = output.splitlines()  # the columns line up under their headers
+    for header in ("sense", "export", "relax", "input", "description"):
+        column = lines[0].index(header)
+        assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines)
 
 
 # ----------------------------------------------------------------------------- publish
@@ -224,6 +248,12 @@ def test_a_failed_publish_keeps_the_published_folder(tmp_path: Path) -> None:
 def test_recipes_lists_every_task_with_its_model() -> None:
     rows = {line.split()[0]: line.split()[1] for line in invoke("recipes").splitlines()}
     assert rows == {name: get_recipe(name).model for name in list_recipes()}
+    output = invoke("recipes")
+    assert "grid-12 " in output and " 50 epochs, batch 70 " in output.split("grid-12 ")[1]
+    for line in output.splitlines():  # the reference schedule, then the description
+        recipe = get_recipe(line.split()[0])
+        schedule = f"{recipe.train.epochs} epochs, batch {recipe.train.batch_size}"
+        assert line.endswith(f" {schedule:24s} {recipe.description}")
 
 
 def test_check_solver_reports_a_conforming_solver() -> None:
@@ -271,7 +301,8 @@ def test_compare_reuses_extends_or_refuses_the_runs_already_there(tmp_path: Path
     options = ["--smoke", "--out", str(out), "--estimators", "imle"]
     invoke("compare", "l2x-xor", "--epochs", "1", *options)
     weights = (out / "imle" / "best" / "model.safetensors").read_bytes()
-    invoke("compare", "l2x-xor", "--epochs", "1", *options)  # the same settings: reused
+    reused = invoke("compare", "l2x-xor", "--epochs", "1", *options)  # the same settings
+    assert f"imle: reusing the finished run in {out / 'imle'} (1 epochs)" in reused
     assert (out / "imle" / "best" / "model.safetensors").read_bytes() == weights
     invoke("compare", "l2x-xor", "--epochs", "2", *options)  # more epochs: resumed
     epochs = [json.loads(line)["epoch"] for line in (out / "imle" / "metrics.jsonl").open()]
@@ -446,6 +477,9 @@ def test_check_gradient_reports_the_cosine_on_the_solvers_example() -> None:
     assert "topk with aimle: cosine to the exact gradient" in output
     assert f"({math.comb(10, 4)} solutions)" in output  # every 4-subset of the 10 scores
     assert "too many solutions" in fails("check-gradient", "grid_shortest_path", "--seeds", "4")
+    for bad in (["--seeds", "1"], ["--warmup", "-1"]):  # a cosine needs two noisy copies
+        result = CliRunner().invoke(app, ["check-gradient", "topk", *bad])
+        assert result.exit_code == 2 and bad[0] in result.output
 
 
 def _sigterm_after_two_epochs(arguments: list[str], log: Path, tmp_path: Path) -> str:
@@ -529,3 +563,151 @@ def test_a_failing_command_prints_one_error_line_unless_debugging(
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(KeyError, match="no solver named"):
         failing()
+
+
+def test_comparison_table_shows_each_test_metric_and_the_training_time() -> None:
+    """Columns: the test metrics in name order (not the instance count), 4 significant digits,
+    NaN where a run lacks one; the last column is the whole training time in seconds."""
+    from aimle_zoo.compare import comparison_table
+
+    results = {
+        "imle": {"test": {"loss": 0.123456, "count": 256, "accuracy": 0.5}, "seconds": 12.6},
+        "ste": {"test": {"loss": 2.0, "count": 256}, "seconds": 3.2},
+    }
+    assert comparison_table(results) == (
+        "| estimator | accuracy | loss | train s |\n"
+        "|---|---|---|---|\n"
+        "| imle | 0.5 | 0.1235 | 13 |\n"
+        "| ste | nan | 2 | 3 |\n"
+    )
+
+
+def test_commands_default_to_folders_named_after_the_task_and_estimator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train writes runs/TASK-ESTIMATOR (aimle when not named), compare runs/compare/TASK; the
+    estimator list may hold spaces, and the recorded command keeps --max-steps."""
+    monkeypatch.chdir(tmp_path)
+    options = ("--smoke", "--epochs", "1", "--no-progress")
+    invoke("train", "l2x-xor", *options)
+    invoke("train", "l2x-xor", "--estimator", "ste", *options)
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == [
+        "l2x-xor-aimle",
+        "l2x-xor-ste",
+    ]
+    assert read_recipe(tmp_path / "runs" / "l2x-xor-ste" / "best")["estimator"] == "ste"
+    invoke("compare", "l2x-xor", "--estimators", " imle , ste ", "--smoke", "--max-steps", "2",
+           "--epochs", "1", "--data-dir", "unused")  # fmt: skip
+    folder = tmp_path / "runs" / "compare" / "l2x-xor"
+    saved = json.loads((folder / "comparison.json").read_text())
+    assert list(saved["results"]) == ["imle", "ste"]
+    assert saved["command"].endswith(
+        "--estimators imle,ste --epochs 1 --max-steps 2 --seed 0 --data-dir unused --smoke"
+    )
+    state = json.loads((folder / "ste" / "last" / "trainer_state.json").read_text())
+    assert state["config"]["max_steps_per_epoch"] == 2
+
+
+def test_an_evaluation_limit_below_one_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--limit", "0"])
+    assert result.exit_code == 2 and "--limit" in result.output
+    assert "error: " not in result.output
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly_with_status_0() -> None:
+    """`aimle-zoo ... | head`: a closed pipe is not an error, and no traceback or 'Exception
+    ignored' note follows at exit."""
+    script = (
+        "import typer\n"
+        "from aimle_zoo.cli._options import guarded\n"
+        "def lines() -> None:\n"
+        "    for _ in range(10**6):\n"
+        "        typer.echo('x' * 100)\n"
+        "typer.run(guarded(lines))\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b"x" * 100 + b"\n"
+    process.stdout.close()
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""
+
+
+def test_compare_plots_the_tasks_selection_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aimle_zoo import recipes
+
+    recipe = get_recipe("l2x-xor")
+    schedule = dataclasses.replace(recipe.train, select_metric="accuracy", select_mode="max")
+    monkeypatch.setitem(recipes.RECIPES, "l2x-xor", dataclasses.replace(recipe, train=schedule))
+    out = tmp_path / "cmp"
+    invoke("compare", "l2x-xor", "--estimators", "ste", "--smoke", "--epochs", "1", "--out",
+           str(out))  # fmt: skip
+    assert json.loads((out / "comparison.json").read_text())["select_metric"] == "accuracy"
+
+
+def test_evaluate_on_another_task_uses_that_tasks_full_data_and_names_bad_splits(
+    tmp_path: Path,
+) -> None:
+    """The smoke flag and split seed recorded with a checkpoint describe its own task's data;
+    evaluated on another task of the same model (--task), the full test split is used."""
+    run = tmp_path / "run"
+    _train_smoke_run(run)
+    args = ("evaluate", str(run), "--task", "l2x-orange-skin", "--limit", "300", "--no-progress")
+    output = invoke(*args)
+    assert f"l2x-orange-skin, test split, {run / 'best'}\n" in output
+    assert "count                    300" in output  # more than the smoke split's 256
+    message = fails("evaluate", str(run), "--split", "validation")
+    assert "unknown split 'validation'; choose train, valid or test" in message
+
+
+@pytest.mark.parametrize(
+    ("saved", "options", "advice"),
+    [
+        (False, [], "nothing was saved yet"),
+        (True, [], "add --resume in the same command to continue"),
+        (True, ["--overwrite"], "replace --overwrite by --resume in the same command to continue"),
+    ],
+)
+def test_a_stopped_train_command_says_what_it_left(
+    saved: bool, options: list[str], advice: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aimle_zoo.cli import train as train_cli
+    from aimle_zoo.training import TrainingStopped
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise TrainingStopped(signal.SIGINT, "stopped")
+
+    monkeypatch.setattr(train_cli, "run_training", stopped)
+    run = tmp_path / "run"
+    if saved:
+        (run / "last").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["train", "l2x-xor", "--out", str(run), *options])
+    assert result.exit_code == 128 + signal.SIGINT  # 130, as Ctrl-C's default action
+    what = f"{run / 'last'} holds the last complete save; " if saved else ""
+    assert result.output == f"stopped by SIGINT: {what}{advice}\n"
+
+
+def test_compare_refuses_a_run_trained_with_another_estimator_setting(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ("compare", "l2x-xor", "--estimators", "imle", "--smoke", "--epochs", "1", "--out",
+            str(out))  # fmt: skip
+    invoke(*args)
+    config_file = out / "imle" / "last" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["estimator"]["lambda_"] = 5.0
+    config_file.write_text(json.dumps(config))
+    assert "trained with estimator lambda_=5.0 (now 10.0)" in fails(*args)
+
+
+def test_compare_without_estimators_trains_the_four_main_ones(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    output = invoke("compare", "l2x-xor", "--smoke", "--epochs", "1", "--max-steps", "1",
+                    "--out", str(out))  # fmt: skip
+    saved = json.loads((out / "comparison.json").read_text())
+    assert list(saved["results"]) == ["aimle-forward", "aimle-central", "imle", "ste"]
+    rows = [line.split("|")[1].strip() for line in output.splitlines() if line.startswith("| ")]
+    assert rows == ["estimator", *saved["results"]]

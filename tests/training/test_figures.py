@@ -34,9 +34,10 @@ def draw(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     prepare: Callable[[Any], None] | None = None,
+    split: str = "test",
 ) -> tuple[Any, tuple[torch.Tensor, ...], Any]:
-    """The figure of bundled checkpoint ``name`` (after ``prepare(model)``), the batch it drew
-    and the model."""
+    """The figure of bundled checkpoint ``name`` (after ``prepare(model)``) on ``split``, the
+    batch it drew and the model."""
     monkeypatch.delenv(CHECKPOINTS_ENV, raising=False)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     recorded = read_recipe(CHECKPOINTS / name)
@@ -52,11 +53,11 @@ def draw(
     if prepare is not None:
         prepare(model)
     path = tmp_path / f"{name}.png"
-    figure = save_figure(model, task, path, data_options=options, count=COUNT)
+    figure = save_figure(model, task, path, data_options=options, split=split, count=COUNT)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*")), "a partial file was left behind"
-    test_split = get_recipe(task).build_data(options).test
-    batch = next(iter(DataLoader(test_split, batch_size=COUNT, shuffle=False)))
+    drawn = getattr(get_recipe(task).build_data(options), split)
+    batch = next(iter(DataLoader(drawn, batch_size=COUNT, shuffle=False)))
     return figure, tuple(batch) if isinstance(batch, (list, tuple)) else (batch,), model
 
 
@@ -174,3 +175,27 @@ def test_grid_figure_marks_the_true_and_the_predicted_path(
         assert true_points == {(c, r) for r, c in gold[i].nonzero().tolist()}
         assert predicted_points == {(c, r) for r, c in predicted[i].nonzero().tolist()}
         assert {(0, 0), (size - 1, size - 1)} <= predicted_points  # corner to corner
+        picture = axis.get_images()[0].get_array()  # the map, scaled to [0, 1] for imshow
+        low, high = maps[i].amin(), maps[i].amax()
+        expected = ((maps[i] - low) / (high - low)).permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(picture, expected, atol=1e-6)
+
+
+def test_a_figure_draws_the_asked_split_through_the_map_latent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model in training mode (noisy latent) is drawn in eval mode, on the split asked, and
+    keeps its mode."""
+    figure, batch, model = draw("dvae-mnist", tmp_path, monkeypatch, lambda m: m.train(), "valid")
+    assert model.training  # drawn in eval mode, handed back in the mode it came in
+    model.eval()
+    with torch.no_grad():
+        reconstructions = torch.sigmoid(model(batch[0].reshape(COUNT, -1))).reshape(COUNT, 28, 28)
+    axes = np.asarray(figure.axes).reshape(2, COUNT)
+    for i in range(COUNT):
+        np.testing.assert_allclose(
+            axes[0, i].get_images()[0].get_array(), batch[0].reshape(COUNT, 28, 28)[i].numpy()
+        )
+        np.testing.assert_allclose(
+            axes[1, i].get_images()[0].get_array(), reconstructions[i].numpy(), atol=1e-6
+        )

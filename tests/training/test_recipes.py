@@ -35,6 +35,7 @@ from aimle_zoo.recipes import (
     read_recipe,
     run_evaluation,
     run_training,
+    train_config,
 )
 from aimle_zoo.training import TrainConfig, seed_everything, train
 from tests.conftest import SHARED_DATA
@@ -640,3 +641,89 @@ def test_the_beer_split_follows_the_run_seed_and_its_evaluation_reuses_it(tmp_pa
     assert evaluate_checkpoint(out, data_options=options).metrics["loss"] != pytest.approx(
         tested["loss"], rel=1e-6
     )
+
+
+#: The schedules the README and the reference's commands give each task: (epochs, batch size,
+#: learning rate, learning-rate milestones, selection metric).
+DOCUMENTED_SCHEDULES = {
+    "l2x-xor": (10, 1000, 1e-3, (), "loss"),  # L2X's own: 1,000 steps of 1,000
+    "l2x-orange-skin": (10, 1000, 1e-3, (), "loss"),
+    "l2x-nonlinear-additive": (10, 1000, 1e-3, (), "loss"),
+    "l2x-switch": (10, 1000, 1e-3, (), "loss"),
+    "l2x-mnist": (10, 100, 1e-3, (), "loss"),
+    "l2x-beer-aroma": (20, 40, 1e-3, (), "mse"),  # -e 20 -b 40
+    "dvae-mnist": (100, 100, 1e-3, (), "loss"),  # -e 100 -b 100
+    "dvae-mnist-ref": (100, 100, 1e-3, (), "loss"),
+    "nri-t10": (128, 128, 5e-4, (), "elbo"),
+    "nri-t20": (128, 128, 5e-4, (), "elbo"),
+    "grid-12": (50, 70, 5e-4, (30, 40), "loss"),  # ×0.1 at epochs 30 and 40
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_SCHEDULES))
+def test_recipe_schedules_are_the_documented_ones(name: str) -> None:
+    assert list_recipes() == sorted(DOCUMENTED_SCHEDULES)
+    schedule = get_recipe(name).train
+    epochs, batch_size, lr, milestones, metric = DOCUMENTED_SCHEDULES[name]
+    assert (schedule.epochs, schedule.batch_size, schedule.lr) == (epochs, batch_size, lr)
+    assert tuple(schedule.lr_milestones) == milestones
+    assert schedule.select_metric == metric
+    # the synthetic L2X selectors need weight decay against drifting logits, no other task has it
+    assert schedule.weight_decay == (1e-3 if get_recipe(name).model == "l2x_tabular" else 0)
+
+
+@pytest.mark.parametrize("name", ["l2x-xor", "l2x-beer-aroma", "dvae-mnist", "nri-t10"])
+def test_baseline_estimators_have_the_documented_settings(name: str) -> None:
+    """I-MLE and blackbox at the untuned λ = 10 (λ = 1000 for the text task, as the reference's
+    I-MLE command), keeping the task's noise and sample count; perturbed: Gaussian, σ = 1, at
+    least 2 samples; relaxed: Gumbel noise at τ = 0.5; blackbox: no noise, one sample."""
+    recipe = get_recipe(name)
+    reference = recipe.reference_estimator()
+    samples, noise = int(reference.get("samples", 1)), reference.get("noise")
+    lam = 1000.0 if name == "l2x-beer-aroma" else 10.0
+    imle = recipe.estimator_config("imle")
+    assert imle is not None
+    assert (imle["name"], imle["lambda_"], imle["noise"], imle["samples"]) == (
+        "imle", lam, noise, samples,
+    )  # fmt: skip
+    assert recipe.estimator_config("blackbox") == {"name": "blackbox", "lambda_": lam}
+    ste = recipe.estimator_config("ste")
+    assert ste is not None and (ste["noise"], ste["samples"]) == (noise, samples)
+    assert recipe.estimator_config("perturbed") == {
+        "name": "perturbed", "noise": "gaussian", "sigma": 1.0, "samples": max(2, samples),
+    }  # fmt: skip
+    assert recipe.estimator_config("relaxed") == {
+        "name": "relaxed", "noise": "gumbel", "temperature": 0.5, "samples": samples,
+    }  # fmt: skip
+    for variant, symmetric in (("aimle-forward", False), ("aimle-central", True)):
+        assert recipe.estimator_config(variant) == {**reference, "symmetric": symmetric}
+
+
+def test_a_smoke_run_takes_at_most_three_steps_per_epoch_unless_told() -> None:
+    smoke = DataOptions(smoke=True)
+    assert train_config("l2x-xor", data_options=smoke).max_steps_per_epoch == 3
+    told = train_config("l2x-xor", data_options=smoke, max_steps_per_epoch=5)
+    assert told.max_steps_per_epoch == 5
+    assert train_config("l2x-xor").max_steps_per_epoch is None
+
+
+def test_recipe_model_arguments_are_the_documented_ones() -> None:
+    """Timesteps / prediction steps 10 / 9 and 20 / 10 (the reference's NRI settings), k = 4 of
+    49 MNIST patches, k = 10 tokens, 12×12 grids, k = the relevant features of a benchmark, and
+    the reference VAE's KL weight 1/√S with S = 10."""
+    kwargs = {name: get_recipe(name).model_kwargs for name in list_recipes()}
+    assert kwargs["nri-t10"] == {"timesteps": 10, "prediction_steps": 9}
+    assert kwargs["nri-t20"] == {"timesteps": 20, "prediction_steps": 10}
+    assert kwargs["l2x-mnist"] == {"k": 4} and kwargs["l2x-beer-aroma"] == {"k": 10}
+    assert kwargs["grid-12"] == {"grid_size": 12} and kwargs["dvae-mnist"] == {}
+    assert kwargs["dvae-mnist-ref"] == {"kl_weight": pytest.approx(10**-0.5)}
+    relevant = {"xor": 2, "orange-skin": 4, "nonlinear-additive": 4, "switch": 5}
+    for task, k in relevant.items():
+        assert kwargs[f"l2x-{task}"] == {"input_dim": 10, "k": k}
+
+
+def test_published_cards_re_check_the_first_256_test_instances() -> None:
+    """The README promises metrics on the first 256 test instances, re-checked by CI."""
+    from aimle_zoo.recipes import HELDOUT_PREFIX, HELDOUT_SIZE
+
+    assert (HELDOUT_SIZE, HELDOUT_PREFIX) == (256, "heldout256_")

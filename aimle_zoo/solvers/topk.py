@@ -159,8 +159,9 @@ def _topk_lowest_index(theta: Tensor, kth: Tensor, k: int, branch_on_ties: bool 
     return torch.logical_and(at_least, torch.logical_not(surplus)).to(theta.dtype)
 
 
-def _log_one_minus_softmax(logits: Tensor) -> Tensor:
-    """``log(1 − softmax(x)_i)`` over the last dimension, exact where ``a_i`` rounds to 1.
+def _log_one_minus_softmax(logits: Tensor, probs: Tensor) -> Tensor:
+    """``log(1 − a_i)`` over the last dimension, ``a = softmax(x)`` (``probs``, already
+    computed from ``logits``), exact where ``a_i`` rounds to 1.
 
     At most one entry has a_i > 1/2, the largest; for it 1 − a_i = Σ_{j≠i} e^{x_j} / Σ_j e^{x_j},
     a difference of log-sum-exps, and ``log1p(−a_j)`` is exact for the others. ``[*, n] -> [*, n]``.
@@ -168,7 +169,7 @@ def _log_one_minus_softmax(logits: Tensor) -> Tensor:
     top = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).bool()  # [*, n]
     total = torch.logsumexp(logits, dim=-1, keepdim=True)  # [*, 1]
     rest = torch.logsumexp(logits.masked_fill(top, float("-inf")), dim=-1, keepdim=True)
-    others = torch.log1p(-torch.softmax(logits, dim=-1).masked_fill(top, 0.0))  # [*, n]
+    others = torch.log1p(-probs.masked_fill(top, 0.0))  # [*, n]
     return torch.where(top, rest - total, others)
 
 
@@ -191,10 +192,11 @@ def relaxed_topk(theta: Tensor, k: int, temperature: float) -> Tensor:
     scores = theta
     relaxed = torch.zeros_like(theta)
     for step in range(k):
-        taken = torch.softmax(scores / temperature, dim=-1)  # [*, n]
+        logits = scores / temperature  # [*, n]
+        taken = torch.softmax(logits, dim=-1)  # [*, n]
         relaxed = relaxed + taken
         if step < k - 1:
-            scores = scores + _log_one_minus_softmax(scores / temperature)
+            scores = scores + _log_one_minus_softmax(logits, taken)
     return relaxed
 
 

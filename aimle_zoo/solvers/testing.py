@@ -26,14 +26,14 @@
 ``optimality`` (only when ``feasible`` is given)
     on every instance the solution is one of the enumerated feasible solutions and its objective
     equals the best objective over the enumeration.
+``gradients`` (unless ``check_gradients=False``)
+    wrapped in the AIMLE estimator, a loss preferring another solution sends a finite, non-zero
+    gradient of ``theta``'s shape back to ``theta``.
 
 ``binary``, ``batch_independence``, ``relative_optimality`` and ``optimality`` run twice: on the
 example and on the tie-rich copy of ``determinism`` (unless the solver refuses that copy), since
 tie-breaking is where a solver most easily returns a fractional, infeasible, sub-optimal or
 batch-dependent solution that random continuous inputs never reveal.
-``gradients`` (unless ``check_gradients=False``)
-    wrapped in the AIMLE estimator, a loss preferring another solution sends a finite, non-zero
-    gradient of ``theta``'s shape back to ``theta``.
 
 A plugin's test file needs one line per solver; pytest then runs one test per check
 (``test_assignment[call]``, ``test_assignment[binary]``, ...)::

@@ -279,8 +279,10 @@ class AdaptiveTarget(Target):
         """This rank skips a backward (a non-finite float16 ∂L/∂z): under ``torch.distributed``
         it still joins the count all-reduce of :meth:`process`, with a veto, so the collectives
         stay paired and no rank moves β this step. Nothing to do in a single process."""
-        if self.sync_distributed and _distributed_world_size() > 1:
-            dist.all_reduce(torch.tensor([0.0, 0.0, 1.0], device=device))
+        if self.sync_distributed and _distributed_world_size() > 1:  # as process() sends it
+            dist.all_reduce(
+                torch.tensor([0.0, 0.0, 1.0], device=device, dtype=self.grad_norm.dtype)
+            )
 
     def config(self) -> dict[str, Any]:
         return {

@@ -191,13 +191,15 @@ def test_make_target_forms() -> None:
     assert rebuilt.config() == adaptive.config()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sync", [True, False])
 def test_a_skipped_step_joins_the_count_all_reduce_with_a_veto(
-    monkeypatch: pytest.MonkeyPatch, sync: bool
+    monkeypatch: pytest.MonkeyPatch, sync: bool, dtype: torch.dtype
 ) -> None:
     """A rank skipping its backward sends (0, 0, veto 1) to the all-reduce that
-    :meth:`AdaptiveTarget.process` runs on the other ranks, only when it syncs at all; a veto
-    received there leaves β, c̄ and Δ as they are."""
+    :meth:`AdaptiveTarget.process` runs on the other ranks, only when it syncs at all, in the
+    dtype process sends (the state's: float64 after model.double()); a veto received there
+    leaves β, c̄ and Δ as they are."""
     reduced = []
 
     def fake_all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
@@ -206,11 +208,13 @@ def test_a_skipped_step_joins_the_count_all_reduce_with_a_veto(
 
     monkeypatch.setattr(targets_module, "_distributed_world_size", lambda: 2)
     monkeypatch.setattr(targets_module.dist, "all_reduce", fake_all_reduce)
-    target = AdaptiveTarget(initial_beta=0.5, momentum=0.5, sync_distributed=sync)
+    target = AdaptiveTarget(initial_beta=0.5, momentum=0.5, sync_distributed=sync).to(dtype)
     target.skip_step(torch.device("cpu"))
     assert [t.tolist() for t in reduced] == ([[0.0, 0.0, 1.0]] if sync else [])
     before = {name: value.clone() for name, value in target.state_dict().items()}
-    target.process(_gradient_with_nonzeros(12), torch.tensor(1.0))  # 12 over 6 on this rank
+    gradient = _gradient_with_nonzeros(12).to(dtype)  # 12 over 6 on this rank
+    target.process(gradient, torch.tensor(1.0, dtype=dtype))
+    assert len({t.dtype for t in reduced}) == (1 if sync else 0)  # one dtype on both paths
     moved = any(not torch.equal(target.state_dict()[n], v) for n, v in before.items())
     assert moved is not sync  # vetoed when synced; a plain local step otherwise
 

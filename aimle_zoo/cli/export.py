@@ -14,8 +14,8 @@ from ..export import (
     ExportError,
     RunnerInputError,
     SplitPipeline,
-    check_output_path,
     load_exported,
+    prediction_output_path,
     read_inputs,
     to_onnx,
     to_torchscript,
@@ -89,12 +89,15 @@ def predict_command(
     output: Annotated[
         Path | None, typer.Option("--output", help="Output .npz (default: INPUT.outputs.npz).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the output file if it exists (refused otherwise).")
+    ] = False,
 ) -> None:
     """Run an exported model (onnxruntime or TorchScript) on a .npy/.npz file; write the outputs.
 
     A split export runs its network in onnxruntime and then its solver, and writes both θ and
     the solution."""
-    target = check_output_path(output or input_file.with_name(f"{input_file.stem}.outputs.npz"))
+    target = prediction_output_path(input_file, output, overwrite=overwrite)
     runtime = load_exported(model_file)
     inputs = read_inputs(input_file, [info.name for info in runtime.inputs])
     after = runtime.metadata.get("solver_after")

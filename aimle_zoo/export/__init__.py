@@ -40,6 +40,7 @@ from .predict import (
     TorchScriptModel as TorchScriptModel,
     check_output_path as check_output_path,
     load_exported as load_exported,
+    prediction_output_path as prediction_output_path,
     read_inputs as read_inputs,
     write_outputs as write_outputs,
 )

@@ -146,6 +146,32 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     return file
 
 
+def prediction_output_path(
+    input_path: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Where ``aimle-zoo predict`` writes the outputs of ``input_path``: ``output``, or by
+    default ``INPUT_STEM.outputs.npz`` beside the input.
+
+    Raises:
+        ValueError: the name is not ``.npz`` or is a folder; it names the input file itself;
+            or it exists and ``overwrite`` is false (``x.npy`` and ``x.npz`` share a default
+            name, so a second run never replaces the first one's outputs unasked).
+    """
+    source = Path(input_path)
+    file = check_output_path(output or source.with_name(f"{source.stem}.outputs.npz"))
+    if file.exists() and source.exists() and file.samefile(source):
+        raise ValueError(f"{file} is the input file; name another output file with --output")
+    if file.exists() and not overwrite:
+        raise ValueError(
+            f"{file} already exists; pass --overwrite to replace it, or name another output "
+            "file with --output"
+        )
+    return file
+
+
 def write_outputs(path: str | os.PathLike[str], outputs: Mapping[str, np.ndarray]) -> Path:
     """Write ``outputs`` to ``path`` (``.npz``, one array per output name) atomically."""
     file = check_output_path(path)

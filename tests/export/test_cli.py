@@ -231,3 +231,33 @@ def test_a_runs_best_checkpoint_exports_under_the_runs_name(tmp_path: Path) -> N
         tiny_model("l2x_tabular").save_pretrained(tmp_path / run / "best")
         assert resolve_model(str(tmp_path / run / "best"))[1] == f"{run}-best"
     assert resolve_model(str(tmp_path / "A" / "best") + "/")[1] == "A-best"
+
+
+def test_predict_keeps_existing_outputs_and_the_input_unless_told(
+    exported: dict[str, Exported], tmp_path: Path
+) -> None:
+    """x.npy and x.npz share the default output x.outputs.npz: the second run is refused
+    (the first run's outputs are kept) until --overwrite; an output naming the input file is
+    refused even with --overwrite."""
+    model_file = str(exported["l2x_tabular"].onnx)
+    (features,) = exported["l2x_tabular"].model.example_inputs(3)
+    np.save(tmp_path / "x.npy", features.numpy())
+    np.savez(tmp_path / "x.npz", features=features[:2].numpy())
+    first = runner.invoke(app, ["predict", model_file, "--input", str(tmp_path / "x.npy")])
+    assert first.exit_code == 0, first.output
+    target = tmp_path / "x.outputs.npz"
+    kept = target.read_bytes()
+    second = runner.invoke(app, ["predict", model_file, "--input", str(tmp_path / "x.npz")])
+    assert second.exit_code == 1 and "already exists; pass --overwrite" in second.output
+    assert target.read_bytes() == kept
+    args = ["predict", model_file, "--input", str(tmp_path / "x.npz"), "--overwrite"]
+    third = runner.invoke(app, args)
+    assert third.exit_code == 0, third.output
+    with np.load(target) as outputs:
+        assert outputs["prediction"].shape[0] == 2  # the .npz run's two rows replaced three
+    inputs = (tmp_path / "x.npz").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        args = ["predict", model_file, "--input", str(tmp_path / "x.npz")]
+        itself = runner.invoke(app, [*args, "--output", str(tmp_path / "x.npz"), *extra])
+        assert itself.exit_code == 1 and "is the input file" in itself.output
+    assert (tmp_path / "x.npz").read_bytes() == inputs

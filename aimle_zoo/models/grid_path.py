@@ -48,7 +48,8 @@ def path_metrics(
 ) -> dict[str, Tensor]:
     """Per-instance path metrics of 0/1 masks ``[B, H, W]`` under true costs ``[B, H, W]``.
 
-    Returns ``exact_match``, ``cost_ratio`` (⟨w, z⟩ / ⟨w, y⟩) and, for each x in ``percents``,
+    Returns ``exact_match``, ``cost_ratio`` (⟨w, z⟩ / ⟨w, y⟩; for a gold path of cost 0 it is
+    1 when the predicted path costs 0 too and +inf otherwise) and, for each x in ``percents``,
     ``below_{x:g}_percent`` (⟨w, z⟩ <= (1 + x/100)·⟨w, y⟩), each ``[B]`` (float64).
     """
     weights = true_costs.double()
@@ -56,7 +57,11 @@ def path_metrics(
     gold_cost = (gold.double() * weights).sum(dim=(1, 2))
     metrics = {
         "exact_match": (predicted.bool() == gold.bool()).all(dim=2).all(dim=1).double(),
-        "cost_ratio": predicted_cost / gold_cost,
+        "cost_ratio": torch.where(
+            gold_cost == 0,
+            torch.where(predicted_cost == 0, 1.0, torch.inf),  # 0/0: as cheap as gold
+            predicted_cost / gold_cost,
+        ),
     }
     for percent in percents:
         within = predicted_cost <= gold_cost * (1 + percent / 100)

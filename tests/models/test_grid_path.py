@@ -35,6 +35,19 @@ def test_path_metrics_hand_checked_cases() -> None:
     np.testing.assert_array_equal(metrics["below_30_percent"].numpy(), [1, 1, 0, 1])
 
 
+def test_path_metrics_cost_ratio_of_a_free_gold_path() -> None:
+    """A gold path of cost 0: ratio 1 for a predicted path costing 0 too, +inf otherwise
+    (not 0/0 = NaN, which would turn a whole evaluation's mean into NaN)."""
+    costs = torch.tensor([[0.0, 0.0, 3.0], [2.0, 0.0, 1.0], [2.0, 2.0, 0.0]])
+    gold = torch.eye(3)  # cost 0
+    free_detour = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # cost 0
+    paid = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # cost 6
+    predicted = torch.stack([gold, free_detour, paid])
+    metrics = path_metrics(predicted, gold.expand(3, 3, 3), costs.expand(3, 3, 3), (0.0,))
+    np.testing.assert_array_equal(metrics["cost_ratio"].numpy(), [1.0, 1.0, np.inf])
+    np.testing.assert_array_equal(metrics["below_0_percent"].numpy(), [1, 1, 0])
+
+
 @pytest.mark.parametrize("activation", ["abs", "softplus"])
 def test_vertex_costs_are_non_negative(activation: str) -> None:
     model = tiny_model("grid_shortest_path", cost_activation=activation).eval()

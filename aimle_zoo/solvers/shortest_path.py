@@ -764,6 +764,13 @@ class ShortestPath(Solver):
         """Delegates to the grid or graph solver built at construction."""
         return self.solver(theta)
 
+    def objective(self, theta: Tensor, z: Tensor) -> Tensor:
+        """The cost ``[B]`` this solver minimises: :func:`grid_path_cost` on a grid,
+        :func:`graph_path_cost` on a graph (the registered objective is the grid's)."""
+        if isinstance(self.solver, GridShortestPath):
+            return grid_path_cost(theta, z)
+        return graph_path_cost(theta, z)
+
 
 def _given_arguments(**arguments: Any) -> dict[str, Any]:
     """The constructor arguments given (not ``None``): what rebuilds the solver from exported
@@ -845,7 +852,7 @@ register_solver(
     constraints=(
         "grid: costs clamped at 0",
         "graph: no negative cycle may reach the target",
-        "objective: the grid path cost",
+        "objective: the grid path cost (a graph's: ShortestPath.objective)",
     ),
     description="shortest path: Warcraft grid by default, a general graph given edge_index",
     example=_grid_example,

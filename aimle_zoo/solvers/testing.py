@@ -62,13 +62,13 @@ import inspect
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from . import _registry
-from ._base import Sense, format_instances, solver_sense, solver_spec
+from ._base import Sense, SolverSpec, format_instances, solver_sense, solver_spec
 from ._registry import get_solver, get_solver_spec
 
 MakeInput = Callable[[int, torch.Generator], tuple[dict[str, Any], Tensor]]
@@ -264,6 +264,14 @@ class _Case:
         return values if self.sense == "max" else -values
 
 
+def _default_objective(solver: Callable[[Tensor], Tensor], spec: SolverSpec | None) -> Objective:
+    """The solver's ``objective`` method, else its spec's objective, else ⟨θ, z⟩."""
+    own = getattr(solver, "objective", None)
+    if callable(own):
+        return cast(Objective, own)
+    return spec.objective if spec is not None and spec.objective else linear_objective
+
+
 def check_solver(
     solver_or_name: str | Callable[[Tensor], Tensor],
     *,
@@ -286,8 +294,10 @@ def check_solver(
             give the rest).
         make_input: ``(batch_size, generator) -> (params, theta [B, *S])``; default: the
             ``example`` of the solver's registry spec.
-        objective: ``(theta, z) -> [B]``; default: the spec's ``objective``, else ⟨θ, z⟩.
-            Its direction is the solver's sense (:func:`solver_sense`).
+        objective: ``(theta, z) -> [B]``; default: the solver's own ``objective`` method if
+            it has one (a solver whose cost depends on how it was built, such as ``dijkstra``
+            on a grid or a graph), else the spec's ``objective``, else ⟨θ, z⟩. Its direction
+            is the solver's sense (:func:`solver_sense`).
         feasible: ``(theta [*S]) -> [F, *S]`` every feasible solution of one (tiny) instance;
             enables the ``optimality`` check.
         batch_size: instances in the batch.
@@ -342,7 +352,7 @@ def check_solver(
         solver=solver,
         theta=theta,
         sense=solver_sense(solver),
-        objective=objective or (spec.objective if spec and spec.objective else linear_objective),
+        objective=objective or _default_objective(solver, spec),
         feasible=feasible,
         seed=seed,
     )

@@ -496,3 +496,19 @@ def test_a_nan_output_is_reported_as_not_binary_not_as_non_deterministic() -> No
     report = run(lambda theta: top_k(theta) * float("nan"), checks=["binary", "determinism"])
     assert failed_names(report) == {"binary", "determinism"}
     assert report["determinism"].message == "not checked: the output holds NaN (see 'binary')"
+
+
+def test_a_solver_objective_method_is_the_default_objective() -> None:
+    """``dijkstra`` registers the grid path cost, Σ max(θ, 0)·z; built with a graph it takes
+    costs of any sign, and its own ``objective`` method (the graph path cost) is what the kit
+    uses unless one is passed: a graph with negative costs passes, and fails when the grid cost
+    (which clamps them) is forced on it."""
+    from aimle_zoo.solvers import get_solver_spec
+    from aimle_zoo.solvers.shortest_path import grid_path_cost
+
+    graph_example = get_solver_spec("graph_shortest_path").example
+    assert graph_example is not None
+    report = check_solver("dijkstra", make_input=graph_example, seed=1)
+    assert report.ok, report
+    forced = check_solver("dijkstra", make_input=graph_example, objective=grid_path_cost, seed=1)
+    assert not forced.ok

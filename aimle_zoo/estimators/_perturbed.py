@@ -21,6 +21,9 @@ by (N − 1)/N.
 
 **Minimisation.** The identity holds for any function of θ + σZ, argmin included, so a
 minimising solver uses the same formula with no sign change (z already moves the "right" way).
+The noise is added as θ + σZ for either sense (Berthet et al.'s definition); with Gumbel noise a
+minimiser's samples therefore do not follow p(z) ∝ exp(−⟨θ, z⟩/σ), as the other estimators'
+negated noise makes them do. Solve the maximiser on −θ to get that distribution.
 
 References:
     Berthet, Blondel, Teboul, Cuturi, Vert, Bach. Learning with Differentiable Perturbed

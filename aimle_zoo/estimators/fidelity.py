@@ -157,7 +157,9 @@ def gradient_fidelity(
     :class:`~aimle_zoo.solvers.TopK`, else :func:`solution_states`), the solver's sense and
     ``temperature``, by default the scale of the estimator's forward noise (AIMLE's and
     I-MLE's ``input_temperature``, STE's ``temperature``, the perturbed optimizer's ``sigma``,
-    else 1).
+    else 1). The perturbed optimizer adds its noise to a minimiser's costs unnegated, so with
+    Gumbel noise on a minimiser its samples follow another distribution than the exact
+    gradient's p(z) ∝ exp(−⟨θ, z⟩/τ) (its Gaussian noise is symmetric: either sense is fine).
 
     Args:
         estimator: any estimator; its state (β) moves during the call.

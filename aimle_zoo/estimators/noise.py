@@ -363,6 +363,7 @@ def _mixing_thresholds(k: float, terms: int) -> tuple[np.ndarray, np.ndarray]:
     return columns + accept, (alias - columns).astype(np.int32)
 
 
+@torch.compiler.disable  # NumPy tables built once and cached: never traced
 @functools.lru_cache(maxsize=64)
 def _mixing_tensors(k: float, terms: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """:func:`_mixing_thresholds` as tensors on ``device``, copied there once (a copy per
@@ -589,6 +590,7 @@ def _interpolate_quantiles(table: _QuantileTensors, uniform: Tensor) -> Tensor:
     return noise.addcmul_(table.slopes.index_select(0, cell), fraction)
 
 
+@torch.compiler.disable  # NumPy tables built once and cached: never traced
 @functools.lru_cache(maxsize=64)
 def _quantile_tensors(
     k: float, terms: int, device: torch.device, dtype: torch.dtype

@@ -39,7 +39,10 @@ _ACTIVATIONS = ("abs", "softplus")
 
 
 def hamming_loss(predicted: Tensor, gold: Tensor) -> Tensor:
-    """Σ_cells [z(1−y) + (1−z)y] per row: ``[R, H, W]`` × 2 → ``[R]``."""
+    """Σ_cells [z(1−y) + (1−z)y] per row: ``[R, H, W]`` × 2 → ``[R]``, in at least float32
+    (under autocast the path is bfloat16, whose integers are exact only up to 256)."""
+    dtype = torch.promote_types(predicted.dtype, torch.float32)
+    predicted, gold = predicted.to(dtype), gold.to(dtype)
     return (predicted * (1 - gold) + (1 - predicted) * gold).sum(dim=(1, 2))
 
 

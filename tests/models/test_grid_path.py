@@ -20,6 +20,19 @@ def test_hamming_loss_counts_differing_cells() -> None:
     np.testing.assert_array_equal(hamming_loss(predicted, gold).numpy(), expected)
 
 
+def test_hamming_loss_counts_exactly_in_bfloat16() -> None:
+    """A bfloat16 path (the model under CPU autocast) on a 30×30 grid: counts above 256 are
+    not bfloat16 integers, so the loss counts in float32."""
+    generator = torch.Generator().manual_seed(0)
+    predicted = (torch.rand(3, 30, 30, generator=generator) < 0.5).to(torch.bfloat16)
+    gold = (torch.rand(3, 30, 30, generator=generator) < 0.5).to(torch.bfloat16)
+    expected = (predicted.float().numpy() != gold.float().numpy()).reshape(3, -1).sum(1)
+    assert (expected > 256).all() and (expected % 2 == 1).any()  # not all bfloat16 integers
+    loss = hamming_loss(predicted, gold)
+    assert loss.dtype == torch.float32
+    np.testing.assert_array_equal(loss.numpy(), expected)
+
+
 def test_path_metrics_hand_checked_cases() -> None:
     costs = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]])
     diagonal_via_centre = torch.eye(3)  # cost 1 + 5 + 1 = 7

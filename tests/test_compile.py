@@ -61,17 +61,7 @@ def _fresh_dynamo_and_noise_tables() -> None:
     """A fresh TorchDynamo, and the Sum-of-Gamma tables forgotten, so that the compiled run
     (which goes first) builds them, as in a fresh process."""
     torch._dynamo.reset()
-    cached_tables = (
-        noise._quantile_tensors,
-        noise._mixing_tensors,
-        noise._quantile_table,
-        noise._mixing_probabilities,
-        noise._mixing_alias_table,
-        noise._mixing_thresholds,
-    )
-    for function in cached_tables:  # under torch.compiler.disable, the cache is __wrapped__
-        cached = function if hasattr(function, "cache_clear") else function.__wrapped__
-        cached.cache_clear()
+    noise._clear_table_caches()
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -22,7 +22,7 @@ import functools
 import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, TypeAlias
+from typing import Any, ClassVar, NamedTuple, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -604,6 +604,16 @@ def _quantile_tensors(
         values=torch.as_tensor(values, dtype=dtype, device=device),
         slopes=torch.as_tensor(slopes, dtype=dtype, device=device),
     )
+
+
+def _clear_table_caches() -> None:
+    """Forget every cached Sum-of-Gamma table (the next draw builds its table again)."""
+    _quantile_table.cache_clear()
+    _mixing_probabilities.cache_clear()
+    _mixing_alias_table.cache_clear()
+    _mixing_thresholds.cache_clear()
+    for tensors in (_quantile_tensors, _mixing_tensors):  # under torch.compiler.disable
+        cast(Any, tensors).__wrapped__.cache_clear()
 
 
 class Gaussian(Noise):

@@ -17,6 +17,7 @@ from scipy import optimize, special, stats
 
 from aimle_zoo.estimators import SumOfGamma, make_noise
 from aimle_zoo.estimators.noise import (
+    _clear_table_caches,
     _interpolate_quantiles,
     _marsaglia_tsang,
     _mixing_alias_table,
@@ -219,8 +220,7 @@ def test_quantile_sampler_handles_a_large_k(k: float, terms: int) -> None:
 
 def test_quantile_tables_ignore_the_default_device() -> None:
     """The tables are computed on the CPU even under ``torch.set_default_device``."""
-    _quantile_tensors.cache_clear()  # so that the table is built here, not found cached
-    _quantile_table.cache_clear()
+    _clear_table_caches()  # so that the table is built here, not found cached
     torch.set_default_device("meta")
     try:
         draws = SumOfGamma(6.0, 5).sample((4,), device="cpu")

@@ -18,6 +18,7 @@ from .estimators import (
     Blackbox as Blackbox,
     DifferentiableSolver as DifferentiableSolver,
     Estimator as Estimator,
+    FenchelYoungLoss as FenchelYoungLoss,
     FixedTarget as FixedTarget,
     Gaussian as Gaussian,
     Gumbel as Gumbel,

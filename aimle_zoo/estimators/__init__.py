@@ -9,6 +9,9 @@
 * :class:`Relaxed`: backpropagation through a continuous relaxation of the solver
   (Gumbel-softmax, continuous top-k, stochastic softmax tricks), the classic baselines.
 
+:class:`FenchelYoungLoss` is the perturbed Fenchel–Young loss, for training θ directly on
+target solutions.
+
 Every estimator maps θ ``[B, *S]`` to ``[B·N, *S]`` solutions, sample-minor (see
 :func:`expand_samples`). :class:`DifferentiableSolver` composes a solver and an estimator into a
 layer that uses the plain solver in eval mode and for export; :func:`gradient_fidelity` compares
@@ -43,6 +46,7 @@ from .decorators import (
     relaxed as relaxed,
     ste as ste,
 )
+from .fenchel_young import FenchelYoungLoss as FenchelYoungLoss
 from .fidelity import (
     FidelityReport as FidelityReport,
     exact_expected_gradient as exact_expected_gradient,

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from aimle_zoo import DifferentiableSolver
+from aimle_zoo import DifferentiableSolver, FenchelYoungLoss
 from aimle_zoo.estimators import noise
 from aimle_zoo.estimators.registry import build_estimator, list_estimators
 from aimle_zoo.models import ZooModel
@@ -98,5 +98,21 @@ def test_every_estimator_gives_the_same_gradient_under_compile(estimator: str) -
         ((z - torch.rand_like(z)) ** 2).sum().backward()
         assert theta.grad is not None
         gradients.append(theta.grad)
+    assert gradients[1].abs().sum() > 0
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=0, atol=0)
+
+
+def test_the_fenchel_young_loss_gives_the_same_gradient_under_compile() -> None:
+    gradients = []
+    for backend in ("aot_eager", None):
+        torch.manual_seed(0)
+        loss_fn = FenchelYoungLoss("dijkstra", samples=3)
+        costs = (torch.rand(4, 6, 6) * 5).requires_grad_()
+        gold = loss_fn.solver(torch.rand(4, 6, 6))
+        forward = loss_fn if backend is None else torch.compile(loss_fn, backend=backend)
+        torch.manual_seed(1)
+        forward(costs, gold).backward()
+        assert costs.grad is not None
+        gradients.append(costs.grad)
     assert gradients[1].abs().sum() > 0
     torch.testing.assert_close(gradients[0], gradients[1], rtol=0, atol=0)

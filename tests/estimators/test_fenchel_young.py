@@ -106,8 +106,8 @@ def test_grid_paths_loss_is_non_negative_and_zero_only_at_a_stable_gold_path() -
 
 def test_reductions_and_an_adjacency_with_missing_edges() -> None:
     """``"none"`` gives [B], ``"sum"`` its sum and ``"mean"`` its mean; on a graph given as an
-    adjacency, whose missing edges cost +inf (θ + σZ is +inf there too), the loss stays finite
-    (those entries are 0 in both z and y)."""
+    adjacency, whose missing edges cost +inf (θ + σZ is +inf there too), the loss and its
+    gradient stay finite (those entries are 0 in both z and y, and get no gradient)."""
     edges = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)  # a DAG, 0 -> 5
     solver = get_solver("dijkstra", adjacency=edges, target=5)
     generator = torch.Generator().manual_seed(0)
@@ -121,6 +121,10 @@ def test_reductions_and_an_adjacency_with_missing_edges() -> None:
         losses[reduction] = loss_fn(theta, target)
     assert losses["none"].shape == (5,) and torch.isfinite(losses["none"]).all()
     assert (losses["none"] >= 0).all()
+    theta.requires_grad_()
+    FenchelYoungLoss(solver, samples=4)(theta, target).backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+    assert (theta.grad[:, ~edges] == 0).all() and theta.grad.abs().sum() > 0
     torch.testing.assert_close(losses["sum"], losses["none"].sum())
     torch.testing.assert_close(losses["mean"], losses["none"].mean())
 

@@ -32,13 +32,17 @@ from aimle_zoo.training import evaluate, seed_everything, train
 
 @register_model("grid_shortest_path_fenchel_young")
 class FenchelYoungGrid(GridShortestPath):
-    """The grid model whose training loss is the Fenchel–Young loss of its solver."""
+    """The grid model whose training loss is the Fenchel–Young loss of its solver, with
+    Gaussian noise of scale ``noise_scale`` and ``perturbed_paths`` samples per map."""
+
+    noise_scale = 1.0
+    perturbed_paths = 10
 
     @functools.cached_property
     def fenchel_young(self) -> FenchelYoungLoss:
-        """The loss of the model's solver: Gaussian noise, σ = 1, 10 samples (the perturbed
-        baseline's noise, with the samples the Fenchel–Young papers use)."""
-        return FenchelYoungLoss(self.latent_layer.solver, sigma=1.0, samples=10)
+        return FenchelYoungLoss(
+            self.latent_layer.solver, sigma=self.noise_scale, samples=self.perturbed_paths
+        )
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         maps, _, gold = self._unpack(batch, "training_loss")
@@ -52,6 +56,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--max-steps", type=int, default=40, help="steps per epoch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigma", type=float, default=1.0, help="noise scale σ")
+    parser.add_argument("--samples", type=int, default=10, help="perturbed paths per map")
     parser.add_argument("--smoke", action="store_true", help="a few batches (a quick check)")
     args = parser.parse_args()
     recipe = get_recipe("grid-12")
@@ -64,6 +70,7 @@ def main() -> None:
         max_steps_per_epoch=steps,
         seed=args.seed,
     )
+    FenchelYoungGrid.noise_scale, FenchelYoungGrid.perturbed_paths = args.sigma, args.samples
     seed_everything(config.seed)  # the initial weights depend on the seed alone, as in compare
     task = recipe.build_data(options)
     model = FenchelYoungGrid(**recipe.static_model_kwargs(args.smoke), **task.model_kwargs)

@@ -170,6 +170,52 @@ def test_estimator_gradients_and_state_stay_on_the_device(estimator: str) -> Non
     assert torch.equal(z, z_again) and torch.equal(grad, grad_again), "not reproducible"
 
 
+@pytest.mark.parametrize("solver", ["topk", "dijkstra"])
+def test_fenchel_young_loss_on_the_device_matches_the_cpu_on_the_same_noise(solver: str) -> None:
+    """The noise is drawn on the CPU and handed to both (each device's generator draws its
+    own stream): loss and gradient agree, and stay on the device."""
+    shape = (6, 12) if solver == "topk" else (6, 5, 5)
+    params = {"k": 3} if solver == "topk" else {}
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.rand(shape, generator=generator) * 4
+    noise = torch.randn((shape[0] * 4, *shape[1:]), generator=generator)
+    target = get_solver(solver, **params)(torch.rand(shape, generator=generator))
+    results = []
+    for device in (torch.device("cpu"), DEVICE):
+        loss_fn = aimle_zoo.FenchelYoungLoss(
+            solver, noise=_PresetNoise(noise), sigma=0.5, samples=4, **params
+        )
+        leaf = theta.to(device).requires_grad_()
+        loss = loss_fn(leaf, target.to(device))
+        loss.backward()
+        assert leaf.grad is not None and loss.device == leaf.grad.device == device
+        results.append((loss.detach().cpu(), leaf.grad.cpu()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)
+
+
+class _PresetNoise(aimle_zoo.estimators.Noise):
+    """Returns a preset draw on the device asked for."""
+
+    name = "preset-test"
+
+    def __init__(self, values: Tensor) -> None:
+        self.values = values
+
+    def _draw(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        assert tuple(shape) == tuple(self.values.shape)
+        return self.values.to(device=device, dtype=dtype, copy=True)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
 # --- models ----------------------------------------------------------------------------------
 
 

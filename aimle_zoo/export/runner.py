@@ -274,7 +274,14 @@ def _check_one(
                     f"multiples of {limits.batch_multiple} (its solver holds per-instance data "
                     f"for {limits.batch_multiple} instances); pad or split the batch"
                 )
-    if limits.finite is not None and value.size and value.dtype.kind == "f":
+    closed = limits.bounds.get(spec.name)
+    within = False  # inside finite closed bounds, hence finite: no NaN/inf screen needed
+    if closed is not None and value.size:
+        low_f, high_f = closed
+        smallest_f, largest_f = float(value.min()), float(value.max())  # NaN if any NaN
+        within = math.isfinite(low_f) and math.isfinite(high_f)
+        within = within and low_f <= smallest_f and largest_f <= high_f  # False for NaN
+    if limits.finite is not None and value.size and value.dtype.kind == "f" and not within:
         _check_finite(spec.name, value, allow_inf=limits.finite == "no_nan")
     bounds = limits.ranges.get(spec.name)
     if bounds is not None and value.size:
@@ -285,16 +292,12 @@ def _check_one(
                 f"input {spec.name!r} holds values in [{smallest}, {largest}], the model takes "
                 f"[{low}, {high - 1}] (e.g. token ids below the vocabulary size)"
             )
-    closed = limits.bounds.get(spec.name)
-    if closed is not None and value.size:
-        low_f, high_f = closed
-        smallest_f, largest_f = float(value.min()), float(value.max())
-        if smallest_f < low_f or largest_f > high_f:
-            raise RunnerInputError(
-                f"input {spec.name!r} holds values in [{smallest_f:g}, {largest_f:g}], the model "
-                f"takes [{low_f:g}, {high_f:g}]; scale the values as in training (8-bit pixels "
-                "divided by 255)"
-            )
+    if closed is not None and value.size and (smallest_f < low_f or largest_f > high_f):
+        raise RunnerInputError(
+            f"input {spec.name!r} holds values in [{smallest_f:g}, {largest_f:g}], the model "
+            f"takes [{low_f:g}, {high_f:g}]; scale the values as in training (8-bit pixels "
+            "divided by 255)"
+        )
     return value
 
 
@@ -335,7 +338,10 @@ def _check_finite(name: str, value: np.ndarray, allow_inf: bool) -> None:
 
     One sum screens the common case: a finite sum proves every entry finite (an overflowing
     sum, silenced, sends the rows to the exact check)."""
-    with np.errstate(over="ignore"):
+    if value.dtype == np.float64:  # only a float64 sum can overflow (float32 values cannot)
+        with np.errstate(over="ignore"):
+            total = value.sum()
+    else:
         total = value.sum(dtype=np.float64)
     if np.isfinite(total) or (allow_inf and not np.isnan(total)):
         return

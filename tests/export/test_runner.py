@@ -249,6 +249,11 @@ def test_intensities_outside_0_1_are_refused_as_eager_pytorch_refuses_them(
             wrong.reshape(-1)[7] = bad
             with pytest.raises(RunnerInputError, match=r"takes \[0, 1\]; scale the values"):
                 model.run({name: wrong})
+        for bad in (np.nan, np.inf):  # the bounds screen inputs: these fail it and get named
+            wrong = images.numpy().copy()
+            wrong.reshape(2, -1)[1, 5] = bad
+            with pytest.raises(RunnerInputError, match=r"NaN or inf values in instance\(s\) 1;"):
+                model.run({name: wrong})
         edges = images.numpy().copy()
         edges.reshape(2, -1)[0, :2] = (0.0, 1.0)  # both ends are valid
         assert model.run({name: edges})

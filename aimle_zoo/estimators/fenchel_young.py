@@ -9,14 +9,15 @@ loss: for a maximising solver over the feasible set C, with noise Z of scale σ,
     L(θ; y) = F_σ(θ) − ⟨θ, y⟩ ≥ 0,                 ∇_θ L = ȳ_σ(θ) − y.
 
 For a minimising solver F_σ is the expected minimum, L = ⟨θ, y⟩ − F_σ(θ) and ∇_θ L = y − ȳ_σ(θ).
-The loss is convex in θ and vanishes only when the perturbed solver returns y almost surely.
+The loss is convex in θ, non-negative for a target y in the convex hull of C (a solution, or an
+average of solutions), and vanishes only when the perturbed solver returns y almost surely.
 With N samples z_n = MAP(θ + σZ_n), solved in one batched call, the estimate is
 
-    L̂ = (1/N) Σ_n s·⟨θ + σZ_n, z_n − y⟩ ≥ 0        (s = +1 for max, −1 for min),
+    L̂ = (1/N) Σ_n s·⟨θ + σZ_n, z_n − y⟩           (s = +1 for max, −1 for min),
 
-whose gradient is exactly (1/N) Σ_n s·(z_n − y) (each z_n is optimal for its perturbed θ, so it
-does not move to first order). With Gumbel noise and an argmax over one-hot solutions L is
-σ times the softmax cross-entropy of θ/σ.
+which is ≥ 0 term by term for such y, and whose gradient is exactly (1/N) Σ_n s·(z_n − y) (each
+z_n is optimal for its perturbed θ, so it does not move to first order). With Gumbel noise and
+an argmax over one-hot solutions L is σ times the softmax cross-entropy of θ/σ.
 
 References:
     Berthet, Blondel, Teboul, Cuturi, Vert, Bach. Learning with Differentiable Perturbed

@@ -80,7 +80,9 @@ def main() -> None:
     metrics = evaluate(
         best, task.test, batch_size=config.eval_batch_size, options=recipe.test_options
     )
-    (args.out / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    staged = args.out / "test_metrics.json.partial"  # replaced in one step: never half-written
+    staged.write_text(json.dumps(metrics, indent=2))
+    staged.replace(args.out / "test_metrics.json")
     print(json.dumps(metrics, indent=2))
 
 

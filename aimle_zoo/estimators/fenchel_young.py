@@ -41,6 +41,7 @@ from ._base import (
     resolve_minimize,
     validate_theta,
 )
+from .layer import DifferentiableSolver
 from .noise import Noise, NoiseLike, make_noise
 
 __all__ = ["FenchelYoungLoss"]
@@ -52,8 +53,9 @@ class FenchelYoungLoss(nn.Module):
     """Perturbed Fenchel–Young loss of a solver: ``loss(theta [B, *S], target [B, *S])``.
 
     Args:
-        solver: an ``nn.Module`` or callable ``theta [B, *S] -> z [B, *S]``, or the name of a
-            registered solver (built with ``get_solver(name, **solver_params)``).
+        solver: an ``nn.Module`` or callable ``theta [B, *S] -> z [B, *S]``, the name of a
+            registered solver (built with ``get_solver(name, **solver_params)``), or a
+            :class:`DifferentiableSolver` layer, whose plain solver (and sense) is used.
         noise: the noise Z, ``"gaussian"`` (default), ``"gumbel"`` or any noise of
             :func:`~aimle_zoo.estimators.make_noise`; it is added as θ + σZ for either sense.
         sigma: σ > 0, the noise scale.
@@ -83,6 +85,9 @@ class FenchelYoungLoss(nn.Module):
         **solver_params: Any,
     ) -> None:
         super().__init__()
+        if isinstance(solver, DifferentiableSolver):  # its plain solver, not its estimator
+            minimize = solver.minimize if minimize is None else minimize
+            solver = solver.solver
         if isinstance(solver, str):
             solver = get_solver(solver, **solver_params)
         elif solver_params:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aimle_zoo import FenchelYoungLoss
+from aimle_zoo import DifferentiableSolver, FenchelYoungLoss
 from aimle_zoo.solvers import SolverInputError, UnknownSolverError, get_solver
 
 from ._helpers import FixedNoise, numpy_topk, tile
@@ -153,6 +153,24 @@ def test_a_linear_model_learns_top_k_selections_from_targets() -> None:
     with torch.no_grad():
         agreement = (solver(model(features)) * targets).sum(dim=1).mean() / 4
     assert agreement > 0.9
+
+
+def test_a_differentiable_solver_layer_lends_its_plain_solver_and_sense() -> None:
+    """Given a model's latent layer (in training mode, where calling it would run its
+    estimator), the loss uses the layer's plain solver and sense: the same loss and gradient
+    as with the solver itself."""
+    layer = DifferentiableSolver("dijkstra", "aimle").train()
+    costs = torch.rand(3, 5, 5, dtype=F64) * 4
+    gold = layer.solver(torch.rand(3, 5, 5, dtype=F64))
+    results = []
+    for solver in (layer, layer.solver):
+        theta = costs.clone().requires_grad_()
+        loss_fn = FenchelYoungLoss(solver, samples=3, generator=torch.Generator().manual_seed(0))
+        assert loss_fn.minimize
+        loss = loss_fn(theta, gold)
+        loss.backward()
+        results.append((loss.detach(), theta.grad))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
 def test_bad_arguments_and_inputs_are_refused_with_a_reason() -> None:

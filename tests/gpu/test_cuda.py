@@ -47,6 +47,7 @@ from aimle_zoo.training import move_to
 from tests.conftest import SHARED_DATA
 from tests.data.test_beer import write_beer
 
+from ..estimators._helpers import FixedNoise
 from ..models._helpers import TINY, make_batch, tiny_model
 
 DEVICE = torch.device(
@@ -183,7 +184,7 @@ def test_fenchel_young_loss_on_the_device_matches_the_cpu_on_the_same_noise(solv
     results = []
     for device in (torch.device("cpu"), DEVICE):
         loss_fn = aimle_zoo.FenchelYoungLoss(
-            solver, noise=_PresetNoise(noise), sigma=0.5, samples=4, **params
+            solver, noise=FixedNoise(noise), sigma=0.5, samples=4, **params
         )
         leaf = theta.to(device).requires_grad_()
         loss = loss_fn(leaf, target.to(device))
@@ -192,28 +193,6 @@ def test_fenchel_young_loss_on_the_device_matches_the_cpu_on_the_same_noise(solv
         results.append((loss.detach().cpu(), leaf.grad.cpu()))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)
-
-
-class _PresetNoise(aimle_zoo.estimators.Noise):
-    """Returns a preset draw on the device asked for."""
-
-    name = "preset-test"
-
-    def __init__(self, values: Tensor) -> None:
-        self.values = values
-
-    def _draw(
-        self,
-        shape: torch.Size,
-        device: torch.device,
-        dtype: torch.dtype,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        assert tuple(shape) == tuple(self.values.shape)
-        return self.values.to(device=device, dtype=dtype, copy=True)
-
-    def config(self) -> dict[str, Any]:
-        return {"name": self.name}
 
 
 # --- models ----------------------------------------------------------------------------------

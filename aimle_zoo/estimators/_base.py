@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from ..solvers import (
     SolverInputError,
     checks_enabled,
     format_instances,
+    get_solver,
     may_hold_bad_values,
     solver_sense,
     solver_spec,
@@ -96,6 +97,31 @@ def call_solver(solver: SolverFunction, theta: Tensor) -> Tensor:
             "input (one indicator per entry of theta)"
         )
     return z.to(device=theta.device, dtype=theta.dtype)
+
+
+def build_solver(solver: object, solver_params: dict[str, Any]) -> SolverFunction:
+    """``solver`` as a callable: a registered name built with ``get_solver(name,
+    **solver_params)``, or an ``nn.Module``/callable as it is (which takes no parameters)."""
+    if isinstance(solver, str):
+        return get_solver(solver, **solver_params)
+    if solver_params:
+        raise TypeError(
+            f"solver parameters {sorted(solver_params)} are only used with a solver name; "
+            "set them on the solver object instead"
+        )
+    if not callable(solver):
+        raise TypeError(
+            "solver must be an nn.Module, a callable theta -> z or a registered solver "
+            f"name, got {type(solver).__name__}"
+        )
+    return cast(SolverFunction, solver)
+
+
+def check_minimize(minimize: object) -> bool | None:
+    """A sense override: ``True`` (minimise), ``False`` (maximise) or ``None`` (the solver's)."""
+    if minimize is not None and not isinstance(minimize, bool):
+        raise TypeError(f"minimize must be True, False or None, got {minimize!r}")
+    return minimize
 
 
 def resolve_minimize(solver: object, minimize: bool | None) -> bool:

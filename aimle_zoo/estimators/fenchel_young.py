@@ -31,11 +31,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..solvers import SolverInputError, checks_enabled, get_solver, may_hold_bad_values
+from ..solvers import SolverInputError, checks_enabled, may_hold_bad_values
 from ._base import (
     SolverFunction,
+    build_solver,
     call_solver,
     check_count,
+    check_minimize,
     check_positive,
     expand_samples,
     resolve_minimize,
@@ -85,20 +87,11 @@ class FenchelYoungLoss(nn.Module):
         **solver_params: Any,
     ) -> None:
         super().__init__()
+        minimize = check_minimize(minimize)
         if isinstance(solver, DifferentiableSolver):  # its plain solver, not its estimator
             minimize = solver.minimize if minimize is None else minimize
             solver = solver.solver
-        if isinstance(solver, str):
-            solver = get_solver(solver, **solver_params)
-        elif solver_params:
-            raise TypeError(
-                f"solver parameters {sorted(solver_params)} apply only to a solver given by "
-                "name; build the solver object with them yourself"
-            )
-        if not callable(solver):
-            raise TypeError(f"solver must be callable theta -> z, got {type(solver).__name__}")
-        if minimize is not None and not isinstance(minimize, bool):
-            raise TypeError(f"minimize must be True, False or None, got {minimize!r}")
+        solver = build_solver(solver, solver_params)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         built = make_noise(noise)

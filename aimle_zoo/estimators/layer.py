@@ -14,9 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..solvers import get_solver
 from ._aimle import AIMLE
-from ._base import Estimator, SolverFunction, call_solver
+from ._base import Estimator, SolverFunction, build_solver, call_solver, check_minimize
 from ._relaxed import Relaxed
 from .registry import build_estimator
 
@@ -54,20 +53,8 @@ class DifferentiableSolver(nn.Module):
         **solver_params: Any,
     ) -> None:
         super().__init__()
-        if minimize is not None and not isinstance(minimize, bool):
-            raise TypeError(f"minimize must be True, False or None, got {minimize!r}")
-        if isinstance(solver, str):
-            solver = get_solver(solver, **solver_params)
-        elif solver_params:
-            raise TypeError(
-                f"solver parameters {sorted(solver_params)} are only used with a solver name; "
-                "set them on the solver object instead"
-            )
-        if not callable(solver):
-            raise TypeError(
-                "solver must be an nn.Module, a callable theta -> z or a registered solver "
-                f"name, got {type(solver).__name__}"
-            )
+        minimize = check_minimize(minimize)
+        solver = build_solver(solver, solver_params)
         if estimator is None:
             estimator = AIMLE()
         elif isinstance(estimator, str):

@@ -193,7 +193,7 @@ def test_bad_arguments_and_inputs_are_refused_with_a_reason() -> None:
         FenchelYoungLoss("topk", k=2, reduction="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs noise"):
         FenchelYoungLoss("topk", k=2, noise=None)
-    with pytest.raises(TypeError, match="apply only to a solver given by name"):
+    with pytest.raises(TypeError, match="are only used with a solver name"):
         FenchelYoungLoss(get_solver("topk", k=2), k=2)
     with pytest.raises(UnknownSolverError):
         FenchelYoungLoss("no_such_solver", k=2)

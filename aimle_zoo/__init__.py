@@ -43,6 +43,7 @@ from .hub import (
     read_card_metrics as read_card_metrics,
 )
 from .solvers import (
+    CachedSolver as CachedSolver,
     SolverInputError as SolverInputError,
     get_solver as get_solver,
     list_solvers as list_solvers,

@@ -48,6 +48,7 @@ from ..models import (
 )
 from ..models.nri import MLPDecoder, MLPEncoder, edge_endpoints, reverse_edge_index
 from ..solvers import (
+    CachedSolver,
     GraphShortestPath,
     GridShortestPath,
     ShortestPath,
@@ -1183,7 +1184,10 @@ def _split_module_path(
 
 
 def solver_info(solver: object, location: str) -> SolverInfo:
-    """Registry name, parameters, sense and exportability of a solver object."""
+    """Registry name, parameters, sense and exportability of a solver object (of the solver
+    inside a :class:`~aimle_zoo.solvers.CachedSolver`, which in eval mode only calls it)."""
+    if isinstance(solver, CachedSolver):
+        solver = solver.solver
     spec = solver_spec(solver)
     sense: str
     if spec is not None:

@@ -32,6 +32,7 @@ from ._registry import (
 )
 
 # Built-in solvers register themselves on import (one line per module below).
+from .cache import CachedSolver as CachedSolver
 from .reference.spanning_tree import SpanningTreeScipy as SpanningTreeScipy
 from .shortest_path import (
     GraphShortestPath as GraphShortestPath,

@@ -189,10 +189,27 @@ def test_fenchel_young_loss_on_the_device_matches_the_cpu_on_the_same_noise(solv
         leaf = theta.to(device).requires_grad_()
         loss = loss_fn(leaf, target.to(device))
         loss.backward()
-        assert leaf.grad is not None and loss.device == leaf.grad.device == device
+        assert leaf.grad is not None
+        assert loss.device.type == leaf.grad.device.type == device.type
         results.append((loss.detach().cpu(), leaf.grad.cpu()))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=0)
+
+
+def test_a_solution_cache_on_the_device_answers_as_on_the_cpu() -> None:
+    """The pool lives on the cache's device; its answers (grid paths pooled from 40 maps,
+    looked up for 8 perturbed ones) are the CPU's."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(40, 6, 6, generator=generator)
+    answers = []
+    for device in (torch.device("cpu"), DEVICE):
+        cache = aimle_zoo.CachedSolver("dijkstra", solve_ratio=0.0).to(device)
+        cache.add(cache.solver(maps.to(device)))
+        z = cache(maps[:8].to(device) + 0.01)
+        assert z.device.type == cache.pool.device.type == device.type
+        assert cache.pool_answers == 1
+        answers.append(z.cpu())
+    torch.testing.assert_close(answers[1], answers[0], rtol=0, atol=0)
 
 
 # --- models ----------------------------------------------------------------------------------

@@ -33,11 +33,11 @@ def _block(start: str) -> str:
 
 def test_every_python_example_is_checked_here() -> None:
     starts = [block.splitlines()[0] for block in _python_blocks()]
-    assert len(starts) == 5, starts  # a new example needs a test below
+    assert len(starts) == 6, starts  # a new example needs a test below
 
 
 def test_the_top_k_example_learns_to_pick_the_first_five(tmp_path: Path) -> None:
-    output = _run(_block("import torch\nfrom aimle_zoo import AIMLE"), tmp_path)
+    output = _run(_block("import torch\nfrom aimle_zoo import AIMLE, AdaptiveTarget"), tmp_path)
     loss, diagnostics = output.split(" ", 1)
     assert float(loss) < 0.5  # the comment says ~0.2 (of a Hamming loss of up to 10)
     assert "'lambda'" in diagnostics and "'beta'" in diagnostics
@@ -76,3 +76,14 @@ def test_the_export_example_exports_verifies_and_runs(tmp_path: Path) -> None:
     assert "passed, max abs diff" in output
     written = sorted(path.name for path in (tmp_path / "exported").iterdir())
     assert written == ["l2x-mnist.onnx", "l2x-mnist.pt"]
+
+
+def test_the_cache_example_answers_most_calls_from_the_pool(tmp_path: Path) -> None:
+    output = _run(_block("import torch\nfrom aimle_zoo import AIMLE, CachedSolver"), tmp_path)
+    counts, exact = output.splitlines()
+    calls, answers, pool = map(int, counts.split())
+    assert calls + answers == 100 and answers > 4 * calls  # solve_ratio 0.1
+    assert 500 < pool <= 500 + 70 * calls  # the seeded paths and the solver's new ones
+    assert exact == "True"
+    expected = "# " + " ".join(counts.split())  # the comment prints what the run prints
+    assert expected in _block("import torch\nfrom aimle_zoo import AIMLE, CachedSolver")

@@ -101,6 +101,14 @@ class CachedSolver(nn.Module):
             )
         if sense is not None and sense not in ("max", "min"):
             raise ValueError(f"CachedSolver: sense must be 'max', 'min' or None, got {sense!r}")
+        method = getattr(solver, "batch_multiple", None)
+        if callable(method) and int(method()) > 1:
+            raise ValueError(
+                "CachedSolver: the solver holds per-instance data (its batches come in "
+                f"multiples of {int(method())}: per-instance sources, targets or masks), so "
+                "instances differ in their feasible solutions and one pool cannot serve them; "
+                "cache a solver built for one instance layout (a single source, target or mask)"
+            )
         self.solver = solver
         self.solve_ratio = float(solve_ratio)
         self.sense: Sense = sense if sense is not None else solver_sense(solver)
@@ -125,11 +133,6 @@ class CachedSolver(nn.Module):
         return f"solve_ratio={self.solve_ratio}, sense={self.sense!r}, pool={len(self)}" + (
             f", max_size={self.max_size}" if self.max_size is not None else ""
         )
-
-    def batch_multiple(self) -> int:
-        """The wrapped solver's batch step (1 if it declares none)."""
-        method = getattr(self.solver, "batch_multiple", None)
-        return int(method()) if callable(method) else 1
 
     def forward(self, theta: Tensor) -> Tensor:
         """``z [B, *S]``: the solver's answer, or in training mode with probability

@@ -263,6 +263,11 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing() -> None:
         CachedSolver("topk", k=2, sense="minimum")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="only used with a solver name"):
         CachedSolver(get_solver("topk", k=2), k=2)
+    per_instance = get_solver(
+        "graph_shortest_path", adjacency=torch.isfinite(FULL), target=torch.tensor([3, 2])
+    )
+    with pytest.raises(ValueError, match=r"per-instance data .* multiples of 2"):
+        CachedSolver(per_instance)
     cache = CachedSolver("topk", 0.0, k=2)
     with pytest.raises(SolverInputError, match="pool is empty"):
         cache.lookup(torch.randn(3, 5))

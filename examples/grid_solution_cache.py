@@ -93,7 +93,8 @@ def main() -> None:
         **task.model_kwargs,
         estimator=recipe.estimator_config(args.estimator),
     )
-    for _, _, gold in DataLoader(task.train, batch_size=1000):
+    own_generator = torch.Generator()  # a loader's seed draw would shift the global stream
+    for _, _, gold in DataLoader(task.train, batch_size=1000, generator=own_generator):
         model.cache.add(gold)
     seeded = len(model.cache)
     result = train(model, task.train, task.valid, args.out, config)

@@ -21,13 +21,14 @@ and leaves the pool as it is, so evaluation and export see the exact solver.
 """
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._base import Sense, SolverInputError, solver_sense, solver_spec
+from ._base import FunctionSolver, Sense, SolverInputError, solver_sense, solver_spec
 from ._registry import get_solver
 
 __all__ = ["CachedSolver"]
@@ -60,6 +61,7 @@ class CachedSolver(nn.Module):
     """
 
     __jit_ignored_attributes__: ClassVar[list[str]] = ["params", "generator", "_keys"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["relax"]
 
     pool: Tensor
 
@@ -133,6 +135,15 @@ class CachedSolver(nn.Module):
         return f"solve_ratio={self.solve_ratio}, sense={self.sense!r}, pool={len(self)}" + (
             f", max_size={self.max_size}" if self.max_size is not None else ""
         )
+
+    @property
+    def relax(self) -> Callable[..., Tensor] | None:
+        """The wrapped solver's continuous relaxation ``relax(theta, temperature)``, if it has
+        one (the ``relaxed`` estimator uses it, and the cache for its hard samples)."""
+        relax = getattr(self.solver, "relax", None)
+        if relax is None and isinstance(self.solver, FunctionSolver):
+            relax = getattr(self.solver.fn, "relax", None)
+        return relax if callable(relax) else None
 
     def forward(self, theta: Tensor) -> Tensor:
         """``z [B, *S]``: the solver's answer, or in training mode with probability

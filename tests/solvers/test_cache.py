@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from aimle_zoo import AIMLE, CachedSolver, DifferentiableSolver
+from aimle_zoo import AIMLE, CachedSolver, DifferentiableSolver, build_estimator
 from aimle_zoo.estimators.fidelity import topk_states
 from aimle_zoo.export import NonExportableSolverError, to_onnx, to_torchscript, verify
 from aimle_zoo.solvers import SolverInputError, get_solver
@@ -281,3 +281,29 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing() -> None:
     with pytest.raises(SolverInputError, match="floating tensor"):
         cache.lookup(torch.ones(3, 5, dtype=torch.long))
     assert len(cache) == 10 and cache.solver_calls == cache.pool_answers == 0
+
+
+@pytest.mark.parametrize("estimator", ["aimle", "imle", "ste", "perturbed", "blackbox", "relaxed"])
+@pytest.mark.parametrize("solve_ratio", [1.0, 0.0])
+def test_a_cache_that_answers_exactly_changes_no_estimator(
+    estimator: str, solve_ratio: float
+) -> None:
+    """Always solving, or looking up in a pool of all C(7, 3) subsets, the cache returns the
+    solver's answers: every estimator's samples and gradient are the plain solver's (the same
+    global random stream; the cache draws from its own generator)."""
+    theta = torch.randn(5, 7, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    weights = torch.randn(7, dtype=torch.float64)
+    results = []
+    for cached in (False, True):
+        solver = get_solver("topk", k=3)
+        if cached:
+            solver = CachedSolver(solver, solve_ratio, generator=torch.Generator())
+            solver.add(topk_states(7, 3))
+        built = {"name": estimator, "hard": True} if estimator == "relaxed" else estimator
+        layer = DifferentiableSolver(solver, build_estimator(built))
+        leaf = theta.clone().requires_grad_()
+        torch.manual_seed(8)
+        z = layer(leaf)
+        ((z * weights) ** 2).sum().backward()
+        results.append((z.detach(), leaf.grad))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

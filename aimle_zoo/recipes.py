@@ -242,8 +242,11 @@ class Recipe:
     @functools.cached_property
     def _probe_layer(self) -> DifferentiableSolver:
         """The latent layer of a small instance of the recipe's model (default estimator),
-        built once per recipe."""
-        probe = create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
+        built once per recipe, on its own random stream: building it never moves the global
+        one, so a model built after ``seed_everything`` gets the same weights whether or not
+        the probe existed."""
+        with torch.random.fork_rng(devices=[]):
+            probe = create_model(self.model, **self.model_kwargs, **self.smoke_model_kwargs)
         return cast(DifferentiableSolver, probe.latent_layer)
 
     def build_model(

@@ -727,3 +727,15 @@ def test_published_cards_re_check_the_first_256_test_instances() -> None:
     from aimle_zoo.recipes import HELDOUT_PREFIX, HELDOUT_SIZE
 
     assert (HELDOUT_SIZE, HELDOUT_PREFIX) == (256, "heldout256_")
+
+
+@pytest.mark.parametrize("name", ["grid-12", "l2x-mnist"])
+def test_reading_a_recipe_estimator_leaves_the_global_random_stream_alone(name: str) -> None:
+    """The first estimator_config call builds a probe model (random weights); a model built
+    after seeding must get the same weights whether or not that happened first."""
+    fresh = replace(get_recipe(name))  # its probe not built yet
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    fresh.estimator_config("aimle-forward")
+    assert torch.equal(torch.rand(4), expected)

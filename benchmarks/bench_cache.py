@@ -105,7 +105,7 @@ def main() -> None:
             for ratio in (1.0, 0.0):
                 cache = CachedSolver(solver, ratio)
                 cache.add(reference)  # the batch's own paths: the pool stays at pool_size
-                cache.add(paths[: pool_size - len(cache)])
+                cache.add(paths[: pool_size - cache.pool_size])
                 caches.append(cache)
         steps = [lambda solver=solver: solver(maps)] + [lambda c=c: c(maps) for c in caches]
         alone, *times = interleaved_times(steps, rounds, repeats)
@@ -116,7 +116,7 @@ def main() -> None:
                 [
                     name,
                     alone * 1e3,
-                    f"{len(caches[2 * index]):,}",
+                    f"{caches[2 * index].pool_size:,}",
                     solving * 1e3,
                     looking_up * 1e3,
                     *(seconds * 1e3 for seconds in mixed),

@@ -59,7 +59,7 @@ class CachedGrid(GridShortestPath):
         calls = self.cache.solver_calls + self.cache.pool_answers
         return loss, {
             "hamming": float(loss.detach()),
-            "pool": float(len(self.cache)),
+            "pool": float(self.cache.pool_size),
             "solved_share": self.cache.solver_calls / max(calls, 1),
         }
 
@@ -96,7 +96,7 @@ def main() -> None:
     own_generator = torch.Generator()  # a loader's seed draw would shift the global stream
     for _, _, gold in DataLoader(task.train, batch_size=1000, generator=own_generator):
         model.cache.add(gold)
-    seeded = len(model.cache)
+    seeded = model.cache.pool_size
     result = train(model, task.train, task.valid, args.out, config)
     best = CachedGrid.from_pretrained(result.best_dir)
     metrics = evaluate(
@@ -105,7 +105,7 @@ def main() -> None:
     metrics["cache"] = {
         "solve_ratio": args.solve_ratio,
         "seeded_pool": seeded,
-        "final_pool": len(model.cache),
+        "final_pool": model.cache.pool_size,
         "solver_calls": model.cache.solver_calls,
         "pool_answers": model.cache.pool_answers,
     }

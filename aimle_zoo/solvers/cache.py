@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._base import FunctionSolver, Sense, SolverInputError, solver_sense, solver_spec
+from ._base import FunctionSolver, Sense, SolverInputError, solver_sense
 from ._registry import get_solver
 
 __all__ = ["CachedSolver"]
@@ -60,8 +60,8 @@ class CachedSolver(nn.Module):
         layer = DifferentiableSolver(cached, "aimle")            # 90% of calls skip Dijkstra
     """
 
-    __jit_ignored_attributes__: ClassVar[list[str]] = ["params", "generator", "_keys"]
-    __jit_unused_properties__: ClassVar[list[str]] = ["relax"]
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["generator", "_keys"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["relax", "pool_size"]
 
     pool: Tensor
 
@@ -116,23 +116,19 @@ class CachedSolver(nn.Module):
         self.sense: Sense = sense if sense is not None else solver_sense(solver)
         self.max_size = max_size
         self.generator = generator
-        spec = solver_spec(solver)
-        self.params: dict[str, Any] = {
-            "solver": spec.name if spec is not None else type(solver).__qualname__,
-            "solve_ratio": self.solve_ratio,
-        }
         self.instance_shape: tuple[int, ...] | None = None
         self.register_buffer("pool", torch.zeros(0, 0), persistent=False)  # [P, D]
         self._keys: dict[bytes, None] = {}  # insertion-ordered keys of the pool's rows
         self.solver_calls = 0
         self.pool_answers = 0
 
-    def __len__(self) -> int:
+    @property
+    def pool_size(self) -> int:
         """The number of distinct solutions in the pool."""
         return len(self._keys)
 
     def extra_repr(self) -> str:
-        return f"solve_ratio={self.solve_ratio}, sense={self.sense!r}, pool={len(self)}" + (
+        return f"solve_ratio={self.solve_ratio}, sense={self.sense!r}, pool={self.pool_size}" + (
             f", max_size={self.max_size}" if self.max_size is not None else ""
         )
 
@@ -155,7 +151,7 @@ class CachedSolver(nn.Module):
     @torch.jit.unused
     def _training_call(self, theta: Tensor) -> Tensor:
         draw = torch.rand((), generator=self.generator)
-        if len(self) == 0 or float(draw) < self.solve_ratio:
+        if self.pool_size == 0 or float(draw) < self.solve_ratio:
             return self._solve(theta)
         z, unresolved = self.lookup(theta)
         if bool(unresolved.any()):  # no finite pooled score: solve those instances for real
@@ -182,7 +178,7 @@ class CachedSolver(nn.Module):
             SolverInputError: θ is not a floating tensor of the pool's instance shape, or
                 holds NaN; the pool is empty.
         """
-        if len(self) == 0:
+        if self.pool_size == 0:
             raise SolverInputError(
                 "CachedSolver.lookup: the pool is empty; add solutions with .add(z) or let the "
                 "solver answer first"

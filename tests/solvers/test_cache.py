@@ -139,7 +139,7 @@ def test_an_instance_without_a_usable_pooled_solution_is_solved() -> None:
     np.testing.assert_array_equal(z[0].numpy(), _adjacency_path(0, 1, 2, 3)[0].numpy())
     np.testing.assert_array_equal(z[1].numpy(), _adjacency_path(0, 1, 3)[0].numpy())
     assert (cache.solver_calls, cache.pool_answers) == (1, 0)
-    assert len(cache) == 2
+    assert cache.pool_size == 2
 
 
 def test_adjacency_costs_off_the_graph_do_not_poison_the_scores() -> None:
@@ -184,7 +184,7 @@ def test_eval_mode_always_calls_the_solver_and_leaves_the_pool_alone() -> None:
     theta = torch.randn(6, 5)
     z = cache(theta)
     np.testing.assert_array_equal(z.numpy(), numpy_topk(theta.numpy(), 2))
-    assert counting.rows == [6] and len(cache) == 3
+    assert counting.rows == [6] and cache.pool_size == 3
     assert (cache.solver_calls, cache.pool_answers) == (0, 0)
 
 
@@ -192,7 +192,7 @@ def test_add_keeps_distinct_solutions_and_max_size_drops_the_oldest() -> None:
     states = topk_states(6, 2, dtype=torch.float32)  # 15 distinct rows
     doubled = torch.cat([states, states.flip(0)])
     cache = CachedSolver("topk", k=2)
-    assert cache.add(doubled) == 15 and len(cache) == 15
+    assert cache.add(doubled) == 15 and cache.pool_size == 15
     assert len(torch.unique(cache.pool, dim=0)) == 15  # oracle: torch.unique
     assert cache.add(states[:4]) == 0
     bounded = CachedSolver("topk", k=2, max_size=5)
@@ -201,7 +201,7 @@ def test_add_keeps_distinct_solutions_and_max_size_drops_the_oldest() -> None:
     assert bounded.add(states[:1]) == 1  # state 0 had left, so it is new again
     np.testing.assert_array_equal(bounded.pool.numpy(), states[[4, 5, 6, 7, 0]].numpy())
     bounded.clear()
-    assert len(bounded) == 0 and bounded.solver_calls == bounded.pool_answers == 0
+    assert bounded.pool_size == 0 and bounded.solver_calls == bounded.pool_answers == 0
 
 
 def test_training_through_aimle_on_a_cache_learns_the_target_subset() -> None:
@@ -280,7 +280,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing() -> None:
         cache(torch.tensor([[0.0, math.nan, 1.0, 2.0, 3.0]]))
     with pytest.raises(SolverInputError, match="floating tensor"):
         cache.lookup(torch.ones(3, 5, dtype=torch.long))
-    assert len(cache) == 10 and cache.solver_calls == cache.pool_answers == 0
+    assert cache.pool_size == 10 and cache.solver_calls == cache.pool_answers == 0
 
 
 @pytest.mark.parametrize("estimator", ["aimle", "imle", "ste", "perturbed", "blackbox", "relaxed"])

@@ -33,6 +33,8 @@ from ._registry import get_solver
 
 __all__ = ["CachedSolver"]
 
+_SCORES_PER_CHUNK = 1 << 22  # scores held at once by a look-up (16 MB in float32)
+
 
 class CachedSolver(nn.Module):
     """A solver answering a share ``1 − solve_ratio`` of its training calls from a solution pool.
@@ -184,17 +186,25 @@ class CachedSolver(nn.Module):
                 "solver answer first"
             )
         flat = self._check_theta(theta, "lookup").reshape(theta.shape[0], -1)  # [B, D]
-        pool = self.pool.to(device=theta.device, dtype=theta.dtype)  # [P, D]
         finite = torch.isfinite(flat)
-        scores = torch.where(finite, flat, 0.0) @ pool.T  # [B, P]: <θ, z> over finite entries
-        if not bool(finite.all()):  # a used +inf (-inf) entry makes the score +inf (-inf)
-            uses_plus = (flat == math.inf).to(pool.dtype) @ pool.T > 0  # [B, P]
-            uses_minus = (flat == -math.inf).to(pool.dtype) @ pool.T > 0
-            scores = scores.masked_fill(uses_plus, math.inf).masked_fill(uses_minus, -math.inf)
-        best = scores.argmin(dim=1) if self.sense == "min" else scores.argmax(dim=1)  # [B]
-        best_score = scores.gather(1, best.unsqueeze(1)).squeeze(1)  # [B]
-        z = pool.index_select(0, best).reshape(theta.shape)
-        return z, torch.logical_not(torch.isfinite(best_score))
+        finite_part = torch.where(finite, flat, 0.0)
+        plus, minus = (flat == math.inf).to(flat.dtype), (flat == -math.inf).to(flat.dtype)
+        sign = -1.0 if self.sense == "min" else 1.0
+        best = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)  # [B]
+        best_value = torch.full((flat.shape[0],), -math.inf, dtype=flat.dtype, device=flat.device)
+        chunk = max(1, _SCORES_PER_CHUNK // max(flat.shape[0], 1))  # bounds the [B, P] scores
+        for start in range(0, self.pool_size, chunk):
+            pool = self.pool[start : start + chunk].to(device=flat.device, dtype=flat.dtype)
+            scores = finite_part @ pool.T  # [B, P']: <θ, z> over the finite entries
+            if not bool(finite.all()):  # a used +inf (-inf) entry makes the score +inf (-inf)
+                scores = scores.masked_fill(plus @ pool.T > 0, math.inf)
+                scores = scores.masked_fill(minus @ pool.T > 0, -math.inf)
+            value, index = (sign * scores).max(dim=1)  # [B]: the first best in the chunk
+            better = value > best_value  # strict: an earlier solution keeps a tie
+            best = torch.where(better, index + start, best)
+            best_value = torch.where(better, value, best_value)
+        z = self.pool.index_select(0, best.to(self.pool.device)).to(flat).reshape(theta.shape)
+        return z, torch.logical_not(torch.isfinite(best_value))
 
     @torch.no_grad()
     def add(self, z: Tensor) -> int:

@@ -307,3 +307,22 @@ def test_a_cache_that_answers_exactly_changes_no_estimator(
         ((z * weights) ** 2).sum().backward()
         results.append((z.detach(), leaf.grad))
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_a_look_up_in_chunks_finds_the_same_best_and_keeps_the_first_of_ties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two pooled solutions at a time (the bound on the [B, P] scores set tiny): the answers
+    are the brute-force best, and on a tie (equal θ) the earliest pooled solution."""
+    monkeypatch.setattr("aimle_zoo.solvers.cache._SCORES_PER_CHUNK", 6)
+    states = topk_states(6, 2)  # 15 rows, lexicographic
+    order = torch.randperm(15, generator=torch.Generator().manual_seed(9))
+    cache = CachedSolver("topk", 0.0, k=2)
+    cache.add(states[order])
+    theta = torch.randn(3, 6, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    z, unresolved = cache.lookup(theta)
+    expected = brute_force_best(theta.numpy(), cache.pool.numpy(), "max")
+    np.testing.assert_allclose(objective(theta, z).numpy(), expected, rtol=1e-12)
+    tied, _ = cache.lookup(torch.ones(3, 6))
+    np.testing.assert_array_equal(tied.numpy(), states[order[0]].expand(3, 6).numpy())
+    assert not bool(unresolved.any())

@@ -50,4 +50,4 @@ from .solvers import (
     register_solver as register_solver,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -76,6 +76,7 @@ ESTIMATOR_VARIANTS = (
     "imle",
     "ste",
     "perturbed",
+    "perturbed-multiplicative",
     "blackbox",
     "relaxed",
 )
@@ -156,8 +157,7 @@ class Recipe:
                 f"minimizer_noise must be one of {', '.join(MINIMIZER_NOISE)}, got "
                 f"{minimizer_noise!r}"
             )
-        layer = self._probe_layer
-        if not resolve_minimize(layer.solver, layer.minimize):
+        if not self.minimises():
             raise ValueError(
                 f"recipe {self.name!r} maximises ({self.model}'s solver is a maximiser), so "
                 "minimizer_noise would change nothing; leave it out"
@@ -200,8 +200,7 @@ class Recipe:
             if not self.has_relaxation():
                 raise ValueError(
                     f"recipe {self.name!r} has no 'relaxed' baseline: its solver has no "
-                    "continuous relaxation. Choose one of "
-                    f"{', '.join(v for v in ESTIMATOR_VARIANTS if v != 'relaxed')}."
+                    f"continuous relaxation. Choose one of {', '.join(self.variants())}."
                 )
             return {
                 "name": "relaxed",
@@ -209,12 +208,20 @@ class Recipe:
                 "temperature": self.relaxation_temperature,
                 "samples": samples,
             }
-        if variant == "perturbed":
+        if variant == "perturbed-multiplicative" and not self.minimises():
+            raise ValueError(
+                f"recipe {self.name!r} has no 'perturbed-multiplicative' variant: that "
+                "perturbation keeps each entry's sign and is meant for a minimiser's positive "
+                f"costs (a shortest path), while {self.model}'s solver maximises scores of "
+                f"either sign. Choose one of {', '.join(self.variants())}."
+            )
+        if variant in ("perturbed", "perturbed-multiplicative"):
             return {
                 "name": "perturbed",
                 "noise": "gaussian",
                 "sigma": 1.0,
                 "samples": max(2, samples),
+                "perturbation": variant.removeprefix("perturbed").lstrip("-") or "additive",
             }
         return {"name": "blackbox", "lambda_": self.imle_lambda}
 
@@ -234,6 +241,20 @@ class Recipe:
             return copy.deepcopy(self.aimle)
         estimator = self._probe_layer.estimator
         return copy.deepcopy(estimator.config())
+
+    def variants(self) -> tuple[str, ...]:
+        """The estimator variants this recipe trains with: ``relaxed`` needs a solver with a
+        continuous relaxation, ``perturbed-multiplicative`` a minimiser (positive costs)."""
+        unavailable = {
+            "relaxed": not self.has_relaxation(),
+            "perturbed-multiplicative": not self.minimises(),
+        }
+        return tuple(name for name in ESTIMATOR_VARIANTS if not unavailable.get(name, False))
+
+    def minimises(self) -> bool:
+        """Whether the model's solver is a minimiser (its θ are costs)."""
+        layer = self._probe_layer
+        return resolve_minimize(layer.solver, layer.minimize)
 
     def has_relaxation(self) -> bool:
         """Whether the model's solver has a continuous relaxation (the "relaxed" variant)."""

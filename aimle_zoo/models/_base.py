@@ -778,7 +778,10 @@ def _check_estimator_config(saved: object, config_path: Path, advice: str = _LOA
 
 #: Estimator config keys added after the first release: name -> (the version that added it,
 #: the value that reproduces older versions, the estimators that take it).
-_ADDED_ESTIMATOR_KEYS = {"minimizer_noise": ("0.2.0", "add", ("aimle", "imle", "ste"))}
+_ADDED_ESTIMATOR_KEYS = {
+    "minimizer_noise": ("0.2.0", "add", ("aimle", "imle", "ste")),
+    "perturbation": ("0.3.0", "additive", ("perturbed",)),
+}
 
 
 def _upgraded_estimator_config(config: Mapping[str, Any]) -> dict[str, Any] | None:

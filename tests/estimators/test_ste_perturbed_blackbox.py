@@ -9,7 +9,15 @@ import pytest
 import torch
 from scipy import stats
 
-from aimle_zoo.estimators import IMLE, STE, Blackbox, Gaussian, PerturbedOptimizer
+from aimle_zoo.estimators import (
+    IMLE,
+    STE,
+    Blackbox,
+    Gaussian,
+    PerturbedOptimizer,
+    build_estimator,
+)
+from aimle_zoo.solvers import SolverInputError
 
 from ._helpers import CountingSolver, FixedNoise, numpy_topk, tile, topk_mask
 
@@ -141,6 +149,69 @@ def test_perturbed_minimiser_equals_maximiser_of_negated_theta_and_noise() -> No
     assert torch.equal(z_min, z_max)
     assert grad_min.abs().sum() > 0
     np.testing.assert_allclose(grad_min.numpy(), -grad_max.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("sense", ["max", "min"])
+def test_multiplicative_perturbation_matches_its_two_way_closed_form(sense: str) -> None:
+    """θ ⊙ exp(σZ − σ²/2) with θ > 0, n = 2, one item chosen: log θ_i + σZ_i compete, so
+    E[z_1] = Φ(±d), d = (log θ_1 − log θ_2)/(σ√2), and ∂E[z_1]/∂θ_i = ±φ(d)/(σ√2·θ_i)."""
+    sigma, repeats, samples = 0.5, 4000, 10
+    theta = torch.tensor([2.0, 1.0], dtype=F64)
+    v = torch.tensor([1.0, -0.5], dtype=F64)
+    sign = 1.0 if sense == "max" else -1.0
+    d = math.log(2.0) / (sigma * math.sqrt(2))
+    a = sign * stats.norm.pdf(d) / (sigma * math.sqrt(2))
+    jacobian = torch.tensor([[a / 2.0, -a / 1.0], [-a / 2.0, a / 1.0]], dtype=F64)
+    exact = jacobian.T @ v  # rows: E[z_1], E[z_2]; columns: θ_1, θ_2
+    estimator = PerturbedOptimizer(
+        "gaussian",
+        sigma=sigma,
+        samples=samples,
+        perturbation="multiplicative",
+        generator=torch.Generator().manual_seed(3),
+    )
+    batch = theta.repeat(repeats, 1)
+    cost = v.repeat(repeats * samples, 1)
+    z, grads = _run(estimator, CountingSolver(1, sense), batch, cost)
+    chosen_first = float(z[:, 0].mean())
+    expected_first = stats.norm.cdf(sign * d)
+    assert chosen_first == pytest.approx(expected_first, abs=4 * math.sqrt(0.25 / len(z)))
+    error = (grads.mean(dim=0) - exact).abs()
+    assert torch.all(error < 5 * grads.std(dim=0) / math.sqrt(repeats) + 1e-3), (error, exact)
+
+
+def test_multiplicative_perturbation_keeps_signs_and_the_mean() -> None:
+    """The solver sees θ ⊙ exp(σZ − σ²s²/2): each entry keeps its sign, and the factor has
+    mean one (Gaussian noise of scale s = 0.5 here)."""
+    seen: list[torch.Tensor] = []
+
+    def spy(theta: torch.Tensor) -> torch.Tensor:
+        seen.append(theta.clone())
+        return topk_mask(theta, 1)
+
+    estimator = PerturbedOptimizer(
+        Gaussian(scale=0.5), sigma=0.8, samples=20_000, perturbation="multiplicative"
+    )
+    theta = torch.tensor([[3.0, -1.0, 0.25]], dtype=F64)
+    estimator(spy, theta)
+    (perturbed,) = seen
+    assert torch.equal(torch.sign(perturbed), torch.sign(theta).expand_as(perturbed))
+    spread = (0.8 * 0.5) ** 2
+    standard_error = theta.abs() * math.sqrt(math.expm1(spread) / len(perturbed))
+    assert torch.all((perturbed.mean(dim=0) - theta).abs() < 5 * standard_error)
+
+
+def test_multiplicative_perturbation_refuses_what_it_cannot_handle() -> None:
+    estimator = PerturbedOptimizer(perturbation="multiplicative", samples=2)
+    theta = torch.tensor([[1.0, 2.0], [0.0, 1.0]], requires_grad=True)
+    with pytest.raises(SolverInputError, match=r"non-zero, but instance\(s\) 1 have zeros"):
+        estimator(lambda t: topk_mask(t, 1), theta)
+    with pytest.raises(ValueError, match="defined for Gaussian noise"):
+        PerturbedOptimizer("gumbel", perturbation="multiplicative")
+    with pytest.raises(ValueError, match="perturbation must be one of"):
+        PerturbedOptimizer(perturbation="scaled")
+    built = build_estimator(estimator.config())
+    assert built.config() == estimator.config() and built.perturbation == "multiplicative"
 
 
 # ------------------------------------------------------------------------------- blackbox

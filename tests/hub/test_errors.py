@@ -417,6 +417,26 @@ def test_a_checkpoint_from_before_an_estimator_key_loads_as_that_version_behaved
     assert_same_model(loaded, model)
 
 
+def test_a_perturbed_estimator_saved_before_multiplicative_noise_loads_as_additive(
+    tmp_path: Path,
+) -> None:
+    """``perturbation`` came in 0.3.0: an older checkpoint with a perturbed optimizer loads
+    with the additive perturbation, the only one it knew; a current one without it is
+    refused."""
+    model = tiny_model("l2x_tabular", estimator={"name": "perturbed", "samples": 2}).eval()
+    model.save_pretrained(tmp_path / "l2x")
+    path = tmp_path / "l2x" / "config.json"
+    config = json.loads(path.read_text())
+    del config["estimator"]["perturbation"]
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointConfigError, match=r"lacks \['perturbation'\]"):
+        aimle_zoo.from_pretrained(tmp_path / "l2x")
+    path.write_text(json.dumps({**config, "aimle_zoo_version": "0.2.0"}))
+    loaded = aimle_zoo.from_pretrained(tmp_path / "l2x")
+    assert loaded.latent_layer.estimator.perturbation == "additive"
+    assert_same_model(loaded, model)
+
+
 def test_non_finite_weights_are_refused_by_name(saved: tuple[Path, ZooModel]) -> None:
     """A checkpoint of a diverged run (NaN or inf weights) does not load as a model that
     silently outputs NaN: the error names the tensors."""

@@ -70,12 +70,10 @@ def test_every_recipe_names_a_registered_model() -> None:
         get_recipe("l2x-xor").estimator_config("aimel")
 
 
-#: Every model with every estimator variant it has (shortest paths have no relaxation).
+#: Every model with every estimator variant it has (shortest paths have no relaxation; only
+#: they take the multiplicative perturbation).
 SMOKE_RUNS = [
-    (name, estimator)
-    for name in ONE_PER_MODEL
-    for estimator in ESTIMATOR_VARIANTS
-    if estimator != "relaxed" or get_recipe(name).has_relaxation()
+    (name, estimator) for name in ONE_PER_MODEL for estimator in get_recipe(name).variants()
 ]
 
 
@@ -739,3 +737,17 @@ def test_reading_a_recipe_estimator_leaves_the_global_random_stream_alone(name: 
     torch.manual_seed(0)
     fresh.estimator_config("aimle-forward")
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_the_multiplicative_perturbation_is_offered_for_costs_only() -> None:
+    """Only a minimiser's recipe (positive costs) lists it; a maximiser's refuses it by name
+    and lists what it has."""
+    assert "perturbed-multiplicative" in get_recipe("grid-12").variants()
+    config = get_recipe("grid-12").estimator_config("perturbed-multiplicative")
+    assert config is not None and config["perturbation"] == "multiplicative"
+    assert get_recipe("grid-12").estimator_config("perturbed")["perturbation"] == "additive"  # type: ignore[index]
+    variants = get_recipe("l2x-xor").variants()
+    assert "perturbed-multiplicative" not in variants and "relaxed" in variants
+    with pytest.raises(ValueError, match="no 'perturbed-multiplicative' variant") as error:
+        get_recipe("l2x-xor").estimator_config("perturbed-multiplicative")
+    assert ", ".join(variants) in str(error.value)

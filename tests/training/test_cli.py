@@ -23,7 +23,6 @@ from aimle_zoo.cli import app
 from aimle_zoo.compare import plot_curves
 from aimle_zoo.data import CACHE_ENV
 from aimle_zoo.recipes import (
-    ESTIMATOR_VARIANTS,
     HELDOUT_PREFIX,
     HELDOUT_SIZE,
     DataOptions,
@@ -326,7 +325,7 @@ def test_compare_refuses_a_run_made_with_an_older_estimator_default(
 ) -> None:
     """Every variant's saved configuration is what the recipe gives now, so a second compare
     reuses them all; once the recipe's default changes, the old run is refused by name."""
-    variants = ",".join(name for name in ESTIMATOR_VARIANTS if name != "aimle")
+    variants = ",".join(name for name in get_recipe("l2x-xor").variants() if name != "aimle")
     options = ["--smoke", "--epochs", "1", "--out", str(tmp_path / "cmp")]
     invoke("compare", "l2x-xor", "--estimators", variants, *options)
     logs = {path: path.read_text() for path in (tmp_path / "cmp").glob("*/metrics.jsonl")}

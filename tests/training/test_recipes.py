@@ -27,7 +27,6 @@ from aimle_zoo.data import (
 from aimle_zoo.data.warcraft import generate_warcraft
 from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.recipes import (
-    ESTIMATOR_VARIANTS,
     DataOptions,
     UnknownRecipeError,
     get_recipe,
@@ -314,9 +313,7 @@ def test_full_estimator_config_is_what_the_model_trains_with(name: str) -> None:
     """``compare`` reuses a run only if its saved estimator config equals this one, so the two
     must agree for every variant, at the full and at the smoke size."""
     recipe = get_recipe(name)
-    for variant in ESTIMATOR_VARIANTS:
-        if variant == "relaxed" and not recipe.has_relaxation():
-            continue
+    for variant in recipe.variants():
         expected = recipe.full_estimator_config(variant)
         for smoke in (False, True):
             model = recipe.build_model(variant, smoke=smoke)
@@ -342,7 +339,7 @@ def test_minimizer_noise_replaces_the_recipes_convention_where_it_applies() -> N
         assert config == {**recipe.full_estimator_config(variant), "minimizer_noise": "negate"}
         model = recipe.build_model(variant, smoke=True, minimizer_noise="negate")
         assert model.latent_layer.estimator.config() == config
-    for variant in ("perturbed", "blackbox"):
+    for variant in ("perturbed", "perturbed-multiplicative", "blackbox"):
         with pytest.raises(ValueError, match=rf"'{variant}' estimator has no minimizer_noise"):
             recipe.estimator_config(variant, "negate")
     with pytest.raises(ValueError, match="must be one of negate, add, got 'minus'"):
@@ -689,6 +686,7 @@ def test_baseline_estimators_have_the_documented_settings(name: str) -> None:
     assert ste is not None and (ste["noise"], ste["samples"]) == (noise, samples)
     assert recipe.estimator_config("perturbed") == {
         "name": "perturbed", "noise": "gaussian", "sigma": 1.0, "samples": max(2, samples),
+        "perturbation": "additive",
     }  # fmt: skip
     assert recipe.estimator_config("relaxed") == {
         "name": "relaxed", "noise": "gumbel", "temperature": 0.5, "samples": samples,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from aimle_zoo import AIMLE, CachedSolver, DifferentiableSolver, build_estimator
+from aimle_zoo import AIMLE, CachedSolver, DifferentiableSolver, FenchelYoungLoss, build_estimator
 from aimle_zoo.estimators.fidelity import topk_states
 from aimle_zoo.export import NonExportableSolverError, to_onnx, to_torchscript, verify
 from aimle_zoo.solvers import SolverInputError, get_solver
@@ -326,3 +326,24 @@ def test_a_look_up_in_chunks_finds_the_same_best_and_keeps_the_first_of_ties(
     tied, _ = cache.lookup(torch.ones(3, 6))
     np.testing.assert_array_equal(tied.numpy(), states[order[0]].expand(3, 6).numpy())
     assert not bool(unresolved.any())
+
+
+def test_the_fenchel_young_loss_takes_a_cache() -> None:
+    """The loss calls its solver through the cache like an estimator does: with a complete
+    pool and no solver calls, loss and gradient are the plain solver's."""
+    theta = torch.randn(4, 7, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    target = get_solver("topk", k=3)(torch.randn(4, 7, dtype=torch.float64))
+    results = []
+    for cached in (False, True):
+        solver = get_solver("topk", k=3)
+        if cached:
+            solver = CachedSolver(solver, 0.0, generator=torch.Generator())
+            solver.add(topk_states(7, 3))
+        leaf = theta.clone().requires_grad_()
+        torch.manual_seed(12)
+        loss = FenchelYoungLoss(solver, sigma=0.5, samples=8)(leaf, target)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+        if cached:
+            assert (solver.solver_calls, solver.pool_answers) == (0, 1)
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

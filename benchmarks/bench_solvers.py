@@ -19,6 +19,7 @@ from _timing import interleaved_times, print_table
 from torch import Tensor
 
 from aimle_zoo import AIMLE, AdaptiveTarget, DifferentiableSolver, get_solver
+from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
 from aimle_zoo.solvers.reference.shortest_path import (
     grid_shortest_path_networkx,
     grid_shortest_path_scipy,
@@ -86,6 +87,28 @@ def solver_rows(quick: bool) -> list[list[object]]:
                     t_nx * 1e3, f"{t_nx / t_ours:.1f}x{mark_n}",
                 ]
             )  # fmt: skip
+    return rows
+
+
+def assignment_rows(quick: bool) -> list[list[object]]:
+    """The batched Hungarian method vs one ``scipy.optimize.linear_sum_assignment`` per instance
+    (square standard normal weights: a unique optimum, so both must give the same matrices)."""
+    solver = get_solver("linear_assignment")
+    rows: list[list[object]] = []
+    rounds, repeats = (1, 2) if quick else (3, 3)
+    for n in (5, 10, 30):
+        for batch in (1, 64, 256, 1024):
+            theta = torch.randn(batch, n, n)
+            scipy_call, scale, mark = _loop_call(linear_assignment_scipy, theta, 256)
+            if not torch.equal(solver(theta[:64]), linear_assignment_scipy(theta[:64])):
+                raise AssertionError(f"assignment n={n}: ours and scipy disagree; not timed")
+            t_ours, t_scipy = interleaved_times(
+                [lambda t=theta: solver(t), scipy_call], rounds, repeats
+            )
+            t_scipy *= scale
+            rows.append(
+                [f"n={n}", batch, t_ours * 1e3, t_scipy * 1e3, f"{t_scipy / t_ours:.2f}x{mark}"]
+            )
     return rows
 
 
@@ -201,29 +224,65 @@ def memory_rows() -> list[list[object]]:
     return rows
 
 
+TABLES = ("solvers", "assignment", "topk", "steps", "memory")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument(
+        "--tables",
+        default=",".join(TABLES),
+        help=f"comma-separated tables to run, of {','.join(TABLES)} (default: all)",
+    )
     args = parser.parse_args()
+    chosen = args.tables.split(",")
+    unknown = sorted(set(chosen) - set(TABLES))
+    if unknown:
+        parser.error(f"unknown tables {unknown}; choose from {list(TABLES)}")
     torch.manual_seed(0)
 
-    print("\n## Solvers: ours (batched tensor program) vs per-example loops (ms per batch)\n")
-    print_table(
-        ["solver", "size", "batch", "ours", "scipy loop", "speed-up", "networkx loop", "speed-up"],
-        solver_rows(args.quick),
-    )
-    print("\n## Top-k indicator vs raw torch.topk (µs per call)\n")
-    print_table(["problem", "batch", "torch.topk", "ours", "ratio"], topk_rows(args.quick))
-    print("\n## AIMLE training step vs plain forward+backward (ms per step)\n")
-    print_table(
-        ["layer", "AIMLE", "batch", "plain fwd+bwd", "AIMLE step", "ratio"],
-        step_rows(args.quick),
-    )
-    print("\n## Peak memory of one grid-solver call (fresh process per batch)\n")
-    print_table(
-        ["solver", "batch", "peak RSS growth MiB", "KiB per instance", "KiB per added instance"],
-        memory_rows(),
-    )
+    if "solvers" in chosen:
+        print("\n## Solvers: ours (batched tensor program) vs per-example loops (ms per batch)\n")
+        print_table(
+            [
+                "solver",
+                "size",
+                "batch",
+                "ours",
+                "scipy loop",
+                "speed-up",
+                "networkx loop",
+                "speed-up",
+            ],
+            solver_rows(args.quick),
+        )
+    if "assignment" in chosen:
+        print("\n## Assignment: ours (batched Hungarian) vs the scipy loop (ms per batch)\n")
+        print_table(
+            ["size", "batch", "ours", "scipy loop", "speed-up"], assignment_rows(args.quick)
+        )
+    if "topk" in chosen:
+        print("\n## Top-k indicator vs raw torch.topk (µs per call)\n")
+        print_table(["problem", "batch", "torch.topk", "ours", "ratio"], topk_rows(args.quick))
+    if "steps" in chosen:
+        print("\n## AIMLE training step vs plain forward+backward (ms per step)\n")
+        print_table(
+            ["layer", "AIMLE", "batch", "plain fwd+bwd", "AIMLE step", "ratio"],
+            step_rows(args.quick),
+        )
+    if "memory" in chosen:
+        print("\n## Peak memory of one grid-solver call (fresh process per batch)\n")
+        print_table(
+            [
+                "solver",
+                "batch",
+                "peak RSS growth MiB",
+                "KiB per instance",
+                "KiB per added instance",
+            ],
+            memory_rows(),
+        )
     print("\n* per-example loop timed on a slice of the batch and scaled linearly")
 
 

@@ -51,6 +51,7 @@ from ..solvers import (
     CachedSolver,
     GraphShortestPath,
     GridShortestPath,
+    LinearAssignment,
     ShortestPath,
     Solver,
     SpanningTree,
@@ -797,6 +798,8 @@ def _solver_example(solver: nn.Module) -> Tensor:
         return (weights + weights.transpose(1, 2)) / 2
     if isinstance(solver, SpanningTreeEdges):
         return torch.randn(2, 20, generator=generator)
+    if isinstance(solver, LinearAssignment):
+        return torch.randn(2, 5, 6, generator=generator)
     if isinstance(solver, GridShortestPath):
         return torch.rand(2, 6, 7, generator=generator)
     if isinstance(solver, GraphShortestPath):
@@ -839,6 +842,11 @@ def _solver_layout(
         dims["edges"] = 2
         cases = ({"edges": (n + 2) * (n + 1)}, {"edges": 6})
         return (BATCH, "edges"), dims, cases, (-1.0, 1.0), False
+    if isinstance(solver, LinearAssignment):
+        dims.update(m=1, n=1)
+        rows, cols = sizes[1], sizes[2]
+        cases = ({"m": rows + 3, "n": cols + 1}, {"m": 2, "n": cols + 3})
+        return (BATCH, "m", "n"), dims, cases, (-1.0, 1.0), False
     if isinstance(solver, GridShortestPath):
         dims.update(height=1, width=1)
         height, width = sizes[1], sizes[2]

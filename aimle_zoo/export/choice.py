@@ -18,6 +18,9 @@ new batch sizes and new problem sizes; ``legacy_script`` is
 - Spanning trees (Prim, ``for _ in range(n - 1)``): ``dynamo`` unrolls the loop for the
   example's n and silently fixes n (shape-locked graph); tracing is wrong for larger n. The
   scripted module exports to a ``Loop`` with dynamic n: exact.
+- Assignments (the Hungarian method): a phase per row, each a data-dependent ``while`` over
+  columns and one over the augmenting path. As for shortest paths, only the scripted module
+  is exact (ONNX ``Loop`` s inside a ``Loop``, dynamic batch, m and n).
 - ``nri_tree``: ``legacy_script`` fails on the encoder (slices of a weight by a size read from
   a tensor shape: "Rank must be 0 or 1"), while n is fixed by the model anyway (its edge index
   buffers), so ``dynamo``'s unrolled n - 1 Prim steps are exact for every input it accepts.
@@ -54,6 +57,8 @@ LOOP_SOLVERS = {
     "mst": "Prim's n - 1 steps",
     "minimum_spanning_tree": "Prim's n - 1 steps",
     "mst_edges": "Prim's n - 1 steps",
+    "linear_assignment": "the Hungarian method's data-dependent augmenting-path loops",
+    "minimum_assignment": "the Hungarian method's data-dependent augmenting-path loops",
 }
 
 #: Built-in solvers made of a fixed number of tensor operations.

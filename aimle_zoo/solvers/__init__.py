@@ -30,9 +30,15 @@ from ._registry import (
     register_solver as register_solver,
     solver_registry as solver_registry,
 )
+from .assignment import (
+    LinearAssignment as LinearAssignment,
+    MinimumAssignment as MinimumAssignment,
+    sinkhorn_assignment as sinkhorn_assignment,
+)
 
 # Built-in solvers register themselves on import (one line per module below).
 from .cache import CachedSolver as CachedSolver
+from .reference.assignment import LinearAssignmentScipy as LinearAssignmentScipy
 from .reference.spanning_tree import SpanningTreeScipy as SpanningTreeScipy
 from .shortest_path import (
     GraphShortestPath as GraphShortestPath,

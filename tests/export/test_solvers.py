@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from aimle_zoo.export import load_exported, read_metadata, to_onnx, to_torchscript, verify
 from aimle_zoo.export.runner import RunnerInputError
 from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges
+from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
 from aimle_zoo.solvers.reference.shortest_path import (
     graph_shortest_path_scipy,
     grid_shortest_path_scipy,
@@ -69,6 +70,18 @@ CASES: dict[str, Case] = {
         {},
         lambda b, n, g: torch.randn(b, n * (n - 1), generator=g),
         _tree_edges_reference,
+    ),
+    "linear_assignment": (
+        "linear_assignment",
+        {},
+        lambda b, n, g: torch.randn(b, n, n + 2, generator=g),
+        linear_assignment_scipy,
+    ),
+    "minimum_assignment-tall": (
+        "minimum_assignment",
+        {},
+        lambda b, n, g: torch.rand(b, n + 3, n, generator=g),
+        lambda theta: linear_assignment_scipy(theta, maximum=False),
     ),
     "grid_shortest_path": (
         "grid_shortest_path",

@@ -112,6 +112,10 @@ def _large_instances(name: str, generator: torch.Generator) -> tuple[dict[str, A
         return {}, weights + weights.transpose(1, 2)
     if shape == "[B, n(n-1)]":
         return {}, torch.randn(48, 16 * 15, generator=generator)
+    if shape == "[B, m, n]":  # assignments: wide weights, some instances full of ties
+        weights = torch.randn(48, 24, 30, generator=generator)
+        weights[::4] = weights[::4].round()
+        return {}, weights
     if name == "graph_shortest_path":  # a DAG (u < v) with a path 0 -> 1 -> ... -> n - 1
         nodes = 40
         pairs = torch.triu_indices(nodes, nodes, offset=1)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from aimle_zoo.data.mnist import load_mnist
+from aimle_zoo.solvers import LinearAssignment
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def test_grid_fenchel_young_example_trains_and_evaluates(tmp_path: Path) -> None:
@@ -58,3 +66,53 @@ def test_grid_solution_cache_example_answers_from_the_pool_and_evaluates(tmp_pat
     assert config["architecture"] == "grid_shortest_path_cached"
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= record["train"]["solved_share"] <= 1.0 for record in history)
+
+
+def _load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mnist_sort_sequences_and_their_sorting_permutations() -> None:
+    """Each number reads its digits from its tiles (left first), the target puts every item at
+    its rank, and the assignment layer on the true values reproduces that target exactly."""
+    example = _load_example("mnist_sort")
+    images, labels = load_mnist(MNIST_DIR, "test")
+    data = example.Sequences(images[:500], labels[:500], n=6, digits=3)
+    tiles, values, target = data.sample(40, torch.Generator().manual_seed(0))
+    assert tiles.shape == (40, 6, 1, 28, 84) and target.shape == (40, 6, 6)
+    for b, i in [(0, 0), (7, 3), (39, 5)]:
+        digits = [int(d) for d in f"{int(values[b, i]):03d}"]
+        for k, digit in enumerate(digits):
+            tile = (tiles[b, i, 0, :, 28 * k : 28 * (k + 1)] * 255).round().to(torch.uint8)
+            matches = (images[:500] == tile).flatten(1).all(dim=1)  # the tile is an image ...
+            assert matches.any() and bool((labels[:500][matches] == digit).all())  # ... of it
+    placed = torch.zeros_like(values).scatter_(1, target.argmax(dim=2), values)  # [B, n]
+    assert bool((placed[:, 1:] >= placed[:, :-1]).all())  # ascending
+    assert torch.equal(target.sum(dim=1), torch.ones(40, 6))  # a permutation
+    exact = LinearAssignment()(
+        example.assignment_weights(values.double() + 0.01 * target.argmax(2))
+    )
+    assert torch.equal(exact, target.double())
+
+
+def test_mnist_sort_example_trains_every_estimator(tmp_path: Path) -> None:
+    """A smoke run of the five estimators writes one result each, with shares in [0, 1]."""
+    out = tmp_path / "sort.json"
+    command = [sys.executable, str(EXAMPLES / "mnist_sort.py"), "--smoke"]
+    result = subprocess.run(
+        [*command, "--data-dir", str(MNIST_DIR), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [row["estimator"] for row in results] == list(_load_example("mnist_sort").ESTIMATORS)
+    for row in results:
+        assert 0.0 <= row["sorted_exactly"] <= row["right_place"] <= 1.0
+    assert "| aimle-forward |" in result.stdout

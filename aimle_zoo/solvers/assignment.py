@@ -20,8 +20,8 @@ when every instance has finished a phase, so ``torch.jit.script`` compiles the s
 TorchScript-based ONNX exporter keeps them as ONNX ``Loop`` s with dynamic m and n.
 
 The arithmetic runs in float64 (float32 on devices without it, such as Apple's MPS): the
-potentials are sums and differences of weights, and float64 keeps the solution optimal to
-rounding for weights up to ~1e12 apart.
+potentials are sums and differences of weights, so the solution is optimal up to float64
+rounding of those sums (a common offset of 1e9 does not hide differences of 1e-3).
 
 Tie-breaking (deterministic): among columns of equal reduced cost the lowest index is labelled
 first. The result depends only on θ's values, so it is the same on every device and in every

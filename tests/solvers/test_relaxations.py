@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from aimle_zoo.solvers import (
+    LinearAssignment,
+    MinimumAssignment,
     MinimumSpanningTree,
     SolverInputError,
     SpanningTree,
@@ -104,8 +106,10 @@ def test_topk_relax_checks_its_input_like_the_solver() -> None:
         (SpanningTree(), torch.randn(2, 4, 4)),
         (MinimumSpanningTree(), torch.randn(2, 4, 4)),
         (SpanningTreeEdges(), torch.randn(2, 12)),
+        (LinearAssignment(), torch.randn(2, 3, 4)),
+        (MinimumAssignment(), torch.randn(2, 4, 3)),
     ],
-    ids=["topk", "mst", "minimum_spanning_tree", "mst_edges"],
+    ids=["topk", "mst", "minimum_spanning_tree", "mst_edges", "assignment", "min_assignment"],
 )
 def test_relax_refuses_a_temperature_that_is_not_positive(
     solver: torch.nn.Module, theta: torch.Tensor, temperature: object

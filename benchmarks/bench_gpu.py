@@ -9,6 +9,8 @@ one thread, as in the other benchmarks; float32 throughout (no TF32, as the test
 * Inference: the eval-mode MAP path the exports hold (``aimle_zoo.export``), at batch 1 and 64:
   eager on the CPU, eager on the device, and the TorchScript file loaded onto the device
   (``torch.jit.load(path, map_location=device)``), with the speed-ups over CPU eager.
+* Solvers: each batched solver on the CPU and on the device at training-size batches, beside
+  its per-example scipy loop (the CPU alternative, which copies θ to the host).
 
 Device times are the best of several rounds of a loop closed by ``torch.cuda.synchronize()``,
 so they include the launch overhead a caller pays.
@@ -30,6 +32,10 @@ from bench_models import CASES, training_step
 from aimle_zoo.export import to_torchscript
 from aimle_zoo.export._paths import path_module
 from aimle_zoo.models import ZooModel, create_model
+from aimle_zoo.solvers import get_solver
+from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
+from aimle_zoo.solvers.reference.shortest_path import grid_shortest_path_scipy
+from aimle_zoo.solvers.reference.spanning_tree import spanning_tree_scipy
 from aimle_zoo.training import move_to
 
 #: The exported model of each architecture, timed for inference.
@@ -99,6 +105,50 @@ def inference_rows(device: torch.device, repeats: int, folder: Path) -> list[lis
     return rows
 
 
+def _symmetric(batch: int, n: int) -> torch.Tensor:
+    weights = torch.rand(batch, n, n)
+    return (weights + weights.transpose(1, 2)) / 2
+
+
+#: (label, registered solver, θ of a batch, its scipy loop)
+SOLVER_CASES: list[tuple[str, str, Callable[[int], torch.Tensor], Callable[..., object]]] = [
+    ("dijkstra 12x12", "dijkstra", lambda b: torch.rand(b, 12, 12) * 9 + 0.5,
+     grid_shortest_path_scipy),
+    ("mst n=10", "mst", lambda b: _symmetric(b, 10), spanning_tree_scipy),
+    ("assignment 10x10", "linear_assignment", lambda b: torch.randn(b, 10, 10),
+     linear_assignment_scipy),
+    ("assignment 30x30", "linear_assignment", lambda b: torch.randn(b, 30, 30),
+     linear_assignment_scipy),
+]  # fmt: skip
+
+
+def solver_rows(device: torch.device, repeats: int) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for label, name, make, scipy_loop in SOLVER_CASES:
+        solver = get_solver(name)
+        on_device = copy.deepcopy(solver).to(device)
+        for batch in (256, 4096):
+            theta = make(batch)
+            theta_device = theta.to(device)
+            cpu_time = best_time(functools.partial(solver, theta), repeats=repeats)
+            device_time = best_time(
+                synchronized(functools.partial(on_device, theta_device), device), repeats=repeats
+            )
+            scipy_time = best_time(functools.partial(scipy_loop, theta), repeats=1)
+            rows.append(
+                [
+                    label,
+                    batch,
+                    cpu_time * 1e3,
+                    device_time * 1e3,
+                    scipy_time * 1e3,
+                    f"{cpu_time / device_time:.1f}x",
+                    f"{scipy_time / device_time:.1f}x",
+                ]
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="the device to compare with the CPU")
@@ -118,6 +168,9 @@ def main() -> None:
         rows = inference_rows(device, repeats, Path(folder))
     header = ["model", "batch", "CPU eager ms", "device eager ms", "device TorchScript ms"]
     print_table([*header, "eager speed-up", "TorchScript speed-up"], rows)
+    print()
+    header = ["solver", "batch", "CPU ms", "device ms", "scipy loop ms", "CPU / device"]
+    print_table([*header, "scipy / device"], solver_rows(device, repeats))
 
 
 if __name__ == "__main__":

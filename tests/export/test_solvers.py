@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aimle_zoo import AIMLE, DifferentiableSolver
 from aimle_zoo.export import load_exported, read_metadata, to_onnx, to_torchscript, verify
 from aimle_zoo.export.runner import RunnerInputError
 from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges
@@ -365,3 +366,39 @@ def test_each_solver_is_checked_at_problem_sizes_other_than_the_examples(
         assert set(case) == problem_dims
         assert all(case[dim] != example[dim] for dim in problem_dims)
         assert all(case[dim] >= path.dynamic_dims[dim] for dim in problem_dims)
+
+
+class _Ranker(nn.Module):
+    """Item features ``[B, n, 4]`` -> a score per item -> the permutation matrix that sorts
+    them (θ_ij = s_i · j through an AIMLE assignment layer), n free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(4, 1)
+        self.permute = DifferentiableSolver("linear_assignment", AIMLE())
+
+    def forward(self, items: Tensor) -> Tensor:
+        scores = self.score(items).squeeze(-1)  # [B, n]
+        positions = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
+        return self.permute(scores.unsqueeze(2) * positions)  # [B, n, n]
+
+
+@pytest.mark.parametrize("file_format", ["onnx", "torchscript"])
+def test_a_model_ending_in_an_assignment_exports_with_a_free_number_of_items(
+    tmp_path: Path, file_format: str
+) -> None:
+    torch.manual_seed(0)
+    model = _Ranker().eval()
+    export = to_onnx if file_format == "onnx" else to_torchscript
+    result = export(
+        model,
+        tmp_path / f"ranker.{file_format}",
+        example_inputs=(torch.randn(3, 6, 4),),
+        dynamic_dims={"items": {1: "n"}},
+    )
+    assert verify(model, result.path).passed
+    runtime = load_exported(result.path)
+    items = torch.randn(9, 11, 4)  # new batch and n
+    (z,) = runtime.run([items.numpy()]).values()
+    ranks = model.score(items).squeeze(-1).argsort(dim=1).argsort(dim=1)  # [B, n]
+    np.testing.assert_array_equal(z.argmax(axis=2), ranks.numpy())

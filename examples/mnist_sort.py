@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from aimle_zoo import AIMLE, DifferentiableSolver
 from aimle_zoo.data.mnist import load_mnist
 from aimle_zoo.estimators import IMLE, STE, Estimator, Relaxed, expand_samples
+from aimle_zoo.solvers import sorting_weights
 
 ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste", "relaxed")
 
@@ -90,12 +91,6 @@ class Scorer(nn.Module):
         return self.head(features.flatten(1)).reshape(batch_shape)
 
 
-def assignment_weights(scores: Tensor) -> Tensor:
-    """θ_ij = s_i · j: ``[B, n] -> [B, n, n]``; the maximum assignment sorts s ascending."""
-    positions = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype, device=scores.device)
-    return scores.unsqueeze(2) * positions
-
-
 def evaluate(
     scorer: Scorer, layer: DifferentiableSolver, data: Sequences, sequences: int, seed: int
 ) -> dict[str, float]:
@@ -108,7 +103,7 @@ def evaluate(
     with torch.no_grad():
         for start in range(0, sequences, 100):
             images, _, target = data.sample(min(100, sequences - start), generator)
-            permutation = layer(assignment_weights(scorer(images)))  # [B, n, n]
+            permutation = layer(sorting_weights(scorer(images)))  # [B, n, n]
             right = permutation.argmax(dim=2) == target.argmax(dim=2)  # [B, n] item's place
             exact += float(right.all(dim=1).sum())
             placed += float(right.float().mean(dim=1).sum())
@@ -128,7 +123,7 @@ def train_one(
     losses = []
     for step in range(1, args.steps + 1):
         images, _, target = train.sample(args.batch_size, generator)
-        z = layer(assignment_weights(scorer(images)))  # [B·S, n, n]
+        z = layer(sorting_weights(scorer(images)))  # [B·S, n, n]
         samples = z.shape[0] // args.batch_size
         loss = (z - expand_samples(target, samples)).abs().sum(dim=(1, 2)).mean()
         optimizer.zero_grad()

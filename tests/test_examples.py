@@ -12,7 +12,7 @@ from types import ModuleType
 import torch
 
 from aimle_zoo.data.mnist import load_mnist
-from aimle_zoo.solvers import LinearAssignment
+from aimle_zoo.solvers import LinearAssignment, sorting_weights
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -93,9 +93,7 @@ def test_mnist_sort_sequences_and_their_sorting_permutations() -> None:
     placed = torch.zeros_like(values).scatter_(1, target.argmax(dim=2), values)  # [B, n]
     assert bool((placed[:, 1:] >= placed[:, :-1]).all())  # ascending
     assert torch.equal(target.sum(dim=1), torch.ones(40, 6))  # a permutation
-    exact = LinearAssignment()(
-        example.assignment_weights(values.double() + 0.01 * target.argmax(2))
-    )
+    exact = LinearAssignment()(sorting_weights(values.double() + 0.01 * target.argmax(2)))
     assert torch.equal(exact, target.double())
 
 

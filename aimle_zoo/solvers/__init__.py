@@ -34,6 +34,7 @@ from .assignment import (
     LinearAssignment as LinearAssignment,
     MinimumAssignment as MinimumAssignment,
     sinkhorn_assignment as sinkhorn_assignment,
+    sorting_weights as sorting_weights,
 )
 
 # Built-in solvers register themselves on import (one line per module below).

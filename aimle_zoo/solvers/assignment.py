@@ -129,6 +129,22 @@ def _assignment_matrix(weights: Tensor, maximum: bool) -> Tensor:
     return (owner.unsqueeze(1) == sources).to(weights.dtype)  # [B, m, n]
 
 
+def sorting_weights(scores: Tensor, descending: bool = False) -> Tensor:
+    """Assignment weights that sort: ``s [*, n] -> θ [*, n, n]``, ``θ_ij = s_i · w_j``.
+
+    With positions ``w = (1, …, n)`` the maximum assignment of θ puts item i at its rank in
+    ascending order of s (the rearrangement inequality); ``descending=True`` uses
+    ``w = (n, …, 1)``, the largest score first. ``z.argmax(-1)`` then reads each item's
+    position and ``z.transpose(-2, -1) @ x`` the items in sorted order. Ties in s are
+    broken by the solver's rule (lowest index first).
+    """
+    n = scores.shape[-1]
+    positions = torch.arange(1, n + 1, dtype=scores.dtype, device=scores.device)
+    if descending:
+        positions = positions.flip(0)
+    return scores.unsqueeze(-1) * positions  # [*, n, n]
+
+
 def sinkhorn_assignment(theta: Tensor, temperature: float, iterations: int = 20) -> Tensor:
     """Entropic relaxation of the maximum assignment: ``θ [*, m, n] -> z̃ [*, m, n]`` in [0, 1].
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from aimle_zoo import AIMLE, DifferentiableSolver
 from aimle_zoo.export import load_exported, read_metadata, to_onnx, to_torchscript, verify
 from aimle_zoo.export.runner import RunnerInputError
-from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges
+from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges, sorting_weights
 from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
 from aimle_zoo.solvers.reference.shortest_path import (
     graph_shortest_path_scipy,
@@ -378,9 +378,7 @@ class _Ranker(nn.Module):
         self.permute = DifferentiableSolver("linear_assignment", AIMLE())
 
     def forward(self, items: Tensor) -> Tensor:
-        scores = self.score(items).squeeze(-1)  # [B, n]
-        positions = torch.arange(1, scores.shape[1] + 1, dtype=scores.dtype)
-        return self.permute(scores.unsqueeze(2) * positions)  # [B, n, n]
+        return self.permute(sorting_weights(self.score(items).squeeze(-1)))  # [B, n, n]
 
 
 @pytest.mark.parametrize("file_format", ["onnx", "torchscript"])

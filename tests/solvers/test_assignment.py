@@ -21,6 +21,7 @@ from aimle_zoo.solvers import (
     get_solver,
     sinkhorn_assignment,
     solver_sense,
+    sorting_weights,
 )
 from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
 from aimle_zoo.solvers.testing import solver_conformance_test
@@ -129,15 +130,20 @@ def test_exact_at_large_offsets_and_tiny_differences() -> None:
     torch.testing.assert_close((small * z).sum((1, 2)), _scipy_value(small, maximum=True))
 
 
-def test_sorts_scores_onto_positions() -> None:
-    """With θ_ij = s_i · w_j and increasing w, the maximum assignment is the sort of s: item i
-    goes to its rank (the rearrangement inequality)."""
+def test_sorting_weights_sort_scores_onto_positions() -> None:
+    """With θ_ij = s_i · j the maximum assignment is the sort of s (the rearrangement
+    inequality): item i goes to its rank, and zᵀx lists the items in order, ascending or
+    descending."""
     torch.manual_seed(4)
     scores = torch.randn(25, 9, dtype=torch.float64)
-    positions = torch.arange(1.0, 10.0, dtype=torch.float64)
-    z = LinearAssignment()(scores.unsqueeze(2) * positions)  # [B, 9, 9]
-    ranks = scores.argsort(dim=1).argsort(dim=1)  # [B, 9] rank of each item, ascending
-    assert torch.equal(z.argmax(dim=2), ranks)
+    items = torch.randn(25, 9, 3, dtype=torch.float64)
+    z = LinearAssignment()(sorting_weights(scores))  # [B, 9, 9]
+    order = scores.argsort(dim=1)  # [B, 9]
+    assert torch.equal(z.argmax(dim=2), order.argsort(dim=1))  # the rank of each item
+    expected = items.gather(1, order.unsqueeze(2).expand(-1, -1, 3))
+    assert torch.equal(z.transpose(1, 2) @ items, expected)
+    descending = LinearAssignment()(sorting_weights(scores, descending=True))
+    assert torch.equal(descending, z.flip(2))
 
 
 def test_each_instance_alone_equals_its_row_of_the_batch() -> None:
@@ -293,20 +299,19 @@ def test_estimators_learn_to_sort(estimator: Estimator) -> None:
         return x, torch.nn.functional.one_hot(ranks, items).float()  # target z [B, items, items]
 
     scorer = torch.nn.Linear(features, 1)
-    positions = torch.arange(1.0, items + 1.0)
     layer = DifferentiableSolver("linear_assignment", estimator)
     optimizer = torch.optim.Adam(scorer.parameters(), lr=0.05)
 
     def accuracy() -> float:
         x, target = batch(500)
         with torch.no_grad():
-            z = LinearAssignment()(scorer(x) * positions)  # [B, items, 1] * [items]
+            z = LinearAssignment()(sorting_weights(scorer(x).squeeze(2)))  # [B, items, items]
         return float((z == target).all(dim=(1, 2)).float().mean())
 
     before = accuracy()
     for _ in range(150):
         x, target = batch(32)
-        z = layer(scorer(x) * positions)  # [B·S, items, items]
+        z = layer(sorting_weights(scorer(x).squeeze(2)))  # [B·S, items, items]
         loss = (z - target.repeat(z.shape[0] // 32, 1, 1)).abs().sum() / z.shape[0]
         optimizer.zero_grad()
         loss.backward()

@@ -3,8 +3,8 @@
 :func:`linear_assignment_scipy` solves one instance at a time with
 ``scipy.optimize.linear_sum_assignment`` (a shortest-augmenting-path method in C);
 :class:`LinearAssignmentScipy`, registered as ``"linear_assignment_scipy"``, is the same call
-as a solver: faster than the tensor solver on a CPU at most sizes, but not exportable and
-with scipy's own choice among tied optima.
+as a solver: faster than the tensor solver on a CPU at every size measured, but not
+exportable, and with scipy's own choice among tied optima.
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ class Solver(nn.Module):
         per-instance data for B' instances takes batches of m·B')."""
         return 1
 
+    @torch.jit.unused
+    def _solver_name(self) -> str:
+        """The registry name its messages use (the class name of an unregistered subclass)."""
+        spec = solver_spec(self)
+        return spec.name if spec is not None else type(self).__name__
+
     def extra_repr(self) -> str:
         params = getattr(self, "params", None)
         return ", ".join(f"{k}={v!r}" for k, v in params.items()) if params else ""

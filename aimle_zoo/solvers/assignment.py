@@ -40,7 +40,6 @@ from ._base import (
     check_relax_temperature,
     check_theta,
     checks_enabled,
-    solver_spec,
 )
 from ._registry import register_solver
 
@@ -245,11 +244,6 @@ class LinearAssignment(Solver):
                 ndim=3,
                 shape_hint="[B, m, n] weights (row i, column j)",
             )
-
-    @torch.jit.unused
-    def _solver_name(self) -> str:
-        spec = solver_spec(self)
-        return spec.name if spec is not None else type(self).__name__
 
     def extra_repr(self) -> str:
         return f"maximum={self.maximum}, sinkhorn_iterations={self.sinkhorn_iterations}"

@@ -35,7 +35,6 @@ from ._base import (
     check_theta,
     checks_enabled,
     format_instances,
-    solver_spec,
 )
 from ._registry import register_solver
 
@@ -443,11 +442,6 @@ class SpanningTree(Solver):
     def _check_connected(self, parent: Tensor) -> None:
         if checks_enabled():
             check_connected(parent, self._solver_name())
-
-    @torch.jit.unused
-    def _solver_name(self) -> str:
-        spec = solver_spec(self)
-        return spec.name if spec is not None else type(self).__name__
 
     def extra_repr(self) -> str:
         mask = self.mask

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from aimle_zoo import AIMLE, DifferentiableSolver, FenchelYoungLoss
 from aimle_zoo.data.mnist import load_mnist
 from aimle_zoo.estimators import IMLE, STE, Estimator, Relaxed, expand_samples
-from aimle_zoo.solvers import sorting_weights
+from aimle_zoo.solvers import Solver, get_solver, sorting_weights
 
 ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste", "relaxed", "fenchel-young")
 
@@ -97,18 +97,17 @@ class Scorer(nn.Module):
 
 
 def evaluate(
-    scorer: Scorer, layer: DifferentiableSolver, data: Sequences, sequences: int, seed: int
+    scorer: Scorer, solver: Solver, data: Sequences, sequences: int, seed: int
 ) -> dict[str, float]:
-    """Sorted-exactly share and right-place share of the layer's MAP permutations (eval mode:
-    no noise) over fresh test sequences (fixed seed)."""
+    """Sorted-exactly share and right-place share of the solver's permutations (the layer's
+    eval-mode MAP, no noise) over fresh test sequences (fixed seed)."""
     generator = torch.Generator().manual_seed(seed)
     exact = placed = 0.0
     scorer.eval()
-    layer.eval()
     with torch.no_grad():
         for start in range(0, sequences, 100):
             images, _, target = data.sample(min(100, sequences - start), generator)
-            permutation = layer(sorting_weights(scorer(images)))  # [B, n, n]
+            permutation = solver(sorting_weights(scorer(images)))  # [B, n, n]
             right = permutation.argmax(dim=2) == target.argmax(dim=2)  # [B, n] item's place
             exact += float(right.all(dim=1).sum())
             placed += float(right.float().mean(dim=1).sum())
@@ -121,9 +120,10 @@ def train_one(
     """Train a fresh scorer with one estimator; returns its test metrics and timings."""
     torch.manual_seed(args.seed)
     scorer = Scorer(args.digits)
+    solver = get_solver(args.solver)
     estimator = make_estimator(name)
-    layer = DifferentiableSolver(args.solver, estimator or AIMLE())  # eval mode: the MAP
-    fenchel_young = FenchelYoungLoss(args.solver, sigma=1.0, samples=1)
+    fenchel_young = FenchelYoungLoss(solver, sigma=1.0, samples=1)
+    layer = DifferentiableSolver(solver, estimator) if estimator is not None else None
     optimizer = torch.optim.Adam(scorer.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
@@ -131,7 +131,7 @@ def train_one(
     for step in range(1, args.steps + 1):
         images, _, target = train.sample(args.batch_size, generator)
         theta = sorting_weights(scorer(images))  # [B, n, n]
-        if estimator is None:
+        if layer is None:
             loss = fenchel_young(theta, target)
         else:
             z = layer(theta)  # [B·S, n, n]
@@ -145,7 +145,7 @@ def train_one(
             recent = sum(losses[-50:]) / len(losses[-50:])
             print(f"  {name} step {step}/{args.steps}: training loss {recent:.3f}", flush=True)
     seconds = time.perf_counter() - started
-    metrics = evaluate(scorer, layer, test, args.test_sequences, seed=args.seed + 1)
+    metrics = evaluate(scorer, solver, test, args.test_sequences, seed=args.seed + 1)
     return {"estimator": name, **metrics, "train_seconds": seconds, "final_loss": losses[-1]}
 
 

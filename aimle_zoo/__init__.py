@@ -13,6 +13,7 @@ from ._names import UnknownNameError as UnknownNameError
 from .estimators import (
     AIMLE as AIMLE,
     IMLE as IMLE,
+    SIMPLE as SIMPLE,
     STE as STE,
     AdaptiveTarget as AdaptiveTarget,
     Blackbox as Blackbox,

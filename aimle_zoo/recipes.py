@@ -11,7 +11,8 @@ Estimator variants (``--estimator``): ``aimle`` (the recipe's reference AIMLE se
 (fixed λ, the same noise and samples), ``ste``, ``perturbed``, ``blackbox`` and ``relaxed`` (the
 classic relaxation baseline: Gumbel noise through the solver's continuous relaxation, i.e.
 Xie and Ermon's continuous top-k for L2X and the VAE and the stochastic-softmax-trick
-spanning tree for NRI; shortest paths have none).
+spanning tree for NRI; shortest paths have none) and ``simple`` (exact k-subset samples with
+the exact marginals' gradient, for the top-k models: L2X and the VAE).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .models._base import (
     read_checkpoint_config,
     saved_estimator_config,
 )
+from .solvers import solver_method
 from .training import (
     TEST_METRICS,
     TRAINER_STATE,
@@ -79,6 +81,7 @@ ESTIMATOR_VARIANTS = (
     "perturbed-multiplicative",
     "blackbox",
     "relaxed",
+    "simple",
 )
 #: Estimators (registry names) with a ``minimizer_noise`` option: θ + ε or θ − ε.
 NOISE_CONVENTION_ESTIMATORS = ("aimle", "imle", "ste")
@@ -208,6 +211,13 @@ class Recipe:
                 "temperature": self.relaxation_temperature,
                 "samples": samples,
             }
+        if variant == "simple":
+            if not self.has_exact_distribution():
+                raise ValueError(
+                    f"recipe {self.name!r} has no 'simple' variant: its solver has no exact "
+                    f"sampler and marginals. Choose one of {', '.join(self.variants())}."
+                )
+            return {"name": "simple", "temperature": 1.0, "samples": samples}
         if variant == "perturbed-multiplicative" and not self.minimises():
             raise ValueError(
                 f"recipe {self.name!r} has no 'perturbed-multiplicative' variant: that "
@@ -244,9 +254,11 @@ class Recipe:
 
     def variants(self) -> tuple[str, ...]:
         """The estimator variants this recipe trains with: ``relaxed`` needs a solver with a
-        continuous relaxation, ``perturbed-multiplicative`` a minimiser (positive costs)."""
+        continuous relaxation, ``simple`` one with an exact sampler and marginals (top-k),
+        ``perturbed-multiplicative`` a minimiser (positive costs)."""
         unavailable = {
             "relaxed": not self.has_relaxation(),
+            "simple": not self.has_exact_distribution(),
             "perturbed-multiplicative": not self.minimises(),
         }
         return tuple(name for name in ESTIMATOR_VARIANTS if not unavailable.get(name, False))
@@ -259,6 +271,12 @@ class Recipe:
     def has_relaxation(self) -> bool:
         """Whether the model's solver has a continuous relaxation (the "relaxed" variant)."""
         return callable(getattr(self._probe_layer.solver, "relax", None))
+
+    def has_exact_distribution(self) -> bool:
+        """Whether the model's solver can be sampled exactly, with exact marginals (the
+        "simple" variant)."""
+        solver = self._probe_layer.solver
+        return all(solver_method(solver, name) is not None for name in ("sample", "marginals"))
 
     @functools.cached_property
     def _probe_layer(self) -> DifferentiableSolver:

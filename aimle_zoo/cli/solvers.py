@@ -9,6 +9,9 @@ import typer
 from ..solvers import get_solver_spec, list_solvers, load_plugins
 from ._options import parse_params
 
+#: The methods the ``simple`` estimator needs of a solver.
+EXACT_METHODS = ("sample", "marginals")
+
 ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="Solver parameter as KEY=VALUE (repeatable), e.g. k=3."),
@@ -18,19 +21,31 @@ ParamOpt = Annotated[
 def list_command() -> None:
     """List the registered solvers (built-ins and plugins) with their metadata.
 
-    ``relax``: whether the solver has a continuous relaxation (the ``relaxed`` estimator).
+    ``relax``: whether the solver has a continuous relaxation (the ``relaxed`` estimator);
+    ``exact``: whether it has an exact sampler and marginals (the ``simple`` estimator).
     """
     names = list_solvers()
-    rows = [("name", "sense", "export", "relax", "input", "description")]
+    rows = [("name", "sense", "export", "relax", "exact", "input", "description")]
     for name in names:
         spec = get_solver_spec(name)
         exportable = "yes" if spec.exportable else "no"
         relaxable = "yes" if callable(getattr(spec.factory, "relax", None)) else "no"
-        rows.append((name, spec.sense, exportable, relaxable, spec.input_shape, spec.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        exact = all(callable(getattr(spec.factory, method, None)) for method in EXACT_METHODS)
+        rows.append(
+            (
+                name,
+                spec.sense,
+                exportable,
+                relaxable,
+                "yes" if exact else "no",
+                spec.input_shape,
+                spec.description,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
-        typer.echo("  ".join([*cells, row[5]]))
+        cells = [cell.ljust(width) for cell, width in zip(row[:6], widths, strict=True)]
+        typer.echo("  ".join([*cells, row[6]]))
     for name, error in load_plugins().items():
         typer.secho(f"plugin {name!r} failed to load: {error}", fg=typer.colors.RED, err=True)
 

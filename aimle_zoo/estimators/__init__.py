@@ -8,6 +8,8 @@
 * :class:`Blackbox`: blackbox differentiation (Vlastelica et al., 2020).
 * :class:`Relaxed`: backpropagation through a continuous relaxation of the solver
   (Gumbel-softmax, continuous top-k, stochastic softmax tricks), the classic baselines.
+* :class:`SIMPLE`: exact samples forward, the gradient of the exact marginals backward
+  (solvers with an exact sampler: top-k).
 
 :class:`FenchelYoungLoss` is the perturbed Fenchel–Young loss, for training θ directly on
 target solutions.
@@ -36,6 +38,7 @@ from ._relaxed import (
     RelaxationError as RelaxationError,
     Relaxed as Relaxed,
 )
+from ._simple import SIMPLE as SIMPLE
 from ._ste import STE as STE
 from .decorators import (
     DifferentiableFunction as DifferentiableFunction,

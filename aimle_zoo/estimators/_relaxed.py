@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..solvers import FunctionSolver
+from ..solvers import solver_method
 from ._base import (
     Estimator,
     SolverFunction,
@@ -50,7 +50,8 @@ Relaxation = Callable[[Tensor, float], Tensor]
 
 
 class RelaxationError(TypeError):
-    """The solver has no continuous relaxation and none was given."""
+    """The solver lacks what the estimator needs: a continuous relaxation (``relaxed``, none
+    given) or an exact sampler and marginals (``simple``)."""
 
 
 def _mean_over_samples(grad: Tensor, samples: int) -> Tensor:
@@ -139,10 +140,8 @@ class Relaxed(Estimator):
         """
         if self.relaxation is not None:
             return self.relaxation
-        relax = getattr(solver, "relax", None)
-        if relax is None and isinstance(solver, FunctionSolver):
-            relax = getattr(solver.fn, "relax", None)  # a registered plain class's instance
-        if callable(relax):
+        relax = solver_method(solver, "relax")
+        if relax is not None:
             return relax
         raise RelaxationError(
             f"{solver_name(solver)} has no continuous relaxation, so the 'relaxed' estimator "

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..solvers import TopK, get_solver, get_solver_spec, solver_sense
 from ._base import Estimator, SolverFunction
+from ._simple import SIMPLE
 from ._ste import STE
 from .registry import build_estimator
 
@@ -156,10 +157,11 @@ def gradient_fidelity(
     paper's experiment). The exact gradient uses ``states`` (default: :func:`topk_states` for
     :class:`~aimle_zoo.solvers.TopK`, else :func:`solution_states`), the solver's sense and
     ``temperature``, by default the scale of the estimator's forward noise (AIMLE's and
-    I-MLE's ``input_temperature``, STE's ``temperature``, the perturbed optimizer's ``sigma``,
-    else 1). The perturbed optimizer adds its noise to a minimiser's costs unnegated, so with
-    Gumbel noise on a minimiser its samples follow another distribution than the exact
-    gradient's p(z) ∝ exp(−⟨θ, z⟩/τ) (its Gaussian noise is symmetric: either sense is fine).
+    I-MLE's ``input_temperature``, STE's and SIMPLE's ``temperature``, the perturbed
+    optimizer's ``sigma``, else 1). The perturbed optimizer adds its noise to a minimiser's
+    costs unnegated, so with Gumbel noise on a minimiser its samples follow another
+    distribution than the exact gradient's p(z) ∝ exp(−⟨θ, z⟩/τ) (its Gaussian noise is
+    symmetric: either sense is fine).
 
     Args:
         estimator: any estimator; its state (β) moves during the call.
@@ -204,11 +206,12 @@ def gradient_fidelity(
 def noise_temperature(estimator: Estimator) -> float:
     """The scale τ of ``estimator``'s forward noise, so that perturb-and-MAP with Gumbel noise
     samples p(z) ∝ exp(⟨θ, z⟩ / τ): AIMLE's and I-MLE's ``input_temperature``, STE's
-    ``temperature``, the perturbed optimizer's ``sigma``; 1 for the others."""
+    ``temperature``, the perturbed optimizer's ``sigma``, SIMPLE's ``temperature`` (that of its
+    exact samples); 1 for the others."""
     for attribute in ("input_temperature", "sigma"):
         if hasattr(estimator, attribute):
             return float(getattr(estimator, attribute))
-    if isinstance(estimator, STE):
+    if isinstance(estimator, STE | SIMPLE):
         return estimator.temperature
     return 1.0
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ._aimle import AIMLE
 from ._base import Estimator, SolverFunction, build_solver, call_solver, check_minimize
 from ._relaxed import Relaxed
+from ._simple import SIMPLE
 from .registry import build_estimator
 
 __all__ = ["DifferentiableSolver"]
@@ -66,6 +67,8 @@ class DifferentiableSolver(nn.Module):
             )
         if isinstance(estimator, Relaxed):
             estimator.relaxation_of(solver)  # fail now, not at the first training step
+        if isinstance(estimator, SIMPLE):
+            estimator.distribution_of(solver)
         self.solver = solver
         self.estimator = estimator
         self.minimize = minimize

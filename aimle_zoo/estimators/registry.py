@@ -13,12 +13,13 @@ from ._blackbox import Blackbox
 from ._imle import IMLE
 from ._perturbed import PerturbedOptimizer
 from ._relaxed import Relaxed
+from ._simple import SIMPLE
 from ._ste import STE
 
 __all__ = ["UnknownEstimatorError", "build_estimator", "list_estimators"]
 
 _ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls for cls in (AIMLE, IMLE, STE, PerturbedOptimizer, Blackbox, Relaxed)
+    cls.name: cls for cls in (AIMLE, IMLE, STE, PerturbedOptimizer, Blackbox, Relaxed, SIMPLE)
 }
 
 

@@ -16,6 +16,7 @@ from ._base import (
     checks_enabled as checks_enabled,
     format_instances as format_instances,
     may_hold_bad_values as may_hold_bad_values,
+    solver_method as solver_method,
     solver_sense as solver_sense,
     solver_spec as solver_spec,
 )

@@ -115,6 +115,15 @@ class FunctionSolver(Solver):
         return self.fn(theta, **self.fn_kwargs)
 
 
+def solver_method(solver: object, name: str) -> Callable[..., Any] | None:
+    """The solver's optional method ``name`` (``relax``, ``marginals``, ``sample``), looked up
+    on the solver and, for a registered plain function, on the function; ``None`` if absent."""
+    method = getattr(solver, name, None)
+    if method is None and isinstance(solver, FunctionSolver):
+        method = getattr(solver.fn, name, None)
+    return method if callable(method) else None
+
+
 _SPEC_ATTR = "__aimle_solver_spec__"
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._base import FunctionSolver, Sense, SolverInputError, solver_sense
+from ._base import Sense, SolverInputError, solver_method, solver_sense
 from ._registry import get_solver
 
 __all__ = ["CachedSolver"]
@@ -63,7 +63,7 @@ class CachedSolver(nn.Module):
     """
 
     __jit_ignored_attributes__: ClassVar[list[str]] = ["generator", "_keys"]
-    __jit_unused_properties__: ClassVar[list[str]] = ["relax", "pool_size"]
+    __jit_unused_properties__: ClassVar[list[str]] = ["relax", "marginals", "sample", "pool_size"]
 
     pool: Tensor
 
@@ -138,10 +138,19 @@ class CachedSolver(nn.Module):
     def relax(self) -> Callable[..., Tensor] | None:
         """The wrapped solver's continuous relaxation ``relax(theta, temperature)``, if it has
         one (the ``relaxed`` estimator uses it, and the cache for its hard samples)."""
-        relax = getattr(self.solver, "relax", None)
-        if relax is None and isinstance(self.solver, FunctionSolver):
-            relax = getattr(self.solver.fn, "relax", None)
-        return relax if callable(relax) else None
+        return solver_method(self.solver, "relax")
+
+    @property
+    def marginals(self) -> Callable[..., Tensor] | None:
+        """The wrapped solver's exact marginals ``marginals(theta, temperature)``, if it has
+        them (the ``simple`` estimator uses them)."""
+        return solver_method(self.solver, "marginals")
+
+    @property
+    def sample(self) -> Callable[..., Tensor] | None:
+        """The wrapped solver's exact sampler ``sample(theta, temperature, generator)``, if it
+        has one (the ``simple`` estimator's forward; the cache does not answer for it)."""
+        return solver_method(self.solver, "sample")
 
     def forward(self, theta: Tensor) -> Tensor:
         """``z [B, *S]``: the solver's answer, or in training mode with probability

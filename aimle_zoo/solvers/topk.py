@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ._base import Solver, SolverInputError, check_relax_temperature, check_theta, checks_enabled
 from ._registry import register_solver
+from .subset_distribution import sample_subsets, subset_marginals
 
 TIE_RULES = ("exact", "threshold")
 
@@ -276,6 +277,28 @@ class TopK(Solver):
         temperature = check_relax_temperature(temperature, solver="topk")
         self._check(theta)
         return relaxed_topk(theta, self.k, temperature)
+
+    @torch.jit.unused
+    def marginals(self, theta: Tensor, temperature: float = 1.0) -> Tensor:
+        """Exact marginals ``μ [B, *, n]`` of p(z) ∝ exp(⟨θ, z⟩/τ) over k-subsets
+        (:func:`~aimle_zoo.solvers.subset_distribution.subset_marginals`); differentiable,
+        each row sums to k, the top-k indicator as τ → 0 (ties aside)."""
+        self._check(theta)
+        return subset_marginals(theta, self.k, temperature)
+
+    @torch.jit.unused
+    def sample(
+        self,
+        theta: Tensor,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        samples: int = 1,
+    ) -> Tensor:
+        """N = ``samples`` exact draws per instance of p(z) ∝ exp(⟨θ, z⟩/τ) over k-subsets:
+        ``z [B·N, *, n]``, sample-minor
+        (:func:`~aimle_zoo.solvers.subset_distribution.sample_subsets`)."""
+        self._check(theta)
+        return sample_subsets(theta, self.k, temperature, generator, samples)
 
     @torch.jit.unused
     def _check(self, theta: Tensor) -> bool:

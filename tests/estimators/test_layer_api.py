@@ -311,7 +311,9 @@ def test_build_estimator_config_round_trip(config) -> None:
 
 
 def test_build_estimator_by_name_with_overrides() -> None:
-    assert list_estimators() == ["aimle", "imle", "ste", "perturbed", "blackbox", "relaxed"]
+    assert list_estimators() == [
+        "aimle", "imle", "ste", "perturbed", "blackbox", "relaxed", "simple",
+    ]  # fmt: skip
     assert isinstance(build_estimator("AIMLE"), AIMLE)  # names ignore case
     estimator = build_estimator("aimle", samples=3, target=FixedTarget(1.5))
     assert isinstance(estimator, AIMLE) and estimator.samples == 3

@@ -101,6 +101,8 @@ def test_a_few_training_steps_reduce_the_loss(name: str) -> None:
 
 #: Shortest paths have no continuous relaxation, so the "relaxed" estimator skips that model.
 WITHOUT_RELAXATION = {"grid_shortest_path"}
+#: Only top-k has an exact sampler and marginals, the "simple" estimator's needs.
+WITH_EXACT_DISTRIBUTION = {"discrete_vae", "l2x_mnist", "l2x_tabular", "l2x_text"}
 
 
 @pytest.mark.parametrize(
@@ -109,7 +111,8 @@ WITHOUT_RELAXATION = {"grid_shortest_path"}
         (name, estimator)
         for name in MODELS
         for estimator in list_estimators()
-        if estimator != "relaxed" or name not in WITHOUT_RELAXATION
+        if (estimator != "relaxed" or name not in WITHOUT_RELAXATION)
+        and (estimator != "simple" or name in WITH_EXACT_DISTRIBUTION)
     ],
 )
 def test_every_estimator_trains_every_model(name: str, estimator: str) -> None:
@@ -129,6 +132,24 @@ def test_every_estimator_trains_every_model(name: str, estimator: str) -> None:
 def test_a_model_without_a_relaxation_refuses_the_relaxed_estimator(name: str) -> None:
     with pytest.raises(RelaxationError, match=r"has no continuous relaxation.*relax\(theta"):
         tiny_model(name, estimator="relaxed")
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - WITH_EXACT_DISTRIBUTION))
+def test_a_model_without_an_exact_sampler_refuses_the_simple_estimator(name: str) -> None:
+    with pytest.raises(RelaxationError, match=r"has no exact sample and marginals"):
+        tiny_model(name, estimator="simple")
+
+
+@pytest.mark.parametrize("name", sorted(WITH_EXACT_DISTRIBUTION))
+def test_a_simple_model_saves_and_loads_its_estimator(name: str, tmp_path: Path) -> None:
+    model = tiny_model(name, estimator={"name": "simple", "temperature": 0.5, "samples": 2})
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    assert loaded.latent_layer.estimator.config() == {
+        "name": "simple",
+        "temperature": 0.5,
+        "samples": 2,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - WITHOUT_RELAXATION))

@@ -151,16 +151,16 @@ def test_comparison_curves_use_a_log_axis_for_a_wide_spread(
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_solver_list_shows_which_solvers_have_a_relaxation() -> None:
+def test_the_solver_list_shows_which_solvers_have_a_relaxation_or_an_exact_sampler() -> None:
     output = invoke("solvers")
-    rows = {line.split()[0]: line.split()[1:4] for line in output.splitlines()}
-    assert rows["name"] == ["sense", "export", "relax"]
-    assert rows["topk"] == ["max", "yes", "yes"]
-    assert rows["mst_edges"] == ["max", "yes", "yes"]
-    assert rows["dijkstra"] == ["min", "yes", "no"]
-    assert rows["mst_scipy"] == ["max", "no", "no"]
+    rows = {line.split()[0]: line.split()[1:5] for line in output.splitlines()}
+    assert rows["name"] == ["sense", "export", "relax", "exact"]
+    assert rows["topk"] == ["max", "yes", "yes", "yes"]
+    assert rows["mst_edges"] == ["max", "yes", "yes", "no"]
+    assert rows["dijkstra"] == ["min", "yes", "no", "no"]
+    assert rows["mst_scipy"] == ["max", "no", "no", "no"]
     lines = output.splitlines()  # the columns line up under their headers
-    for header in ("sense", "export", "relax", "input", "description"):
+    for header in ("sense", "export", "relax", "exact", "input", "description"):
         column = lines[0].index(header)
         assert all(line[column - 2 : column] == "  " and line[column] != " " for line in lines)
 

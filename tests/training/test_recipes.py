@@ -749,3 +749,21 @@ def test_the_multiplicative_perturbation_is_offered_for_costs_only() -> None:
     with pytest.raises(ValueError, match="no 'perturbed-multiplicative' variant") as error:
         get_recipe("l2x-xor").estimator_config("perturbed-multiplicative")
     assert ", ".join(variants) in str(error.value)
+
+
+def test_simple_is_offered_for_the_top_k_models_only() -> None:
+    """SIMPLE needs an exact sampler: the L2X and VAE recipes (top-k) offer it with their
+    reference sample count, NRI (spanning tree) and the grid (shortest path) refuse it by name."""
+    for name, samples in (("l2x-xor", 1), ("dvae-mnist", 10), ("l2x-mnist", 1)):
+        recipe = get_recipe(name)
+        assert "simple" in recipe.variants()
+        reference_samples = recipe.reference_estimator().get("samples", 1)
+        assert samples == reference_samples
+        assert recipe.estimator_config("simple") == {
+            "name": "simple", "temperature": 1.0, "samples": samples,
+        }  # fmt: skip
+    for name in ("nri-t10", "grid-12"):
+        recipe = get_recipe(name)
+        assert "simple" not in recipe.variants()
+        with pytest.raises(ValueError, match="no 'simple' variant"):
+            recipe.estimator_config("simple")

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from aimle_zoo.estimators import topk_states
-from aimle_zoo.solvers import CachedSolver, SolverInputError, TopK
+from aimle_zoo.solvers import CachedSolver, SolverInputError, TopK, subset_distribution
 from aimle_zoo.solvers.subset_distribution import (
+    ALGORITHMS,
+    default_algorithm,
     sample_subsets,
     subset_log_partition,
     subset_marginals,
@@ -24,12 +26,22 @@ def enumerated(theta: torch.Tensor, k: int, temperature: float) -> tuple[torch.T
     return states, torch.softmax(log_weights, dim=1), torch.logsumexp(log_weights, dim=1)
 
 
-CASES = [(1, 1), (5, 1), (5, 2), (6, 3), (7, 6), (8, 8), (9, 4)]
+CASES = [(1, 1), (5, 1), (5, 2), (6, 3), (7, 6), (8, 8), (9, 4), (13, 3), (16, 5)]
+
+
+@pytest.fixture(params=ALGORITHMS)
+def algorithm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test under each algorithm: every call that leaves the choice to
+    ``default_algorithm`` gets this one."""
+    monkeypatch.setattr(subset_distribution, "default_algorithm", lambda *_: request.param)
+    return request.param
 
 
 @pytest.mark.parametrize(("n", "k"), CASES)
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 4.0])
-def test_partition_and_marginals_match_enumeration(n: int, k: int, temperature: float) -> None:
+def test_partition_and_marginals_match_enumeration(
+    n: int, k: int, temperature: float, algorithm: str
+) -> None:
     theta = 2 * torch.randn(5, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
     states, probabilities, log_partition = enumerated(theta, k, temperature)
     torch.testing.assert_close(
@@ -42,7 +54,7 @@ def test_partition_and_marginals_match_enumeration(n: int, k: int, temperature: 
 
 @pytest.mark.parametrize(("n", "k", "temperature"), [(6, 2, 1.0), (7, 3, 0.5), (5, 4, 2.0)])
 def test_the_jacobian_of_the_marginals_is_the_covariance_over_tau(
-    n: int, k: int, temperature: float
+    n: int, k: int, temperature: float, algorithm: str
 ) -> None:
     theta = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     states, probabilities, _ = enumerated(theta[None], k, temperature)
@@ -58,14 +70,14 @@ def test_the_jacobian_of_the_marginals_is_the_covariance_over_tau(
     torch.testing.assert_close(gradient * temperature, mean)
 
 
-def test_one_of_n_is_the_softmax_and_n_of_n_is_everything() -> None:
+def test_one_of_n_is_the_softmax_and_n_of_n_is_everything(algorithm: str) -> None:
     theta = torch.randn(4, 7, dtype=torch.float64)
     torch.testing.assert_close(subset_marginals(theta, 1, 0.7), torch.softmax(theta / 0.7, dim=1))
     torch.testing.assert_close(subset_marginals(theta, 7), torch.ones_like(theta))
     torch.testing.assert_close(sample_subsets(theta, 7), torch.ones_like(theta))
 
 
-def test_huge_spreads_stay_finite_and_tend_to_the_top_k_indicator() -> None:
+def test_huge_spreads_stay_finite_and_tend_to_the_top_k_indicator(algorithm: str) -> None:
     """Log space: weights e^{θ/τ} far outside float64 neither overflow nor give NaN gradients,
     and at such spreads the marginals are the top-k indicator (a common offset of 1e6 too)."""
     generator = torch.Generator().manual_seed(0)
@@ -78,7 +90,7 @@ def test_huge_spreads_stay_finite_and_tend_to_the_top_k_indicator() -> None:
     torch.testing.assert_close(sample_subsets(theta.detach(), 4, 0.01), TopK(4)(theta.detach()))
 
 
-def test_float32_holds_an_offset_and_moderate_spreads() -> None:
+def test_float32_holds_an_offset_and_moderate_spreads(algorithm: str) -> None:
     """The row shift removes any common offset; the spread sets float32's rounding (compared
     on the same float32 inputs)."""
     theta = torch.randn(6, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -87,7 +99,7 @@ def test_float32_holds_an_offset_and_moderate_spreads() -> None:
     torch.testing.assert_close(subset_marginals(single, 4).double(), exact, rtol=0, atol=2e-5)
 
 
-def test_float32_and_half_precision_agree_with_float64() -> None:
+def test_float32_and_half_precision_agree_with_float64(algorithm: str) -> None:
     theta = torch.randn(8, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     exact = subset_marginals(theta, 3)
     single = subset_marginals(theta.float(), 3)
@@ -101,7 +113,7 @@ def test_float32_and_half_precision_agree_with_float64() -> None:
         torch.testing.assert_close(result.double(), expected, rtol=1e-2, atol=1e-2)
 
 
-def test_rows_are_independent_and_leading_dimensions_are_kept() -> None:
+def test_rows_are_independent_and_leading_dimensions_are_kept(algorithm: str) -> None:
     theta = torch.randn(3, 4, 9, dtype=torch.float64)
     marginals = subset_marginals(theta, 2)
     assert marginals.shape == (3, 4, 9)
@@ -110,7 +122,9 @@ def test_rows_are_independent_and_leading_dimensions_are_kept() -> None:
 
 
 @pytest.mark.parametrize(("n", "k", "temperature"), [(5, 2, 1.0), (6, 3, 0.5)])
-def test_samples_follow_the_exact_distribution(n: int, k: int, temperature: float) -> None:
+def test_samples_follow_the_exact_distribution(
+    n: int, k: int, temperature: float, algorithm: str
+) -> None:
     """Subset frequencies of 40,000 draws against the enumerated probabilities: every count
     within 4.5 binomial standard deviations (seeded, so the test is deterministic)."""
     draws = 40_000
@@ -128,7 +142,7 @@ def test_samples_follow_the_exact_distribution(n: int, k: int, temperature: floa
     assert float(deviation.max()) < 4.5, deviation
 
 
-def test_several_samples_share_the_tables_in_the_sample_minor_layout() -> None:
+def test_several_samples_share_the_tables_in_the_sample_minor_layout(algorithm: str) -> None:
     """Draw m of instance b sits in row b·N + m; its frequencies follow that instance's
     marginals, which differ between instances."""
     theta = torch.tensor([[3.0, 0.0, -3.0, 0.0], [-3.0, 0.0, 3.0, 0.0]], dtype=torch.float64)
@@ -140,6 +154,28 @@ def test_several_samples_share_the_tables_in_the_sample_minor_layout() -> None:
     assert stacked.shape == (12, 5, 6) and bool((stacked.sum(dim=-1) == 2).all())
     with pytest.raises(SolverInputError, match="batch dimension"):
         sample_subsets(torch.randn(6), 2, samples=3)
+
+
+def test_the_default_is_the_tree_for_few_rows_and_a_small_k_and_both_agree() -> None:
+    assert default_algorithm(40, 350, 10) == "tree" and default_algorithm(100, 49, 4) == "tree"
+    assert default_algorithm(2000, 20, 10) == "sequential"  # the VAE's groups
+    assert default_algorithm(40, 350, 50) == "sequential" and default_algorithm(40, 10, 1) == (
+        "sequential"
+    )
+    theta = torch.randn(4, 40, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(4, 40, dtype=torch.float64)
+    gradients = []
+    for name in ALGORITHMS:
+        marginals = subset_marginals(theta, 6, 0.8, algorithm=name)
+        (gradient,) = torch.autograd.grad((marginals * weights).sum(), theta)
+        gradients.append((marginals, gradient))
+        torch.testing.assert_close(
+            subset_log_partition(theta, 6, 0.8, algorithm=name),
+            subset_log_partition(theta, 6, 0.8, algorithm=ALGORITHMS[0]),
+        )
+    torch.testing.assert_close(gradients[0], gradients[1])
+    with pytest.raises(SolverInputError, match="unknown algorithm 'dp'"):
+        subset_marginals(theta, 6, algorithm="dp")
 
 
 def test_samples_are_reproducible_with_a_generator() -> None:

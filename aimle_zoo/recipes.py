@@ -11,8 +11,8 @@ Estimator variants (``--estimator``): ``aimle`` (the recipe's reference AIMLE se
 (fixed λ, the same noise and samples), ``ste``, ``perturbed``, ``blackbox`` and ``relaxed`` (the
 classic relaxation baseline: Gumbel noise through the solver's continuous relaxation, i.e.
 Xie and Ermon's continuous top-k for L2X and the VAE and the stochastic-softmax-trick
-spanning tree for NRI; shortest paths have none) and ``simple`` (exact k-subset samples with
-the exact marginals' gradient, for the top-k models: L2X and the VAE).
+spanning tree for NRI; shortest paths have none) and ``simple`` (exact samples with the exact
+marginals' gradient: k-subsets for L2X and the VAE, spanning trees for NRI; not the grid).
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class Recipe:
 
     def variants(self) -> tuple[str, ...]:
         """The estimator variants this recipe trains with: ``relaxed`` needs a solver with a
-        continuous relaxation, ``simple`` one with an exact sampler and marginals (top-k),
+        continuous relaxation, ``simple`` one with an exact sampler and marginals (top-k, trees),
         ``perturbed-multiplicative`` a minimiser (positive costs)."""
         unavailable = {
             "relaxed": not self.has_relaxation(),

@@ -18,6 +18,7 @@ sequential steps over ``[rows, k + 1]``, so it grows with n where perturb-and-MA
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 from _timing import interleaved_times, print_table
@@ -59,9 +60,7 @@ def main() -> None:
             DifferentiableSolver("topk", build_estimator({**config, "samples": samples}), k=k)
             for config in ESTIMATORS.values()
         ]
-        steps = [
-            (lambda layer=layer: step(layer, theta, weights)) for layer in layers
-        ]  # one callable per estimator
+        steps = [functools.partial(step, layer, theta, weights) for layer in layers]
         seconds = interleaved_times(steps, rounds=rounds, repeats=repeats)
         baseline = seconds[0]
         cells = [f"{1e3 * s:.2f} ({s / baseline:.2f}×)" for s in seconds]

@@ -1,8 +1,9 @@
 """SIMPLE: exact samples forward, the gradient of the exact marginals backward.
 
 For a solver whose exponential family p(z) ∝ exp(⟨θ, z⟩/τ) can be sampled exactly and has
-exact marginals μ(θ) = E[z] (top-k: dynamic programming over the elementary symmetric
-polynomials, :mod:`aimle_zoo.solvers.subset_distribution`):
+exact marginals μ(θ) = E[z] (top-k: the elementary symmetric polynomials,
+:mod:`aimle_zoo.solvers.subset_distribution`; spanning trees: the matrix-tree theorem,
+:func:`~aimle_zoo.solvers.spanning_tree.sample_spanning_trees`):
 
     forward:   z_n ~ p(z; θ),  n = 1 … N              [B·N, *S], no perturb-and-MAP
     backward:  ∂L/∂θ ≈ J_μ(θ)ᵀ (1/N) Σ_n ∂L/∂z_n       [B, *S]
@@ -15,7 +16,7 @@ backward (higher derivatives included).
 
 It needs the solver's ``sample(theta, temperature, generator, samples)`` (N draws per
 instance, ``[B·N, *S]`` sample-minor) and ``marginals(theta, temperature)`` (``[B, *S]``)
-(built-in: ``topk``), which follow the solver's own sense.
+(built-in: ``topk`` and the spanning trees), which follow the solver's own sense.
 
 Reference:
     Ahmed, Zeng, Niepert, Van den Broeck. SIMPLE: A Gradient Estimator for k-Subset Sampling.
@@ -108,7 +109,8 @@ class SIMPLE(Estimator):
                 "cannot use it. SIMPLE needs sample(theta, temperature, generator, samples) -> z "
                 "and "
                 "marginals(theta, temperature) -> E[z] of p(z) ∝ exp(<theta, z>/temperature) "
-                "(the built-in topk has both); for other solvers use aimle, imle, ste, "
+                "(the built-in topk and spanning trees have both); for other solvers use aimle, "
+                "imle, ste, "
                 "perturbed, blackbox or relaxed."
             )
         return sample, marginals

@@ -174,7 +174,8 @@ def subset_log_partition(
     :data:`ALGORITHMS`, or ``None`` for :func:`default_algorithm`.
     """
     x, shift = _working(theta, k, temperature, "subset_log_partition")
-    if _algorithm(algorithm, *x.shape, k, "subset_log_partition") == "tree":
+    rows, n = x.shape
+    if _algorithm(algorithm, rows, n, k, "subset_log_partition") == "tree":
         log_partition = _tree(x, k)[-1][:, 0, k]  # [R]
     else:
         log_partition = _prefix_tables(x, k)[-1, :, k]
@@ -191,7 +192,8 @@ def subset_marginals(
     :func:`default_algorithm`.
     """
     x, _ = _working(theta, k, temperature, "subset_marginals")  # [R, n]
-    if _algorithm(algorithm, *x.shape, k, "subset_marginals") == "tree":
+    rows, n = x.shape
+    if _algorithm(algorithm, rows, n, k, "subset_marginals") == "tree":
         marginals = _tree_marginals(x, k)
     else:
         marginals = _sequential_marginals(x, k)

@@ -101,8 +101,8 @@ def test_a_few_training_steps_reduce_the_loss(name: str) -> None:
 
 #: Shortest paths have no continuous relaxation, so the "relaxed" estimator skips that model.
 WITHOUT_RELAXATION = {"grid_shortest_path"}
-#: Only top-k has an exact sampler and marginals, the "simple" estimator's needs.
-WITH_EXACT_DISTRIBUTION = {"discrete_vae", "l2x_mnist", "l2x_tabular", "l2x_text"}
+#: Top-k and the spanning trees have an exact sampler and marginals (the "simple" estimator).
+WITH_EXACT_DISTRIBUTION = {"discrete_vae", "l2x_mnist", "l2x_tabular", "l2x_text", "nri_tree"}
 
 
 @pytest.mark.parametrize(

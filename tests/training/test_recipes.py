@@ -751,10 +751,10 @@ def test_the_multiplicative_perturbation_is_offered_for_costs_only() -> None:
     assert ", ".join(variants) in str(error.value)
 
 
-def test_simple_is_offered_for_the_top_k_models_only() -> None:
-    """SIMPLE needs an exact sampler: the L2X and VAE recipes (top-k) offer it with their
-    reference sample count, NRI (spanning tree) and the grid (shortest path) refuse it by name."""
-    for name, samples in (("l2x-xor", 1), ("dvae-mnist", 10), ("l2x-mnist", 1)):
+def test_simple_is_offered_where_the_solver_has_an_exact_sampler() -> None:
+    """SIMPLE needs an exact sampler: the L2X and VAE recipes (top-k) and NRI (spanning tree)
+    offer it with their reference sample count, the grid (shortest path) refuses it by name."""
+    for name, samples in (("l2x-xor", 1), ("dvae-mnist", 10), ("l2x-mnist", 1), ("nri-t10", 1)):
         recipe = get_recipe(name)
         assert "simple" in recipe.variants()
         reference_samples = recipe.reference_estimator().get("samples", 1)
@@ -762,8 +762,7 @@ def test_simple_is_offered_for_the_top_k_models_only() -> None:
         assert recipe.estimator_config("simple") == {
             "name": "simple", "temperature": 1.0, "samples": samples,
         }  # fmt: skip
-    for name in ("nri-t10", "grid-12"):
-        recipe = get_recipe(name)
-        assert "simple" not in recipe.variants()
-        with pytest.raises(ValueError, match="no 'simple' variant"):
-            recipe.estimator_config("simple")
+    recipe = get_recipe("grid-12")
+    assert "simple" not in recipe.variants()
+    with pytest.raises(ValueError, match="no 'simple' variant"):
+        recipe.estimator_config("simple")

@@ -489,9 +489,11 @@ class SpanningTree(Solver):
 
     @torch.jit.unused
     def marginals(self, theta: Tensor, temperature: float = 1.0) -> Tensor:
-        """Exact edge marginals of p(T) ∝ exp(±Σ_{(i,j) in T} w_ij / τ) (the solver's sense):
-        :meth:`relax`, as the ``simple`` estimator names it."""
-        return self.relax(theta, temperature)
+        """Exact edge marginals ``E[z] [B, n, n]`` of p(z) ∝ exp(±⟨w, z⟩/τ) (the solver's
+        sense), the family of the objective: z counts each tree edge twice, so this is
+        p(T) ∝ exp(±2 Σ_{(i,j) in T} w_ij / τ), :meth:`relax` at τ/2."""
+        temperature = check_relax_temperature(temperature, solver=self._solver_name())
+        return self.relax(theta, temperature / 2)
 
     @torch.jit.unused
     def sample(
@@ -501,8 +503,9 @@ class SpanningTree(Solver):
         generator: torch.Generator | None = None,
         samples: int = 1,
     ) -> Tensor:
-        """N = ``samples`` exact draws per instance of the distribution of :meth:`marginals`:
-        ``z [B·N, n, n]``, sample-minor (:func:`sample_spanning_trees`)."""
+        """N = ``samples`` exact draws per instance of the distribution of :meth:`marginals`,
+        p(z) ∝ exp(±⟨w, z⟩/τ): ``z [B·N, n, n]``, sample-minor (:func:`sample_spanning_trees`
+        at τ/2)."""
         temperature = check_relax_temperature(temperature, solver=self._solver_name())
         self._check_input(theta)
         if self.symmetrize:
@@ -511,7 +514,7 @@ class SpanningTree(Solver):
         if mask is not None:
             self._check_connected(_prim_parents(theta.detach(), self.maximum, mask))
         signed = theta if self.maximum else -theta
-        return sample_spanning_trees(signed, temperature, mask, generator, samples)
+        return sample_spanning_trees(signed, temperature / 2, mask, generator, samples)
 
     def batch_multiple(self) -> int:
         """θ's batch must hold every per-instance mask the same number of times."""
@@ -598,9 +601,10 @@ class SpanningTreeEdges(Solver):
 
     @torch.jit.unused
     def marginals(self, theta: Tensor, temperature: float = 1.0) -> Tensor:
-        """Exact tree-edge marginals ``[B, n(n-1)]``: :meth:`relax`, as the ``simple``
-        estimator names it."""
-        return self.relax(theta, temperature)
+        """Exact tree-edge marginals ``E[z] [B, n(n-1)]`` of p(z) ∝ exp(⟨l, z⟩/τ), the family
+        of the objective (``<l, z> = 2 Σ_T w_ij``): :meth:`relax` at τ/2."""
+        temperature = check_relax_temperature(temperature, solver="mst_edges")
+        return self.relax(theta, temperature / 2)
 
     @torch.jit.unused
     def sample(
@@ -611,11 +615,13 @@ class SpanningTreeEdges(Solver):
         samples: int = 1,
     ) -> Tensor:
         """N = ``samples`` exact tree draws per instance, ``[B·N, n(n-1)]`` sample-minor, of the
-        distribution of :meth:`marginals` (:func:`sample_spanning_trees`)."""
+        distribution of :meth:`marginals`, p(z) ∝ exp(⟨l, z⟩/τ) (:func:`sample_spanning_trees`
+        at τ/2)."""
         temperature = check_relax_temperature(temperature, solver="mst_edges")
         self._check_input(theta)
         scores = _edges_to_matrix(theta, num_nodes_from_edges(theta.shape[-1]))  # [B, n, n]
-        trees = sample_spanning_trees(symmetric_part(scores), temperature, None, generator, samples)
+        weights = symmetric_part(scores)  # [B, n, n]
+        trees = sample_spanning_trees(weights, temperature / 2, None, generator, samples)
         return _matrix_to_edges(trees)
 
     @torch.jit.unused

@@ -15,6 +15,8 @@ from aimle_zoo.solvers import (
     SpanningTree,
     SpanningTreeEdges,
     edges_to_matrix,
+    get_solver,
+    matrix_to_edges,
 )
 from aimle_zoo.solvers.spanning_tree import sample_spanning_trees, spanning_tree_marginals
 
@@ -82,17 +84,15 @@ def test_a_mask_restricts_the_trees_and_both_senses_sample_their_own_distributio
     weights = symmetric(5, seed=3)
     allowed = torch.ones(5, 5, dtype=torch.bool)
     allowed[0, 1] = allowed[1, 0] = allowed[2, 4] = allowed[4, 2] = False
-    trees, probabilities = enumerated_trees(weights[0], 0.8, allowed)
+    trees, probabilities = enumerated_trees(weights[0], 0.4, allowed)  # ⟨w, z⟩ = 2 Σ_T w
     z = SpanningTree(mask=allowed).sample(weights, 0.8, torch.Generator().manual_seed(2), 20_000)
     assert not bool(z[:, 0, 1].any()) and not bool(z[:, 2, 4].any())
     assert_frequencies(tree_counts(z, trees), probabilities)
     minimum = MinimumSpanningTree(mask=allowed).sample(
         weights, 0.8, torch.Generator().manual_seed(3), 20_000
     )
-    negated, _ = enumerated_trees(-weights[0], 0.8, allowed)
-    assert_frequencies(
-        tree_counts(minimum, negated), enumerated_trees(-weights[0], 0.8, allowed)[1]
-    )
+    negated, probabilities = enumerated_trees(-weights[0], 0.4, allowed)
+    assert_frequencies(tree_counts(minimum, negated), probabilities)
 
 
 def test_draws_average_to_the_exact_marginals_per_instance() -> None:
@@ -119,9 +119,27 @@ def test_the_nri_layout_samples_both_directions_and_is_reproducible() -> None:
     assert first.shape == (6, 20) and torch.equal(first, again)
     matrices = edges_to_matrix(first)
     assert torch.equal(matrices, matrices.mT) and bool((first.sum(dim=1) == 8).all())
-    torch.testing.assert_close(solver.marginals(theta, 0.5), solver.relax(theta, 0.5))
+    torch.testing.assert_close(solver.marginals(theta, 1.0), solver.relax(theta, 0.5))
     with pytest.raises(SolverInputError, match="temperature"):
         solver.sample(theta, 0.0)
+
+
+@pytest.mark.parametrize("name", ["mst", "mst_edges"])
+def test_the_marginals_are_the_family_of_the_objective(name: str) -> None:
+    """E[z] under p(z) ∝ exp(⟨θ, z⟩/τ), enumerated over every tree of K₅ (the same family as
+    top-k's, and as the exact gradient of ``gradient_fidelity``)."""
+    solver = get_solver(name)
+    weights = symmetric(5, seed=9)
+    theta = weights if name == "mst" else matrix_to_edges(weights)
+    trees, probabilities = enumerated_trees(weights[0], 0.6 / 2)  # ⟨θ, z⟩ = 2 Σ_T w
+    adjacency = torch.zeros(len(trees), 5, 5, dtype=torch.float64)
+    for row, tree in enumerate(trees):
+        for i, j in tree:
+            adjacency[row, i, j] = adjacency[row, j, i] = 1.0
+    expected = (probabilities[:, None, None] * adjacency).sum(dim=0, keepdim=True)
+    if name == "mst_edges":
+        expected = matrix_to_edges(expected)
+    torch.testing.assert_close(solver.marginals(theta, 0.6), expected)
 
 
 def test_simple_trains_through_a_tree_layer() -> None:

@@ -322,6 +322,12 @@ def spanning_tree_marginals(
     return (lower + lower.transpose(1, 2)).to(weights.dtype)
 
 
+def _masked_log_partition(scores: Tensor, allowed: Tensor, floor: Tensor) -> Tensor:
+    """``log Σ_T exp(Σ_{(i,j) in T} s_ij)`` over the trees of the allowed edges: ``[B, n, n] ->
+    [B]`` (:func:`_log_tree_partition`, absent edges at ``floor [B, 1, 1]``)."""
+    return _log_tree_partition(torch.where(allowed, scores, floor), floor)
+
+
 @torch.compiler.disable
 def sample_spanning_trees(
     weights: Tensor,
@@ -338,10 +344,12 @@ def sample_spanning_trees(
     adjacencies in w's dtype; not differentiable; reads the lower triangle of w.
 
     By the chain rule over the edges, in a fixed order: edge e joins the tree with its marginal
-    given the decisions so far, computed by the same log-space Kron reduction (exact at any
-    spread). A rejected edge is masked out; an accepted one is forced, its log-weight raised
-    above any tree without it (by (n − 1)·spread + 1000, so those trees' share underflows to
-    exactly 0 in float64). About n²/2 marginal computations per call, all instances at once.
+    given the decisions so far, 1 − Z_{−e}/Z, from two partition functions of the same
+    log-space Kron reduction (exact at any spread): Z of the current graph and Z_{−e} without
+    e, computed in one batched call. A rejected edge is masked out; an accepted one is forced,
+    its log-weight raised above any tree without it (by (n − 1)·spread + 1000, so those
+    trees' share underflows to exactly 0 in float64). About n²/2 such calls, all instances at
+    once.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise SolverInputError(
@@ -362,6 +370,9 @@ def sample_spanning_trees(
         highest = values.nan_to_num(float("-inf")).amax(dim=(1, 2))  # [R]
         lowest = values.nan_to_num(float("inf")).amin(dim=(1, 2))
         forced = highest + (n - 1) * (highest - lowest) + 1000.0  # [R]
+        # absent edges: 1000 below the lowest score of the start, not of the graph left later
+        # (where the lowest allowed score may be a forced one)
+        floor = (lowest - 1000.0).repeat(2)[:, None, None]  # [2R, 1, 1]
         tree = torch.zeros(rows, n, n, dtype=torch.bool, device=weights.device)
         edges = [(i, j) for i in range(1, n) for j in range(i)]  # the lower triangle
         uniforms = torch.rand(
@@ -373,7 +384,12 @@ def sample_spanning_trees(
                 break  # every tree is complete: the remaining edges are out
             if not bool(allowed[:, i, j].any()):
                 continue
-            marginal = spanning_tree_marginals(current, 1.0, allowed)[:, i, j]  # [R]
+            without = allowed.clone()
+            without[:, i, j] = without[:, j, i] = False
+            log_z = _masked_log_partition(
+                current.repeat(2, 1, 1), torch.cat([allowed, without]), floor
+            )
+            marginal = -torch.expm1(log_z[rows:] - log_z[:rows])  # [R], 1 − Z_{−e} / Z
             take = allowed[:, i, j] & (uniforms[index] < marginal) & (chosen < n - 1)
             tree[:, i, j] = tree[:, j, i] = take
             chosen += take.long()

@@ -160,3 +160,9 @@ def test_simple_trains_through_a_tree_layer() -> None:
         optimizer.step()
     layer.eval()
     assert torch.equal(layer(theta.detach()), target)
+
+
+def test_one_and_two_vertices() -> None:
+    assert torch.equal(sample_spanning_trees(torch.zeros(3, 1, 1), 1.0), torch.zeros(3, 1, 1))
+    pair = sample_spanning_trees(torch.randn(3, 2, 2), 0.5, samples=2)
+    assert torch.equal(pair, torch.tensor([[0.0, 1.0], [1.0, 0.0]]).expand(6, 2, 2))

@@ -36,6 +36,7 @@ from .estimators import (
     mean_over_samples as mean_over_samples,
     perturbed as perturbed,
     relaxed as relaxed,
+    simple as simple,
     ste as ste,
 )
 from .hub import (
@@ -51,4 +52,4 @@ from .solvers import (
     register_solver as register_solver,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

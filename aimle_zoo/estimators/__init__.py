@@ -18,8 +18,8 @@ Every estimator maps θ ``[B, *S]`` to ``[B·N, *S]`` solutions, sample-minor (s
 :func:`expand_samples`). :class:`DifferentiableSolver` composes a solver and an estimator into a
 layer that uses the plain solver in eval mode and for export; :func:`gradient_fidelity` compares
 an estimator's gradient with the exact one on a tiny instance; the decorators (:func:`aimle`,
-:func:`imle`, :func:`ste`, :func:`perturbed`, :func:`blackbox`, :func:`relaxed`) wrap a bare
-function.
+:func:`imle`, :func:`ste`, :func:`perturbed`, :func:`blackbox`, :func:`relaxed`,
+:func:`simple`) wrap a bare function.
 """
 
 from ._aimle import AIMLE as AIMLE
@@ -47,6 +47,7 @@ from .decorators import (
     imle as imle,
     perturbed as perturbed,
     relaxed as relaxed,
+    simple as simple,
     ste as ste,
 )
 from .fenchel_young import FenchelYoungLoss as FenchelYoungLoss

@@ -9,7 +9,8 @@ Both forms work::
     differentiable_topk = aimle(topk, samples=10)
 
 ``relaxed`` also needs the function's continuous relaxation (``relaxation=`` or a ``relax``
-method on the function).
+method on the function), and ``simple`` its exact ``sample`` and ``marginals`` methods (a
+registered solver such as ``get_solver("topk", k=3)`` has them).
 
 The result is a :class:`DifferentiableFunction`: calling it returns ``[B·N, *S]`` solutions
 and its ``.estimator`` holds the estimator (diagnostics, adaptive state, ``state_dict``).
@@ -32,11 +33,21 @@ from ._blackbox import Blackbox
 from ._imle import IMLE
 from ._perturbed import PerturbedOptimizer
 from ._relaxed import Relaxation, Relaxed
+from ._simple import SIMPLE
 from ._ste import STE
 from .noise import NoiseLike
 from .targets import TargetLike
 
-__all__ = ["DifferentiableFunction", "aimle", "blackbox", "imle", "perturbed", "relaxed", "ste"]
+__all__ = [
+    "DifferentiableFunction",
+    "aimle",
+    "blackbox",
+    "imle",
+    "perturbed",
+    "relaxed",
+    "simple",
+    "ste",
+]
 
 Decorator = Callable[[SolverFunction], "DifferentiableFunction"]
 
@@ -346,4 +357,36 @@ def relaxed(
         relaxation=relaxation,
         generator=generator,
     )
+    return _wrap(function, estimator, minimize)
+
+
+@overload
+def simple(
+    function: SolverFunction,
+    *,
+    temperature: float = ...,
+    samples: int = ...,
+    generator: torch.Generator | None = ...,
+    minimize: bool | None = ...,
+) -> DifferentiableFunction: ...
+@overload
+def simple(
+    function: None = None,
+    *,
+    temperature: float = ...,
+    samples: int = ...,
+    generator: torch.Generator | None = ...,
+    minimize: bool | None = ...,
+) -> Decorator: ...
+def simple(
+    function: SolverFunction | None = None,
+    *,
+    temperature: float = 1.0,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    minimize: bool | None = None,
+) -> DifferentiableFunction | Decorator:
+    """Differentiate ``function`` with SIMPLE (:class:`SIMPLE`): its exact ``sample`` forward,
+    the Jacobian of its exact ``marginals`` backward."""
+    estimator = SIMPLE(temperature=temperature, samples=samples, generator=generator)
     return _wrap(function, estimator, minimize)

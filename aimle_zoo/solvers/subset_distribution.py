@@ -105,7 +105,7 @@ def _algorithm(algorithm: str | None, rows: int, n: int, k: int, label: str) -> 
     if algorithm not in ALGORITHMS:
         raise SolverInputError(
             f"{label}: unknown algorithm {algorithm!r}; choose one of {list(ALGORITHMS)} or "
-            "None (chosen from n and k)"
+            "None (chosen from the number of rows, n and k)"
         )
     return algorithm
 

@@ -11,6 +11,7 @@ from aimle_zoo.estimators import (
     RelaxationError,
     build_estimator,
     gradient_fidelity,
+    simple,
     topk_states,
 )
 from aimle_zoo.solvers import CachedSolver, TopK, get_solver
@@ -145,3 +146,12 @@ def test_it_samples_through_a_cached_solver_without_the_cache() -> None:
     expected = sample_subsets(theta.detach(), 2, generator=torch.Generator().manual_seed(4))
     assert torch.equal(z.detach(), expected)
     assert cached.solver_calls == 0 and cached.pool_size == 0
+
+
+def test_the_decorator_wraps_a_solver_with_a_distribution() -> None:
+    differentiable = simple(TopK(2), samples=3, generator=torch.Generator().manual_seed(0))
+    theta = torch.randn(4, 6, requires_grad=True)
+    z = differentiable(theta)
+    assert z.shape == (12, 6) and isinstance(differentiable.estimator, SIMPLE)
+    z.sum().backward()  # Σ z = k for every sample: the gradient of a constant is zero
+    torch.testing.assert_close(theta.grad, torch.zeros_like(theta), atol=1e-6, rtol=0)

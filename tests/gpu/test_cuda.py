@@ -175,6 +175,32 @@ def test_estimator_gradients_and_state_stay_on_the_device(estimator: str) -> Non
     assert torch.equal(z, z_again) and torch.equal(grad, grad_again), "not reproducible"
 
 
+@pytest.mark.parametrize(("solver", "params", "shape"), [
+    ("topk", {"k": 10}, (40, 350)),  # the product tree
+    ("topk", {"k": 10}, (2000, 20)),  # the sequential recursion
+    ("mst_edges", {}, (64, 90)),
+])  # fmt: skip
+def test_exact_marginals_and_samples_on_the_device_match_the_cpu(
+    solver: str, params: dict[str, Any], shape: tuple[int, ...]
+) -> None:
+    """SIMPLE's two solver methods: the marginals agree with the CPU's in float64; the draws
+    (the device's own generator) have the solver's structure and average to the marginals."""
+    from aimle_zoo.solvers import get_solver
+
+    layer = get_solver(solver, **params)
+    theta = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    device_marginals = layer.marginals(theta.to(DEVICE), 0.7)
+    assert _on_device(device_marginals)
+    torch.testing.assert_close(device_marginals.cpu(), layer.marginals(theta, 0.7))
+    generator = torch.Generator(device=DEVICE).manual_seed(1)
+    draws = layer.sample(theta[:2].to(DEVICE), 0.7, generator, samples=4000)  # [2·4000, ...]
+    assert _on_device(draws)
+    expected = torch.full((8000,), float(params.get("k", 2 * 9)), dtype=torch.float64)
+    torch.testing.assert_close(draws.sum(dim=1).cpu(), expected)
+    means = draws.reshape(2, 4000, -1).mean(dim=1).cpu()
+    torch.testing.assert_close(means, device_marginals[:2].cpu(), rtol=0, atol=0.04)
+
+
 @pytest.mark.parametrize("solver", ["topk", "dijkstra"])
 def test_fenchel_young_loss_on_the_device_matches_the_cpu_on_the_same_noise(solver: str) -> None:
     """The noise is drawn on the CPU and handed to both (each device's generator draws its

@@ -29,6 +29,14 @@
 ``gradients`` (unless ``check_gradients=False``)
     wrapped in the AIMLE estimator, a loss preferring another solution sends a finite, non-zero
     gradient of ``theta``'s shape back to ``theta``.
+``distribution`` (only for a solver with ``sample`` and ``marginals``, what the ``simple``
+estimator needs)
+    ``sample(theta, 1.0, generator, samples=N)`` returns N draws per instance ``[B·N, *S]``
+    (sample-minor) of 0/1 entries, none scoring better than the instance's solution (and each
+    among the ``feasible`` ones when given); ``marginals(theta, 1.0)`` returns θ's shape in
+    [0, 1], finite and differentiable; the draws of each instance average to its marginals
+    (within 5 binomial standard deviations and 0.02); and at a low temperature (10⁻³ of θ's
+    mean magnitude) the marginals round to the solver's solution.
 
 ``binary``, ``batch_independence``, ``relative_optimality`` and ``optimality`` run twice: on the
 example and on the tie-rich copy of ``determinism`` (unless the solver refuses that copy), since
@@ -68,7 +76,14 @@ import torch
 from torch import Tensor, nn
 
 from . import _registry
-from ._base import Sense, SolverSpec, format_instances, solver_sense, solver_spec
+from ._base import (
+    Sense,
+    SolverSpec,
+    format_instances,
+    solver_method,
+    solver_sense,
+    solver_spec,
+)
 from ._registry import get_solver, get_solver_spec
 
 MakeInput = Callable[[int, torch.Generator], tuple[dict[str, Any], Tensor]]
@@ -86,7 +101,11 @@ CHECKS: tuple[str, ...] = (
     "relative_optimality",
     "optimality",
     "gradients",
+    "distribution",
 )
+
+#: Draws per instance of the ``distribution`` check.
+DISTRIBUTION_DRAWS = 2000
 
 
 @dataclass(frozen=True)
@@ -154,12 +173,14 @@ def planned_checks(
     *,
     feasible: bool = False,
     check_gradients: bool = True,
+    distribution: bool = False,
 ) -> list[str]:
     """Names of the checks :func:`check_solver` runs, in order.
 
-    By default every check applies except ``optimality`` without ``feasible`` and ``gradients``
-    with ``check_gradients=False``. An explicit ``checks`` selects among them (``call`` always
-    runs: the other checks need its output).
+    By default every check applies except ``optimality`` without ``feasible``, ``gradients``
+    with ``check_gradients=False`` and ``distribution`` for a solver without ``sample`` and
+    ``marginals`` (``distribution=False``). An explicit ``checks`` selects among them (``call``
+    always runs: the other checks need its output).
 
     Raises:
         ValueError: an unknown check name, or ``optimality`` asked for without ``feasible``.
@@ -170,6 +191,8 @@ def planned_checks(
             wanted.discard("optimality")
         if not check_gradients:
             wanted.discard("gradients")
+        if not distribution:
+            wanted.discard("distribution")
     else:
         unknown = sorted(set(checks) - set(CHECKS))
         if unknown:
@@ -204,6 +227,15 @@ def isolated_registry() -> Iterator[None]:
 def _replace_contents(live: dict[str, Any], saved: dict[str, Any]) -> None:
     live.clear()  # in place: solver_registry is a read-only view of the live dict
     live.update(saved)
+
+
+def has_distribution(solver_or_name: str | Callable[[Tensor], Tensor]) -> bool:
+    """Whether a solver (object, or registered name: its class) has the exact ``sample`` and
+    ``marginals`` methods of the ``distribution`` check."""
+    if isinstance(solver_or_name, str):
+        factory = get_solver_spec(solver_or_name).factory
+        return all(callable(getattr(factory, name, None)) for name in ("sample", "marginals"))
+    return all(solver_method(solver_or_name, name) is not None for name in ("sample", "marginals"))
 
 
 def linear_objective(theta: Tensor, z: Tensor) -> Tensor:
@@ -313,7 +345,12 @@ def check_solver(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    plan = planned_checks(checks, feasible=feasible is not None, check_gradients=check_gradients)
+    plan = planned_checks(
+        checks,
+        feasible=feasible is not None,
+        check_gradients=check_gradients,
+        distribution=has_distribution(solver_or_name),
+    )
     if not isinstance(solver_or_name, str):
         if not callable(solver_or_name):
             raise TypeError(f"expected a solver name or a callable, got {solver_or_name!r}")
@@ -393,7 +430,12 @@ def solver_conformance_test(
     """
     import pytest
 
-    plan = planned_checks(checks, feasible=feasible is not None, check_gradients=check_gradients)
+    plan = planned_checks(
+        checks,
+        feasible=feasible is not None,
+        check_gradients=check_gradients,
+        distribution=has_distribution(solver_or_name),
+    )
     reports: list[ConformanceReport] = []
 
     def conformance(check: str) -> None:
@@ -662,6 +704,78 @@ def _check_gradients(case: _Case) -> None:
         )
 
 
+def _check_distribution(case: _Case) -> None:
+    sample = solver_method(case.solver, "sample")
+    marginals = solver_method(case.solver, "marginals")
+    assert sample is not None and marginals is not None  # planned_checks guarantees it
+    theta, z = case.theta, _output_like_input(case)
+    batch, draws = theta.shape[0], DISTRIBUTION_DRAWS
+    generator = torch.Generator(theta.device).manual_seed(case.seed)
+    with torch.no_grad():
+        drawn = sample(theta.clone(), 1.0, generator, draws)
+    expected = (batch * draws, *theta.shape[1:])
+    if not isinstance(drawn, Tensor) or tuple(drawn.shape) != expected:
+        raise _CheckFailure(
+            f"sample(theta, 1.0, generator, samples={draws}) returned {_describe(drawn)}; "
+            f"expected {expected}: the draws of instance b in rows b·{draws} … b·{draws} + "
+            f"{draws - 1}"
+        )
+    _binary(drawn, " among the samples")
+    per_instance = drawn.reshape(batch, draws, *theta.shape[1:])  # [B, N, *S]
+    theta_rows = theta.repeat_interleave(draws, dim=0)  # [B·N, *S]
+    best = case.score(theta, z).repeat_interleave(draws)  # [B·N]
+    scores = case.score(theta_rows, drawn)
+    _check_scores(scores, "samples")
+    tolerance = case.tolerance(theta).repeat_interleave(draws).to(scores.device)
+    better = scores > best + tolerance
+    if bool(better.any()):
+        instance = int(better.nonzero()[0]) // draws
+        raise _CheckFailure(
+            f"{int(better.sum())} sample(s) score better than the solver's solution (e.g. on "
+            f"instance {instance}): a sample is infeasible, or the solution is not optimal"
+        )
+    if case.feasible is not None:
+        for index in range(batch):
+            candidates = case.feasible(theta[index]).to(device=drawn.device, dtype=drawn.dtype)
+            known = (per_instance[index].unsqueeze(1) == candidates.unsqueeze(0)).flatten(2)
+            if not bool(known.all(dim=2).any(dim=1).all()):
+                raise _CheckFailure(f"a sample of instance {index} is not a feasible solution")
+    leaf = theta.clone().requires_grad_(True)
+    mu = marginals(leaf, 1.0)
+    if not isinstance(mu, Tensor) or mu.shape != theta.shape:
+        raise _CheckFailure(
+            f"marginals(theta, 1.0) returned {_describe(mu)}; expected theta's shape "
+            f"{tuple(theta.shape)}"
+        )
+    if not bool(torch.isfinite(mu).all()) or bool((mu < -1e-6).any() | (mu > 1 + 1e-6).any()):
+        raise _CheckFailure("the marginals must be probabilities: finite and within [0, 1]")
+    if not mu.requires_grad:
+        raise _CheckFailure("the marginals are not differentiable in theta (SIMPLE needs that)")
+    (gradient,) = torch.autograd.grad((mu * torch.randn_like(mu)).sum(), leaf, allow_unused=True)
+    if gradient is None or not bool(torch.isfinite(gradient).all()):
+        raise _CheckFailure("the marginals' gradient is missing or not finite")
+    mu = mu.detach().double()
+    means = per_instance.double().mean(dim=1)  # [B, *S]
+    spread = 5 * (mu * (1 - mu) / draws).sqrt() + 0.02
+    off = (means - mu).abs() > spread
+    if bool(off.any()):
+        worst = float((means - mu).abs().max())
+        raise _CheckFailure(
+            f"the samples do not average to the marginals: {int(off.sum())} entries differ by "
+            f"more than 5 binomial standard deviations (up to {worst:.3g}); the sampler and "
+            "the marginals describe different distributions (temperature or sense?)"
+        )
+    finite = theta[torch.isfinite(theta)].abs()
+    scale = float(finite.mean()) if finite.numel() and float(finite.mean()) > 0 else 1.0
+    with torch.no_grad():
+        sharp = marginals(theta.clone(), 1e-3 * scale).double()
+    if not bool(((sharp - z.double()).abs() < 0.5).all()):
+        raise _CheckFailure(
+            "at a low temperature the marginals do not round to the solver's solution; they "
+            "must tend to it as the temperature goes to 0 (in the solver's sense)"
+        )
+
+
 _CHECK_FUNCTIONS: dict[str, Callable[[_Case], None]] = {
     "call": _check_call,
     "shape_dtype_device": _check_shape_dtype_device,
@@ -672,6 +786,7 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Case], None]] = {
     "relative_optimality": _check_relative_optimality,
     "optimality": _check_optimality,
     "gradients": _check_gradients,
+    "distribution": _check_distribution,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -12,7 +13,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from aimle_zoo.solvers import Solver, _registry as registry_module, register_solver, solver_registry
+from aimle_zoo.solvers import (
+    Solver,
+    TopK,
+    _registry as registry_module,
+    register_solver,
+    solver_registry,
+)
 from aimle_zoo.solvers.testing import (
     CHECKS,
     ConformanceReport,
@@ -84,7 +91,7 @@ test_top_k_conformance = solver_conformance_test(
 def test_a_conforming_solver_passes_every_check() -> None:
     report = run(top_k)
     assert report.ok, str(report)
-    assert report.passed == [name for name in CHECKS if name != "gradients"]
+    assert report.passed == [name for name in CHECKS if name not in ("gradients", "distribution")]
 
 
 def test_ties_broken_by_another_rule_are_still_optimal() -> None:
@@ -358,8 +365,10 @@ def test_report_lists_every_failure() -> None:
 
 
 def test_planned_checks() -> None:
-    assert planned_checks() == [name for name in CHECKS if name != "optimality"]
-    assert planned_checks(feasible=True, check_gradients=False) == [
+    assert planned_checks() == [
+        name for name in CHECKS if name not in ("optimality", "distribution")
+    ]
+    assert planned_checks(feasible=True, check_gradients=False, distribution=True) == [
         name for name in CHECKS if name != "gradients"
     ]
     assert planned_checks(["determinism", "binary"]) == ["call", "binary", "determinism"]
@@ -512,3 +521,68 @@ def test_a_solver_objective_method_is_the_default_objective() -> None:
     assert report.ok, report
     forced = check_solver("dijkstra", make_input=graph_example, objective=grid_path_cost, seed=1)
     assert not forced.ok
+
+
+# ----------------------------------------------------------------------------- distribution
+
+
+class ExactTopK(TopK):
+    """The built-in top-k with its exact k-subset sampler and marginals, as a plugin would."""
+
+
+class HotSampler(TopK):
+    """Draws at twice the temperature its marginals describe."""
+
+    def sample(self, theta, temperature=1.0, generator=None, samples=1):  # type: ignore[override]
+        return super().sample(theta, 2 * temperature, generator, samples)
+
+
+class OneDraw(TopK):
+    """Ignores ``samples``: one draw per instance."""
+
+    def sample(self, theta, temperature=1.0, generator=None, samples=1):  # type: ignore[override]
+        return super().sample(theta, temperature, generator)
+
+
+class DetachedMarginals(TopK):
+    def marginals(self, theta, temperature=1.0):  # type: ignore[override]
+        return super().marginals(theta.detach(), temperature)
+
+
+class UniformMarginals(TopK):
+    """Marginals that ignore θ: they average the samples at no temperature."""
+
+    def marginals(self, theta, temperature=1.0):  # type: ignore[override]
+        return (theta * 0 + self.k / theta.shape[-1]).clamp(0, 1)
+
+
+class OppositeSense(TopK):
+    """A distribution of the bottom k: consistent with itself, not with the solver."""
+
+    def sample(self, theta, temperature=1.0, generator=None, samples=1):  # type: ignore[override]
+        return super().sample(-theta, temperature, generator, samples)
+
+    def marginals(self, theta, temperature=1.0):  # type: ignore[override]
+        return super().marginals(-theta, temperature)
+
+
+def test_a_solver_with_an_exact_distribution_is_checked_and_passes() -> None:
+    report = run(ExactTopK(K))
+    assert report.ok, str(report)
+    assert "distribution" in report.passed
+
+
+@pytest.mark.parametrize(
+    ("solver", "message"),
+    [
+        (HotSampler(K), "do not average to the marginals"),
+        (OneDraw(K), r"expected \(16000, 6\)"),
+        (DetachedMarginals(K), "not differentiable"),
+        (UniformMarginals(K), "do not average to the marginals"),
+        (OppositeSense(K), "do not round to the solver's solution"),
+    ],
+)
+def test_a_broken_distribution_fails_the_check(solver: TopK, message: str) -> None:
+    report = run(solver)
+    assert failed_names(report) == {"distribution"}, str(report)
+    assert re.search(message, report["distribution"].message), report["distribution"].message

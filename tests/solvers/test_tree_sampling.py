@@ -166,3 +166,18 @@ def test_one_and_two_vertices() -> None:
     assert torch.equal(sample_spanning_trees(torch.zeros(3, 1, 1), 1.0), torch.zeros(3, 1, 1))
     pair = sample_spanning_trees(torch.randn(3, 2, 2), 0.5, samples=2)
     assert torch.equal(pair, torch.tensor([[0.0, 1.0], [1.0, 0.0]]).expand(6, 2, 2))
+
+
+def test_per_instance_masks_follow_their_instances_draws() -> None:
+    """A mask [B, n, n] with N draws per instance: draw m of instance b (row b·N + m) only uses
+    instance b's edges."""
+    n = 5
+    masks = torch.ones(2, n, n, dtype=torch.bool)
+    masks[0, 0, 1] = masks[0, 1, 0] = False  # instance 0 may not use (0, 1)
+    masks[1, 2, 3] = masks[1, 3, 2] = False  # instance 1 may not use (2, 3)
+    weights = torch.cat([symmetric(n, seed=1), symmetric(n, seed=2)]).float()
+    weights[:, 0, 1] = weights[:, 1, 0] = weights[:, 2, 3] = weights[:, 3, 2] = 50.0  # tempting
+    z = SpanningTree(mask=masks).sample(weights, 1.0, torch.Generator().manual_seed(0), 200)
+    assert z.shape == (400, n, n) and bool((z.sum(dim=(1, 2)) == 2 * (n - 1)).all())
+    assert not bool(z[:200, 0, 1].any()) and not bool(z[200:, 2, 3].any())
+    assert bool(z[200:, 0, 1].all()) and bool(z[:200, 2, 3].all())  # allowed there: always in

@@ -494,13 +494,7 @@ class SpanningTree(Solver):
     def relax(self, theta: Tensor, temperature: float) -> Tensor:
         """Smooth surrogate of :meth:`forward`: :func:`spanning_tree_marginals` at τ > 0."""
         temperature = check_relax_temperature(temperature, solver=self._solver_name())
-        self._check_input(theta)
-        if self.symmetrize:
-            theta = symmetric_part(theta)  # [B, n, n]
-        mask = mask_for_batch(self.mask, theta.shape[0])
-        if mask is not None:
-            self._check_connected(_prim_parents(theta.detach(), self.maximum, mask))
-        signed = theta if self.maximum else -theta
+        signed, mask = self._maximised_weights(theta)
         return spanning_tree_marginals(signed, temperature, mask)
 
     @torch.jit.unused
@@ -523,14 +517,20 @@ class SpanningTree(Solver):
         p(z) ∝ exp(±⟨w, z⟩/τ): ``z [B·N, n, n]``, sample-minor (:func:`sample_spanning_trees`
         at τ/2)."""
         temperature = check_relax_temperature(temperature, solver=self._solver_name())
+        signed, mask = self._maximised_weights(theta)
+        return sample_spanning_trees(signed, temperature / 2, mask, generator, samples)
+
+    @torch.jit.unused
+    def _maximised_weights(self, theta: Tensor) -> tuple[Tensor, Tensor | None]:
+        """θ checked (and symmetrised), negated for the minimum tree, with the batch's mask:
+        the weights of the distribution over trees ``([B, n, n], mask or None)``."""
         self._check_input(theta)
         if self.symmetrize:
             theta = symmetric_part(theta)  # [B, n, n]
         mask = mask_for_batch(self.mask, theta.shape[0])
         if mask is not None:
             self._check_connected(_prim_parents(theta.detach(), self.maximum, mask))
-        signed = theta if self.maximum else -theta
-        return sample_spanning_trees(signed, temperature / 2, mask, generator, samples)
+        return (theta if self.maximum else -theta), mask
 
     def batch_multiple(self) -> int:
         """θ's batch must hold every per-instance mask the same number of times."""
@@ -610,10 +610,7 @@ class SpanningTreeEdges(Solver):
     def relax(self, theta: Tensor, temperature: float) -> Tensor:
         """Smooth surrogate of :meth:`forward`: tree-edge marginals ``[B, n(n-1)]`` at τ > 0."""
         temperature = check_relax_temperature(temperature, solver="mst_edges")
-        self._check_input(theta)
-        scores = _edges_to_matrix(theta, num_nodes_from_edges(theta.shape[-1]))  # [B, n, n]
-        weights = symmetric_part(scores)  # [B, n, n]
-        return _matrix_to_edges(spanning_tree_marginals(weights, temperature))
+        return _matrix_to_edges(spanning_tree_marginals(self._weights(theta), temperature))
 
     @torch.jit.unused
     def marginals(self, theta: Tensor, temperature: float = 1.0) -> Tensor:
@@ -634,11 +631,17 @@ class SpanningTreeEdges(Solver):
         distribution of :meth:`marginals`, p(z) ∝ exp(⟨l, z⟩/τ) (:func:`sample_spanning_trees`
         at τ/2)."""
         temperature = check_relax_temperature(temperature, solver="mst_edges")
+        trees = sample_spanning_trees(
+            self._weights(theta), temperature / 2, None, generator, samples
+        )
+        return _matrix_to_edges(trees)
+
+    @torch.jit.unused
+    def _weights(self, theta: Tensor) -> Tensor:
+        """θ checked, as the symmetric undirected weights ``w [B, n, n]``."""
         self._check_input(theta)
         scores = _edges_to_matrix(theta, num_nodes_from_edges(theta.shape[-1]))  # [B, n, n]
-        weights = symmetric_part(scores)  # [B, n, n]
-        trees = sample_spanning_trees(weights, temperature / 2, None, generator, samples)
-        return _matrix_to_edges(trees)
+        return symmetric_part(scores)
 
     @torch.jit.unused
     def _check_input(self, theta: Tensor) -> None:

@@ -50,7 +50,7 @@ from .models._base import (
     read_checkpoint_config,
     saved_estimator_config,
 )
-from .solvers import solver_method
+from .solvers import has_exact_distribution
 from .training import (
     TEST_METRICS,
     TRAINER_STATE,
@@ -275,8 +275,7 @@ class Recipe:
     def has_exact_distribution(self) -> bool:
         """Whether the model's solver can be sampled exactly, with exact marginals (the
         "simple" variant)."""
-        solver = self._probe_layer.solver
-        return all(solver_method(solver, name) is not None for name in ("sample", "marginals"))
+        return has_exact_distribution(self._probe_layer.solver)
 
     @functools.cached_property
     def _probe_layer(self) -> DifferentiableSolver:

@@ -6,11 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..solvers import get_solver_spec, list_solvers, load_plugins
+from ..solvers import get_solver_spec, has_exact_distribution, list_solvers, load_plugins
 from ._options import parse_params
-
-#: The methods the ``simple`` estimator needs of a solver.
-EXACT_METHODS = ("sample", "marginals")
 
 ParamOpt = Annotated[
     list[str] | None,
@@ -30,7 +27,7 @@ def list_command() -> None:
         spec = get_solver_spec(name)
         exportable = "yes" if spec.exportable else "no"
         relaxable = "yes" if callable(getattr(spec.factory, "relax", None)) else "no"
-        exact = all(callable(getattr(spec.factory, method, None)) for method in EXACT_METHODS)
+        exact = has_exact_distribution(spec.factory)
         rows.append(
             (
                 name,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..solvers import solver_method, solver_sense
+from ..solvers import EXACT_DISTRIBUTION_METHODS, solver_method, solver_sense
 from ._base import Estimator, SolverFunction, check_positive, expand_samples, solver_name
 from ._relaxed import RelaxationError
 
@@ -96,23 +96,18 @@ class SIMPLE(Estimator):
         Raises:
             RelaxationError: the solver lacks one of them (the message names the ways out).
         """
-        sample = solver_method(solver, "sample")
-        marginals = solver_method(solver, "marginals")
-        if sample is None or marginals is None:
-            missing = " and ".join(
-                name
-                for name, method in (("sample", sample), ("marginals", marginals))
-                if method is None
-            )
+        methods = {name: solver_method(solver, name) for name in EXACT_DISTRIBUTION_METHODS}
+        missing = [name for name, method in methods.items() if method is None]
+        if missing:
             raise RelaxationError(
-                f"{solver_name(solver)} has no exact {missing}, so the 'simple' estimator "
-                "cannot use it. SIMPLE needs sample(theta, temperature, generator, samples) -> z "
-                "and "
-                "marginals(theta, temperature) -> E[z] of p(z) ∝ exp(<theta, z>/temperature) "
-                "(the built-in topk and spanning trees have both); for other solvers use aimle, "
-                "imle, ste, "
-                "perturbed, blackbox or relaxed."
+                f"{solver_name(solver)} has no exact {' and '.join(missing)}, so the 'simple' "
+                "estimator cannot use it. SIMPLE needs sample(theta, temperature, generator, "
+                "samples) -> z and marginals(theta, temperature) -> E[z] of p(z) ∝ "
+                "exp(<theta, z>/temperature) (the built-in topk and spanning trees have both); "
+                "for other solvers use aimle, imle, ste, perturbed, blackbox or relaxed."
             )
+        sample, marginals = methods["sample"], methods["marginals"]
+        assert sample is not None and marginals is not None  # none missing
         return sample, marginals
 
     def config(self) -> dict[str, Any]:

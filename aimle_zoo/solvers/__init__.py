@@ -6,6 +6,7 @@ on import; third-party solvers register with :func:`register_solver` or through 
 """
 
 from ._base import (
+    EXACT_DISTRIBUTION_METHODS as EXACT_DISTRIBUTION_METHODS,
     FunctionSolver as FunctionSolver,
     Sense as Sense,
     Solver as Solver,
@@ -15,6 +16,7 @@ from ._base import (
     check_theta as check_theta,
     checks_enabled as checks_enabled,
     format_instances as format_instances,
+    has_exact_distribution as has_exact_distribution,
     may_hold_bad_values as may_hold_bad_values,
     solver_method as solver_method,
     solver_sense as solver_sense,

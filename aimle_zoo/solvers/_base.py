@@ -124,6 +124,18 @@ def solver_method(solver: object, name: str) -> Callable[..., Any] | None:
     return method if callable(method) else None
 
 
+#: The methods of a solver with an exact distribution p(z) ∝ exp(⟨θ, z⟩/τ) (the ``simple``
+#: estimator's needs): ``sample(theta, temperature, generator, samples)`` and
+#: ``marginals(theta, temperature)``.
+EXACT_DISTRIBUTION_METHODS = ("sample", "marginals")
+
+
+def has_exact_distribution(solver: object) -> bool:
+    """Whether ``solver`` (an instance, a registered plain function's solver or a class) has
+    both :data:`EXACT_DISTRIBUTION_METHODS`."""
+    return all(solver_method(solver, name) is not None for name in EXACT_DISTRIBUTION_METHODS)
+
+
 _SPEC_ATTR = "__aimle_solver_spec__"
 
 

@@ -82,6 +82,7 @@ from ._base import (
     Sense,
     SolverSpec,
     format_instances,
+    has_exact_distribution,
     solver_method,
     solver_sense,
     solver_spec,
@@ -231,13 +232,12 @@ def _replace_contents(live: dict[str, Any], saved: dict[str, Any]) -> None:
     live.update(saved)
 
 
-def has_distribution(solver_or_name: str | Callable[[Tensor], Tensor]) -> bool:
-    """Whether a solver (object, or registered name: its class) has the exact ``sample`` and
-    ``marginals`` methods of the ``distribution`` check."""
+def _has_distribution(solver_or_name: str | Callable[[Tensor], Tensor]) -> bool:
+    """Whether the ``distribution`` check applies: a solver object, or a registered name's
+    class or function, with ``sample`` and ``marginals``."""
     if isinstance(solver_or_name, str):
-        factory = get_solver_spec(solver_or_name).factory
-        return all(callable(getattr(factory, name, None)) for name in ("sample", "marginals"))
-    return all(solver_method(solver_or_name, name) is not None for name in ("sample", "marginals"))
+        return has_exact_distribution(get_solver_spec(solver_or_name).factory)
+    return has_exact_distribution(solver_or_name)
 
 
 def linear_objective(theta: Tensor, z: Tensor) -> Tensor:
@@ -351,7 +351,7 @@ def check_solver(
         checks,
         feasible=feasible is not None,
         check_gradients=check_gradients,
-        distribution=has_distribution(solver_or_name),
+        distribution=_has_distribution(solver_or_name),
     )
     if not isinstance(solver_or_name, str):
         if not callable(solver_or_name):
@@ -436,7 +436,7 @@ def solver_conformance_test(
         checks,
         feasible=feasible is not None,
         check_gradients=check_gradients,
-        distribution=has_distribution(solver_or_name),
+        distribution=_has_distribution(solver_or_name),
     )
     reports: list[ConformanceReport] = []
 

@@ -50,7 +50,7 @@ from .models._base import (
     read_checkpoint_config,
     saved_estimator_config,
 )
-from .solvers import has_exact_distribution
+from .solvers import has_exact_distribution, solver_method
 from .training import (
     TEST_METRICS,
     TRAINER_STATE,
@@ -270,7 +270,7 @@ class Recipe:
 
     def has_relaxation(self) -> bool:
         """Whether the model's solver has a continuous relaxation (the "relaxed" variant)."""
-        return callable(getattr(self._probe_layer.solver, "relax", None))
+        return solver_method(self._probe_layer.solver, "relax") is not None
 
     def has_exact_distribution(self) -> bool:
         """Whether the model's solver can be sampled exactly, with exact marginals (the

@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from ..solvers import get_solver_spec, has_exact_distribution, list_solvers, load_plugins
+from ..solvers import (
+    get_solver_spec,
+    has_exact_distribution,
+    list_solvers,
+    load_plugins,
+    solver_method,
+)
 from ._options import parse_params
 
 ParamOpt = Annotated[
@@ -26,7 +32,7 @@ def list_command() -> None:
     for name in names:
         spec = get_solver_spec(name)
         exportable = "yes" if spec.exportable else "no"
-        relaxable = "yes" if callable(getattr(spec.factory, "relax", None)) else "no"
+        relaxable = "yes" if solver_method(spec.factory, "relax") is not None else "no"
         exact = has_exact_distribution(spec.factory)
         rows.append(
             (

@@ -366,9 +366,8 @@ def sample_spanning_trees(
                 samples if mask.dim() == 3 else 1, dim=0
             )
         allowed = allowed.clone()
-        values = current.masked_fill(~allowed, float("nan"))
-        highest = values.nan_to_num(float("-inf")).amax(dim=(1, 2))  # [R]
-        lowest = values.nan_to_num(float("inf")).amin(dim=(1, 2))
+        highest = current.masked_fill(~allowed, -torch.inf).amax(dim=(1, 2))  # [R]
+        lowest = current.masked_fill(~allowed, torch.inf).amin(dim=(1, 2))
         forced = highest + (n - 1) * (highest - lowest) + 1000.0  # [R]
         # absent edges: 1000 below the lowest score of the start, not of the graph left later
         # (where the lowest allowed score may be a forced one)

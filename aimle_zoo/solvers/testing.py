@@ -186,7 +186,8 @@ def planned_checks(
     always runs: the other checks need its output).
 
     Raises:
-        ValueError: an unknown check name, or ``optimality`` asked for without ``feasible``.
+        ValueError: an unknown check name, ``optimality`` asked for without ``feasible``, or
+            ``distribution`` for a solver without ``sample`` and ``marginals``.
     """
     if checks is None:
         wanted = set(CHECKS)
@@ -204,6 +205,11 @@ def planned_checks(
             raise ValueError(
                 "the 'optimality' check needs feasible=, a function enumerating every feasible "
                 "solution of one instance: (theta [*S]) -> [F, *S]"
+            )
+        if "distribution" in checks and not distribution:
+            raise ValueError(
+                "the 'distribution' check needs a solver with sample(theta, temperature, "
+                "generator, samples) and marginals(theta, temperature)"
             )
         wanted = {"call", *checks}
     return [name for name in CHECKS if name in wanted]

@@ -376,6 +376,9 @@ def test_planned_checks() -> None:
         planned_checks(["speed"])
     with pytest.raises(ValueError, match="needs feasible="):
         planned_checks(["optimality"])
+    with pytest.raises(ValueError, match="'distribution' check needs a solver with sample"):
+        planned_checks(["distribution"])
+    assert planned_checks(["distribution"], distribution=True) == ["call", "distribution"]
 
 
 def test_setup_errors_are_raised_with_what_to_do() -> None:

@@ -16,9 +16,11 @@ from collections.abc import Callable
 
 import torch
 from _timing import interleaved_times, print_table
+from scipy.stats import rankdata
 from torch import Tensor
 
 from aimle_zoo import AIMLE, AdaptiveTarget, DifferentiableSolver, get_solver
+from aimle_zoo.solvers import sorting_weights
 from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
 from aimle_zoo.solvers.reference.shortest_path import (
     grid_shortest_path_networkx,
@@ -224,7 +226,43 @@ def memory_rows() -> list[list[object]]:
     return rows
 
 
-TABLES = ("solvers", "assignment", "topk", "steps", "memory")
+def _scipy_ranks(theta: Tensor) -> Tensor:
+    """Ranks by ``scipy.stats.rankdata`` (vectorised over the rows; ties in index order)."""
+    return torch.from_numpy(rankdata(theta.numpy(), axis=-1, method="ordinal")).to(theta.dtype)
+
+
+def ranking_rows(quick: bool) -> list[list[object]]:
+    """The ranking solver vs scipy's ``rankdata`` on the rows and, for small n, vs ranking
+    through the assignment of ``sorting_weights`` (the permutation matrix; its row argmax + 1
+    is the rank)."""
+    solver, assignment = get_solver("ranking"), get_solver("linear_assignment")
+
+    def by_assignment(theta: Tensor) -> Tensor:
+        return assignment(sorting_weights(theta)).argmax(-1).to(theta.dtype) + 1
+
+    rows: list[list[object]] = []
+    rounds, repeats = (1, 2) if quick else (3, 3)
+    for n, batches in ((10, (1, 64, 1024)), (100, (1, 64, 1024)), (1000, (1, 64))):
+        for batch in batches:
+            theta = torch.randn(batch, n)
+            calls = [lambda t=theta: solver(t), lambda t=theta: _scipy_ranks(t)]
+            probes = [solver(theta[:8]), _scipy_ranks(theta[:8])]
+            if n <= 10:  # the Hungarian method is O(n³) a row
+                calls.append(lambda t=theta: by_assignment(t))
+                probes.append(by_assignment(theta[:8]))
+            _check_agreement("ranking", f"n={n}", *probes)
+            times = interleaved_times(calls, rounds, repeats)
+            row: list[object] = [f"n={n}", batch, times[0] * 1e3, times[1] * 1e3]
+            row.append(f"{times[1] / times[0]:.1f}x")
+            if len(times) == 3:
+                row += [times[2] * 1e3, f"{times[2] / times[0]:.1f}x"]
+            else:
+                row += ["—", "—"]
+            rows.append(row)
+    return rows
+
+
+TABLES = ("solvers", "assignment", "ranking", "topk", "steps", "memory")
 
 
 def main() -> None:
@@ -261,6 +299,12 @@ def main() -> None:
         print("\n## Assignment: ours (batched Hungarian) vs the scipy loop (ms per batch)\n")
         print_table(
             ["size", "batch", "ours", "scipy loop", "speed-up"], assignment_rows(args.quick)
+        )
+    if "ranking" in chosen:
+        print("\n## Ranking: ours vs scipy's rankdata and the assignment route (ms per batch)\n")
+        print_table(
+            ["problem", "batch", "ours", "scipy rankdata", "speed-up", "assignment", "speed-up"],
+            ranking_rows(args.quick),
         )
     if "topk" in chosen:
         print("\n## Top-k indicator vs raw torch.topk (µs per call)\n")

@@ -52,6 +52,7 @@ from ..solvers import (
     GraphShortestPath,
     GridShortestPath,
     LinearAssignment,
+    Ranking,
     ShortestPath,
     Solver,
     SpanningTree,
@@ -59,6 +60,7 @@ from ..solvers import (
     TopK,
     get_solver,
     solver_spec,
+    solver_values,
 )
 from .runner import PRONIC
 
@@ -769,9 +771,10 @@ def _solver_path(solver: nn.Module, example_inputs: Sequence[Tensor] | None) -> 
         (z,) = module(theta)
     text = "solver parameters θ"
     input_spec = TensorSpec("theta", dtype_name(theta.dtype), shape, text, low, high, symmetric)
-    output_spec = TensorSpec("z", dtype_name(z.dtype), shape, "the solution, 0/1")
+    values = "0/1" if solver_values(inner) == "binary" else "integer entries"
+    output_spec = TensorSpec("z", dtype_name(z.dtype), shape, f"the solution, {values}")
     if tuple(z.shape) != tuple(theta.shape):
-        output_spec = TensorSpec("z", dtype_name(z.dtype), (BATCH, *z.shape[1:]), "0/1")
+        output_spec = TensorSpec("z", dtype_name(z.dtype), (BATCH, *z.shape[1:]), values)
     return InferencePath(
         name=info.name,
         kind="solver",
@@ -792,6 +795,8 @@ def _solver_example(solver: nn.Module) -> Tensor:
     generator = torch.Generator().manual_seed(0)
     if isinstance(solver, TopK):
         return torch.randn(2, max(2 * solver.k, 10), generator=generator)
+    if isinstance(solver, Ranking):
+        return torch.randn(2, 10, generator=generator)
     if isinstance(solver, SpanningTree):
         n = solver.mask.shape[-1] if solver.mask is not None else 6
         weights = torch.randn(2, n, n, generator=generator)
@@ -829,6 +834,13 @@ def _solver_layout(
         dims["n"] = solver.k
         n = sizes[-1]
         cases = tuple({"n": size} for size in sorted({max(solver.k, n - 3), n + 7} - {n}))
+        return (BATCH, *names), dims, cases, (-1.0, 1.0), False
+    if isinstance(solver, Ranking):
+        names = [*(f"dim_{axis}" for axis in range(1, theta.dim() - 1)), "n"]
+        dims.update({name: 1 for name in names[:-1]})
+        dims["n"] = 2
+        n = sizes[-1]
+        cases = tuple({"n": size} for size in sorted({max(2, n - 3), n + 7} - {n}))
         return (BATCH, *names), dims, cases, (-1.0, 1.0), False
     if isinstance(solver, SpanningTree):
         n = sizes[-1]

@@ -10,6 +10,11 @@ new batch sizes and new problem sizes; ``legacy_script`` is
   (L2X tabular 0.015 ms, L2X text 1.7–1.9 ms, DVAE 0.09–0.13 ms at batch 1). ``dynamo`` is
   preferred: it is torch's supported exporter (the other is deprecated), and it runs the
   onnxscript graph optimiser; ``legacy_script`` is 10–20× faster to export and is the fallback.
+- Ranking: neither exporter holds a stable sort (``dynamo``: no ONNX function for
+  ``aten.sort.stable``; ``legacy_script``: "Sort, Out parameter is not supported"), so the
+  exported graph ranks by two plain sorts, the second on distinct integer keys
+  (:func:`~aimle_zoo.solvers.ranking.ranks_by_unique_keys`): loop-free, and exact with ties
+  whatever order the runtime's ``TopK`` gives equal values.
 - Shortest paths (grid and graph): the Bellman–Ford loop runs until no distance changes, a
   data-dependent ``while``. ``dynamo`` cannot export it (``GuardOnDataDependentSymNode``);
   tracing (``torch.jit.trace`` or the trace-based legacy exporter) records the example's
@@ -62,7 +67,7 @@ LOOP_SOLVERS = {
 }
 
 #: Built-in solvers made of a fixed number of tensor operations.
-LOOP_FREE_SOLVERS = frozenset({"topk"})
+LOOP_FREE_SOLVERS = frozenset({"topk", "ranking"})
 
 #: Zoo models whose ONNX exporter differs from the rule above (model name -> exporter, why).
 MODEL_EXPORTERS = {

@@ -1,14 +1,17 @@
 """Batched combinatorial solvers and the solver plugin registry.
 
-Every solver maps ``theta [B, *S]`` to an indicator ``z [B, *S]`` in {0, 1}. Built-ins register
+Every solver maps ``theta [B, *S]`` to a solution ``z [B, *S]``: an indicator in {0, 1}, or an
+integer vector for a solver registered with ``values="integer"`` (``ranking``). Built-ins register
 on import; third-party solvers register with :func:`register_solver` or through the
 ``aimle_zoo.solvers`` entry-point group.
 """
 
 from ._base import (
     EXACT_DISTRIBUTION_METHODS as EXACT_DISTRIBUTION_METHODS,
+    SOLUTION_VALUES as SOLUTION_VALUES,
     FunctionSolver as FunctionSolver,
     Sense as Sense,
+    SolutionValues as SolutionValues,
     Solver as Solver,
     SolverFn as SolverFn,
     SolverInputError as SolverInputError,
@@ -21,6 +24,7 @@ from ._base import (
     solver_method as solver_method,
     solver_sense as solver_sense,
     solver_spec as solver_spec,
+    solver_values as solver_values,
 )
 from ._registry import (
     ENTRY_POINT_GROUP as ENTRY_POINT_GROUP,
@@ -42,6 +46,7 @@ from .assignment import (
 
 # Built-in solvers register themselves on import (one line per module below).
 from .cache import CachedSolver as CachedSolver
+from .ranking import Ranking as Ranking, ranks as ranks, soft_ranks as soft_ranks
 from .reference.assignment import LinearAssignmentScipy as LinearAssignmentScipy
 from .reference.spanning_tree import SpanningTreeScipy as SpanningTreeScipy
 from .shortest_path import (

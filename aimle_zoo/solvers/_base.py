@@ -1,7 +1,9 @@
 """The solver contract: a batched MAP oracle ``theta [B, *S] -> z [B, *S]``.
 
-A solver maps a batch of parameters to a batch of discrete solutions of the same shape, with
-entries in {0, 1}. It knows nothing of estimators: an estimator only ever calls it.
+A solver maps a batch of parameters to a batch of discrete solutions of the same shape: 0/1
+indicators (a subset, a path, a tree, a matching), or integer vectors where the registry says
+so (``values="integer"``: ranks). It knows nothing of estimators: an estimator only ever calls
+it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import torch
 from torch import Tensor, nn
 
 Sense = Literal["max", "min"]
+SolutionValues = Literal["binary", "integer"]
+
+#: What a solver's entries may be: ``"binary"`` (0/1 indicators, the default) or ``"integer"``.
+SOLUTION_VALUES: tuple[SolutionValues, ...] = ("binary", "integer")
 
 
 class SolverInputError(ValueError):
@@ -23,7 +29,7 @@ class SolverInputError(ValueError):
 
 @runtime_checkable
 class SolverFn(Protocol):
-    """Anything that maps ``theta [B, *S]`` to an indicator ``z [B, *S]``."""
+    """Anything that maps ``theta [B, *S]`` to a solution ``z [B, *S]`` (usually 0/1)."""
 
     def __call__(self, theta: Tensor) -> Tensor: ...
 
@@ -47,6 +53,7 @@ class SolverSpec:
             objective ``<theta, z>``), used by the conformance kit to check optimality.
         source: ``"builtin"`` (aimle_zoo's own), the distribution that provided a plugin, or
             ``"module <name>"`` for a solver registered by other code (a script, a test).
+        values: ``"binary"`` (0/1 entries) or ``"integer"`` (integer entries, e.g. ranks).
     """
 
     name: str
@@ -62,6 +69,7 @@ class SolverSpec:
     )
     objective: Callable[[Tensor, Tensor], Tensor] | None = field(default=None, compare=False)
     source: str = "builtin"
+    values: SolutionValues = "binary"
 
 
 def checks_enabled() -> bool:
@@ -151,6 +159,16 @@ def solver_spec(solver: object) -> SolverSpec | None:
     if spec is None and isinstance(solver, FunctionSolver):
         spec = _own_spec(solver.fn)
     return spec
+
+
+def solver_values(solver: object) -> SolutionValues:
+    """``"binary"`` or ``"integer"``: what the entries of the solver's solutions may be, from its
+    registry spec (an unregistered callable is taken to return 0/1 indicators)."""
+    spec = solver_spec(solver)
+    if spec is None and isinstance(solver, nn.Module):
+        inner = getattr(solver, "solver", None)  # a wrapper such as CachedSolver
+        spec = solver_spec(inner) if inner is not None else None
+    return spec.values if spec is not None else "binary"
 
 
 def _own_spec(obj: object) -> SolverSpec | None:

@@ -25,7 +25,15 @@ from typing import Any, TypeVar, cast
 from torch import Tensor
 
 from .._names import UnknownNameError, did_you_mean
-from ._base import _SPEC_ATTR, FunctionSolver, Sense, Solver, SolverSpec
+from ._base import (
+    _SPEC_ATTR,
+    SOLUTION_VALUES,
+    FunctionSolver,
+    Sense,
+    SolutionValues,
+    Solver,
+    SolverSpec,
+)
 
 ENTRY_POINT_GROUP = "aimle_zoo.solvers"
 
@@ -60,6 +68,7 @@ def register_solver(
     aliases: tuple[str, ...] = (),
     example: Callable[..., Any] | None = None,
     objective: Callable[..., Any] | None = None,
+    values: SolutionValues = "binary",
 ) -> Callable[[T], T]:
     """Register a solver class or function under ``name`` (decorator).
 
@@ -68,9 +77,12 @@ def register_solver(
     ``fn(theta, **params) -> z``. ``get_solver(name, **params)`` builds it. A class without
     its own ``sense`` attribute gets ``sense`` as one, so a subclass solves in the same sense
     unless it sets another (an instance attribute ``self.sense`` lets one class do both).
+    ``values="integer"`` declares solutions with integer entries other than 0 and 1 (ranks,
+    counts); the default is 0/1 indicators.
 
     Raises:
-        ValueError: ``name`` or one of ``aliases`` is already taken, or ``sense`` is invalid.
+        ValueError: ``name`` or one of ``aliases`` is already taken, or ``sense`` or ``values``
+            is invalid.
 
     Example::
 
@@ -80,11 +92,16 @@ def register_solver(
     """
     if sense not in ("max", "min"):
         raise ValueError(f"sense must be 'max' or 'min', got {sense!r}")
-    for label, values in (("aliases", aliases), ("constraints", constraints)):
-        if isinstance(values, str):
+    if values not in SOLUTION_VALUES:
+        raise ValueError(
+            f"register_solver({name!r}): values must be one of {list(SOLUTION_VALUES)}, got "
+            f"{values!r}"
+        )
+    for label, strings in (("aliases", aliases), ("constraints", constraints)):
+        if isinstance(strings, str):
             raise TypeError(
                 f"register_solver({name!r}): {label} must be a sequence of strings, got the "
-                f"string {values!r}; write ({values!r},)"
+                f"string {strings!r}; write ({strings!r},)"
             )
     for key in (name, *aliases):
         if not isinstance(key, str) or not key.strip():
@@ -115,6 +132,7 @@ def register_solver(
             example=example,
             objective=objective,
             source=_loading_source or _module_source(obj),
+            values=values,
         )
         _specs[name] = spec
         for alias in aliases:

@@ -28,12 +28,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._base import Sense, SolverInputError, solver_method, solver_sense
+from ._base import (
+    Sense,
+    SolutionValues,
+    SolverInputError,
+    solver_method,
+    solver_sense,
+    solver_values,
+)
 from ._registry import get_solver
 
 __all__ = ["CachedSolver"]
 
 _SCORES_PER_CHUNK = 1 << 22  # scores held at once by a look-up (16 MB in float32)
+_LARGEST_POOLED_INTEGER = 1 << 24  # integers above lose precision in the float32 pool
 
 
 class CachedSolver(nn.Module):
@@ -116,6 +124,7 @@ class CachedSolver(nn.Module):
         self.solver = solver
         self.solve_ratio = float(solve_ratio)
         self.sense: Sense = sense if sense is not None else solver_sense(solver)
+        self.values: SolutionValues = solver_values(solver)
         self.max_size = max_size
         self.generator = generator
         self.instance_shape: tuple[int, ...] | None = None
@@ -217,29 +226,44 @@ class CachedSolver(nn.Module):
 
     @torch.no_grad()
     def add(self, z: Tensor) -> int:
-        """Add solutions ``z [N, *S]`` (0/1 entries) to the pool; returns how many were new.
+        """Add solutions ``z [N, *S]`` to the pool; returns how many were new.
 
-        The first solutions fix the pool's instance shape ``S``. With ``max_size``, the oldest
-        solutions leave once the pool is full.
+        Entries are 0/1, or for a solver of integer vectors (``values="integer"``, such as
+        ``ranking``) integers in [0, 2^24] (exact in the float32 pool). The first solutions fix
+        the pool's instance shape ``S``. With ``max_size``, the oldest solutions leave once the
+        pool is full.
 
         Raises:
-            SolverInputError: ``z`` is not a tensor of 0/1 entries of the pool's instance shape.
+            SolverInputError: ``z`` is not a tensor of such entries of the pool's instance shape.
         """
+        what = "0/1 entries" if self.values == "binary" else "integer entries in [0, 2^24]"
         if not isinstance(z, Tensor) or z.dim() < 2:
             raise SolverInputError(
-                "CachedSolver.add: expected solutions as a tensor [N, *S] of 0/1 entries, got "
+                f"CachedSolver.add: expected solutions as a tensor [N, *S] of {what}, got "
                 + (f"shape {tuple(z.shape)}" if isinstance(z, Tensor) else type(z).__name__)
             )
         self._check_instance_shape(tuple(z.shape[1:]), "add", "solutions")
         flat = z.detach().reshape(z.shape[0], -1)
-        if bool(((flat != 0) & (flat != 1)).any()):
-            raise SolverInputError(
-                "CachedSolver.add: solutions must have 0/1 entries (indicators of the chosen "
-                "items, edges or vertices)"
+        if self.values == "binary":
+            bad = (flat != 0) & (flat != 1)
+        else:
+            bad = (flat != torch.round(flat)) | (flat < 0) | (flat > _LARGEST_POOLED_INTEGER)
+        if bool(bad.any()):
+            kind = (
+                "indicators of the chosen items, edges or vertices"
+                if self.values == "binary"
+                else "the solver's integer solutions, such as ranks"
             )
-        packed = np.packbits(flat.to(device="cpu", dtype=torch.bool).numpy(), axis=1)  # [N, ⌈D/8⌉]
+            raise SolverInputError(
+                f"CachedSolver.add: solutions must have {what} ({kind}), found e.g. "
+                f"{flat[bad].unique()[:3].tolist()}"
+            )
+        if self.values == "binary":
+            keys = np.packbits(flat.to(device="cpu", dtype=torch.bool).numpy(), axis=1)
+        else:
+            keys = flat.to(device="cpu", dtype=torch.int32).numpy()  # [N, D]
         new_rows = []
-        for row, key in enumerate(map(bytes, packed)):
+        for row, key in enumerate(map(bytes, keys)):
             if key not in self._keys:
                 self._keys[key] = None
                 new_rows.append(row)

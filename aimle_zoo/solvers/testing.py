@@ -8,7 +8,10 @@
 ``shape_dtype_device``
     ``z`` is a tensor with the shape, dtype and device of ``theta``.
 ``binary``
-    every entry of ``z`` is 0 or 1.
+    every entry of ``z`` is 0 or 1 (for solvers of 0/1 indicators, the default).
+``integral``
+    instead of ``binary`` for a solver registered with ``values="integer"`` (ranks, counts):
+    every entry of ``z`` is a finite integer.
 ``batch_independence``
     solving each instance alone gives its row of the batched solution.
 ``determinism``
@@ -39,7 +42,8 @@ estimator needs)
     mean magnitude) the marginals score within τ·log(#solutions) of the solver's solution (the
     Gibbs bound; ties split the mass without loss).
 
-``binary``, ``batch_independence``, ``relative_optimality`` and ``optimality`` run twice: on the
+``binary`` (or ``integral``), ``batch_independence``, ``relative_optimality`` and ``optimality``
+run twice: on the
 example and on the tie-rich copy of ``determinism`` (unless the solver refuses that copy), since
 tie-breaking is where a solver most easily returns a fractional, infeasible, sub-optimal or
 batch-dependent solution that random continuous inputs never reveal.
@@ -79,13 +83,16 @@ from torch import Tensor, nn
 
 from . import _registry
 from ._base import (
+    SOLUTION_VALUES,
     Sense,
+    SolutionValues,
     SolverSpec,
     format_instances,
     has_exact_distribution,
     solver_method,
     solver_sense,
     solver_spec,
+    solver_values,
 )
 from ._registry import get_solver, get_solver_spec
 
@@ -98,6 +105,7 @@ CHECKS: tuple[str, ...] = (
     "call",
     "shape_dtype_device",
     "binary",
+    "integral",
     "batch_independence",
     "determinism",
     "no_mutation",
@@ -177,20 +185,27 @@ def planned_checks(
     feasible: bool = False,
     check_gradients: bool = True,
     distribution: bool = False,
+    values: SolutionValues = "binary",
 ) -> list[str]:
     """Names of the checks :func:`check_solver` runs, in order.
 
     By default every check applies except ``optimality`` without ``feasible``, ``gradients``
-    with ``check_gradients=False`` and ``distribution`` for a solver without ``sample`` and
-    ``marginals`` (``distribution=False``). An explicit ``checks`` selects among them (``call``
-    always runs: the other checks need its output).
+    with ``check_gradients=False``, ``distribution`` for a solver without ``sample`` and
+    ``marginals`` (``distribution=False``), and one of ``binary`` and ``integral``: ``binary``
+    for a solver of 0/1 indicators (``values="binary"``), ``integral`` for one of integer
+    vectors (``values="integer"``). An explicit ``checks`` selects among them (``call`` always
+    runs: the other checks need its output).
 
     Raises:
-        ValueError: an unknown check name, ``optimality`` asked for without ``feasible``, or
-            ``distribution`` for a solver without ``sample`` and ``marginals``.
+        ValueError: an unknown check name or ``values``, ``optimality`` asked for without
+            ``feasible``, ``distribution`` for a solver without ``sample`` and ``marginals``,
+            or ``binary`` for a solver of integer vectors.
     """
+    if values not in SOLUTION_VALUES:
+        raise ValueError(f"values must be one of {list(SOLUTION_VALUES)}, got {values!r}")
     if checks is None:
         wanted = set(CHECKS)
+        wanted.discard("integral" if values == "binary" else "binary")
         if not feasible:
             wanted.discard("optimality")
         if not check_gradients:
@@ -210,6 +225,11 @@ def planned_checks(
             raise ValueError(
                 "the 'distribution' check needs a solver with sample(theta, temperature, "
                 "generator, samples) and marginals(theta, temperature)"
+            )
+        if "binary" in checks and values == "integer":
+            raise ValueError(
+                "the 'binary' check expects 0/1 entries, but the solver's solutions are integer "
+                "vectors (values='integer'); ask for the 'integral' check instead"
             )
         wanted = {"call", *checks}
     return [name for name in CHECKS if name in wanted]
@@ -244,6 +264,13 @@ def _has_distribution(solver_or_name: str | Callable[[Tensor], Tensor]) -> bool:
     if isinstance(solver_or_name, str):
         return has_exact_distribution(get_solver_spec(solver_or_name).factory)
     return has_exact_distribution(solver_or_name)
+
+
+def _solution_values(solver_or_name: str | Callable[[Tensor], Tensor]) -> SolutionValues:
+    """What a registered name's or a solver object's solution entries may be."""
+    if isinstance(solver_or_name, str):
+        return get_solver_spec(solver_or_name).values
+    return solver_values(solver_or_name)
 
 
 def linear_objective(theta: Tensor, z: Tensor) -> Tensor:
@@ -324,6 +351,7 @@ def check_solver(
     check_gradients: bool = True,
     device: str | torch.device | None = None,
     checks: Collection[str] | None = None,
+    values: SolutionValues | None = None,
 ) -> ConformanceReport:
     """Run the conformance checks (module docstring) on one solver and report the outcome.
 
@@ -345,6 +373,8 @@ def check_solver(
         check_gradients: run the ``gradients`` check.
         device: run on this device (a solver module is moved there).
         checks: run only these checks (see :func:`planned_checks`).
+        values: ``"binary"`` or ``"integer"``, what the solution entries may be; default: the
+            solver's registry spec (``"binary"`` for an unregistered callable).
 
     Raises:
         ValueError, TypeError: the checks cannot be set up (no input generator, a malformed
@@ -358,6 +388,7 @@ def check_solver(
         feasible=feasible is not None,
         check_gradients=check_gradients,
         distribution=_has_distribution(solver_or_name),
+        values=values or _solution_values(solver_or_name),
     )
     if not isinstance(solver_or_name, str):
         if not callable(solver_or_name):
@@ -430,6 +461,7 @@ def solver_conformance_test(
     check_gradients: bool = True,
     device: str | torch.device | None = None,
     checks: Collection[str] | None = None,
+    values: SolutionValues | None = None,
 ) -> Callable[[str], None]:
     """A pytest test function running :func:`check_solver`, parametrized with one test per check.
 
@@ -438,11 +470,13 @@ def solver_conformance_test(
     """
     import pytest
 
+    values = values or _solution_values(solver_or_name)
     plan = planned_checks(
         checks,
         feasible=feasible is not None,
         check_gradients=check_gradients,
         distribution=_has_distribution(solver_or_name),
+        values=values,
     )
     reports: list[ConformanceReport] = []
 
@@ -460,6 +494,7 @@ def solver_conformance_test(
                     check_gradients=check_gradients,
                     device=device,
                     checks=plan,
+                    values=values,
                 )
             )
         result = reports[0][check]
@@ -509,6 +544,23 @@ def _binary(z: Tensor, where: str) -> None:
         examples = z[bad].unique()[:5].tolist()
         raise _CheckFailure(
             f"{int(bad.sum())} of {z.numel()} output entries{where} are not 0 or 1, e.g. {examples}"
+        )
+
+
+def _check_integral(case: _Case) -> None:
+    _integral(_output_tensor(case), "")
+    tied = case.tied_case()
+    if tied is not None:
+        _integral(tied[1], " with ties in the input")
+
+
+def _integral(z: Tensor, where: str) -> None:
+    bad = ~torch.isfinite(z) | (z != torch.round(z))
+    if bool(bad.any()):
+        examples = z[bad].unique()[:5].tolist()
+        raise _CheckFailure(
+            f"{int(bad.sum())} of {z.numel()} output entries{where} are not finite integers, "
+            f"e.g. {examples}"
         )
 
 
@@ -794,6 +846,7 @@ _CHECK_FUNCTIONS: dict[str, Callable[[_Case], None]] = {
     "call": _check_call,
     "shape_dtype_device": _check_shape_dtype_device,
     "binary": _check_binary,
+    "integral": _check_integral,
     "batch_independence": _check_batch_independence,
     "determinism": _check_determinism,
     "no_mutation": _check_no_mutation,

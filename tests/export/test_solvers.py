@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 from torch import Tensor, nn
 
 from aimle_zoo import AIMLE, DifferentiableSolver
@@ -37,6 +38,11 @@ def _symmetric(batch: int, n: int, generator: torch.Generator) -> Tensor:
     return (weights + weights.transpose(1, 2)) / 2
 
 
+def _scipy_ranks(theta: Tensor) -> Tensor:
+    """Ranks 1..n of each row, ties in index order, by scipy."""
+    return torch.from_numpy(rankdata(theta.numpy(), axis=-1, method="ordinal")).to(theta.dtype)
+
+
 def _tree_edges_reference(theta: Tensor) -> Tensor:
     """Maximum spanning tree of directed-edge scores by scipy, as a directed-edge vector."""
     scores = edges_to_matrix(theta)
@@ -58,6 +64,18 @@ CASES: dict[str, Case] = {
         {"k": 4, "ties": "threshold"},
         lambda b, n, g: torch.randint(0, 3, (b, n), generator=g).float(),  # many ties
         lambda theta: topk_argsort(theta, 4, ties="threshold"),
+    ),
+    "ranking": (
+        "ranking",
+        {},
+        lambda b, n, g: torch.randint(0, 4, (b, n), generator=g).float(),  # many ties
+        lambda theta: _scipy_ranks(theta),
+    ),
+    "ranking-descending": (
+        "ranking",
+        {"descending": True},
+        lambda b, n, g: torch.randint(0, 4, (b, n), generator=g).float(),
+        lambda theta: _scipy_ranks(-theta),
     ),
     "mst": ("mst", {}, _symmetric, spanning_tree_scipy),
     "minimum_spanning_tree": (

@@ -347,3 +347,27 @@ def test_the_fenchel_young_loss_takes_a_cache() -> None:
         if cached:
             assert (solver.solver_calls, solver.pool_answers) == (0, 1)
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_integer_solutions_are_pooled_and_looked_up_exactly() -> None:
+    """A solver of integer vectors (ranks) pools its solutions; the look-up returns the pooled
+    ranking that scores best, which is the solver's own ranking once it is in the pool."""
+    generator = torch.Generator().manual_seed(0)
+    cached = CachedSolver("ranking", solve_ratio=0.0)
+    assert cached.values == "integer"
+    theta = torch.randn(6, 5, generator=generator)
+    solved = get_solver("ranking")(theta)
+    assert cached.add(solved) == 6 and cached.add(solved) == 0  # distinct rankings only
+    z, unresolved = cached.lookup(theta)
+    torch.testing.assert_close(z, solved, rtol=0, atol=0)
+    assert not bool(unresolved.any())
+    other = torch.randn(3, 5, generator=generator)
+    z, _ = cached.lookup(other)
+    scores = other @ cached.pool.T  # [3, P]
+    torch.testing.assert_close((other * z).sum(1), scores.max(1).values)
+    with pytest.raises(SolverInputError, match="integer entries in \\[0, 2\\^24\\]"):
+        cached.add(solved / 2)
+    with pytest.raises(SolverInputError, match="integer entries"):
+        cached.add(-solved)
+    with pytest.raises(SolverInputError, match="0/1 entries"):
+        CachedSolver("topk", k=2).add(solved)

@@ -91,7 +91,9 @@ test_top_k_conformance = solver_conformance_test(
 def test_a_conforming_solver_passes_every_check() -> None:
     report = run(top_k)
     assert report.ok, str(report)
-    assert report.passed == [name for name in CHECKS if name not in ("gradients", "distribution")]
+    assert report.passed == [
+        name for name in CHECKS if name not in ("integral", "gradients", "distribution")
+    ]
 
 
 def test_ties_broken_by_another_rule_are_still_optimal() -> None:
@@ -366,12 +368,20 @@ def test_report_lists_every_failure() -> None:
 
 def test_planned_checks() -> None:
     assert planned_checks() == [
-        name for name in CHECKS if name not in ("optimality", "distribution")
+        name for name in CHECKS if name not in ("integral", "optimality", "distribution")
     ]
     assert planned_checks(feasible=True, check_gradients=False, distribution=True) == [
-        name for name in CHECKS if name != "gradients"
+        name for name in CHECKS if name not in ("integral", "gradients")
+    ]
+    assert planned_checks(values="integer") == [
+        name for name in CHECKS if name not in ("binary", "optimality", "distribution")
     ]
     assert planned_checks(["determinism", "binary"]) == ["call", "binary", "determinism"]
+    assert planned_checks(["integral"]) == ["call", "integral"]  # 0/1 entries are integers too
+    with pytest.raises(ValueError, match="ask for the 'integral' check instead"):
+        planned_checks(["binary"], values="integer")
+    with pytest.raises(ValueError, match="values must be one of"):
+        planned_checks(values="ternary")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown conformance checks \\['speed'\\]"):
         planned_checks(["speed"])
     with pytest.raises(ValueError, match="needs feasible="):
@@ -589,3 +599,72 @@ def test_a_broken_distribution_fails_the_check(solver: TopK, message: str) -> No
     report = run(solver)
     assert failed_names(report) == {"distribution"}, str(report)
     assert re.search(message, report["distribution"].message), report["distribution"].message
+
+
+# ----------------------------------------------------------------------------- integer solutions
+
+
+def ascending_ranks(theta: Tensor) -> Tensor:
+    """Ranks 1..n of each row, ties in index order: ``[B, n] -> [B, n]``."""
+    order = torch.argsort(theta, dim=-1, stable=True)
+    positions = torch.arange(1, theta.shape[-1] + 1, dtype=theta.dtype).expand_as(theta)
+    return torch.zeros_like(theta).scatter(-1, order, positions)
+
+
+def rank_vectors(theta: Tensor) -> Tensor:
+    """Every permutation of 1..n: ``[n] -> [n!, n]``."""
+    n = theta.shape[-1]
+    return torch.tensor(list(itertools.permutations(range(1, n + 1))), dtype=theta.dtype)
+
+
+def run_ranks(solver: Callable[[Tensor], Tensor], **kwargs: Any) -> ConformanceReport:
+    kwargs.setdefault("make_input", lambda b, g: ({}, torch.randn(b, 5, generator=g)))
+    kwargs.setdefault("feasible", rank_vectors)
+    kwargs.setdefault("values", "integer")
+    return check_solver(solver, **kwargs)
+
+
+def test_a_solver_of_integer_vectors_is_checked_for_integers_not_for_0_1() -> None:
+    report = run_ranks(ascending_ranks)
+    assert report.ok, str(report)
+    assert "integral" in report.passed and "binary" not in report.results
+    assert "optimality" in report.passed
+
+
+def test_the_same_solver_declared_binary_fails_the_binary_check() -> None:
+    report = run_ranks(ascending_ranks, values="binary", check_gradients=False)
+    assert failed_names(report) == {"binary"}
+    assert "are not 0 or 1" in report["binary"].message
+
+
+@pytest.mark.parametrize(
+    ("solver", "message"),
+    [
+        (lambda theta: ascending_ranks(theta) / 2, "are not finite integers"),
+        (lambda theta: ascending_ranks(theta) * float("nan"), "are not finite integers"),
+    ],
+    ids=["halves", "nan"],
+)
+def test_the_integral_check_fails_non_integers(
+    solver: Callable[[Tensor], Tensor], message: str
+) -> None:
+    report = run_ranks(solver, check_gradients=False)
+    assert not report["integral"].passed and message in report["integral"].message
+
+
+def test_sub_optimal_ranks_fail_optimality() -> None:
+    report = run_ranks(lambda theta: ascending_ranks(-theta), check_gradients=False)
+    assert {"optimality", "relative_optimality"} <= failed_names(report)
+    assert report["integral"].passed
+
+
+def test_values_come_from_the_registry() -> None:
+    with isolated_registry():
+        register_solver(
+            "toy_ranks", values="integer", example=lambda b, g: ({}, torch.randn(b, 4, generator=g))
+        )(ascending_ranks)
+        report = check_solver("toy_ranks", feasible=rank_vectors)
+        assert report.ok, str(report)
+        assert "integral" in report.results and "binary" not in report.results
+        with pytest.raises(ValueError, match="values must be one of"):
+            register_solver("toy_bad", values="ranks")(ascending_ranks)  # type: ignore[arg-type]

@@ -2,21 +2,25 @@
 
 Each example is a sequence of ``--n`` numbers, each shown as ``--digits`` MNIST images side by
 side (Grover et al., 2019: "large MNIST", 4-digit numbers in 28 × 112 images). A small CNN maps
-every image to a score s_i; the layer solves the maximum assignment of θ_ij = s_i · j, which
-places the items in ascending order of score (the rearrangement inequality), and the loss is
-the Hamming distance between that permutation matrix and the one that sorts the true values.
-Only the order supervises the network: it never sees a number.
+every image to a score s_i. With ``--layer assignment`` the layer solves the maximum assignment
+of θ_ij = s_i · j, which places the items in ascending order of score (the rearrangement
+inequality), and the loss is the Hamming distance between that permutation matrix and the one
+that sorts the true values. With ``--layer ranking`` the layer is the ranking solver on θ = s,
+whose solution is each item's rank, and the loss the L1 distance to the true ranks. Only the
+order supervises the network: it never sees a number.
 
 One run trains each estimator in ``--estimators`` with the same data, seed and schedule and
 reports, on sequences drawn from the MNIST test images, the share of sequences sorted exactly
-and the share of items put in their right place. ``relaxed`` is Gumbel–Sinkhorn (Mena et al.,
-2018): Gumbel noise through the solver's Sinkhorn relaxation. ``fenchel-young`` trains θ on the
-perturbed Fenchel–Young loss to the target permutation instead (Gaussian noise, σ = 1, one
-sample), with no Hamming loss and no layer.
+and the share of items put in their right place. ``relaxed`` is Gumbel noise through the
+solver's relaxation: Gumbel–Sinkhorn (Mena et al., 2018) for the assignment, sigmoid soft ranks
+for the ranking. ``fenchel-young`` trains θ on the perturbed Fenchel–Young loss to the target
+solution instead (Gaussian noise, σ = 1, one sample), with no distance loss and no layer.
 
-Run (the README's table)::
+Run (the README's tables)::
 
     python examples/mnist_sort.py --data-dir ../shared/data/mnist --out runs/mnist-sort.json
+    python examples/mnist_sort.py --data-dir ../shared/data/mnist --layer ranking \
+        --out runs/mnist-sort-ranking.json
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from aimle_zoo.estimators import IMLE, STE, Estimator, Relaxed, expand_samples
 from aimle_zoo.solvers import Solver, get_solver, sorting_weights
 
 ESTIMATORS = ("aimle-forward", "aimle-central", "imle", "ste", "relaxed", "fenchel-young")
+LAYERS = {"assignment": "linear_assignment", "ranking": "ranking"}  # layer -> default solver
 
 
 def make_estimator(name: str) -> Estimator | None:
@@ -75,6 +80,28 @@ class Sequences:
         return images, values, F.one_hot(ranks, self.n).float()
 
 
+class Layout:
+    """How a layer's solutions sort: θ from the scores ``[B, n]``, the target solution from the
+    sorting permutation ``[B, n, n]``, and each item's place ``[B, n]`` from a solution."""
+
+    def __init__(self, layer: str) -> None:
+        if layer not in LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; choose from {', '.join(LAYERS)}")
+        self.assignment = layer == "assignment"
+
+    def theta(self, scores: Tensor) -> Tensor:
+        """``[B, n, n]`` assignment weights s_i · j, or the scores themselves."""
+        return sorting_weights(scores) if self.assignment else scores
+
+    def target(self, permutation: Tensor) -> Tensor:
+        """The permutation matrix itself, or the ranks 1..n it gives the items."""
+        return permutation if self.assignment else permutation.argmax(dim=2).float() + 1
+
+    def places(self, z: Tensor) -> Tensor:
+        """Each item's 0-based place: the column of its 1, or its rank − 1."""
+        return z.argmax(dim=2) if self.assignment else z.round().long() - 1
+
+
 class Scorer(nn.Module):
     """A small CNN: one image ``[*, 1, 28, 28·d]`` -> one score ``[*]``."""
 
@@ -97,18 +124,18 @@ class Scorer(nn.Module):
 
 
 def evaluate(
-    scorer: Scorer, solver: Solver, data: Sequences, sequences: int, seed: int
+    scorer: Scorer, solver: Solver, layout: Layout, data: Sequences, sequences: int, seed: int
 ) -> dict[str, float]:
-    """Sorted-exactly share and right-place share of the solver's permutations (the layer's
-    eval-mode MAP, no noise) over fresh test sequences (fixed seed)."""
+    """Sorted-exactly share and right-place share of the solver's orders (the layer's eval-mode
+    MAP, no noise) over fresh test sequences (fixed seed)."""
     generator = torch.Generator().manual_seed(seed)
     exact = placed = 0.0
     scorer.eval()
     with torch.no_grad():
         for start in range(0, sequences, 100):
             images, _, target = data.sample(min(100, sequences - start), generator)
-            permutation = solver(sorting_weights(scorer(images)))  # [B, n, n]
-            right = permutation.argmax(dim=2) == target.argmax(dim=2)  # [B, n] item's place
+            places = layout.places(solver(layout.theta(scorer(images))))  # [B, n]
+            right = places == target.argmax(dim=2)  # [B, n] item's place
             exact += float(right.all(dim=1).sum())
             placed += float(right.float().mean(dim=1).sum())
     return {"sorted_exactly": exact / sequences, "right_place": placed / sequences}
@@ -120,7 +147,8 @@ def train_one(
     """Train a fresh scorer with one estimator; returns its test metrics and timings."""
     torch.manual_seed(args.seed)
     scorer = Scorer(args.digits)
-    solver = get_solver(args.solver)
+    solver = get_solver(args.solver or LAYERS[args.layer])
+    layout = Layout(args.layer)
     estimator = make_estimator(name)
     fenchel_young = FenchelYoungLoss(solver, sigma=1.0, samples=1)
     layer = DifferentiableSolver(solver, estimator) if estimator is not None else None
@@ -129,14 +157,15 @@ def train_one(
     started = time.perf_counter()
     losses = []
     for step in range(1, args.steps + 1):
-        images, _, target = train.sample(args.batch_size, generator)
-        theta = sorting_weights(scorer(images))  # [B, n, n]
+        images, _, permutation = train.sample(args.batch_size, generator)
+        theta = layout.theta(scorer(images))  # [B, n, n] or [B, n]
+        target = layout.target(permutation)  # of θ's shape
         if layer is None:
             loss = fenchel_young(theta, target)
         else:
             z = layer(theta)  # [B·S, n, n]
             samples = z.shape[0] // args.batch_size
-            loss = (z - expand_samples(target, samples)).abs().sum(dim=(1, 2)).mean()
+            loss = (z - expand_samples(target, samples)).abs().flatten(1).sum(dim=1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -145,7 +174,7 @@ def train_one(
             recent = sum(losses[-50:]) / len(losses[-50:])
             print(f"  {name} step {step}/{args.steps}: training loss {recent:.3f}", flush=True)
     seconds = time.perf_counter() - started
-    metrics = evaluate(scorer, solver, test, args.test_sequences, seed=args.seed + 1)
+    metrics = evaluate(scorer, solver, layout, test, args.test_sequences, seed=args.seed + 1)
     return {"estimator": name, **metrics, "train_seconds": seconds, "final_loss": losses[-1]}
 
 
@@ -154,7 +183,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="the MNIST IDX files")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--estimators", default=",".join(ESTIMATORS))
-    parser.add_argument("--solver", default="linear_assignment", help="a registered assignment")
+    parser.add_argument("--layer", choices=sorted(LAYERS), default="assignment")
+    parser.add_argument(
+        "--solver", default=None, help="a registered solver for the layer (default: its own)"
+    )
     parser.add_argument("--n", type=int, default=5, help="numbers per sequence")
     parser.add_argument("--digits", type=int, default=4, help="digits per number")
     parser.add_argument("--steps", type=int, default=1500)
@@ -179,7 +211,7 @@ def main() -> None:
     for name in names:
         print(f"training with {name} ({args.steps} steps of {args.batch_size} sequences)")
         results.append(train_one(name, train, test, args))
-    print(f"\n| estimator | sorted exactly | right place | train s |  (n = {args.n})")
+    print(f"\n| estimator | sorted exactly | right place | train s |  (n = {args.n}, {args.layer})")
     print("|---|---|---|---|")
     for row in results:
         print(

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 from aimle_zoo.data.mnist import load_mnist
-from aimle_zoo.solvers import LinearAssignment, sorting_weights
+from aimle_zoo.solvers import LinearAssignment, Ranking, sorting_weights
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -68,6 +69,23 @@ def test_grid_solution_cache_example_answers_from_the_pool_and_evaluates(tmp_pat
     assert all(0.0 <= record["train"]["solved_share"] <= 1.0 for record in history)
 
 
+def test_mnist_sort_layouts_read_the_same_places_from_either_solution() -> None:
+    """The ranking layout's θ, target and places agree with the assignment layout's: solving
+    either layer on the true values puts every item at its place in the sorting permutation."""
+    example = _load_example("mnist_sort")
+    images, labels = load_mnist(MNIST_DIR, "test")
+    data = example.Sequences(images[:500], labels[:500], n=6, digits=3)
+    _, values, permutation = data.sample(40, torch.Generator().manual_seed(1))
+    keys = values.double() + 0.01 * permutation.argmax(2)  # distinct: ties by position
+    for layer, solver in (("assignment", LinearAssignment()), ("ranking", Ranking())):
+        layout = example.Layout(layer)
+        z = solver(layout.theta(keys))
+        assert torch.equal(z, layout.target(permutation).double())
+        assert torch.equal(layout.places(z), permutation.argmax(2))
+    with pytest.raises(ValueError, match="unknown layer"):
+        example.Layout("sinkhorn")
+
+
 def _load_example(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
@@ -97,10 +115,12 @@ def test_mnist_sort_sequences_and_their_sorting_permutations() -> None:
     assert torch.equal(exact, target.double())
 
 
-def test_mnist_sort_example_trains_every_estimator(tmp_path: Path) -> None:
-    """A smoke run of the five estimators writes one result each, with shares in [0, 1]."""
+@pytest.mark.parametrize("layer", ["assignment", "ranking"])
+def test_mnist_sort_example_trains_every_estimator(tmp_path: Path, layer: str) -> None:
+    """A smoke run of every estimator through either layer writes one result each, with shares
+    in [0, 1]."""
     out = tmp_path / "sort.json"
-    command = [sys.executable, str(EXAMPLES / "mnist_sort.py"), "--smoke"]
+    command = [sys.executable, str(EXAMPLES / "mnist_sort.py"), "--smoke", "--layer", layer]
     result = subprocess.run(
         [*command, "--data-dir", str(MNIST_DIR), "--out", str(out)],
         capture_output=True,

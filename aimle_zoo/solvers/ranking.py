@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._base import Solver, SolverInputError, check_relax_temperature, check_theta, checks_enabled
@@ -57,7 +58,7 @@ def ranks_by_unique_keys(theta: Tensor, descending: bool = False) -> Tensor:
     n = theta.shape[-1]
     values, order = torch.sort(theta, dim=-1, descending=descending)  # [*, n] each
     changes = (values[..., 1:] != values[..., :-1]).long()  # [*, n − 1]
-    group = torch.cat([torch.zeros_like(changes[..., :1]), changes.cumsum(-1)], dim=-1)  # [*, n]
+    group = F.pad(changes, (1, 0)).cumsum(-1)  # [*, n], 0 for the first (also for n = 1)
     by_key = torch.sort(group * n + order, dim=-1).indices  # [*, n], keys distinct
     return _scatter_positions(theta, order.gather(-1, by_key))
 

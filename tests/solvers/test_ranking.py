@@ -4,6 +4,7 @@ its soft ranks, its input checks, and learning through it."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -93,10 +94,20 @@ def test_other_dtypes_give_the_same_ranks(dtype: torch.dtype) -> None:
     torch.testing.assert_close(z.double(), scipy_ranks(theta).double(), rtol=0, atol=0)
 
 
-def test_empty_batches_and_single_items() -> None:
-    solver = get_solver("ranking")
-    assert solver(torch.zeros(0, 5)).shape == (0, 5)
-    torch.testing.assert_close(solver(torch.randn(3, 1)), torch.ones(3, 1))
+@pytest.mark.parametrize("rank", [ranks, ranks_by_unique_keys])
+def test_empty_batches_and_single_items(rank: Callable[[Tensor], Tensor]) -> None:
+    assert rank(torch.zeros(0, 5)).shape == (0, 5)
+    assert rank(torch.zeros(3, 0)).shape == (3, 0)
+    torch.testing.assert_close(rank(torch.randn(3, 1)), torch.ones(3, 1))
+    torch.testing.assert_close(rank(torch.tensor([[1.0, 1.0]])), torch.tensor([[1.0, 2.0]]))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_a_scripted_solver_ranks_single_items() -> None:
+    scripted = torch.jit.script(get_solver("ranking"))
+    torch.testing.assert_close(scripted(torch.randn(2, 1)), torch.ones(2, 1))
+    theta = tie_rich((4, 7), 6)
+    torch.testing.assert_close(scripted(theta), scipy_ranks(theta), rtol=0, atol=0)
 
 
 def test_soft_ranks_approach_the_ranks_and_average_ties() -> None:

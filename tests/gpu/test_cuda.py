@@ -105,6 +105,10 @@ def _large_instances(name: str, generator: torch.Generator) -> tuple[dict[str, A
     shape = solver_registry[name].input_shape
     if name == "topk":
         return {"k": 37}, torch.randn(64, 500, generator=generator)
+    if name == "ranking":  # long rows, every other one full of ties
+        scores = torch.randn(64, 2000, generator=generator)
+        scores[::2] = scores[::2].mul(4).round()
+        return {}, scores
     if shape.startswith("[B, H, W]"):  # grid paths: non-negative vertex costs
         return {}, torch.rand(48, 30, 30, generator=generator) + 0.1
     if shape == "[B, n, n]":  # spanning trees: symmetric weights

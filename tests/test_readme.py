@@ -33,7 +33,7 @@ def _block(start: str) -> str:
 
 def test_every_python_example_is_checked_here() -> None:
     starts = [block.splitlines()[0] for block in _python_blocks()]
-    assert len(starts) == 6, starts  # a new example needs a test below
+    assert len(starts) == 7, starts  # a new example needs a test below
 
 
 def test_the_top_k_example_learns_to_pick_the_first_five(tmp_path: Path) -> None:
@@ -87,3 +87,9 @@ def test_the_cache_example_answers_most_calls_from_the_pool(tmp_path: Path) -> N
     assert exact == "True"
     expected = "# " + " ".join(counts.split())  # the comment prints what the run prints
     assert expected in _block("import torch\nfrom aimle_zoo import AIMLE, CachedSolver")
+
+
+def test_the_ranking_example_learns_the_ranks(tmp_path: Path) -> None:
+    code = _block("import torch\nfrom aimle_zoo import DifferentiableSolver, get_solver")
+    exactly_ranked = float(_run(code, tmp_path))
+    assert exactly_ranked > 0.7  # the comment says 0.83 of the lists; chance is 1/8! = 2.5e-5

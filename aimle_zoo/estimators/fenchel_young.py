@@ -150,7 +150,7 @@ class FenchelYoungLoss(nn.Module):
         ):
             raise SolverInputError(
                 "FenchelYoungLoss: target contains NaN or inf values; targets are solutions "
-                "(0/1 indicators, or their averages)"
+                "(0/1 indicators or the solver's integer solutions, or their averages)"
             )
         return target
 

@@ -160,18 +160,47 @@ def test_bad_parameters_are_refused() -> None:
     assert get_solver("ranking", descending=False)(torch.randn(1, 2048, dtype=torch.float16)).shape
 
 
-@pytest.mark.parametrize("estimator", ["aimle", "blackbox"])
-def test_a_linear_scorer_learns_target_ranks_through_the_solver(estimator: str) -> None:
+@pytest.mark.parametrize("estimator", ["aimle", "imle", "ste"])
+def test_descending_ranks_get_the_ascending_gradient_on_the_negated_scores(estimator: str) -> None:
+    """Descending ranks of θ are the ascending ranks of −θ, so with the same noise the layer's
+    gradient through the minimiser must be the negated gradient through the maximiser at −θ."""
+    theta = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    weights = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+
+    def gradient(descending: bool, scores: Tensor) -> tuple[Tensor, Tensor]:
+        layer = DifferentiableSolver("ranking", estimator, descending=descending)
+        layer.estimator.generator = torch.Generator().manual_seed(0)
+        scores = scores.clone().requires_grad_(True)
+        z = layer(scores)
+        (z * weights.repeat(z.shape[0] // 4, 1)).sum().backward()
+        assert scores.grad is not None
+        return z.detach(), scores.grad
+
+    z_descending, grad_descending = gradient(True, theta)
+    z_ascending, grad_ascending = gradient(False, -theta)
+    torch.testing.assert_close(z_descending, z_ascending, rtol=0, atol=0)
+    assert bool(grad_ascending.abs().sum() > 0)
+    torch.testing.assert_close(grad_descending, -grad_ascending, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "descending"), [("aimle", False), ("blackbox", False), ("aimle", True)]
+)
+def test_a_linear_scorer_learns_target_ranks_through_the_solver(
+    estimator: str, descending: bool
+) -> None:
     """Items with features x rank by x·w*; from a random w, the ranks of x·w are trained towards
-    the target ranks with a squared loss on the solver's output alone."""
+    the target ranks with a squared loss on the solver's output alone (descending ranks too,
+    through the solver as a minimiser)."""
     torch.manual_seed(0)
     lists, items, features = 64, 10, 5
     true_weights = torch.randn(features)
     x = torch.randn(lists, items, features)
-    target = ranks(x @ true_weights)  # [L, n]
+    target = ranks(x @ true_weights, descending)  # [L, n]
     held_out = torch.randn(256, items, features)
     weights = torch.nn.Parameter(torch.randn(features))
-    layer = DifferentiableSolver("ranking", estimator)
+    layer = DifferentiableSolver("ranking", estimator, descending=descending)
+    assert solver_sense(layer.solver) == ("min" if descending else "max")
     optimizer = torch.optim.Adam([weights], lr=0.05)
 
     def held_out_correlation() -> float:

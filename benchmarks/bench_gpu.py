@@ -25,9 +25,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from _timing import best_time, print_table
 from bench_models import CASES, training_step
+from scipy.stats import rankdata
 
 from aimle_zoo.export import to_torchscript
 from aimle_zoo.export._paths import path_module
@@ -110,7 +112,12 @@ def _symmetric(batch: int, n: int) -> torch.Tensor:
     return (weights + weights.transpose(1, 2)) / 2
 
 
-#: (label, registered solver, θ of a batch, its scipy loop)
+def _scipy_ranks(theta: torch.Tensor) -> np.ndarray:
+    """Ranks by scipy's ``rankdata`` on the rows (vectorised, not a loop: the fair baseline)."""
+    return rankdata(theta.numpy(), axis=-1, method="ordinal")
+
+
+#: (label, registered solver, θ of a batch, its scipy loop or call)
 SOLVER_CASES: list[tuple[str, str, Callable[[int], torch.Tensor], Callable[..., object]]] = [
     ("dijkstra 12x12", "dijkstra", lambda b: torch.rand(b, 12, 12) * 9 + 0.5,
      grid_shortest_path_scipy),
@@ -119,6 +126,7 @@ SOLVER_CASES: list[tuple[str, str, Callable[[int], torch.Tensor], Callable[..., 
      linear_assignment_scipy),
     ("assignment 30x30", "linear_assignment", lambda b: torch.randn(b, 30, 30),
      linear_assignment_scipy),
+    ("ranking n=1000", "ranking", lambda b: torch.randn(b, 1000), _scipy_ranks),
 ]  # fmt: skip
 
 

@@ -52,4 +52,4 @@ from .solvers import (
     register_solver as register_solver,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,20 @@ def test_stale_staging_folders_of_a_killed_save_are_removed(tmp_path: Path) -> N
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best", "last", "metrics.jsonl"]
 
 
+@pytest.fixture
+def sigint_not_ignored() -> Iterator[None]:
+    """Python's own SIGINT handler for the test: a suite started as a background job (``cmd &``
+    in a script, ``nohup``) inherits SIGINT ignored, which training rightly leaves ignored
+    (:func:`test_an_ignored_sigint_stays_ignored_during_training`), so a test that sends
+    SIGINT to itself must first take it back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_not_ignored")
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_during_a_save_waits_for_the_save_to_finish(stop: int, tmp_path: Path) -> None:
     """The signal arrives while ``model.safetensors`` is being written: the checkpoint is

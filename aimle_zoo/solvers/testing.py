@@ -32,8 +32,8 @@
 ``gradients`` (unless ``check_gradients=False``)
     wrapped in the AIMLE estimator, a loss preferring another solution sends a finite, non-zero
     gradient of ``theta``'s shape back to ``theta``.
-``distribution`` (only for a solver with ``sample`` and ``marginals``, what the ``simple``
-estimator needs)
+``distribution`` (only for a solver of 0/1 indicators with ``sample`` and ``marginals``, what
+the ``simple`` estimator needs)
     ``sample(theta, 1.0, generator, samples=N)`` returns N draws per instance ``[B·N, *S]``
     (sample-minor) of 0/1 entries, none scoring better than the instance's solution (and each
     among the ``feasible`` ones when given); ``marginals(theta, 1.0)`` returns θ's shape in
@@ -191,15 +191,15 @@ def planned_checks(
 
     By default every check applies except ``optimality`` without ``feasible``, ``gradients``
     with ``check_gradients=False``, ``distribution`` for a solver without ``sample`` and
-    ``marginals`` (``distribution=False``), and one of ``binary`` and ``integral``: ``binary``
-    for a solver of 0/1 indicators (``values="binary"``), ``integral`` for one of integer
-    vectors (``values="integer"``). An explicit ``checks`` selects among them (``call`` always
-    runs: the other checks need its output).
+    ``marginals`` (``distribution=False``) or of integer vectors, and one of ``binary`` and
+    ``integral``: ``binary`` for a solver of 0/1 indicators (``values="binary"``),
+    ``integral`` for one of integer vectors (``values="integer"``). An explicit ``checks``
+    selects among them (``call`` always runs: the other checks need its output).
 
     Raises:
         ValueError: an unknown check name or ``values``, ``optimality`` asked for without
-            ``feasible``, ``distribution`` for a solver without ``sample`` and ``marginals``,
-            or ``binary`` for a solver of integer vectors.
+            ``feasible``, ``distribution`` for a solver without ``sample`` and ``marginals`` or
+            of integer vectors, or ``binary`` for a solver of integer vectors.
     """
     if values not in SOLUTION_VALUES:
         raise ValueError(f"values must be one of {list(SOLUTION_VALUES)}, got {values!r}")
@@ -210,7 +210,7 @@ def planned_checks(
             wanted.discard("optimality")
         if not check_gradients:
             wanted.discard("gradients")
-        if not distribution:
+        if not distribution or values == "integer":
             wanted.discard("distribution")
     else:
         unknown = sorted(set(checks) - set(CHECKS))
@@ -225,6 +225,11 @@ def planned_checks(
             raise ValueError(
                 "the 'distribution' check needs a solver with sample(theta, temperature, "
                 "generator, samples) and marginals(theta, temperature)"
+            )
+        if "distribution" in checks and values == "integer":
+            raise ValueError(
+                "the 'distribution' check compares 0/1 draws with marginal probabilities; it "
+                "does not cover solvers of integer vectors (values='integer')"
             )
         if "binary" in checks and values == "integer":
             raise ValueError(

@@ -380,6 +380,9 @@ def test_planned_checks() -> None:
     assert planned_checks(["integral"]) == ["call", "integral"]  # 0/1 entries are integers too
     with pytest.raises(ValueError, match="ask for the 'integral' check instead"):
         planned_checks(["binary"], values="integer")
+    assert "distribution" not in planned_checks(distribution=True, values="integer")
+    with pytest.raises(ValueError, match="does not cover solvers of integer vectors"):
+        planned_checks(["distribution"], distribution=True, values="integer")
     with pytest.raises(ValueError, match="values must be one of"):
         planned_checks(values="ternary")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown conformance checks \\['speed'\\]"):

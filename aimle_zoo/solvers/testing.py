@@ -537,34 +537,34 @@ def _check_shape_dtype_device(case: _Case) -> None:
 
 
 def _check_binary(case: _Case) -> None:
-    _binary(_output_tensor(case), "")
-    tied = case.tied_case()
-    if tied is not None:
-        _binary(tied[1], " with ties in the input")
-
-
-def _binary(z: Tensor, where: str) -> None:
-    bad = ~((z == 0) | (z == 1))
-    if bool(bad.any()):
-        examples = z[bad].unique()[:5].tolist()
-        raise _CheckFailure(
-            f"{int(bad.sum())} of {z.numel()} output entries{where} are not 0 or 1, e.g. {examples}"
-        )
+    _check_entries(case, _binary)
 
 
 def _check_integral(case: _Case) -> None:
-    _integral(_output_tensor(case), "")
+    _check_entries(case, _integral)
+
+
+def _check_entries(case: _Case, check: Callable[[Tensor, str], None]) -> None:
+    """``check`` on the example's solution and on the tie-rich copy's."""
+    check(_output_tensor(case), "")
     tied = case.tied_case()
     if tied is not None:
-        _integral(tied[1], " with ties in the input")
+        check(tied[1], " with ties in the input")
+
+
+def _binary(z: Tensor, where: str) -> None:
+    _refuse_entries(z, ~((z == 0) | (z == 1)), "0 or 1", where)
 
 
 def _integral(z: Tensor, where: str) -> None:
-    bad = ~torch.isfinite(z) | (z != torch.round(z))
+    _refuse_entries(z, ~torch.isfinite(z) | (z != torch.round(z)), "finite integers", where)
+
+
+def _refuse_entries(z: Tensor, bad: Tensor, wanted: str, where: str) -> None:
     if bool(bad.any()):
         examples = z[bad].unique()[:5].tolist()
         raise _CheckFailure(
-            f"{int(bad.sum())} of {z.numel()} output entries{where} are not finite integers, "
+            f"{int(bad.sum())} of {z.numel()} output entries{where} are not {wanted}, "
             f"e.g. {examples}"
         )
 

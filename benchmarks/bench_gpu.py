@@ -25,17 +25,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from _timing import best_time, print_table
 from bench_models import CASES, training_step
-from scipy.stats import rankdata
 
 from aimle_zoo.export import to_torchscript
 from aimle_zoo.export._paths import path_module
 from aimle_zoo.models import ZooModel, create_model
 from aimle_zoo.solvers import get_solver
 from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
+from aimle_zoo.solvers.reference.ranking import ranks_scipy
 from aimle_zoo.solvers.reference.shortest_path import grid_shortest_path_scipy
 from aimle_zoo.solvers.reference.spanning_tree import spanning_tree_scipy
 from aimle_zoo.training import move_to
@@ -112,11 +111,6 @@ def _symmetric(batch: int, n: int) -> torch.Tensor:
     return (weights + weights.transpose(1, 2)) / 2
 
 
-def _scipy_ranks(theta: torch.Tensor) -> np.ndarray:
-    """Ranks by scipy's ``rankdata`` on the rows (vectorised, not a loop: the fair baseline)."""
-    return rankdata(theta.numpy(), axis=-1, method="ordinal")
-
-
 #: (label, registered solver, θ of a batch, its scipy loop or call)
 SOLVER_CASES: list[tuple[str, str, Callable[[int], torch.Tensor], Callable[..., object]]] = [
     ("dijkstra 12x12", "dijkstra", lambda b: torch.rand(b, 12, 12) * 9 + 0.5,
@@ -126,7 +120,7 @@ SOLVER_CASES: list[tuple[str, str, Callable[[int], torch.Tensor], Callable[..., 
      linear_assignment_scipy),
     ("assignment 30x30", "linear_assignment", lambda b: torch.randn(b, 30, 30),
      linear_assignment_scipy),
-    ("ranking n=1000", "ranking", lambda b: torch.randn(b, 1000), _scipy_ranks),
+    ("ranking n=1000", "ranking", lambda b: torch.randn(b, 1000), ranks_scipy),
 ]  # fmt: skip
 
 

@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import torch
 from _timing import interleaved_times, print_table
-from scipy.stats import rankdata
 from torch import Tensor
 
 from aimle_zoo import AIMLE, AdaptiveTarget, DifferentiableSolver, get_solver
 from aimle_zoo.solvers import sorting_weights
 from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
+from aimle_zoo.solvers.reference.ranking import ranks_scipy
 from aimle_zoo.solvers.reference.shortest_path import (
     grid_shortest_path_networkx,
     grid_shortest_path_scipy,
@@ -226,11 +226,6 @@ def memory_rows() -> list[list[object]]:
     return rows
 
 
-def _scipy_ranks(theta: Tensor) -> Tensor:
-    """Ranks by ``scipy.stats.rankdata`` (vectorised over the rows; ties in index order)."""
-    return torch.from_numpy(rankdata(theta.numpy(), axis=-1, method="ordinal")).to(theta.dtype)
-
-
 def ranking_rows(quick: bool) -> list[list[object]]:
     """The ranking solver vs scipy's ``rankdata`` on the rows and, for small n, vs ranking
     through the assignment of ``sorting_weights`` (the permutation matrix; its row argmax + 1
@@ -245,8 +240,8 @@ def ranking_rows(quick: bool) -> list[list[object]]:
     for n, batches in ((10, (1, 64, 1024)), (100, (1, 64, 1024)), (1000, (1, 64))):
         for batch in batches:
             theta = torch.randn(batch, n)
-            calls = [lambda t=theta: solver(t), lambda t=theta: _scipy_ranks(t)]
-            probes = [solver(theta[:8]), _scipy_ranks(theta[:8])]
+            calls = [lambda t=theta: solver(t), lambda t=theta: ranks_scipy(t)]
+            probes = [solver(theta[:8]), ranks_scipy(theta[:8])]
             if n <= 10:  # the Hungarian method is O(n³) a row
                 calls.append(lambda t=theta: by_assignment(t))
                 probes.append(by_assignment(theta[:8]))

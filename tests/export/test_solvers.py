@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import Tensor, nn
 
 from aimle_zoo import AIMLE, DifferentiableSolver
@@ -19,6 +18,7 @@ from aimle_zoo.export import load_exported, read_metadata, to_onnx, to_torchscri
 from aimle_zoo.export.runner import RunnerInputError
 from aimle_zoo.solvers import edges_to_matrix, get_solver, matrix_to_edges, sorting_weights
 from aimle_zoo.solvers.reference.assignment import linear_assignment_scipy
+from aimle_zoo.solvers.reference.ranking import ranks_scipy
 from aimle_zoo.solvers.reference.shortest_path import (
     graph_shortest_path_scipy,
     grid_shortest_path_scipy,
@@ -36,11 +36,6 @@ DAG_ADJACENCY[DAG[0], DAG[1]] = True
 def _symmetric(batch: int, n: int, generator: torch.Generator) -> Tensor:
     weights = torch.rand(batch, n, n, generator=generator) * 2 - 1
     return (weights + weights.transpose(1, 2)) / 2
-
-
-def _scipy_ranks(theta: Tensor) -> Tensor:
-    """Ranks 1..n of each row, ties in index order, by scipy."""
-    return torch.from_numpy(rankdata(theta.numpy(), axis=-1, method="ordinal")).to(theta.dtype)
 
 
 def _tree_edges_reference(theta: Tensor) -> Tensor:
@@ -69,13 +64,13 @@ CASES: dict[str, Case] = {
         "ranking",
         {},
         lambda b, n, g: torch.randint(0, 4, (b, n), generator=g).float(),  # many ties
-        lambda theta: _scipy_ranks(theta),
+        ranks_scipy,
     ),
     "ranking-descending": (
         "ranking",
         {"descending": True},
         lambda b, n, g: torch.randint(0, 4, (b, n), generator=g).float(),
-        lambda theta: _scipy_ranks(-theta),
+        lambda theta: ranks_scipy(theta, descending=True),
     ),
     "mst": ("mst", {}, _symmetric, spanning_tree_scipy),
     "minimum_spanning_tree": (

@@ -828,19 +828,13 @@ def _solver_layout(
     """Shape, dynamic dims, size cases, value range and symmetry of a built-in solver's θ."""
     sizes = list(theta.shape)
     dims = {BATCH: 1}
-    if isinstance(solver, TopK):
+    if isinstance(solver, TopK | Ranking):  # over the last dimension; top-k needs n >= k
+        smallest = solver.k if isinstance(solver, TopK) else 2
         names = [*(f"dim_{axis}" for axis in range(1, theta.dim() - 1)), "n"]
         dims.update({name: 1 for name in names[:-1]})
-        dims["n"] = solver.k
+        dims["n"] = smallest
         n = sizes[-1]
-        cases = tuple({"n": size} for size in sorted({max(solver.k, n - 3), n + 7} - {n}))
-        return (BATCH, *names), dims, cases, (-1.0, 1.0), False
-    if isinstance(solver, Ranking):
-        names = [*(f"dim_{axis}" for axis in range(1, theta.dim() - 1)), "n"]
-        dims.update({name: 1 for name in names[:-1]})
-        dims["n"] = 2
-        n = sizes[-1]
-        cases = tuple({"n": size} for size in sorted({max(2, n - 3), n + 7} - {n}))
+        cases = tuple({"n": size} for size in sorted({max(smallest, n - 3), n + 7} - {n}))
         return (BATCH, *names), dims, cases, (-1.0, 1.0), False
     if isinstance(solver, SpanningTree):
         n = sizes[-1]
